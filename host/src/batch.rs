@@ -1,0 +1,257 @@
+//! Batching: change events grouped into [`Batch`]es bounded by events, bytes and delay.
+//!
+//! A batch prefers to end at a transaction boundary, so that sinks can make it durable
+//! and move the checkpoint: once a bound is reached the batch is cut at the next commit.
+//! A transaction too large for that (twice the bounds) is cut in the middle and spans
+//! several batches; those batches say so ([`Position::in_tx`]) and no checkpoint is taken
+//! until the transaction's last batch.
+
+use crate::checkpoint::CommitPos;
+use crate::config::BatchConfig;
+use crate::lsn::Lsn;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::time::Instant;
+use weir_sdk::{Batch, Event, Relation};
+
+/// Where the stream stands after a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    /// The last transaction whose every event is in this batch or an earlier one.
+    pub last_commit: Option<CommitPos>,
+    /// The batch ends inside a transaction (its remaining events follow).
+    pub in_tx: bool,
+    /// The server's WAL position from its last keepalive, when nothing was in flight.
+    /// Everything before it has been delivered.
+    pub idle_wal_end: Lsn,
+}
+
+impl Position {
+    /// The position from which nothing delivered so far remains unsent by the server.
+    pub fn delivered_through(&self) -> Lsn {
+        let commit = self.last_commit.map_or(Lsn::ZERO, |c| c.end_lsn);
+        if self.in_tx {
+            commit
+        } else {
+            commit.max(self.idle_wal_end)
+        }
+    }
+}
+
+/// A batch with the stream position after it.
+#[derive(Debug, Clone, Default)]
+pub struct SourceBatch {
+    pub batch: Batch,
+    pub position: Position,
+    /// Bytes of row data (an estimate of the batch's size).
+    pub bytes: u64,
+}
+
+/// Accumulates events into batches.
+pub struct Batcher {
+    config: BatchConfig,
+    current: Batch,
+    bytes: u64,
+    /// (relation id, schema version) to index in `current.relations`.
+    rel_index: HashMap<(u32, u32), u32>,
+    position: Position,
+    /// When the oldest event of the current batch arrived.
+    started: Option<Instant>,
+}
+
+impl Batcher {
+    pub fn new(config: BatchConfig) -> Batcher {
+        Batcher {
+            config,
+            current: Batch::default(),
+            bytes: 0,
+            rel_index: HashMap::new(),
+            position: Position::default(),
+            started: None,
+        }
+    }
+
+    /// Adds an event of `relation`; `bytes` is the size of its row data.
+    pub fn push(&mut self, relation: &Arc<Relation>, mut event: Event, bytes: u64) {
+        let current = &mut self.current;
+        event.rel = *self
+            .rel_index
+            .entry((relation.id, relation.version))
+            .or_insert_with(|| {
+                current.relations.push(Relation::clone(relation));
+                (current.relations.len() - 1) as u32
+            });
+        current.events.push(event);
+        self.bytes += bytes + 48;
+        self.position.in_tx = true;
+        self.started.get_or_insert_with(Instant::now);
+    }
+
+    /// Marks the start of a transaction.
+    pub fn begin(&mut self) {
+        self.position.in_tx = true;
+    }
+
+    /// Marks the end of a transaction.
+    pub fn commit(&mut self, pos: CommitPos) {
+        self.position.last_commit = Some(pos);
+        self.position.in_tx = false;
+    }
+
+    /// Records the server's WAL end from a keepalive; it only counts when no transaction
+    /// is open.
+    pub fn keepalive(&mut self, wal_end: Lsn) {
+        if !self.position.in_tx {
+            self.position.idle_wal_end = self.position.idle_wal_end.max(wal_end);
+        }
+    }
+
+    fn over(&self, factor: u64) -> bool {
+        self.current.events.len() as u64 >= self.config.max_events as u64 * factor
+            || self.bytes >= self.config.max_bytes * factor
+    }
+
+    /// A batch is due: a bound is reached at a transaction boundary, or twice a bound is
+    /// reached inside one.
+    pub fn is_full(&self) -> bool {
+        if self.position.in_tx {
+            self.over(2)
+        } else {
+            self.over(1)
+        }
+    }
+
+    /// When the current batch must be cut because of `max_delay`.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.started.map(|s| s + self.config.max_delay)
+    }
+
+    /// True when nothing has been added since the last cut.
+    pub fn is_empty(&self) -> bool {
+        self.current.events.is_empty()
+    }
+
+    /// The stream position as of the events pushed so far.
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    /// Takes the batch built so far (possibly empty: it still carries the position).
+    pub fn cut(&mut self) -> SourceBatch {
+        self.rel_index.clear();
+        self.started = None;
+        SourceBatch {
+            batch: std::mem::take(&mut self.current),
+            position: self.position,
+            bytes: std::mem::take(&mut self.bytes),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use weir_sdk::{Op, Value};
+
+    fn rel(version: u32) -> Arc<Relation> {
+        Arc::new(Relation {
+            id: 7,
+            schema: "public".into(),
+            table: "t".into(),
+            version,
+            columns: vec![],
+        })
+    }
+
+    fn ev() -> Event {
+        Event {
+            op: Op::Insert,
+            rel: 0,
+            commit_lsn: 1,
+            seq: 0,
+            xid: 1,
+            commit_ts: 0,
+            before: None,
+            after: Some(vec![Value::Int(1)]),
+            unchanged: vec![],
+        }
+    }
+
+    fn batcher(max_events: usize) -> Batcher {
+        Batcher::new(BatchConfig {
+            max_events,
+            max_bytes: 1 << 30,
+            max_delay: Duration::from_secs(1),
+        })
+    }
+
+    #[test]
+    fn waits_for_the_commit_once_full_unless_the_transaction_is_huge() {
+        let mut b = batcher(2);
+        b.begin();
+        b.push(&rel(1), ev(), 8);
+        b.push(&rel(1), ev(), 8);
+        assert!(
+            !b.is_full(),
+            "inside a transaction a batch may grow to twice the bound"
+        );
+        b.commit(CommitPos {
+            commit_lsn: Lsn(10),
+            end_lsn: Lsn(20),
+        });
+        assert!(b.is_full());
+        let out = b.cut();
+        assert_eq!(out.batch.events.len(), 2);
+        assert_eq!(out.position.last_commit.unwrap().end_lsn, Lsn(20));
+        assert!(!out.position.in_tx);
+
+        b.begin();
+        for _ in 0..4 {
+            b.push(&rel(1), ev(), 8);
+        }
+        assert!(b.is_full(), "a huge transaction is cut in the middle");
+        let out = b.cut();
+        assert!(out.position.in_tx);
+        assert_eq!(
+            out.position.delivered_through(),
+            Lsn(20),
+            "a cut inside a transaction does not move past its start"
+        );
+    }
+
+    #[test]
+    fn relations_are_indexed_per_batch_and_version() {
+        let mut b = batcher(100);
+        b.push(&rel(1), ev(), 1);
+        b.push(&rel(2), ev(), 1);
+        b.push(&rel(1), ev(), 1);
+        let out = b.cut();
+        assert_eq!(out.batch.relations.len(), 2);
+        assert_eq!(
+            out.batch.events.iter().map(|e| e.rel).collect::<Vec<_>>(),
+            vec![0, 1, 0]
+        );
+        b.push(&rel(2), ev(), 1);
+        assert_eq!(
+            b.cut().batch.events[0].rel,
+            0,
+            "indexes start over in each batch"
+        );
+    }
+
+    #[test]
+    fn keepalives_count_only_outside_transactions() {
+        let mut b = batcher(100);
+        b.keepalive(Lsn(50));
+        assert_eq!(b.position().delivered_through(), Lsn(50));
+        b.begin();
+        b.keepalive(Lsn(90));
+        assert_eq!(b.position().delivered_through(), Lsn(0));
+        b.commit(CommitPos {
+            commit_lsn: Lsn(60),
+            end_lsn: Lsn(70),
+        });
+        assert_eq!(b.position().delivered_through(), Lsn(70));
+    }
+}

@@ -1,0 +1,239 @@
+//! Checkpoints: the position up to which output is durable, stored with the output.
+//!
+//! Exactly-once (DESIGN.md, decision 1) rests on three objects under
+//! `<output>/_weir/<slot>/`:
+//!
+//! - `checkpoint.json`: `{seq, commit_lsn, end_lsn}`. Everything of every transaction
+//!   committed at or before `commit_lsn` is in files of flush `seq` or earlier, and
+//!   nothing after it is.
+//! - `intent.json`: written *before* any file of flush `seq + 1` becomes visible, listing
+//!   those files.
+//! - the data files themselves, named by flush sequence so a retry writes the same names.
+//!
+//! A flush writes the intent, completes its files, writes the checkpoint, then deletes the
+//! intent. On start, an intent newer than the checkpoint means a crash in between: its
+//! files are deleted, and the source resends those transactions because the slot's flush
+//! position was never moved past the checkpoint. Each object write is atomic (a rename on
+//! a local filesystem, a single PUT or a completed multipart upload on S3).
+
+use crate::lsn::Lsn;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A transaction's position: its commit record and the end of that record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CommitPos {
+    /// LSN of the commit record (the events' `commit_lsn`).
+    pub commit_lsn: Lsn,
+    /// LSN just past the commit record: where streaming resumes.
+    pub end_lsn: Lsn,
+}
+
+/// What `checkpoint.json` holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Flush sequence number, from 1.
+    pub seq: u64,
+    /// The last transaction whose changes are all durable.
+    pub commit_lsn: Lsn,
+    /// Where streaming resumes.
+    pub end_lsn: Lsn,
+    /// When it was written (RFC 3339), for people reading the file.
+    pub written_at: String,
+}
+
+impl Checkpoint {
+    pub fn position(&self) -> CommitPos {
+        CommitPos {
+            commit_lsn: self.commit_lsn,
+            end_lsn: self.end_lsn,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Intent {
+    seq: u64,
+    files: Vec<String>,
+}
+
+/// Failure to read or write checkpoint state.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint store {location}: {source}")]
+    Store {
+        location: String,
+        source: object_store::Error,
+    },
+    #[error(
+        "checkpoint {location} is corrupt ({message}); move it away only if you mean to start over"
+    )]
+    Corrupt { location: String, message: String },
+}
+
+/// Checkpoint state of one sink for one slot.
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    checkpoint: Path,
+    intent: Path,
+}
+
+impl CheckpointStore {
+    /// The store under `<prefix>/_weir/<slot>/`.
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &Path, slot: &str) -> CheckpointStore {
+        let dir = prefix.clone().join("_weir").join(slot);
+        CheckpointStore {
+            store,
+            checkpoint: dir.clone().join("checkpoint.json"),
+            intent: dir.join("intent.json"),
+        }
+    }
+
+    fn store_err(&self, location: &Path) -> impl FnOnce(object_store::Error) -> CheckpointError {
+        let location = location.to_string();
+        move |source| CheckpointError::Store { location, source }
+    }
+
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &Path,
+    ) -> Result<Option<T>, CheckpointError> {
+        match self.store.get(path).await {
+            Ok(got) => {
+                let bytes = got.bytes().await.map_err(self.store_err(path))?;
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| CheckpointError::Corrupt {
+                        location: path.to_string(),
+                        message: e.to_string(),
+                    })
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.store_err(path)(e)),
+        }
+    }
+
+    async fn write_json<T: Serialize>(
+        &self,
+        path: &Path,
+        value: &T,
+    ) -> Result<(), CheckpointError> {
+        let bytes = serde_json::to_vec_pretty(value).expect("checkpoint state serializes");
+        self.store
+            .put(path, PutPayload::from(bytes))
+            .await
+            .map_err(self.store_err(path))?;
+        Ok(())
+    }
+
+    /// Reads the checkpoint and undoes a flush that did not finish: files listed by an
+    /// intent newer than the checkpoint are deleted. Returns the checkpoint, if any.
+    pub async fn recover(&self) -> Result<Option<Checkpoint>, CheckpointError> {
+        let checkpoint: Option<Checkpoint> = self.read_json(&self.checkpoint).await?;
+        if let Some(intent) = self.read_json::<Intent>(&self.intent).await? {
+            let committed = checkpoint.as_ref().map_or(0, |c| c.seq);
+            if intent.seq > committed {
+                for file in &intent.files {
+                    let path = Path::from(file.as_str());
+                    match self.store.delete(&path).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(self.store_err(&path)(e)),
+                    }
+                }
+                tracing::info!(
+                    seq = intent.seq,
+                    files = intent.files.len(),
+                    "Removed the files of a flush that did not reach its checkpoint."
+                );
+            }
+            self.store
+                .delete(&self.intent)
+                .await
+                .map_err(self.store_err(&self.intent))?;
+        }
+        Ok(checkpoint)
+    }
+
+    /// Records that the files of flush `seq` are about to become visible.
+    pub async fn write_intent(&self, seq: u64, files: &[Path]) -> Result<(), CheckpointError> {
+        let intent = Intent {
+            seq,
+            files: files.iter().map(|p| p.to_string()).collect(),
+        };
+        self.write_json(&self.intent, &intent).await
+    }
+
+    /// Commits flush `seq`: its files are all complete.
+    pub async fn commit(&self, seq: u64, pos: CommitPos) -> Result<Checkpoint, CheckpointError> {
+        let checkpoint = Checkpoint {
+            seq,
+            commit_lsn: pos.commit_lsn,
+            end_lsn: pos.end_lsn,
+            written_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        self.write_json(&self.checkpoint, &checkpoint).await?;
+        match self.store.delete(&self.intent).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(checkpoint),
+            Err(e) => Err(self.store_err(&self.intent)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn pos(c: u64) -> CommitPos {
+        CommitPos {
+            commit_lsn: Lsn(c),
+            end_lsn: Lsn(c + 8),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_flush_is_undone_and_a_finished_one_kept() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let cp = CheckpointStore::new(store.clone(), &Path::from("out"), "s");
+        assert_eq!(cp.recover().await.unwrap(), None);
+
+        let a = Path::from("out/t/a.parquet");
+        cp.write_intent(1, std::slice::from_ref(&a)).await.unwrap();
+        store.put(&a, PutPayload::from_static(b"x")).await.unwrap();
+        cp.commit(1, pos(100)).await.unwrap();
+
+        let b = Path::from("out/t/b.parquet");
+        cp.write_intent(2, std::slice::from_ref(&b)).await.unwrap();
+        store.put(&b, PutPayload::from_static(b"y")).await.unwrap();
+        // Crash here: the checkpoint still says 1.
+
+        let recovered = cp.recover().await.unwrap().unwrap();
+        assert_eq!((recovered.seq, recovered.position()), (1, pos(100)));
+        assert!(store.head(&a).await.is_ok(), "committed file kept");
+        assert!(
+            matches!(
+                store.head(&b).await,
+                Err(object_store::Error::NotFound { .. })
+            ),
+            "uncommitted file removed"
+        );
+        assert!(matches!(
+            store.head(&cp.intent).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn corrupt_checkpoint_is_an_error_that_says_so() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let cp = CheckpointStore::new(store.clone(), &Path::from("out"), "s");
+        store
+            .put(&cp.checkpoint, PutPayload::from_static(b"{not json"))
+            .await
+            .unwrap();
+        let err = cp.recover().await.unwrap_err().to_string();
+        assert!(err.contains("corrupt"), "{err}");
+    }
+}

@@ -1,0 +1,226 @@
+//! The `weir` command line.
+
+mod demo;
+mod status;
+
+use crate::config::{PipelineConfig, SinkConfig};
+use crate::pipeline::{self, RunOptions};
+use crate::stats::Stats;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// PostgreSQL change data capture into Parquet.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline until stopped (SIGINT or SIGTERM: finish the batch in hand,
+    /// checkpoint, exit 0).
+    Run {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Exit 0 once everything committed on the source before the start is durable.
+        #[arg(long)]
+        until_caught_up: bool,
+    },
+    /// Check a pipeline file and print what it would do. Connects to PostgreSQL only to
+    /// read (unless --offline); changes nothing.
+    Validate {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Check the file only, without connecting.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Run a demonstration: a throwaway PostgreSQL, generated changes, a pipeline run,
+    /// and a summary of what landed.
+    Demo {
+        /// Where the Parquet output goes.
+        #[arg(long, default_value = "weir-demo-out")]
+        out: PathBuf,
+        /// Orders to generate.
+        #[arg(long, default_value_t = 10_000)]
+        rows: u32,
+    },
+}
+
+/// Entry point of the `weir` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run {
+                pipeline,
+                until_caught_up,
+            } => run(&pipeline, until_caught_up).await,
+            Command::Validate { pipeline, offline } => validate(&pipeline, offline).await,
+            Command::Demo { out, rows } => demo::demo(&out, rows).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Cancels the token on SIGINT or SIGTERM; a second signal exits at once.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        tracing::info!(
+            "Stopping: finishing the batch in hand, then checkpointing (signal again to stop at once)."
+        );
+        t.cancel();
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        tracing::warn!("Stopped at once; the next run resumes from the last checkpoint.");
+        std::process::exit(130);
+    });
+    token
+}
+
+async fn run(path: &std::path::Path, until_caught_up: bool) -> anyhow::Result<()> {
+    let config = PipelineConfig::load(path)?;
+    let stats = Arc::new(Stats::default());
+    let reporter = status::spawn(stats.clone());
+    let options = RunOptions {
+        until_caught_up,
+        shutdown: shutdown_on_signals(),
+    };
+    let result = pipeline::run(&config, options, stats).await;
+    reporter.finish();
+    let summary = result?;
+    tracing::info!(
+        events = summary.events,
+        checkpoint = %summary.checkpoint.map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
+        "Pipeline stopped."
+    );
+    Ok(())
+}
+
+async fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
+    let config = PipelineConfig::load(path)?;
+    println!("{}: valid", path.display());
+    println!("pipeline  {}", config.name());
+    let pg = crate::source::pg_config(&config.source.url)?;
+    println!(
+        "source    postgres://{}@{}:{}/{} slot `{}` publication `{}`",
+        pg.get_user().unwrap_or_default(),
+        match pg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        },
+        pg.get_ports().first().copied().unwrap_or(5432),
+        pg.get_dbname().unwrap_or_default(),
+        config.source.slot,
+        config.source.publication
+    );
+    let tables: Vec<String> = config.source.tables.iter().map(|t| t.to_string()).collect();
+    println!("tables    {}", tables.join(", "));
+    let b = &config.batch;
+    println!(
+        "batches   up to {} events, {}, {}",
+        b.max_events,
+        bytesize::ByteSize(b.max_bytes).display().iec(),
+        humantime::format_duration(b.max_delay)
+    );
+    for sink in &config.sinks {
+        match sink {
+            SinkConfig::Parquet(p) => println!(
+                "sink      parquet {} ({:?} partitions, {:?}, files up to {}, flushed every {})",
+                p.url,
+                p.partition,
+                p.compression,
+                bytesize::ByteSize(p.target_file_size).display().iec(),
+                humantime::format_duration(p.flush_interval)
+            ),
+        }
+    }
+    if offline {
+        return Ok(());
+    }
+    let control = crate::source::Control::connect(&config.source.url).await?;
+    let info = control.preflight(&config.source).await?;
+    println!(
+        "database  `{}` as `{}`: wal_level logical, replication allowed, tables found",
+        info.database, info.user
+    );
+    match &info.publication_missing {
+        None => println!(
+            "would     create publication `{}` for {}",
+            config.source.publication,
+            tables.join(", ")
+        ),
+        Some(m) if !m.is_empty() => {
+            let m: Vec<String> = m.iter().map(|t| t.to_string()).collect();
+            println!(
+                "would     add {} to publication `{}`",
+                m.join(", "),
+                config.source.publication
+            )
+        }
+        Some(_) => println!("uses      publication `{}`", config.source.publication),
+    }
+    if info.slot_exists {
+        println!("uses      replication slot `{}`", config.source.slot);
+    } else {
+        println!(
+            "would     create replication slot `{}` (pgoutput)",
+            config.source.slot
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! The periodic one-line status: events/s, lag and checkpoint.
+
+use crate::stats::{Snapshot, Stats};
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The running reporter; `finish` clears its line.
+pub struct Reporter {
+    stop: CancellationToken,
+    terminal: bool,
+}
+
+impl Reporter {
+    pub fn finish(self) {
+        self.stop.cancel();
+        if self.terminal {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+/// Redraws a status line every second on a terminal; elsewhere logs it every 10 s
+/// while there is activity.
+pub fn spawn(stats: Arc<Stats>) -> Reporter {
+    let terminal = std::io::stderr().is_terminal();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let period = if terminal {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(10)
+    };
+    tokio::spawn(async move {
+        let mut last = (Instant::now(), Snapshot::default());
+        let mut ticker = tokio::time::interval(period);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let now = (Instant::now(), stats.snapshot());
+            let rate = (now.1.events - last.1.events) as f64 / (now.0 - last.0).as_secs_f64();
+            let line = format!(
+                "{:>9.0} events/s | {} events | lag {} | checkpoint {}",
+                rate,
+                now.1.events,
+                bytesize::ByteSize(now.1.lag_bytes()).display().iec(),
+                now.1.checkpoint
+            );
+            if terminal {
+                let mut err = std::io::stderr().lock();
+                let _ = write!(err, "\r\x1b[2K{line}");
+                let _ = err.flush();
+            } else if now.1.events != last.1.events || now.1.checkpoint != last.1.checkpoint {
+                tracing::info!(
+                    events_per_s = rate as u64,
+                    events = now.1.events,
+                    lag_bytes = now.1.lag_bytes(),
+                    checkpoint = %now.1.checkpoint,
+                    "Status."
+                );
+            }
+            last = now;
+        }
+    });
+    Reporter { stop, terminal }
+}

@@ -1,0 +1,608 @@
+//! Pipeline configuration: TOML with `${VAR}` interpolation, unknown keys rejected.
+//!
+//! Loading is pure: nothing here connects anywhere or writes anything. Each struct's doc
+//! comments are the configuration reference (the README repeats them).
+
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A configuration that cannot be used, with the key it concerns and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: unknown key `{key}`{}", suggestion_text(.suggestion))]
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        suggestion: Option<String>,
+    },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("{path}: `{key}` uses ${{{var}}}, but the environment variable {var} is not set")]
+    MissingVar {
+        path: PathBuf,
+        key: String,
+        var: String,
+    },
+}
+
+fn suggestion_text(s: &Option<String>) -> String {
+    match s {
+        Some(s) => format!(" (did you mean `{s}`?)"),
+        None => String::new(),
+    }
+}
+
+/// A whole pipeline: one source, batching, and one or more sinks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Name used in logs and metrics. Default: the file name without extension.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Where changes come from.
+    pub source: SourceConfig,
+    /// How change events are grouped before they reach plugins and sinks.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Where changes go; every sink receives every batch.
+    #[serde(rename = "sink", default)]
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// `[source]`: the PostgreSQL database to capture.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Connection URL, `postgres://user:password@host:port/db`; `${VAR}` is replaced from
+    /// the environment. A missing password is taken from `PGPASSWORD`.
+    pub url: String,
+    /// Logical replication slot; created (pgoutput) when missing. Default `weir`.
+    #[serde(default = "default_weir")]
+    pub slot: String,
+    /// Publication; created for `tables` when missing, and missing tables are added to
+    /// it. Default `weir`.
+    #[serde(default = "default_weir")]
+    pub publication: String,
+    /// Tables to capture, `schema.table` (a bare name means `public`).
+    pub tables: Vec<TableName>,
+}
+
+fn default_weir() -> String {
+    "weir".into()
+}
+
+/// `[batch]`: a batch is cut when any bound is reached.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Most events in one batch. Default 10000.
+    pub max_events: usize,
+    /// Most bytes of row data in one batch. Default `8MiB`.
+    #[serde(deserialize_with = "de_size")]
+    pub max_bytes: u64,
+    /// Longest a change waits for its batch to fill. Default `500ms`.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_delay: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: 10_000,
+            max_bytes: 8 << 20,
+            max_delay: Duration::from_millis(500),
+        }
+    }
+}
+
+/// `[[sink]]`: one output. `type` selects the kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkConfig {
+    /// Parquet changelog files on object storage.
+    Parquet(ParquetSinkConfig),
+}
+
+impl SinkConfig {
+    /// The kind, as written in `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Parquet(_) => "parquet",
+        }
+    }
+}
+
+/// `[[sink]] type = "parquet"`: one changelog per table under `<url>/<schema>/<table>/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetSinkConfig {
+    /// Output location: `file:///absolute/path`.
+    pub url: String,
+    /// Time window of the partition directories below each table, by commit time:
+    /// `hourly` (default, `date=YYYY-MM-DD/hour=HH`) or `daily` (`date=YYYY-MM-DD`).
+    #[serde(default)]
+    pub partition: Partitioning,
+    /// `zstd` (default), `snappy`, `gzip` or `none`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// A file is closed and a new one started once it reaches this size. Default `128MiB`.
+    #[serde(default = "default_target_file_size", deserialize_with = "de_size")]
+    pub target_file_size: u64,
+    /// Open files are completed and the checkpoint advanced at least this often.
+    /// Default `10s`.
+    #[serde(default = "default_flush_interval", deserialize_with = "de_duration")]
+    pub flush_interval: Duration,
+    /// Rows per Parquet row group (bounds the memory of each open file). Default 65536.
+    #[serde(default = "default_row_group_rows")]
+    pub row_group_rows: usize,
+}
+
+fn default_target_file_size() -> u64 {
+    128 << 20
+}
+fn default_flush_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_row_group_rows() -> usize {
+    65_536
+}
+
+/// Partition window of Parquet output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Partitioning {
+    #[default]
+    Hourly,
+    Daily,
+}
+
+/// Parquet compression codec.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Zstd,
+    Snappy,
+    Gzip,
+    None,
+}
+
+/// A table, `schema.table`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    pub schema: String,
+    pub table: String,
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+impl FromStr for TableName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<TableName, String> {
+        let (schema, table) = s.split_once('.').unwrap_or(("public", s));
+        let valid = |p: &str| !p.is_empty() && !p.contains('.') && !p.contains('"');
+        if !valid(schema) || !valid(table) {
+            return Err(format!(
+                "`{s}` is not a table name: write schema.table, for example public.orders"
+            ));
+        }
+        Ok(TableName {
+            schema: schema.into(),
+            table: table.into(),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for TableName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<TableName, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{s}` is not a duration ({e}); write for example \"500ms\" or \"10s\""
+        ))
+    })
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(b) => Ok(b),
+        Size::Text(s) => s
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{s}` is not a size; write for example \"128MiB\" or 1048576"
+                ))
+            }),
+    }
+}
+
+impl PipelineConfig {
+    /// Reads, interpolates, parses and validates a pipeline file.
+    pub fn load(path: &Path) -> Result<PipelineConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut config = PipelineConfig::parse(&text, path, &|var| std::env::var(var).ok())?;
+        if config.name.is_none() {
+            config.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates configuration text; `env` resolves `${VAR}`.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<PipelineConfig, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: path.into(),
+                    message: e.to_string(),
+                })?;
+        interpolate_table(&mut table, "", path, env)?;
+        let config: PipelineConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let message = e.inner().to_string();
+                unknown_key_error(path, &key, &message).unwrap_or(ConfigError::Invalid {
+                    path: path.into(),
+                    key,
+                    message,
+                })
+            })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.into(),
+            key: key.into(),
+            message,
+        };
+        self.source
+            .url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| {
+                invalid(
+                    "source.url",
+                    format!("not a PostgreSQL URL ({e}); write postgres://user@host:5432/db"),
+                )
+            })?;
+        for (key, name) in [
+            ("source.slot", &self.source.slot),
+            ("source.publication", &self.source.publication),
+        ] {
+            if name.is_empty()
+                || name.len() > 63
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(invalid(
+                    key,
+                    format!("`{name}` must be 1 to 63 lowercase letters, digits or underscores"),
+                ));
+            }
+        }
+        if self.source.tables.is_empty() {
+            return Err(invalid(
+                "source.tables",
+                "lists no table; name at least one, for example [\"public.orders\"]".into(),
+            ));
+        }
+        if self.batch.max_events == 0 || self.batch.max_bytes == 0 || self.batch.max_delay.is_zero()
+        {
+            return Err(invalid(
+                "batch",
+                "max_events, max_bytes and max_delay must be greater than zero".into(),
+            ));
+        }
+        if self.sinks.is_empty() {
+            return Err(invalid(
+                "sink",
+                "no [[sink]] is configured; add one, for example type = \"parquet\"".into(),
+            ));
+        }
+        for (i, sink) in self.sinks.iter().enumerate() {
+            match sink {
+                SinkConfig::Parquet(p) => {
+                    crate::sink::object_store_for(&p.url)
+                        .map_err(|e| invalid(&format!("sink[{i}].url"), e.to_string()))?;
+                    if p.row_group_rows == 0
+                        || p.target_file_size == 0
+                        || p.flush_interval.is_zero()
+                    {
+                        return Err(invalid(
+                            &format!("sink[{i}]"),
+                            "row_group_rows, target_file_size and flush_interval must be greater than zero".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("weir")
+    }
+}
+
+/// Recognizes serde's unknown-field message and adds the closest known key.
+fn unknown_key_error(path: &Path, key_path: &str, message: &str) -> Option<ConfigError> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    let suggestion = expected
+        .iter()
+        .map(|k| (strsim::jaro_winkler(field, k), *k))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k.to_string());
+    // serde_path_to_error's path already ends in the unknown key.
+    let key = if key_path.ends_with(field) {
+        key_path.to_string()
+    } else {
+        format!("{key_path}.{field}")
+    };
+    Some(ConfigError::UnknownKey {
+        path: path.into(),
+        key: key.trim_start_matches('.').into(),
+        suggestion,
+    })
+}
+
+fn interpolate_table(
+    table: &mut toml::Table,
+    prefix: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for (k, v) in table.iter_mut() {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        interpolate_value(v, &key, path, env)?;
+    }
+    Ok(())
+}
+
+fn interpolate_value(
+    value: &mut toml::Value,
+    key: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) => *s = interpolate(s, key, path, env)?,
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate_value(item, &format!("{key}[{i}]"), path, env)?;
+            }
+        }
+        toml::Value::Table(t) => interpolate_table(t, key, path, env)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}`; `$${` is a literal `${`.
+fn interpolate(
+    s: &str,
+    key: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("${") {
+            let Some(end) = after.find('}') else {
+                return Err(ConfigError::Invalid {
+                    path: path.into(),
+                    key: key.into(),
+                    message: "`${` without a closing `}`".into(),
+                });
+            };
+            let inner = &after[..end];
+            let (var, default) = match inner.split_once(":-") {
+                Some((v, d)) => (v, Some(d)),
+                None => (inner, None),
+            };
+            match env(var).or_else(|| default.map(str::to_owned)) {
+                Some(v) => out.push_str(&v),
+                None => {
+                    return Err(ConfigError::MissingVar {
+                        path: path.into(),
+                        key: key.into(),
+                        var: var.into(),
+                    });
+                }
+            }
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[source]
+url = "postgres://app@localhost:5432/shop"
+tables = ["public.orders", "customers"]
+
+[[sink]]
+type = "parquet"
+url = "file:///tmp/weir-out"
+"#;
+
+    fn parse(text: &str) -> Result<PipelineConfig, ConfigError> {
+        PipelineConfig::parse(text, Path::new("p.toml"), &|v| {
+            (v == "PGHOST_TEST").then(|| "db.internal".to_string())
+        })
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.source.slot, "weir");
+        assert_eq!(c.source.publication, "weir");
+        assert_eq!(
+            c.source.tables[1],
+            TableName {
+                schema: "public".into(),
+                table: "customers".into()
+            }
+        );
+        assert_eq!(c.batch.max_events, 10_000);
+        let SinkConfig::Parquet(p) = &c.sinks[0];
+        assert_eq!(p.partition, Partitioning::Hourly);
+        assert_eq!(p.compression, Compression::Zstd);
+        assert_eq!(p.target_file_size, 128 << 20);
+        assert_eq!(p.flush_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_key_names_its_path_and_suggests() {
+        let text = MINIMAL.replace("tables =", "slott = \"x\"\ntables =");
+        let err = parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "p.toml: unknown key `source.slott` (did you mean `slot`?)"
+        );
+        let text = MINIMAL.replace(
+            "type = \"parquet\"",
+            "type = \"parquet\"\ncompresion = \"gzip\"",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("`sink") && err.contains("did you mean `compression`?"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn interpolates_environment_with_defaults_and_escapes() {
+        let text = MINIMAL
+            .replace("localhost", "${PGHOST_TEST}:${PGPORT_TEST:-6543}")
+            .replace(":5432", "");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.source.url, "postgres://app@db.internal:6543/shop");
+        assert_eq!(
+            interpolate("a$${B}c$d", "k", Path::new("p"), &|_| None).unwrap(),
+            "a${B}c$d"
+        );
+        let err = parse(&MINIMAL.replace("localhost", "${NOPE_NOT_SET}"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "p.toml: `source.url` uses ${NOPE_NOT_SET}, but the environment variable NOPE_NOT_SET is not set"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_fix() {
+        let err = parse(&MINIMAL.replace(
+            "postgres://app@localhost:5432/shop",
+            "postgres://app@:notaport/x",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("p.toml: `source.url`: not a PostgreSQL URL"),
+            "{err}"
+        );
+        let err = parse(&MINIMAL.replace("\"customers\"", "\"a.b.c\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("source.tables") && err.contains("schema.table"),
+            "{err}"
+        );
+        let err = parse(&format!("{MINIMAL}\n[batch]\nmax_delay = \"soon\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("batch.max_delay") && err.contains("not a duration"),
+            "{err}"
+        );
+        let err = parse(&MINIMAL.replace("file:///tmp/weir-out", "ftp://x/y"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sink[0].url"), "{err}");
+        let err = parse(&MINIMAL.replace(
+            "[[sink]]\ntype = \"parquet\"\nurl = \"file:///tmp/weir-out\"",
+            "",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("no [[sink]]"), "{err}");
+        let err = parse(&MINIMAL.replace("[source]", "[source]\nslot = \"Bad-Name\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source.slot"), "{err}");
+    }
+
+    #[test]
+    fn sizes_accept_units_and_plain_bytes() {
+        let c = parse(&format!(
+            "{MINIMAL}target_file_size = \"1MiB\"\n\n[batch]\nmax_bytes = 4096\n"
+        ))
+        .unwrap();
+        let SinkConfig::Parquet(p) = &c.sinks[0];
+        assert_eq!(p.target_file_size, 1 << 20);
+        assert_eq!(c.batch.max_bytes, 4096);
+    }
+}

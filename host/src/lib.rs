@@ -1,0 +1,34 @@
+//! weir: PostgreSQL change data capture into Parquet.
+//!
+//! The data flow, one module per stage:
+//!
+//! ```text
+//! source      replication slot (pgoutput) -> canonical change events   source/
+//! batch       events -> bounded MessagePack-ready batches               batch.rs
+//! sinks       batches -> Parquet changelog files                        sink/
+//! checkpoint  durable position, stored with the output                  checkpoint.rs
+//! pipeline    the loop that ties them together                          pipeline.rs
+//! ```
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! let config = weir::config::PipelineConfig::load("pipeline.toml".as_ref())?;
+//! let options = weir::pipeline::RunOptions { until_caught_up: true, ..Default::default() };
+//! let summary = weir::pipeline::run(&config, options, Arc::default()).await?;
+//! println!("{} events, checkpoint {:?}", summary.events, summary.checkpoint);
+//! # Ok(()) }
+//! ```
+
+pub mod batch;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod lsn;
+pub mod pgtemp;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
+pub mod stats;
+
+pub use lsn::Lsn;

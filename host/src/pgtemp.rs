@@ -1,0 +1,271 @@
+//! A throwaway PostgreSQL server for `weir demo`, the tests and the benchmark.
+//!
+//! `initdb` in a temporary directory, `wal_level = logical`, a free loopback port, trust
+//! authentication. PostgreSQL refuses to run as root, so under root the server runs as
+//! the `postgres` user. A watchdog process stops the server when the process that
+//! started it exits, however it exits.
+
+use std::io;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A running throwaway server; stopped on drop.
+pub struct TempPostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    run_as: Option<String>,
+}
+
+fn find_bin(name: &str) -> io::Result<PathBuf> {
+    let from_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_default();
+    if let Some(p) = from_path {
+        return Ok(p);
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin").join(name))
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions.pop().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("`{name}` not found: install the PostgreSQL server binaries"),
+        )
+    })
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl TempPostgres {
+    /// Initializes and starts a server. Takes a few seconds.
+    pub fn start() -> io::Result<TempPostgres> {
+        let initdb = find_bin("initdb")?;
+        let bin = initdb
+            .parent()
+            .expect("binary has a directory")
+            .to_path_buf();
+        let run_as = is_root().then(|| "postgres".to_string());
+        let dir = tempfile::Builder::new().prefix("weir-pg-").tempdir()?;
+        if let Some(user) = &run_as {
+            chown_to(dir.path(), user)?;
+        }
+        let data = dir.path().join("data");
+        let port = free_port()?;
+        let pg = TempPostgres {
+            dir,
+            bin,
+            port,
+            run_as,
+        };
+        pg.command("initdb")
+            .args(["-D"])
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .checked()?;
+        let conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             wal_level = logical\nmax_replication_slots = 64\nmax_wal_senders = 64\nmax_connections = 200\n\
+             fsync = off\nfull_page_writes = off\nshared_buffers = 256MB\nmax_wal_size = 4GB\n\
+             log_min_messages = warning\n",
+            pg.dir.path().display()
+        );
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(conf.as_bytes())
+            })?;
+        pg.start_server()?;
+        pg.spawn_watchdog()?;
+        Ok(pg)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(path);
+                c
+            }
+            None => Command::new(path),
+        }
+    }
+
+    fn start_server(&self) -> io::Result<()> {
+        self.command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .args(["-w", "-t", "60", "start"])
+            .checked()
+    }
+
+    /// Stops the server and starts it again (same data, same port).
+    pub fn restart(&self) -> io::Result<()> {
+        self.command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-w", "-m", "fast", "stop"])
+            .checked()?;
+        self.start_server()
+    }
+
+    fn spawn_watchdog(&self) -> io::Result<()> {
+        let stop = format!(
+            "{} -D '{}' -m immediate stop",
+            self.command_line("pg_ctl"),
+            self.data().display()
+        );
+        let script = format!(
+            "while kill -0 {} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf '{}'",
+            std::process::id(),
+            self.dir.path().display()
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(())
+    }
+
+    fn command_line(&self, program: &str) -> String {
+        let path = self.bin.join(program).display().to_string();
+        match &self.run_as {
+            Some(user) => format!("runuser -u {user} -- {path}"),
+            None => path,
+        }
+    }
+
+    /// The port the server listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The directory holding the server's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A URL for database `db` as the superuser `postgres`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Runs SQL through `psql` (for setup steps that are easier as a script).
+    pub fn psql(&self, db: &str, sql: &str) -> io::Result<String> {
+        let out = Command::new(find_bin("psql")?)
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.url(db),
+                "-c",
+                sql,
+            ])
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "psql: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The server's log, for test failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TempPostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+trait Checked {
+    fn checked(&mut self) -> io::Result<()>;
+}
+
+impl Checked for Command {
+    fn checked(&mut self) -> io::Result<()> {
+        let out = self.stdin(Stdio::null()).output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "{:?} failed: {}{}",
+                self.get_program(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+}
+
+fn is_root() -> bool {
+    // The effective uid, without unsafe code.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn chown_to(path: &Path, user: &str) -> io::Result<()> {
+    let status = Command::new("chown").arg(user).arg(path).status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "chown {user} {} failed",
+            path.display()
+        )))
+    }
+}

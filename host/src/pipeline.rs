@@ -1,0 +1,160 @@
+//! The pipeline: source, batches, sinks, checkpoint. The whole data flow in one place.
+
+use crate::batch::Position;
+use crate::config::PipelineConfig;
+use crate::lsn::Lsn;
+use crate::sink::{SinkError, Sinks};
+use crate::source::{Control, PgSource, SourceError};
+use crate::stats::Stats;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Why a pipeline stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("sink {sink}: {source}")]
+    Sink { sink: String, source: SinkError },
+    #[error("opening sinks: {0}")]
+    OpenSinks(SinkError),
+    #[error(
+        "the replication stream ended unexpectedly (the server closed it); restart to resume from the checkpoint"
+    )]
+    StreamEnded,
+}
+
+impl From<(String, SinkError)> for PipelineError {
+    fn from((sink, source): (String, SinkError)) -> PipelineError {
+        PipelineError::Sink { sink, source }
+    }
+}
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop once everything committed before the start is durable.
+    pub until_caught_up: bool,
+    /// Cancelled on SIGINT/SIGTERM: finish the batch in hand, checkpoint, stop.
+    pub shutdown: CancellationToken,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub events: u64,
+    /// The position reported to the server as flushed.
+    pub checkpoint: Option<Lsn>,
+}
+
+/// Runs a pipeline until shutdown, an error, or (with `until_caught_up`) the end of what
+/// was committed before it started.
+pub async fn run(
+    config: &PipelineConfig,
+    options: RunOptions,
+    stats: Arc<Stats>,
+) -> Result<RunSummary, PipelineError> {
+    let control = Control::connect(&config.source.url).await?;
+    // Nothing is created or written before every check has passed.
+    let info = control.preflight(&config.source).await?;
+    let target = match options.until_caught_up {
+        true => Some(CaughtUp::mark(&control).await?),
+        false => None,
+    };
+    control.prepare(&config.source, &info).await?;
+
+    let mut sinks = Sinks::open(&config.sinks, &config.source.slot)
+        .await
+        .map_err(PipelineError::OpenSinks)?;
+    let mut source = PgSource::start(
+        &control,
+        &config.source,
+        &info,
+        config.batch.clone(),
+        sinks.resume(),
+        stats.clone(),
+    )
+    .await?;
+
+    let result = stream(&mut source, &mut sinks, target, &options, &stats).await;
+    let checkpoint = match &result {
+        Ok(position) => {
+            // Stopping: make what was written durable (at a transaction boundary).
+            let flushed = sinks.flush_all(position).await;
+            let lsn = sinks.durable_lsn(position);
+            if let Some(lsn) = lsn {
+                source.acknowledge(lsn);
+                stats.set_checkpoint(lsn);
+            }
+            flushed?;
+            lsn
+        }
+        Err(_) => None,
+    };
+    source.stop().await;
+    sinks.abort().await;
+    result?;
+    Ok(RunSummary {
+        events: stats.snapshot().events,
+        checkpoint,
+    })
+}
+
+/// The loop: batches from the source into every sink, then the checkpoint.
+async fn stream(
+    source: &mut PgSource,
+    sinks: &mut Sinks,
+    target: Option<CaughtUp>,
+    options: &RunOptions,
+    stats: &Stats,
+) -> Result<Position, PipelineError> {
+    let mut position = Position::default();
+    loop {
+        let batch = tokio::select! {
+            biased;
+            _ = options.shutdown.cancelled() => return Ok(position),
+            b = source.next_batch() => b?.ok_or(PipelineError::StreamEnded)?,
+        };
+        if !batch.batch.events.is_empty() {
+            stats.add_batch();
+        }
+        sinks.write_all(&batch).await?; // fan-out; all must succeed
+        position = batch.position;
+        if let Some(lsn) = sinks.durable_lsn(&position) {
+            source.acknowledge(lsn); // the slot's flush position: only what is durable
+            stats.set_checkpoint(lsn);
+        }
+        if target.as_ref().is_some_and(|t| t.reached(&position)) {
+            tracing::info!(position = %position.delivered_through(), "Caught up with the source.");
+            return Ok(position);
+        }
+    }
+}
+
+/// The point `--until-caught-up` waits for: the server's flushed WAL position when the
+/// run started. Every transaction committed before then ends at or before it.
+#[derive(Debug, Clone, Copy)]
+struct CaughtUp(Lsn);
+
+impl CaughtUp {
+    async fn mark(control: &Control) -> Result<CaughtUp, SourceError> {
+        let target = control.current_wal_flush_lsn().await?;
+        // A logical message after the mark: the stream reaches it (and so the mark) at
+        // once even when the server is otherwise idle and its last record is incomplete.
+        if let Err(e) = control
+            .client
+            .execute(
+                "SELECT pg_logical_emit_message(false, 'weir', 'caught-up')",
+                &[],
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "No marker message; waiting for keepalives instead.");
+        }
+        Ok(CaughtUp(target))
+    }
+
+    fn reached(&self, position: &Position) -> bool {
+        !position.in_tx && position.delivered_through() >= self.0
+    }
+}

@@ -1,0 +1,366 @@
+//! The Parquet changelog sink.
+//!
+//! One changelog per source table under `<url>/<schema>/<table>/`, partitioned by the
+//! commit time window, each row a change: the source columns and `_cdc_op`,
+//! `_cdc_commit_lsn`, `_cdc_seq`, `_cdc_xid`, `_cdc_commit_ts`. Files stream to object
+//! storage as multipart uploads, so an open file costs a row group and an upload part of
+//! memory however large it grows, and a file is visible only once complete.
+
+use super::SinkError;
+use super::columns::{ColumnBuilder, arrow_field};
+use crate::batch::{Position, SourceBatch};
+use crate::checkpoint::{CheckpointStore, CommitPos};
+use crate::config::{Compression, ParquetSinkConfig, Partitioning};
+use crate::lsn::Lsn;
+use arrow::array::{
+    ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use object_store::ObjectStore;
+use object_store::path::Path;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::async_writer::ParquetObjectWriter;
+use parquet::basic::{GzipLevel, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use weir_sdk::{Event, Op, Relation};
+
+/// Rows gathered in builders before they are handed to the Parquet writer.
+const CHUNK_ROWS: usize = 8192;
+
+/// The changelog columns after the source columns.
+pub const CDC_COLUMNS: [&str; 5] = [
+    "_cdc_op",
+    "_cdc_commit_lsn",
+    "_cdc_seq",
+    "_cdc_xid",
+    "_cdc_commit_ts",
+];
+
+/// The changelog schema of a relation.
+pub fn changelog_schema(relation: &Relation) -> SchemaRef {
+    let mut fields: Vec<Field> = relation.columns.iter().map(arrow_field).collect();
+    fields.push(Field::new("_cdc_op", DataType::Utf8, false));
+    fields.push(Field::new("_cdc_commit_lsn", DataType::Int64, false));
+    fields.push(Field::new("_cdc_seq", DataType::Int64, false));
+    fields.push(Field::new("_cdc_xid", DataType::Int64, false));
+    fields.push(Field::new(
+        "_cdc_commit_ts",
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        false,
+    ));
+    Arc::new(Schema::new(fields))
+}
+
+/// (relation id, schema version, partition directory)
+type FileKey = (u32, u32, String);
+
+struct OpenFile {
+    path: Path,
+    schema: SchemaRef,
+    relation: String,
+    columns: Vec<ColumnBuilder>,
+    op: StringBuilder,
+    commit_lsn: Int64Builder,
+    seq: Int64Builder,
+    xid: Int64Builder,
+    commit_ts: TimestampMicrosecondBuilder,
+    buffered: usize,
+    writer: AsyncArrowWriter<ParquetObjectWriter>,
+}
+
+impl OpenFile {
+    fn append(&mut self, event: &Event, relation: &Relation) {
+        let row = match event.op {
+            Op::Read | Op::Insert | Op::Update => event.after.as_ref(),
+            Op::Delete => event.before.as_ref(),
+            Op::Truncate => None,
+        };
+        match row {
+            Some(values) => {
+                for (i, (builder, value)) in self.columns.iter_mut().zip(values).enumerate() {
+                    if let Err(e) = builder.append(value) {
+                        tracing::warn!(
+                            table = %self.relation,
+                            column = %relation.columns[i].name,
+                            lsn = %Lsn(event.commit_lsn),
+                            error = %e,
+                            "Value written as null: its column type cannot hold it."
+                        );
+                    }
+                }
+            }
+            None => self.columns.iter_mut().for_each(ColumnBuilder::append_null),
+        }
+        self.op.append_value(event.op.code());
+        self.commit_lsn.append_value(event.commit_lsn as i64);
+        self.seq.append_value(event.seq as i64);
+        self.xid.append_value(event.xid as i64);
+        self.commit_ts.append_value(event.commit_ts);
+        self.buffered += 1;
+    }
+
+    /// Hands the buffered rows to the Parquet writer.
+    async fn write_chunk(&mut self) -> Result<(), SinkError> {
+        if self.buffered == 0 {
+            return Ok(());
+        }
+        let mut arrays: Vec<ArrayRef> =
+            self.columns.iter_mut().map(ColumnBuilder::finish).collect();
+        arrays.push(Arc::new(self.op.finish()));
+        arrays.push(Arc::new(self.commit_lsn.finish()));
+        arrays.push(Arc::new(self.seq.finish()));
+        arrays.push(Arc::new(self.xid.finish()));
+        arrays.push(Arc::new(self.commit_ts.finish().with_timezone("UTC")));
+        self.buffered = 0;
+        let batch = RecordBatch::try_new(self.schema.clone(), arrays)
+            .map_err(|e| write_err(&self.path, e))?;
+        self.writer
+            .write(&batch)
+            .await
+            .map_err(|e| write_err(&self.path, e))
+    }
+
+    fn size(&self) -> usize {
+        self.writer.bytes_written() + self.writer.in_progress_size()
+    }
+
+    async fn complete(mut self) -> Result<Path, SinkError> {
+        self.write_chunk().await?;
+        self.writer
+            .close()
+            .await
+            .map_err(|e| write_err(&self.path, e))?;
+        Ok(self.path)
+    }
+
+    async fn abort(self) {
+        let mut inner = self.writer.into_inner().into_inner();
+        let _ = inner.abort().await;
+    }
+}
+
+fn write_err(path: &Path, e: impl std::fmt::Display) -> SinkError {
+    SinkError::Write {
+        path: path.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Writes changelog files and checkpoints them.
+pub struct ParquetSink {
+    config: ParquetSinkConfig,
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    slot: String,
+    checkpoints: CheckpointStore,
+    properties: WriterProperties,
+    /// Sequence number of the last committed flush.
+    seq: u64,
+    durable: Option<CommitPos>,
+    open: HashMap<FileKey, OpenFile>,
+    /// Files of the coming flush already completed (rolled at the target size).
+    rolled: Vec<Path>,
+    files_in_flush: u32,
+    last_flush: Instant,
+}
+
+impl ParquetSink {
+    /// Opens the sink, recovering its checkpoint.
+    pub async fn open(config: ParquetSinkConfig, slot: &str) -> Result<ParquetSink, SinkError> {
+        let (store, prefix) = super::object_store_for(&config.url)?;
+        let checkpoints = CheckpointStore::new(store.clone(), &prefix, slot);
+        let checkpoint = checkpoints.recover().await?;
+        if let Some(c) = &checkpoint {
+            tracing::info!(url = %config.url, checkpoint = %c.end_lsn, seq = c.seq, "Parquet sink resumes from its checkpoint.");
+        }
+        let compression = match config.compression {
+            Compression::Zstd => parquet::basic::Compression::ZSTD(ZstdLevel::default()),
+            Compression::Snappy => parquet::basic::Compression::SNAPPY,
+            Compression::Gzip => parquet::basic::Compression::GZIP(GzipLevel::default()),
+            Compression::None => parquet::basic::Compression::UNCOMPRESSED,
+        };
+        let properties = WriterProperties::builder()
+            .set_compression(compression)
+            .set_max_row_group_row_count(Some(config.row_group_rows))
+            .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(ParquetSink {
+            seq: checkpoint.as_ref().map_or(0, |c| c.seq),
+            durable: checkpoint.map(|c| c.position()),
+            config,
+            store,
+            prefix,
+            slot: slot.to_owned(),
+            checkpoints,
+            properties,
+            open: HashMap::new(),
+            rolled: Vec::new(),
+            files_in_flush: 0,
+            last_flush: Instant::now(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.config.url
+    }
+
+    /// The last transaction whose rows are all in complete, checkpointed files.
+    pub fn durable(&self) -> Option<CommitPos> {
+        self.durable
+    }
+
+    fn partition(&self, commit_ts: i64) -> String {
+        let t = chrono::DateTime::from_timestamp_micros(commit_ts).unwrap_or_default();
+        match self.config.partition {
+            Partitioning::Hourly => t.format("date=%Y-%m-%d/hour=%H").to_string(),
+            Partitioning::Daily => t.format("date=%Y-%m-%d").to_string(),
+        }
+    }
+
+    fn new_file(&mut self, relation: &Relation, partition: &str) -> Result<OpenFile, SinkError> {
+        self.files_in_flush += 1;
+        let name = format!(
+            "part-{:010}-{:05}-{}.parquet",
+            self.seq + 1,
+            self.files_in_flush,
+            self.slot
+        );
+        let path = self
+            .prefix
+            .clone()
+            .join(relation.schema.as_str())
+            .join(relation.table.as_str());
+        let path = partition
+            .split('/')
+            .fold(path, |p, part| p.join(part))
+            .join(name);
+        let schema = changelog_schema(relation);
+        let mut writer = AsyncArrowWriter::try_new(
+            ParquetObjectWriter::new(self.store.clone(), path.clone()),
+            schema.clone(),
+            Some(self.properties.clone()),
+        )
+        .map_err(|e| write_err(&path, e))?;
+        writer.append_key_value_metadata(KeyValue::new(
+            "weir.schema_version".into(),
+            relation.version.to_string(),
+        ));
+        writer.append_key_value_metadata(KeyValue::new("weir.slot".into(), self.slot.clone()));
+        let columns = schema.fields()[..relation.columns.len()]
+            .iter()
+            .map(|f| ColumnBuilder::new(f.data_type()))
+            .collect();
+        Ok(OpenFile {
+            path,
+            relation: relation.qualified_name(),
+            schema,
+            columns,
+            op: StringBuilder::new(),
+            commit_lsn: Int64Builder::new(),
+            seq: Int64Builder::new(),
+            xid: Int64Builder::new(),
+            commit_ts: TimestampMicrosecondBuilder::new(),
+            buffered: 0,
+            writer,
+        })
+    }
+
+    /// Writes a batch's events; flushes when the interval has passed at a transaction
+    /// boundary.
+    pub async fn write(&mut self, batch: &SourceBatch) -> Result<(), SinkError> {
+        let skip_through = self.durable.map_or(0, |d| d.commit_lsn.0);
+        for event in &batch.batch.events {
+            if event.commit_lsn <= skip_through {
+                continue;
+            }
+            let relation = batch.batch.relation(event);
+            let key = (
+                relation.id,
+                relation.version,
+                self.partition(event.commit_ts),
+            );
+            if !self.open.contains_key(&key) {
+                let file = self.new_file(relation, &key.2)?;
+                self.open.insert(key.clone(), file);
+            }
+            let file = self.open.get_mut(&key).expect("inserted above");
+            file.append(event, relation);
+            if file.buffered >= CHUNK_ROWS {
+                file.write_chunk().await?;
+                if file.size() as u64 >= self.config.target_file_size {
+                    self.roll(&key).await?;
+                }
+            }
+        }
+        let position = &batch.position;
+        if !position.in_tx {
+            if self.open.is_empty() && self.rolled.is_empty() {
+                // Nothing pending: everything delivered is as durable as it will get.
+                self.durable = self.durable.max(position.last_commit);
+            } else if self.last_flush.elapsed() >= self.config.flush_interval {
+                self.flush(position).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes a file that reached the target size. It becomes visible now, so the
+    /// intent of the coming flush lists it first.
+    async fn roll(&mut self, key: &FileKey) -> Result<(), SinkError> {
+        let file = self.open.remove(key).expect("rolled file is open");
+        self.rolled.push(file.path.clone());
+        self.checkpoints
+            .write_intent(self.seq + 1, &self.rolled)
+            .await?;
+        file.complete().await?;
+        Ok(())
+    }
+
+    /// Completes every open file and moves the checkpoint to `position`. Does nothing
+    /// inside a transaction: a checkpoint may only name a whole transaction.
+    pub async fn flush(&mut self, position: &Position) -> Result<(), SinkError> {
+        if position.in_tx {
+            return Ok(());
+        }
+        let Some(last_commit) = position.last_commit else {
+            return Ok(());
+        };
+        if self.open.is_empty() && self.rolled.is_empty() {
+            self.durable = self.durable.max(Some(last_commit));
+            return Ok(());
+        }
+        let started = Instant::now();
+        let seq = self.seq + 1;
+        let mut files = std::mem::take(&mut self.rolled);
+        files.extend(self.open.values().map(|f| f.path.clone()));
+        self.checkpoints.write_intent(seq, &files).await?;
+        let open: Vec<OpenFile> = self.open.drain().map(|(_, f)| f).collect();
+        for file in open {
+            file.complete().await?;
+        }
+        self.checkpoints.commit(seq, last_commit).await?;
+        tracing::debug!(
+            seq,
+            files = files.len(),
+            checkpoint = %last_commit.end_lsn,
+            ms = started.elapsed().as_millis() as u64,
+            "Parquet flush committed."
+        );
+        self.seq = seq;
+        self.files_in_flush = 0;
+        self.durable = Some(last_commit);
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    /// Abandons open files (their rows are resent after a restart).
+    pub async fn abort(self) {
+        for (_, file) in self.open {
+            file.abort().await;
+        }
+    }
+}

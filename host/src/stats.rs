@@ -1,0 +1,73 @@
+//! Live counters shared by the stages, read by the status line.
+
+use crate::lsn::Lsn;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Progress counters. Written by one stage each, read by anyone.
+#[derive(Debug, Default)]
+pub struct Stats {
+    events: AtomicU64,
+    server_wal_end: AtomicU64,
+    received_commit_end: AtomicU64,
+    last_commit_ts: AtomicU64,
+    checkpoint: AtomicU64,
+    durable_commit_ts: AtomicU64,
+    batches: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Snapshot {
+    pub events: u64,
+    pub batches: u64,
+    pub server_wal_end: Lsn,
+    pub checkpoint: Lsn,
+    /// Commit time (µs since the Unix epoch) of the last change made durable.
+    pub durable_commit_ts: i64,
+}
+
+impl Snapshot {
+    /// Bytes of WAL between the server's position and the checkpoint.
+    pub fn lag_bytes(&self) -> u64 {
+        self.server_wal_end.0.saturating_sub(self.checkpoint.0)
+    }
+}
+
+impl Stats {
+    pub fn add_events(&self, n: u64) {
+        self.events.fetch_add(n, Relaxed);
+    }
+
+    pub fn add_batch(&self) {
+        self.batches.fetch_add(1, Relaxed);
+    }
+
+    pub fn observe_server_wal(&self, lsn: Lsn) {
+        self.server_wal_end.fetch_max(lsn.0, Relaxed);
+    }
+
+    pub fn observe_commit(&self, end_lsn: Lsn, commit_ts: i64) {
+        self.received_commit_end.fetch_max(end_lsn.0, Relaxed);
+        self.server_wal_end.fetch_max(end_lsn.0, Relaxed);
+        self.last_commit_ts.store(commit_ts as u64, Relaxed);
+    }
+
+    pub fn set_checkpoint(&self, lsn: Lsn) {
+        self.checkpoint.fetch_max(lsn.0, Relaxed);
+        // Once durable up to the last commit received, that commit's time is durable too.
+        if lsn.0 >= self.received_commit_end.load(Relaxed) {
+            self.durable_commit_ts
+                .store(self.last_commit_ts.load(Relaxed), Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            events: self.events.load(Relaxed),
+            batches: self.batches.load(Relaxed),
+            server_wal_end: Lsn(self.server_wal_end.load(Relaxed)),
+            checkpoint: Lsn(self.checkpoint.load(Relaxed)),
+            durable_commit_ts: self.durable_commit_ts.load(Relaxed) as i64,
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! `weir-sdk`: the types a weir plugin reads and writes.
+//!
+//! weir hands change events to plugins as a [`Batch`], encoded as MessagePack. This crate
+//! is the single definition of that layout: the host encodes with it and plugins decode
+//! with it, so both sides always agree.
+//!
+//! ```
+//! use weir_sdk::{Batch, Column, Event, Op, Relation, Value};
+//!
+//! let mut batch = Batch::default();
+//! let rel = batch.push_relation(Relation {
+//!     id: 16384,
+//!     schema: "public".into(),
+//!     table: "orders".into(),
+//!     version: 1,
+//!     columns: vec![
+//!         Column::new("id", 20, "int8", true),
+//!         Column::new("email", 25, "text", false),
+//!     ],
+//! });
+//! batch.events.push(Event {
+//!     op: Op::Insert,
+//!     rel,
+//!     commit_lsn: 0x16B4F20,
+//!     seq: 0,
+//!     xid: 742,
+//!     commit_ts: 1_700_000_000_000_000,
+//!     before: None,
+//!     after: Some(vec![Value::Int(1), Value::Text("a@example.com".into())]),
+//!     unchanged: vec![],
+//! });
+//!
+//! let bytes = batch.encode();
+//! let back = Batch::decode(&bytes).unwrap();
+//! assert_eq!(back, batch);
+//! assert_eq!(back.relation(&back.events[0]).table, "orders");
+//! ```
+//!
+//! # Layout
+//!
+//! A batch is a MessagePack map with named fields (so plugins in any language can read it
+//! with a stock MessagePack library):
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `v` | int | layout version, currently [`LAYOUT_VERSION`] |
+//! | `relations` | array of relation maps | the tables the events refer to |
+//! | `events` | array of event maps | change events in commit order |
+//!
+//! A relation: `id` (PostgreSQL relation OID), `schema`, `table`, `version` (the schema
+//! version, increments when the columns change), `columns` (array of `name`, `type_oid`,
+//! `type_name`, `typmod`, `key`).
+//!
+//! An event: `op` (`"r"` snapshot read, `"c"` insert, `"u"` update, `"d"` delete, `"t"`
+//! truncate), `rel` (index into `relations` of this batch), `commit_lsn`, `seq`, `xid`,
+//! `commit_ts` (microseconds since the Unix epoch, UTC), `before` and `after` (arrays of
+//! values positionally matching the relation's columns, or nil), and `unchanged` (indexes
+//! of columns whose value PostgreSQL did not send because it is an unchanged TOAST value:
+//! the slot holds nil, but the column kept its previous value).
+//!
+//! Values are MessagePack natives: nil, bool, int (int2/int4/int8/oid), float
+//! (float4/float8), bin (bytea) and str for everything else, in PostgreSQL's own text
+//! rendering (numeric, dates and times, uuid, json, ...), which is lossless.
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+/// The batch layout version this crate reads and writes.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// A batch of change events and the relations they refer to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Layout version ([`LAYOUT_VERSION`]).
+    pub v: u32,
+    /// Relations referred to by `events[].rel`.
+    pub relations: Vec<Relation>,
+    /// Change events in commit order.
+    pub events: Vec<Event>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            v: LAYOUT_VERSION,
+            relations: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+}
+
+impl Batch {
+    /// Encodes the batch as MessagePack with named fields.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.events.len() * 64);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Encodes the batch into `out`, reusing its allocation.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.clear();
+        let mut ser = rmp_serde::Serializer::new(out).with_struct_map();
+        // Serializing plain data into a Vec cannot fail.
+        self.serialize(&mut ser).expect("batch serializes");
+    }
+
+    /// Decodes a batch, checking its layout version.
+    pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
+        let batch: Batch = rmp_serde::from_slice(bytes).map_err(|e| DecodeError(e.to_string()))?;
+        if batch.v != LAYOUT_VERSION {
+            return Err(DecodeError(format!(
+                "batch layout version {} is not supported (expected {LAYOUT_VERSION})",
+                batch.v
+            )));
+        }
+        for (i, ev) in batch.events.iter().enumerate() {
+            if ev.rel as usize >= batch.relations.len() {
+                return Err(DecodeError(format!(
+                    "event {i} refers to relation {} but the batch has {}",
+                    ev.rel,
+                    batch.relations.len()
+                )));
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Adds a relation and returns its index for [`Event::rel`].
+    pub fn push_relation(&mut self, relation: Relation) -> u32 {
+        self.relations.push(relation);
+        (self.relations.len() - 1) as u32
+    }
+
+    /// The relation an event refers to.
+    pub fn relation(&self, event: &Event) -> &Relation {
+        &self.relations[event.rel as usize]
+    }
+}
+
+/// A batch that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "malformed batch: {}", self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// A source table at one schema version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Relation {
+    /// PostgreSQL relation OID.
+    pub id: u32,
+    /// Schema (namespace) name.
+    pub schema: String,
+    /// Table name.
+    pub table: String,
+    /// Schema version: starts at 1, increments each time the columns change.
+    pub version: u32,
+    /// Columns in table order.
+    pub columns: Vec<Column>,
+}
+
+impl Relation {
+    /// The index of the column named `name`.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// `schema.table`.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
+}
+
+/// A column of a relation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// PostgreSQL type OID.
+    pub type_oid: u32,
+    /// PostgreSQL type name (`int8`, `text`, `numeric`, ...).
+    pub type_name: String,
+    /// Type modifier (`atttypmod`), -1 when none.
+    pub typmod: i32,
+    /// Part of the replica identity (usually the primary key).
+    pub key: bool,
+}
+
+impl Column {
+    /// A column without a type modifier.
+    pub fn new(name: &str, type_oid: u32, type_name: &str, key: bool) -> Column {
+        Column {
+            name: name.into(),
+            type_oid,
+            type_name: type_name.into(),
+            typmod: -1,
+            key,
+        }
+    }
+}
+
+/// What happened to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Op {
+    /// Row read by a snapshot.
+    #[serde(rename = "r")]
+    Read,
+    /// Row inserted.
+    #[serde(rename = "c")]
+    Insert,
+    /// Row updated.
+    #[serde(rename = "u")]
+    Update,
+    /// Row deleted.
+    #[serde(rename = "d")]
+    Delete,
+    /// Table truncated.
+    #[serde(rename = "t")]
+    Truncate,
+}
+
+impl Op {
+    /// The one-letter code used in the batch layout and the changelog's `_cdc_op` column.
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Read => "r",
+            Op::Insert => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Truncate => "t",
+        }
+    }
+}
+
+/// One change to one row (or, for a truncate, to a whole table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// What happened.
+    pub op: Op,
+    /// Index of the relation in [`Batch::relations`].
+    pub rel: u32,
+    /// LSN of the transaction's commit record.
+    pub commit_lsn: u64,
+    /// Ordinal of this change inside its transaction, from 0.
+    pub seq: u32,
+    /// Transaction id.
+    pub xid: u32,
+    /// Commit time, microseconds since the Unix epoch, UTC.
+    pub commit_ts: i64,
+    /// Old row: key columns, or the whole row under REPLICA IDENTITY FULL (`u`, `d`).
+    pub before: Option<Vec<Value>>,
+    /// New row (`r`, `c`, `u`).
+    pub after: Option<Vec<Value>>,
+    /// Columns of `after` whose value was not sent because it is an unchanged TOAST value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unchanged: Vec<u16>,
+}
+
+/// A column value.
+///
+/// Integer types arrive as [`Value::Int`], floats as [`Value::Float`], `bool` as
+/// [`Value::Bool`], `bytea` as [`Value::Bytes`]; every other type as [`Value::Text`] in
+/// PostgreSQL's text rendering, which is lossless (numeric keeps every digit, timestamps
+/// keep microseconds).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// SQL NULL (or an unchanged TOAST value, see [`Event::unchanged`]).
+    Null,
+    /// `bool`.
+    Bool(bool),
+    /// `int2`, `int4`, `int8`, `oid`.
+    Int(i64),
+    /// `float4`, `float8` (NaN and infinities included).
+    Float(f64),
+    /// Any other type, in PostgreSQL's text rendering.
+    Text(String),
+    /// `bytea`.
+    Bytes(Vec<u8>),
+}
+
+impl Value {
+    /// The value as text, if it is text.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The value as an integer, if it is one.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// True for [`Value::Null`].
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+}
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => s.serialize_i64(*i),
+            Value::Float(f) => s.serialize_f64(*f),
+            Value::Text(t) => s.serialize_str(t),
+            Value::Bytes(b) => s.serialize_bytes(b),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        struct ValueVisitor;
+        impl<'de> Visitor<'de> for ValueVisitor {
+            type Value = Value;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("nil, bool, int, float, str or bin")
+            }
+            fn visit_unit<E>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_none<E>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+                Value::deserialize(d)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+                Ok(Value::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+                Ok(Value::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+                i64::try_from(v)
+                    .map(Value::Int)
+                    .map_err(|_| E::custom(format!("integer {v} does not fit in i64")))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+                Ok(Value::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+                Ok(Value::Text(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Value, E> {
+                Ok(Value::Text(v))
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
+                Ok(Value::Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Value, E> {
+                Ok(Value::Bytes(v))
+            }
+        }
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Batch {
+        let mut b = Batch::default();
+        let rel = b.push_relation(Relation {
+            id: 1,
+            schema: "s".into(),
+            table: "t".into(),
+            version: 2,
+            columns: vec![
+                Column::new("a", 23, "int4", true),
+                Column::new("b", 17, "bytea", false),
+            ],
+        });
+        b.events.push(Event {
+            op: Op::Update,
+            rel,
+            commit_lsn: u64::MAX >> 1,
+            seq: 3,
+            xid: 9,
+            commit_ts: -5,
+            before: Some(vec![Value::Int(-1), Value::Null]),
+            after: Some(vec![Value::Int(i64::MIN), Value::Bytes(vec![0, 255])]),
+            unchanged: vec![1],
+        });
+        b.events.push(Event {
+            op: Op::Truncate,
+            rel,
+            commit_lsn: 1,
+            seq: 0,
+            xid: 1,
+            commit_ts: 0,
+            before: None,
+            after: None,
+            unchanged: vec![],
+        });
+        b
+    }
+
+    #[test]
+    fn round_trips_every_value_kind() {
+        let mut b = sample();
+        b.events[0].after = Some(vec![
+            Value::Bool(true),
+            Value::Float(f64::INFINITY),
+            Value::Text("1e400".into()),
+            Value::Null,
+        ]);
+        assert_eq!(Batch::decode(&b.encode()).unwrap(), b);
+    }
+
+    #[test]
+    fn layout_uses_named_fields_and_letter_ops() {
+        let bytes = sample().encode();
+        let generic: rmpv_like::Generic = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(generic.events[0].op, "u");
+        assert_eq!(generic.events[1].op, "t");
+    }
+
+    #[test]
+    fn rejects_an_event_pointing_past_the_relations() {
+        let mut b = sample();
+        b.events[0].rel = 7;
+        let err = Batch::decode(&b.encode()).unwrap_err();
+        assert!(err.to_string().contains("refers to relation 7"), "{err}");
+    }
+
+    #[test]
+    fn rejects_another_layout_version() {
+        let mut b = sample();
+        b.v = 99;
+        assert!(
+            Batch::decode(&b.encode())
+                .unwrap_err()
+                .to_string()
+                .contains("version 99")
+        );
+    }
+
+    /// A reader that knows nothing of the SDK's types, as a plugin in another language.
+    mod rmpv_like {
+        #[derive(serde::Deserialize)]
+        pub struct Generic {
+            pub events: Vec<GenericEvent>,
+        }
+        #[derive(serde::Deserialize)]
+        pub struct GenericEvent {
+            pub op: String,
+        }
+    }
+}
