@@ -53,6 +53,11 @@ fn free_port() -> io::Result<u16> {
 impl TempPostgres {
     /// Initializes and starts a server. Takes a few seconds.
     pub fn start() -> io::Result<TempPostgres> {
+        TempPostgres::start_with("")
+    }
+
+    /// Like [`start`](Self::start), with extra `postgresql.conf` lines (they win).
+    pub fn start_with(extra_conf: &str) -> io::Result<TempPostgres> {
         let initdb = find_bin("initdb")?;
         let bin = initdb
             .parent()
@@ -88,7 +93,7 @@ impl TempPostgres {
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              wal_level = logical\nmax_replication_slots = 64\nmax_wal_senders = 64\nmax_connections = 200\n\
              fsync = off\nfull_page_writes = off\nshared_buffers = 256MB\nmax_wal_size = 4GB\n\
-             log_min_messages = warning\n",
+             log_min_messages = warning\n{extra_conf}\n",
             pg.dir.path().display()
         );
         std::fs::OpenOptions::new()
@@ -126,6 +131,18 @@ impl TempPostgres {
             .arg("-l")
             .arg(self.dir.path().join("server.log"))
             .args(["-w", "-t", "60", "start"])
+            .checked()
+    }
+
+    /// Puts `lines` in front of `pg_hba.conf` (first match wins) and reloads.
+    pub fn prepend_hba(&self, lines: &str) -> io::Result<()> {
+        let path = self.data().join("pg_hba.conf");
+        let old = std::fs::read_to_string(&path)?;
+        std::fs::write(&path, format!("{lines}\n{old}"))?;
+        self.command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .arg("reload")
             .checked()
     }
 

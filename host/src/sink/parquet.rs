@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use weir_sdk::{Event, Op, Relation};
 
-/// Rows gathered in builders before they are handed to the Parquet writer.
+/// Rows gathered in builders before they are handed to the Parquet writer (at most).
 const CHUNK_ROWS: usize = 8192;
 
 /// The changelog columns after the source columns.
@@ -289,7 +289,7 @@ impl ParquetSink {
             }
             let file = self.open.get_mut(&key).expect("inserted above");
             file.append(event, relation);
-            if file.buffered >= CHUNK_ROWS {
+            if file.buffered >= CHUNK_ROWS.min(self.config.row_group_rows) {
                 file.write_chunk().await?;
                 if file.size() as u64 >= self.config.target_file_size {
                     self.roll(&key).await?;

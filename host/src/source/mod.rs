@@ -542,6 +542,7 @@ impl PgSource {
                 stop: stop.clone(),
                 stats,
                 slot: cfg.slot.clone(),
+                start,
             }
             .run(),
         );
@@ -589,6 +590,8 @@ struct Stream {
     stop: CancellationToken,
     stats: Arc<Stats>,
     slot: String,
+    /// Where streaming started (acknowledged from the start).
+    start: Lsn,
 }
 
 impl Stream {
@@ -627,9 +630,20 @@ impl Stream {
         if let Err(e) = result {
             let _ = self.tx.send(Err(e)).await;
         }
-        // Give the worker a moment to report the last acknowledged position.
+        // Report the last acknowledged position before closing: the worker sends it with
+        // its next status update, and a CopyDone would otherwise go first.
         let lsn = *self.ack_rx.borrow();
         self.client.update_applied_lsn(lsn.into());
+        if lsn > self.start {
+            let metrics = self.client.metrics();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Lsn::from(metrics.last_applied_lsn()) < lsn
+                && self.client.is_running()
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.client.shutdown()).await;
     }
 

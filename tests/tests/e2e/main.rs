@@ -1,1 +1,15 @@
+//! End-to-end tests: the real `weir` binary against a real PostgreSQL, output read back by
+//! DuckDB. Run with `scripts/test.sh` (it installs DuckDB for Python).
+//!
+//! - `streaming`: every kind of change, several tables, transactions, replica identities,
+//!   transactions larger than a batch, idle slots.
+//! - `recovery`: restart from the checkpoint, SIGTERM, and `kill -9` during writes.
+//! - `bad_input`: each user mistake prints one line naming the fix and changes nothing.
+//! - `cli`: `weir validate` and the example configurations.
 
+mod harness;
+
+mod bad_input;
+mod cli;
+mod recovery;
+mod streaming;

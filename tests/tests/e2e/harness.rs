@@ -1,0 +1,247 @@
+//! The one harness every end-to-end test uses: a real PostgreSQL (one server per test
+//! binary, one database per test), the real `weir` binary, and DuckDB as an independent
+//! reader of the output.
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use weir::pgtemp::TempPostgres;
+
+/// The shared server: `WEIR_TEST_PG_URL` is not supported for it, because tests create
+/// roles, databases and slots freely; it is started once per test binary.
+pub fn pg() -> &'static TempPostgres {
+    static PG: OnceLock<TempPostgres> = OnceLock::new();
+    PG.get_or_init(|| {
+        let pg = TempPostgres::start()
+            .expect("start a throwaway PostgreSQL (initdb and pg_ctl must be installed)");
+        // One role that must authenticate with a password, for the bad-credentials test.
+        pg.psql(
+            "postgres",
+            "CREATE ROLE weir_pw LOGIN REPLICATION PASSWORD 'right-password'",
+        )
+        .unwrap();
+        pg.prepend_hba("host all weir_pw 127.0.0.1/32 scram-sha-256")
+            .unwrap();
+        pg
+    })
+}
+
+/// The `weir` binary under test.
+pub fn weir_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_weir-e2e")
+}
+
+/// A database of its own, with a directory for its pipeline file and output.
+pub struct TestDb {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub fn new(prefix: &str) -> TestDb {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        pg().psql("postgres", &format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("weir-{prefix}-"))
+            .tempdir()
+            .unwrap();
+        TestDb { name, dir }
+    }
+
+    pub fn url(&self) -> String {
+        pg().url(&self.name)
+    }
+
+    /// Runs SQL; panics with the server's message on error.
+    pub fn sql(&self, sql: &str) -> String {
+        pg().psql(&self.name, sql)
+            .unwrap_or_else(|e| panic!("{e}\nSQL: {sql}"))
+    }
+
+    pub fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    /// Writes a pipeline file capturing `tables` into `out()` with test-friendly timings.
+    pub fn config(&self, tables: &[&str]) -> PathBuf {
+        self.config_with(tables, "", "", "")
+    }
+
+    /// Like [`config`](Self::config), with extra TOML lines for `[source]`, `[batch]` and
+    /// the Parquet `[[sink]]`.
+    pub fn config_with(&self, tables: &[&str], source: &str, batch: &str, sink: &str) -> PathBuf {
+        let tables: Vec<String> = tables.iter().map(|t| format!("\"{t}\"")).collect();
+        let flush = if sink.contains("flush_interval") {
+            ""
+        } else {
+            "flush_interval = \"200ms\""
+        };
+        let text = format!(
+            "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\ntables = [{}]\n{source}\n\n\
+             [batch]\nmax_delay = \"100ms\"\n{batch}\n\n\
+             [[sink]]\ntype = \"parquet\"\nurl = \"file://{}\"\n{flush}\n{sink}\n",
+            self.url(),
+            self.name,
+            self.name,
+            tables.join(", "),
+            self.out().display()
+        );
+        let path = self.dir.path().join("pipeline.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn weir(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(weir_bin());
+        c.args(args).env("WEIR_LOG", "info").stdin(Stdio::null());
+        c
+    }
+
+    /// `weir run CONFIG --until-caught-up`, which must succeed.
+    pub fn catch_up(&self, config: &Path) -> Output {
+        let out = self
+            .weir(&["run", config.to_str().unwrap(), "--until-caught-up"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "weir run --until-caught-up failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// `weir run CONFIG` in the background.
+    pub fn spawn(&self, config: &Path) -> Child {
+        self.weir(&["run", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The table's rows as JSON objects, ordered by `order_by`.
+    pub fn rows(&self, table: &str, order_by: &str) -> Vec<Value> {
+        let json = self.sql(&format!(
+            "SELECT coalesce(json_agg(t ORDER BY {order_by}), '[]') FROM {table} t"
+        ));
+        serde_json::from_str(json.trim()).unwrap()
+    }
+
+    /// The changelog of `schema.table` read back by DuckDB.
+    pub fn changelog(&self, table: &str, keys: &str) -> Changelog {
+        let (schema, name) = table.split_once('.').unwrap();
+        let dir = self.out().join(schema).join(name);
+        read_changelog(&dir, keys)
+    }
+
+    /// The slot's confirmed flush position.
+    pub fn confirmed_flush(&self) -> Option<weir::Lsn> {
+        let s = self.sql(&format!(
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}'",
+            self.name
+        ));
+        s.trim().parse().ok()
+    }
+
+    pub fn current_wal_lsn(&self) -> weir::Lsn {
+        self.sql("SELECT pg_current_wal_lsn()")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Free the slot (it would hold WAL for the rest of the run).
+        let _ = pg().psql(
+            "postgres",
+            &format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{}' AND NOT active",
+                self.name
+            ),
+        );
+    }
+}
+
+/// What DuckDB read from a changelog.
+#[derive(Debug)]
+pub struct Changelog {
+    /// The current state rebuilt with the README's query.
+    pub rows: Vec<Value>,
+    pub ops: HashMap<String, u64>,
+    pub duplicates: u64,
+    pub files: u64,
+    pub delete_rows: Vec<Value>,
+    /// The highest `_cdc_commit_lsn` in the changelog.
+    pub max_commit_lsn: u64,
+}
+
+impl Changelog {
+    pub fn op(&self, op: &str) -> u64 {
+        self.ops.get(op).copied().unwrap_or(0)
+    }
+}
+
+fn python() -> String {
+    std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+pub fn read_changelog(dir: &Path, keys: &str) -> Changelog {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/changelog.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg(dir)
+        .arg(keys)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "the DuckDB reader failed (run the suite with scripts/test.sh, which installs DuckDB):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    Changelog {
+        rows: v["rows"].as_array().unwrap().clone(),
+        ops: serde_json::from_value(v["ops"].clone()).unwrap(),
+        duplicates: v["duplicates"].as_u64().unwrap(),
+        files: v["files"].as_u64().unwrap(),
+        delete_rows: v["delete_rows"].as_array().unwrap().clone(),
+        max_commit_lsn: v["max_commit_lsn"].as_u64().unwrap_or(0),
+    }
+}
+
+/// Asserts the rebuilt state equals the source table, row for row.
+pub fn assert_same_state(db: &TestDb, table: &str, key: &str) -> Changelog {
+    let changelog = db.changelog(table, key);
+    let source = db.rows(table, key);
+    assert_eq!(
+        changelog.duplicates, 0,
+        "changelog of {table} has duplicate (commit_lsn, seq) rows"
+    );
+    assert_eq!(
+        changelog.rows.len(),
+        source.len(),
+        "row count of {table} rebuilt from the changelog"
+    );
+    for (rebuilt, src) in changelog.rows.iter().zip(&source) {
+        assert_eq!(rebuilt, src, "{table}: rebuilt row differs from the source");
+    }
+    changelog
+}
+
+/// The stderr of a finished process, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
