@@ -1,1 +1,253 @@
-fn main() {}
+//! Throughput benchmark: weir against `pg_recvlogical` on the same WAL, in one run.
+//!
+//! `cargo bench -p weir-tests --bench throughput` (env `WEIR_BENCH_ROWS`, default 1M).
+//!
+//! A throwaway PostgreSQL gets a 7-column table, a publication and a slot; the workload
+//! is written once; then copies of the slot (`pg_copy_logical_replication_slot`, all at
+//! the same position) are drained by `pg_recvlogical` (pgoutput, the WAL sender's own
+//! decode rate: the ceiling for one slot) and by `weir run --until-caught-up` writing
+//! zstd Parquet. Rates are rows per second of wall time, start to exit. weir's peak RSS
+//! is read from /proc while it runs. Two workloads: many 10k-row transactions, and one
+//! transaction holding every row (peak memory must not grow with transaction size).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use weir::pgtemp::TempPostgres;
+
+const TABLE: &str = "CREATE TABLE bench (
+    id bigint PRIMARY KEY,
+    customer_id int NOT NULL,
+    amount numeric(12,2) NOT NULL,
+    status text NOT NULL,
+    note text,
+    created_at timestamptz NOT NULL,
+    flagged bool NOT NULL
+)";
+
+struct Run {
+    seconds: f64,
+    peak_rss_kib: u64,
+}
+
+fn main() {
+    let rows: u64 = std::env::var("WEIR_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let rounds: usize = std::env::var("WEIR_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let pg = TempPostgres::start().expect("start PostgreSQL");
+    println!("weir throughput benchmark: {rows} rows, 7 columns, best of {rounds} rounds each");
+    println!("machine: {}", machine());
+    for (label, per_tx) in [("10k-row transactions", 10_000), ("one transaction", rows)] {
+        let db = format!("bench_{}", per_tx);
+        pg.psql("postgres", &format!("CREATE DATABASE {db}"))
+            .unwrap();
+        pg.psql(&db, TABLE).unwrap();
+        pg.psql(&db, "CREATE PUBLICATION weir_bench FOR TABLE bench")
+            .unwrap();
+        let src = format!("{db}_src");
+        pg.psql(
+            &db,
+            &format!("SELECT pg_create_logical_replication_slot('{src}', 'pgoutput')"),
+        )
+        .unwrap();
+        let load = Instant::now();
+        let mut start = 1;
+        while start <= rows {
+            let end = (start + per_tx - 1).min(rows);
+            pg.psql(
+                &db,
+                &format!(
+                    "INSERT INTO bench SELECT g, g % 10007, (g % 100000) / 100.0, \
+                     (ARRAY['new','paid','shipped','returned'])[1 + g % 4], \
+                     CASE WHEN g % 3 = 0 THEN 'note ' || g END, \
+                     timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second', g % 2 = 0 \
+                     FROM generate_series({start}, {end}) g"
+                ),
+            )
+            .unwrap();
+            start = end + 1;
+        }
+        let end_lsn = pg
+            .psql(&db, "SELECT pg_current_wal_lsn()")
+            .unwrap()
+            .trim()
+            .to_string();
+        println!(
+            "\n{label}: loaded in {:.1}s, WAL end {end_lsn}",
+            load.elapsed().as_secs_f64()
+        );
+
+        let mut best_ref: Option<Run> = None;
+        let mut best_weir: Option<Run> = None;
+        for round in 0..rounds {
+            let ref_slot = format!("{db}_ref_{round}");
+            let weir_slot = format!("{db}_weir_{round}");
+            for s in [&ref_slot, &weir_slot] {
+                pg.psql(
+                    &db,
+                    &format!("SELECT pg_copy_logical_replication_slot('{src}', '{s}')"),
+                )
+                .unwrap();
+            }
+            let r = run_recvlogical(&pg, &db, &ref_slot, &end_lsn);
+            let w = run_weir(&pg, &db, &weir_slot, rows);
+            println!(
+                "  round {}: pg_recvlogical {:>9.0} rows/s   weir {:>9.0} rows/s   ratio {:.2}   weir peak RSS {} MiB",
+                round + 1,
+                rows as f64 / r.seconds,
+                rows as f64 / w.seconds,
+                r.seconds / w.seconds,
+                w.peak_rss_kib / 1024
+            );
+            if best_ref.as_ref().is_none_or(|b| r.seconds < b.seconds) {
+                best_ref = Some(r);
+            }
+            if best_weir.as_ref().is_none_or(|b| w.seconds < b.seconds) {
+                best_weir = Some(w);
+            }
+            for s in [&ref_slot, &weir_slot] {
+                pg.psql(&db, &format!("SELECT pg_drop_replication_slot('{s}')"))
+                    .unwrap();
+            }
+        }
+        let (r, w) = (best_ref.unwrap(), best_weir.unwrap());
+        println!(
+            "  best:    pg_recvlogical {:>9.0} rows/s   weir {:>9.0} rows/s   ratio {:.2}   weir peak RSS {} MiB",
+            rows as f64 / r.seconds,
+            rows as f64 / w.seconds,
+            r.seconds / w.seconds,
+            w.peak_rss_kib / 1024
+        );
+    }
+}
+
+fn run_recvlogical(pg: &TempPostgres, db: &str, slot: &str, end_lsn: &str) -> Run {
+    let started = Instant::now();
+    let status = Command::new("pg_recvlogical")
+        .args([
+            "-d",
+            &pg.url(db),
+            "--slot",
+            slot,
+            "--start",
+            "--no-loop",
+            "-E",
+            end_lsn,
+            "-f",
+            "/dev/null",
+        ])
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=weir_bench",
+        ])
+        .status()
+        .expect("run pg_recvlogical");
+    assert!(status.success(), "pg_recvlogical failed");
+    Run {
+        seconds: started.elapsed().as_secs_f64(),
+        peak_rss_kib: 0,
+    }
+}
+
+fn run_weir(pg: &TempPostgres, db: &str, slot: &str, rows: u64) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{}\"\nslot = \"{slot}\"\npublication = \"weir_bench\"\ntables = [\"public.bench\"]\n\n\
+             [[sink]]\ntype = \"parquet\"\nurl = \"file://{}\"\ncompression = \"zstd\"\n",
+            pg.url(db),
+            dir.path().join("out").display()
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir-e2e"))
+        .args(["run", config.to_str().unwrap(), "--until-caught-up"])
+        .env("WEIR_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run weir");
+    let mut peak = 0;
+    let status = loop {
+        peak = peak.max(vm_hwm_kib(child.id()));
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(status.success(), "weir failed");
+    let written = parquet_rows(&dir.path().join("out"));
+    assert_eq!(written, rows, "weir wrote every row");
+    Run {
+        seconds,
+        peak_rss_kib: peak,
+    }
+}
+
+/// Peak resident set size of a live process, from /proc.
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Rows in the Parquet files below `path`, from their footers.
+fn parquet_rows(path: &Path) -> u64 {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                parquet_rows(&p)
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                let reader = SerializedFileReader::new(std::fs::File::open(&p).unwrap()).unwrap();
+                reader.metadata().file_metadata().num_rows() as u64
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    format!(
+        "{} cores, {cpu}, {} GiB RAM",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        mem / (1 << 20)
+    )
+}

@@ -158,12 +158,8 @@ async fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
     println!(
         "source    postgres://{}@{}:{}/{} slot `{}` publication `{}`",
         pg.get_user().unwrap_or_default(),
-        match pg.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".into(),
-        },
-        pg.get_ports().first().copied().unwrap_or(5432),
+        crate::source::host_of(&pg),
+        crate::source::port_of(&pg),
         pg.get_dbname().unwrap_or_default(),
         config.source.slot,
         config.source.publication

@@ -55,8 +55,8 @@ pub fn changelog_schema(relation: &Relation) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// (relation id, schema version, partition directory)
-type FileKey = (u32, u32, String);
+/// (relation id, schema version, time window number)
+type FileKey = (u32, u32, i64);
 
 struct OpenFile {
     path: Path,
@@ -213,15 +213,28 @@ impl ParquetSink {
         self.durable
     }
 
-    fn partition(&self, commit_ts: i64) -> String {
-        let t = chrono::DateTime::from_timestamp_micros(commit_ts).unwrap_or_default();
+    /// Length of a partition's time window, and its directory format.
+    fn window_spec(&self) -> (i64, &'static str) {
         match self.config.partition {
-            Partitioning::Hourly => t.format("date=%Y-%m-%d/hour=%H").to_string(),
-            Partitioning::Daily => t.format("date=%Y-%m-%d").to_string(),
+            Partitioning::Hourly => (3_600_000_000, "date=%Y-%m-%d/hour=%H"),
+            Partitioning::Daily => (86_400_000_000, "date=%Y-%m-%d"),
         }
     }
 
-    fn new_file(&mut self, relation: &Relation, partition: &str) -> Result<OpenFile, SinkError> {
+    /// The number of the time window a commit falls into (hours or days since the epoch).
+    fn window(&self, commit_ts: i64) -> i64 {
+        commit_ts.div_euclid(self.window_spec().0)
+    }
+
+    /// The partition directory of a time window.
+    fn partition_dir(&self, window: i64) -> String {
+        let (micros, format) = self.window_spec();
+        let start = chrono::DateTime::from_timestamp_micros(window * micros).unwrap_or_default();
+        start.format(format).to_string()
+    }
+
+    fn new_file(&mut self, relation: &Relation, window: i64) -> Result<OpenFile, SinkError> {
+        let partition = self.partition_dir(window);
         self.files_in_flush += 1;
         let name = format!(
             "part-{:010}-{:05}-{}.parquet",
@@ -278,14 +291,10 @@ impl ParquetSink {
                 continue;
             }
             let relation = batch.batch.relation(event);
-            let key = (
-                relation.id,
-                relation.version,
-                self.partition(event.commit_ts),
-            );
+            let key = (relation.id, relation.version, self.window(event.commit_ts));
             if !self.open.contains_key(&key) {
-                let file = self.new_file(relation, &key.2)?;
-                self.open.insert(key.clone(), file);
+                let file = self.new_file(relation, key.2)?;
+                self.open.insert(key, file);
             }
             let file = self.open.get_mut(&key).expect("inserted above");
             file.append(event, relation);
@@ -362,5 +371,161 @@ impl ParquetSink {
         for (_, file) in self.open {
             file.abort().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Compression, ParquetSinkConfig, Partitioning};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use std::time::Duration;
+    use weir_sdk::{Batch, Column, Value};
+
+    const DAY: i64 = 86_400_000_000;
+
+    fn config(
+        dir: &std::path::Path,
+        partition: Partitioning,
+        compression: Compression,
+    ) -> ParquetSinkConfig {
+        ParquetSinkConfig {
+            url: format!("file://{}", dir.display()),
+            partition,
+            compression,
+            target_file_size: 128 << 20,
+            flush_interval: Duration::from_secs(3600),
+            row_group_rows: 1000,
+        }
+    }
+
+    /// One insert per commit time, each its own transaction.
+    fn batch(commit_times: &[i64]) -> SourceBatch {
+        let mut batch = Batch::default();
+        let rel = batch.push_relation(Relation {
+            id: 1,
+            schema: "public".into(),
+            table: "t".into(),
+            version: 1,
+            columns: vec![Column::new("id", 20, "int8", true)],
+        });
+        for (i, ts) in commit_times.iter().enumerate() {
+            batch.events.push(Event {
+                op: Op::Insert,
+                rel,
+                commit_lsn: 100 + i as u64,
+                seq: 0,
+                xid: 1,
+                commit_ts: *ts,
+                before: None,
+                after: Some(vec![Value::Int(i as i64)]),
+                unchanged: vec![],
+            });
+        }
+        let last = CommitPos {
+            commit_lsn: Lsn(99 + commit_times.len() as u64),
+            end_lsn: Lsn(1000),
+        };
+        SourceBatch {
+            batch,
+            position: Position {
+                last_commit: Some(last),
+                ..Default::default()
+            },
+            bytes: 0,
+        }
+    }
+
+    fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p)
+                } else if p.extension().is_some_and(|x| x == "parquet") {
+                    found.push(p)
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    #[tokio::test]
+    async fn daily_partitions_and_the_chosen_codec() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = ParquetSink::open(
+            config(dir.path(), Partitioning::Daily, Compression::Snappy),
+            "s",
+        )
+        .await
+        .unwrap();
+        let b = batch(&[0, DAY - 1, DAY + 5]);
+        sink.write(&b).await.unwrap();
+        assert_eq!(sink.durable(), None, "nothing durable before the flush");
+        sink.flush(&b.position).await.unwrap();
+        assert_eq!(sink.durable(), b.position.last_commit);
+        let found = files(dir.path());
+        let rel: Vec<String> = found
+            .iter()
+            .map(|p| {
+                p.strip_prefix(dir.path())
+                    .unwrap()
+                    .parent()
+                    .unwrap()
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            rel,
+            vec!["public/t/date=1970-01-01", "public/t/date=1970-01-02"]
+        );
+        let reader = SerializedFileReader::new(std::fs::File::open(&found[0]).unwrap()).unwrap();
+        assert_eq!(reader.metadata().file_metadata().num_rows(), 2);
+        assert_eq!(
+            reader.metadata().row_group(0).column(0).compression(),
+            parquet::basic::Compression::SNAPPY
+        );
+    }
+
+    #[tokio::test]
+    async fn hourly_partitions_and_no_checkpoint_inside_a_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = ParquetSink::open(
+            config(dir.path(), Partitioning::Hourly, Compression::Zstd),
+            "s",
+        )
+        .await
+        .unwrap();
+        let mut b = batch(&[3_600_000_000 * 5 + 1]);
+        b.position.in_tx = true;
+        sink.write(&b).await.unwrap();
+        sink.flush(&b.position).await.unwrap();
+        assert!(
+            files(dir.path()).is_empty(),
+            "a flush inside a transaction completes nothing"
+        );
+        b.position.in_tx = false;
+        sink.flush(&b.position).await.unwrap();
+        let found = files(dir.path());
+        assert!(
+            found[0]
+                .to_string_lossy()
+                .contains("public/t/date=1970-01-01/hour=05/part-0000000001-00001-s.parquet")
+        );
+        let reopened = ParquetSink::open(
+            config(dir.path(), Partitioning::Hourly, Compression::Zstd),
+            "s",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            reopened.durable(),
+            b.position.last_commit,
+            "the checkpoint is read back on open"
+        );
     }
 }

@@ -105,14 +105,22 @@ pub struct Control {
     _conn: JoinHandle<()>,
 }
 
-fn describe_target(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
+/// The first host of a connection config: a name, an address or a socket directory.
+pub fn host_of(config: &tokio_postgres::Config) -> String {
+    match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
         None => "localhost".into(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!("{host}:{port}")
+    }
+}
+
+/// The first port of a connection config.
+pub fn port_of(config: &tokio_postgres::Config) -> u16 {
+    config.get_ports().first().copied().unwrap_or(5432)
+}
+
+fn describe_target(config: &tokio_postgres::Config) -> String {
+    format!("{}:{}", host_of(config), port_of(config))
 }
 
 /// The URL parsed, with `PGPASSWORD` filled in when the URL has no password.
@@ -458,24 +466,19 @@ impl Control {
 
     fn replication_config(&self, cfg: &SourceConfig, database: &str) -> ReplicationConfig {
         let c = &self.config;
-        let host = match c.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".into(),
-        };
         let password = c
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .unwrap_or_default();
         ReplicationConfig::new(
-            host,
+            host_of(c),
             c.get_user().unwrap_or("postgres"),
             password,
             database,
             cfg.slot.clone(),
             cfg.publication.clone(),
         )
-        .with_port(c.get_ports().first().copied().unwrap_or(5432))
+        .with_port(port_of(c))
         .with_options(SESSION_OPTIONS)
         .with_application_name(format!("weir:{}", cfg.slot))
         .with_status_interval(Duration::from_secs(1))
