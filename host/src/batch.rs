@@ -1,10 +1,12 @@
 //! Batching: change events grouped into [`Batch`]es bounded by events, bytes and delay.
 //!
 //! A batch prefers to end at a transaction boundary, so that sinks can make it durable
-//! and move the checkpoint: once a bound is reached the batch is cut at the next commit.
-//! A transaction too large for that (twice the bounds) is cut in the middle and spans
-//! several batches; those batches say so ([`Position::in_tx`]) and no checkpoint is taken
-//! until the transaction's last batch.
+//! and move the checkpoint: once a bound is reached, a batch that holds a completed
+//! transaction waits for the open one to commit (up to twice the bounds). A batch that
+//! holds only part of one transaction is cut at the bounds: waiting would not bring a
+//! boundary closer. Such a transaction spans several batches; they say so
+//! ([`Position::in_tx`]) and no checkpoint is taken until its last batch. Batches of a huge
+//! transaction are therefore no larger than any other.
 
 use crate::checkpoint::CommitPos;
 use crate::config::BatchConfig;
@@ -57,6 +59,8 @@ pub struct Batcher {
     position: Position,
     /// When the oldest event of the current batch arrived.
     started: Option<Instant>,
+    /// Transactions that ended inside the current batch.
+    commits: usize,
 }
 
 impl Batcher {
@@ -68,6 +72,7 @@ impl Batcher {
             rel_index: HashMap::new(),
             position: Position::default(),
             started: None,
+            commits: 0,
         }
     }
 
@@ -96,6 +101,7 @@ impl Batcher {
     pub fn commit(&mut self, pos: CommitPos) {
         self.position.last_commit = Some(pos);
         self.position.in_tx = false;
+        self.commits += 1;
     }
 
     /// Records the server's WAL end from a keepalive; it only counts when no transaction
@@ -140,6 +146,7 @@ impl Batcher {
     pub fn cut(&mut self) -> SourceBatch {
         self.rel_index.clear();
         self.started = None;
+        self.commits = 0;
         SourceBatch {
             batch: std::mem::take(&mut self.current),
             position: self.position,

@@ -7,8 +7,9 @@
 //! the same position) are drained by `pg_recvlogical` (pgoutput, the WAL sender's own
 //! decode rate: the ceiling for one slot) and by `weir run --until-caught-up` writing
 //! zstd Parquet. Rates are rows per second of wall time, start to exit. weir's peak RSS
-//! is read from /proc while it runs. Two workloads: many 10k-row transactions, and one
-//! transaction holding every row (peak memory must not grow with transaction size).
+//! is read from /proc while it runs. Three workloads: many 10k-row transactions, and one
+//! transaction of a quarter and of all the rows (peak memory must not grow with
+//! transaction size).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -42,8 +43,17 @@ fn main() {
     let pg = TempPostgres::start().expect("start PostgreSQL");
     println!("weir throughput benchmark: {rows} rows, 7 columns, best of {rounds} rounds each");
     println!("machine: {}", machine());
-    for (label, per_tx) in [("10k-row transactions", 10_000), ("one transaction", rows)] {
-        let db = format!("bench_{}", per_tx);
+    let scenarios = [
+        ("10k-row transactions", rows, 10_000),
+        (
+            "one transaction of a quarter of the rows",
+            rows / 4,
+            rows / 4,
+        ),
+        ("one transaction", rows, rows),
+    ];
+    for (i, (label, rows, per_tx)) in scenarios.into_iter().enumerate() {
+        let db = format!("bench_{i}");
         pg.psql("postgres", &format!("CREATE DATABASE {db}"))
             .unwrap();
         pg.psql(&db, TABLE).unwrap();
@@ -177,8 +187,18 @@ fn run_weir(pg: &TempPostgres, db: &str, slot: &str, rows: u64) -> Run {
         .spawn()
         .expect("run weir");
     let mut peak = 0;
+    let trace = std::env::var_os("WEIR_BENCH_TRACE_RSS").is_some();
+    let mut last_trace = Instant::now();
     let status = loop {
         peak = peak.max(vm_hwm_kib(child.id()));
+        if trace && last_trace.elapsed() > Duration::from_millis(500) {
+            last_trace = Instant::now();
+            eprintln!(
+                "    {:>5.1}s RSS {} MiB",
+                started.elapsed().as_secs_f64(),
+                peak / 1024
+            );
+        }
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }

@@ -64,6 +64,7 @@ enum Command {
 
 /// Entry point of the `weir` binary.
 pub fn main() -> ExitCode {
+    limit_heap_fragmentation();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -92,6 +93,19 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// glibc raises its mmap threshold each time a large block is freed, after which large
+/// buffers (row groups, upload parts) come from the heap and fragment it: peak memory
+/// then creeps up with the length of a burst. A fixed threshold keeps it flat (ADR 0004).
+#[allow(unsafe_code)]
+fn limit_heap_fragmentation() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called once, before any
+    // thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 

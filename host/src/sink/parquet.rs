@@ -31,6 +31,9 @@ use weir_sdk::{Event, Op, Relation};
 /// Rows gathered in builders before they are handed to the Parquet writer (at most).
 const CHUNK_ROWS: usize = 8192;
 
+/// Size of a multipart upload part (S3's minimum is 5 MiB).
+const UPLOAD_PART: usize = 8 << 20;
+
 /// The changelog columns after the source columns.
 pub const CDC_COLUMNS: [&str; 5] = [
     "_cdc_op",
@@ -252,8 +255,15 @@ impl ParquetSink {
             .fold(path, |p, part| p.join(part))
             .join(name);
         let schema = changelog_schema(relation);
+        // An open file holds at most one upload part being filled and two in flight.
+        let upload = object_store::buffered::BufWriter::with_capacity(
+            self.store.clone(),
+            path.clone(),
+            UPLOAD_PART,
+        )
+        .with_max_concurrency(2);
         let mut writer = AsyncArrowWriter::try_new(
-            ParquetObjectWriter::new(self.store.clone(), path.clone()),
+            ParquetObjectWriter::from_buf_writer(upload),
             schema.clone(),
             Some(self.properties.clone()),
         )

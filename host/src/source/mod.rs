@@ -481,7 +481,7 @@ impl Control {
         .with_port(port_of(c))
         .with_options(SESSION_OPTIONS)
         .with_application_name(format!("weir:{}", cfg.slot))
-        .with_status_interval(Duration::from_secs(1))
+        .with_status_interval(Duration::from_millis(200))
         .with_wakeup_interval(Duration::from_secs(5))
         .with_buffer_size(4096)
     }
