@@ -16,4 +16,13 @@ fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/py/requirements.txt
 export WEIR_TEST_PYTHON="$venv/bin/python"
 
-cargo test --workspace --locked "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line with the totals over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "weir tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
