@@ -58,6 +58,9 @@ pub struct PipelineConfig {
     /// How change events are grouped before they reach plugins and sinks.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// Transform plugins, applied to every batch in this order.
+    #[serde(rename = "transform", default)]
+    pub transforms: Vec<TransformConfig>,
     /// Where changes go; every sink receives every batch.
     #[serde(rename = "sink", default)]
     pub sinks: Vec<SinkConfig>,
@@ -107,6 +110,18 @@ impl Default for BatchConfig {
             max_delay: Duration::from_millis(500),
         }
     }
+}
+
+/// `[[transform]]`: one transform plugin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// The plugin's manifest (`weir-plugin.toml`) or its directory, relative to the
+    /// pipeline file.
+    pub plugin: PathBuf,
+    /// Configuration handed to the plugin's `init`, over the manifest's defaults.
+    #[serde(default)]
+    pub config: toml::Table,
 }
 
 /// `[[sink]]`: one output. `type` selects the kind.
@@ -275,8 +290,8 @@ impl PipelineConfig {
                     message: e.to_string(),
                 })?;
         interpolate_table(&mut table, "", path, env)?;
-        let config: PipelineConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
+        let mut config: PipelineConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
                 let message = e.inner().to_string();
                 unknown_key_error(path, &key, &message).unwrap_or(ConfigError::Invalid {
@@ -286,6 +301,12 @@ impl PipelineConfig {
                 })
             })?;
         config.validate(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for t in &mut config.transforms {
+            if t.plugin.is_relative() {
+                t.plugin = base.join(&t.plugin);
+            }
+        }
         Ok(config)
     }
 

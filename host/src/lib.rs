@@ -27,6 +27,7 @@ pub mod config;
 pub mod lsn;
 pub mod pgtemp;
 pub mod pipeline;
+pub mod plugin;
 pub mod sink;
 pub mod source;
 pub mod stats;

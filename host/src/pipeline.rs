@@ -1,8 +1,9 @@
 //! The pipeline: source, batches, sinks, checkpoint. The whole data flow in one place.
 
-use crate::batch::Position;
+use crate::batch::{Position, SourceBatch};
 use crate::config::PipelineConfig;
 use crate::lsn::Lsn;
+use crate::plugin::{LoadError, PluginEngine, PluginFailure, TransformChain, TransformPlugin};
 use crate::sink::{SinkError, Sinks};
 use crate::source::{Control, PgSource, SourceError};
 use crate::stats::Stats;
@@ -22,6 +23,17 @@ pub enum PipelineError {
         "the replication stream ended unexpectedly (the server closed it); restart to resume from the checkpoint"
     )]
     StreamEnded,
+    #[error(transparent)]
+    LoadPlugin(#[from] LoadError),
+    /// Not a `#[source]`: the message already says everything, once.
+    #[error("{0}; the checkpoint stays before this batch")]
+    Plugin(PluginFailure),
+}
+
+impl From<PluginFailure> for PipelineError {
+    fn from(failure: PluginFailure) -> PipelineError {
+        PipelineError::Plugin(failure)
+    }
 }
 
 impl From<(String, SinkError)> for PipelineError {
@@ -61,6 +73,7 @@ pub async fn run(
         true => Some(CaughtUp::mark(&control).await?),
         false => None,
     };
+    let mut transforms = Transforms::load(config).await?;
     control.prepare(&config.source, &info).await?;
 
     let mut sinks = Sinks::open(&config.sinks, &config.source.slot)
@@ -76,7 +89,15 @@ pub async fn run(
     )
     .await?;
 
-    let result = stream(&mut source, &mut sinks, target, &options, &stats).await;
+    let result = stream(
+        &mut source,
+        &mut transforms,
+        &mut sinks,
+        target,
+        &options,
+        &stats,
+    )
+    .await;
     let checkpoint = match &result {
         Ok(position) => {
             // Stopping: make what was written durable (at a transaction boundary).
@@ -103,6 +124,7 @@ pub async fn run(
 /// The loop: batches from the source into every sink, then the checkpoint.
 async fn stream(
     source: &mut PgSource,
+    transforms: &mut Transforms,
     sinks: &mut Sinks,
     target: Option<CaughtUp>,
     options: &RunOptions,
@@ -118,6 +140,7 @@ async fn stream(
         if !batch.batch.events.is_empty() {
             stats.add_batch();
         }
+        let batch = transforms.apply(batch).await?; // declared order
         sinks.write_all(&batch).await?; // fan-out; all must succeed
         position = batch.position;
         if let Some(lsn) = sinks.durable_lsn(&position) {
@@ -156,5 +179,56 @@ impl CaughtUp {
 
     fn reached(&self, position: &Position) -> bool {
         !position.in_tx && position.delivered_through() >= self.0
+    }
+}
+
+/// The transform chain, run on a blocking thread (plugin calls are synchronous).
+struct Transforms(Option<TransformChain>);
+
+impl Transforms {
+    async fn load(config: &PipelineConfig) -> Result<Transforms, PipelineError> {
+        if config.transforms.is_empty() {
+            return Ok(Transforms(None));
+        }
+        let specs = config.transforms.clone();
+        let chain = tokio::task::spawn_blocking(move || -> Result<TransformChain, LoadError> {
+            let engine = PluginEngine::new(PluginEngine::default_cache_dir()).map_err(|e| {
+                LoadError::Invalid {
+                    plugin: "engine".into(),
+                    message: e.to_string(),
+                }
+            })?;
+            let plugins = specs
+                .iter()
+                .map(|t| TransformPlugin::load(&engine, &t.plugin, &t.config))
+                .collect::<Result<Vec<_>, _>>()?;
+            for p in &plugins {
+                tracing::info!(plugin = %p.label(), on_error = ?p.on_error(), "Transform loaded.");
+            }
+            Ok(TransformChain::new(plugins))
+        })
+        .await
+        .expect("plugin loading does not panic")?;
+        Ok(Transforms(Some(chain)))
+    }
+
+    async fn apply(&mut self, mut batch: SourceBatch) -> Result<SourceBatch, PipelineError> {
+        let Some(mut chain) = self.0.take() else {
+            return Ok(batch);
+        };
+        if batch.batch.events.is_empty() {
+            self.0 = Some(chain);
+            return Ok(batch);
+        }
+        let events = std::mem::take(&mut batch.batch);
+        let (chain, result) = tokio::task::spawn_blocking(move || {
+            let result = chain.apply(events);
+            (chain, result)
+        })
+        .await
+        .expect("the transform chain does not panic");
+        self.0 = Some(chain);
+        batch.batch = result?;
+        Ok(batch)
     }
 }

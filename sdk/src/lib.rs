@@ -1,8 +1,41 @@
-//! `weir-sdk`: the types a weir plugin reads and writes.
+//! `weir-sdk`: write weir plugins in Rust.
 //!
-//! weir hands change events to plugins as a [`Batch`], encoded as MessagePack. This crate
-//! is the single definition of that layout: the host encodes with it and plugins decode
-//! with it, so both sides always agree.
+//! A transform is one type implementing [`Transform`]; [`export_transform!`] turns it
+//! into the component export (build with `cargo build --target wasm32-wasip2`, feature
+//! `guest`). This one drops a table's events and upper-cases a column:
+//!
+//! ```
+//! use weir_sdk::{Batch, PluginError, Transform, Value};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Config { drop_table: String, upper: String }
+//!
+//! struct Tidy(Config);
+//!
+//! impl Transform for Tidy {
+//!     type Config = Config;
+//!     fn init(config: Config) -> Result<Self, PluginError> { Ok(Tidy(config)) }
+//!     fn process(&mut self, mut batch: Batch) -> Result<Batch, PluginError> {
+//!         batch.retain(|rel, _| rel.table != self.0.drop_table);
+//!         for (rel, event) in batch.events_mut() {
+//!             let Some(i) = rel.column_index(&self.0.upper) else { continue };
+//!             if let Some(Value::Text(s)) = event.after.as_mut().map(|row| &mut row[i]) {
+//!                 *s = s.to_uppercase();
+//!             }
+//!         }
+//!         Ok(batch)
+//!     }
+//! }
+//! // weir_sdk::export_transform!(Tidy);  -- in the plugin crate, with feature "guest"
+//! # let out = weir_sdk::plugin::testing::run::<Tidy>(r#"{"drop_table":"audit","upper":"status"}"#, Batch::default());
+//! # assert!(out.unwrap().events.is_empty());
+//! ```
+//!
+//! [`plugin::testing`] runs the same logic natively in `cargo test`.
+//!
+//! The rest of this crate is the batch layout: weir hands change events to plugins as a
+//! [`Batch`] encoded as MessagePack, and this crate is the single definition of that
+//! layout: the host encodes with it and plugins decode with it.
 //!
 //! ```
 //! use weir_sdk::{Batch, Column, Event, Op, Relation, Value};
@@ -61,6 +94,12 @@
 //! Values are MessagePack natives: nil, bool, int (int2/int4/int8/oid), float
 //! (float4/float8), bin (bytea) and str for everything else, in PostgreSQL's own text
 //! rendering (numeric, dates and times, uuid, json, ...), which is lossless.
+
+#[cfg(feature = "guest")]
+pub mod guest;
+pub mod plugin;
+
+pub use plugin::{PluginError, Sink, Transform};
 
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -136,6 +175,27 @@ impl Batch {
     /// The relation an event refers to.
     pub fn relation(&self, event: &Event) -> &Relation {
         &self.relations[event.rel as usize]
+    }
+
+    /// Each event with its relation, for reading.
+    pub fn events(&self) -> impl Iterator<Item = (&Relation, &Event)> {
+        self.events
+            .iter()
+            .map(|e| (&self.relations[e.rel as usize], e))
+    }
+
+    /// Each event with its relation, for changing the event.
+    pub fn events_mut(&mut self) -> impl Iterator<Item = (&Relation, &mut Event)> {
+        let relations = &self.relations;
+        self.events
+            .iter_mut()
+            .map(move |e| (&relations[e.rel as usize], e))
+    }
+
+    /// Keeps only the events for which `keep` is true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Relation, &Event) -> bool) {
+        let relations = &self.relations;
+        self.events.retain(|e| keep(&relations[e.rel as usize], e));
     }
 }
 

@@ -245,3 +245,71 @@ pub fn assert_same_state(db: &TestDb, table: &str, key: &str) -> Changelog {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Builds a plugin crate into a component (once per test binary) and returns its path.
+pub fn component(package: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap();
+    if let Some((_, path)) = built.iter().find(|(p, _)| p == package) {
+        return path.clone();
+    }
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            package,
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "building {package} for wasm32-wasip2 failed (rustup target add wasm32-wasip2):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wasm = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", package.replace('-', "_")));
+    assert!(wasm.exists(), "{} was not produced", wasm.display());
+    built.push((package.to_string(), wasm.clone()));
+    wasm
+}
+
+impl TestDb {
+    /// Installs a plugin into this test's directory: its manifest from `manifest` (relative
+    /// to the workspace), edited by `edit`, and its component built from `package`.
+    pub fn plugin(
+        &self,
+        package: &str,
+        manifest: &str,
+        edit: impl Fn(String) -> String,
+    ) -> PathBuf {
+        let source = workspace().join(manifest);
+        let text = edit(std::fs::read_to_string(&source).unwrap());
+        let parsed: toml::Table = text.parse().unwrap();
+        let name = parsed["name"].as_str().unwrap().to_string();
+        let dir = self.dir.path().join("plugins").join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("weir-plugin.toml"), &text).unwrap();
+        std::fs::copy(
+            component(package),
+            dir.join(parsed["wasm"].as_str().unwrap()),
+        )
+        .unwrap();
+        dir
+    }
+}

@@ -6,10 +6,12 @@
 //! - `recovery`: restart from the checkpoint, SIGTERM, and `kill -9` during writes.
 //! - `bad_input`: each user mistake prints one line naming the fix and changes nothing.
 //! - `cli`: `weir validate` and the example configurations.
+//! - `plugins`: built-in plugins as components, hostile plugins, failure policies.
 
 mod harness;
 
 mod bad_input;
 mod cli;
+mod plugins;
 mod recovery;
 mod streaming;

@@ -1,0 +1,230 @@
+//! What each plugin instance's store holds: its WASI context (only what the manifest
+//! grants), its limits, and the host functions every plugin may call.
+
+use super::bindings::v0_1_0::transformer::weir::plugin::{host, types};
+use super::manifest::Manifest;
+use std::collections::BTreeMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// Metrics a plugin reported through the host interface, by name and labels.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PluginMetrics {
+    pub counters: BTreeMap<String, u64>,
+    pub gauges: BTreeMap<String, f64>,
+    pub histograms: BTreeMap<String, Vec<f64>>,
+}
+
+/// The store data of one instance.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limits: StoreLimits,
+    label: Arc<str>,
+    metrics: Arc<Mutex<PluginMetrics>>,
+}
+
+impl PluginState {
+    /// A state granting exactly the manifest's capabilities.
+    pub fn new(manifest: &Manifest, metrics: Arc<Mutex<PluginMetrics>>) -> io::Result<PluginState> {
+        let label: Arc<str> = manifest.label().into();
+        let caps = &manifest.capabilities;
+        let mut wasi = WasiCtxBuilder::new();
+        for name in &caps.env {
+            if let Ok(value) = std::env::var(name) {
+                wasi.env(name, value);
+            }
+        }
+        for dir in &caps.dirs {
+            let perms = if dir.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            wasi.preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(|e| io::Error::other(format!("granting {}: {e}", dir.host.display())))?;
+        }
+        if !caps.clock {
+            wasi.wall_clock(StoppedClock).monotonic_clock(StoppedClock);
+        }
+        if !caps.random {
+            wasi.secure_random(wasmtime_wasi::Deterministic::new(vec![0x5a]))
+                .insecure_random(wasmtime_wasi::Deterministic::new(vec![0xa5]))
+                .insecure_random_seed(0);
+        }
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        wasi.stdout(GuestOutput::new(label.clone(), "stdout"));
+        wasi.stderr(GuestOutput::new(label.clone(), "stderr"));
+        Ok(PluginState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(manifest.limits.memory as usize)
+                .trap_on_grow_failure(true)
+                .build(),
+            label,
+            metrics,
+        })
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn labelled(name: &str, labels: &[(String, String)]) -> String {
+    if labels.is_empty() {
+        return name.to_owned();
+    }
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{name}{{{}}}", labels.join(","))
+}
+
+impl host::Host for PluginState {
+    fn log(&mut self, level: host::Level, message: String, fields: Vec<(String, String)>) {
+        let fields: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let fields = fields.join(" ");
+        let plugin = &*self.label;
+        match level {
+            host::Level::Trace => {
+                tracing::trace!(target: "weir::plugin", plugin, %fields, "{message}")
+            }
+            host::Level::Debug => {
+                tracing::debug!(target: "weir::plugin", plugin, %fields, "{message}")
+            }
+            host::Level::Info => {
+                tracing::info!(target: "weir::plugin", plugin, %fields, "{message}")
+            }
+            host::Level::Warn => {
+                tracing::warn!(target: "weir::plugin", plugin, %fields, "{message}")
+            }
+            host::Level::Error => {
+                tracing::error!(target: "weir::plugin", plugin, %fields, "{message}")
+            }
+        }
+    }
+
+    fn counter_add(&mut self, name: String, value: u64, labels: Vec<(String, String)>) {
+        let mut m = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        *m.counters.entry(labelled(&name, &labels)).or_default() += value;
+    }
+
+    fn gauge_set(&mut self, name: String, value: f64, labels: Vec<(String, String)>) {
+        let mut m = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        m.gauges.insert(labelled(&name, &labels), value);
+    }
+
+    fn histogram_record(&mut self, name: String, value: f64, labels: Vec<(String, String)>) {
+        let mut m = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        let values = m.histograms.entry(labelled(&name, &labels)).or_default();
+        // Keep the most recent observations only: a histogram must not grow without bound.
+        if values.len() >= 1024 {
+            values.remove(0);
+        }
+        values.push(value);
+    }
+}
+
+impl types::Host for PluginState {}
+
+/// A clock that reads zero: what a plugin without the `clock` capability sees.
+struct StoppedClock;
+
+impl wasmtime_wasi::HostWallClock for StoppedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for StoppedClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// Guest stdout or stderr: each line becomes a tracing record tagged with the plugin.
+#[derive(Clone)]
+struct GuestOutput(Arc<Mutex<LineBuffer>>);
+
+struct LineBuffer {
+    label: Arc<str>,
+    stream: &'static str,
+    line: Vec<u8>,
+}
+
+impl GuestOutput {
+    fn new(label: Arc<str>, stream: &'static str) -> GuestOutput {
+        GuestOutput(Arc::new(Mutex::new(LineBuffer {
+            label,
+            stream,
+            line: Vec::new(),
+        })))
+    }
+}
+
+impl LineBuffer {
+    fn push(&mut self, data: &[u8]) {
+        for &b in data {
+            if b == b'\n' || self.line.len() >= 4096 {
+                self.emit();
+            }
+            if b != b'\n' {
+                self.line.push(b);
+            }
+        }
+    }
+
+    fn emit(&mut self) {
+        let text = String::from_utf8_lossy(&self.line);
+        tracing::info!(target: "weir::plugin", plugin = &*self.label, stream = self.stream, "{}", text.trim_end());
+        self.line.clear();
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(data);
+        Poll::Ready(Ok(data.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}

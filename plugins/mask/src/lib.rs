@@ -1,0 +1,252 @@
+//! `mask`: hash (salted SHA-256), redact, null or partially mask columns chosen by name
+//! or by tag, in both the new and the old row of every event.
+//!
+//! ```toml
+//! [[transform]]
+//! plugin = "plugins/mask"
+//! config = { salt = "${MASK_SALT}", tags = { pii = ["email", "customers.phone"] }, rules = [
+//!     { tag = "pii", method = "hash" },
+//!     { columns = ["public.cards.number"], method = "partial", keep = 4 },
+//! ] }
+//! ```
+//!
+//! A column is named `column` (in any table), `table.column` or `schema.table.column`.
+//! Hashed, redacted and partially masked columns become `text` in the output.
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use weir_sdk::{Batch, PluginError, Relation, Transform, Value};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Mixed into every hash, so hashes cannot be looked up in a table of known values.
+    #[serde(default)]
+    pub salt: String,
+    /// Named groups of columns.
+    #[serde(default)]
+    pub tags: BTreeMap<String, Vec<String>>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    #[serde(default)]
+    pub columns: Vec<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    pub method: Method,
+    /// For `partial`: characters kept at the end.
+    #[serde(default)]
+    pub keep: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Hash,
+    Redact,
+    Null,
+    Partial,
+}
+
+/// The transform: each rule resolved to its column selectors.
+pub struct Mask {
+    salt: String,
+    rules: Vec<(Vec<String>, Method, usize)>,
+}
+
+fn selects(selector: &str, rel: &Relation, column: &str) -> bool {
+    let parts: Vec<&str> = selector.split('.').collect();
+    match parts.as_slice() {
+        [c] => *c == column,
+        [t, c] => *t == rel.table && *c == column,
+        [s, t, c] => *s == rel.schema && *t == rel.table && *c == column,
+        _ => false,
+    }
+}
+
+impl Mask {
+    fn method_for(&self, rel: &Relation, column: &str) -> Option<(Method, usize)> {
+        self.rules
+            .iter()
+            .find(|(selectors, _, _)| selectors.iter().any(|s| selects(s, rel, column)))
+            .map(|(_, m, keep)| (*m, *keep))
+    }
+
+    fn mask(&self, value: &mut Value, method: Method, keep: usize) {
+        if value.is_null() {
+            return;
+        }
+        let text = match &*value {
+            Value::Text(s) => s.clone().into_bytes(),
+            Value::Bytes(b) => b.clone(),
+            Value::Int(i) => i.to_string().into_bytes(),
+            Value::Float(f) => f.to_string().into_bytes(),
+            Value::Bool(b) => if *b { "t" } else { "f" }.as_bytes().to_vec(),
+            Value::Null => return,
+        };
+        *value = match method {
+            Method::Null => Value::Null,
+            Method::Redact => Value::Text("[redacted]".into()),
+            Method::Hash => {
+                let mut h = Sha256::new();
+                h.update(self.salt.as_bytes());
+                h.update(&text);
+                Value::Text(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+            }
+            Method::Partial => {
+                let s = String::from_utf8_lossy(&text);
+                let n = s.chars().count();
+                Value::Text(
+                    s.chars()
+                        .enumerate()
+                        .map(|(i, c)| if i + keep >= n { c } else { '*' })
+                        .collect(),
+                )
+            }
+        };
+    }
+}
+
+impl Transform for Mask {
+    type Config = Config;
+
+    fn init(config: Config) -> Result<Mask, PluginError> {
+        let mut rules = Vec::new();
+        for rule in config.rules {
+            let mut selectors = rule.columns;
+            if let Some(tag) = &rule.tag {
+                let tagged = config.tags.get(tag).ok_or_else(|| {
+                    PluginError::BadConfig(format!(
+                        "rule uses tag `{tag}`, which `tags` does not define"
+                    ))
+                })?;
+                selectors.extend(tagged.iter().cloned());
+            }
+            if selectors.is_empty() {
+                return Err(PluginError::BadConfig(
+                    "a rule names no columns and no tag".into(),
+                ));
+            }
+            rules.push((selectors, rule.method, rule.keep));
+        }
+        Ok(Mask {
+            salt: config.salt,
+            rules,
+        })
+    }
+
+    fn process(&mut self, mut batch: Batch) -> Result<Batch, PluginError> {
+        // Per relation, the masked columns; masked values become text.
+        let plans: Vec<Vec<(usize, Method, usize)>> = batch
+            .relations
+            .iter()
+            .map(|rel| {
+                rel.columns
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| self.method_for(rel, &c.name).map(|(m, k)| (i, m, k)))
+                    .collect()
+            })
+            .collect();
+        for (rel, plan) in batch.relations.iter_mut().zip(&plans) {
+            for &(i, method, _) in plan {
+                if method != Method::Null {
+                    let column = &mut rel.columns[i];
+                    (column.type_oid, column.type_name, column.typmod) = (25, "text".into(), -1);
+                }
+            }
+        }
+        for event in &mut batch.events {
+            let plan = &plans[event.rel as usize];
+            for row in [event.before.as_mut(), event.after.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                for &(i, method, keep) in plan {
+                    if let Some(value) = row.get_mut(i) {
+                        self.mask(value, method, keep);
+                    }
+                }
+            }
+        }
+        Ok(batch)
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+weir_sdk::export_transform!(Mask);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_sdk::plugin::testing;
+    use weir_sdk::{Column, Event, Op};
+
+    fn batch() -> Batch {
+        let mut b = Batch::default();
+        let rel = b.push_relation(Relation {
+            id: 1,
+            schema: "public".into(),
+            table: "customers".into(),
+            version: 1,
+            columns: vec![
+                Column::new("id", 20, "int8", true),
+                Column::new("email", 25, "text", false),
+                Column::new("card", 25, "text", false),
+            ],
+        });
+        b.events.push(Event {
+            op: Op::Update,
+            rel,
+            commit_lsn: 1,
+            seq: 0,
+            xid: 1,
+            commit_ts: 0,
+            before: Some(vec![
+                Value::Int(1),
+                Value::Text("old@example.com".into()),
+                Value::Null,
+            ]),
+            after: Some(vec![
+                Value::Int(1),
+                Value::Text("a@example.com".into()),
+                Value::Text("4111111111111111".into()),
+            ]),
+            unchanged: vec![],
+        });
+        b
+    }
+
+    #[test]
+    fn hashes_tagged_columns_and_masks_partially() {
+        let config = r#"{"salt":"s","tags":{"pii":["email"]},"rules":[{"tag":"pii","method":"hash"},
+            {"columns":["customers.card"],"method":"partial","keep":4}]}"#;
+        let out = testing::run::<Mask>(config, batch()).unwrap();
+        let after = out.events[0].after.as_ref().unwrap();
+        let expected: String = Sha256::digest(b"sa@example.com")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(after[1], Value::Text(expected));
+        assert_eq!(after[2], Value::Text("************1111".into()));
+        assert_ne!(
+            out.events[0].before.as_ref().unwrap()[1],
+            Value::Text("old@example.com".into()),
+            "old row too"
+        );
+        assert_eq!(out.relations[0].columns[1].type_name, "text");
+        assert_eq!(after[0], Value::Int(1), "other columns untouched");
+    }
+
+    #[test]
+    fn an_unknown_tag_is_a_config_error() {
+        let err = testing::transform::<Mask>(r#"{"rules":[{"tag":"pii","method":"hash"}]}"#)
+            .err()
+            .unwrap();
+        assert!(matches!(err, PluginError::BadConfig(m) if m.contains("`pii`")));
+    }
+}

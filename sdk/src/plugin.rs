@@ -1,0 +1,88 @@
+//! The plugin side: what a transform or sink implements, and how it is tested natively.
+
+use crate::Batch;
+use serde::de::DeserializeOwned;
+use std::fmt;
+
+/// Why a plugin call failed. weir reacts to each kind differently (see `on_error` in the
+/// plugin manifest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginError {
+    /// The configuration is unusable: the pipeline does not start.
+    BadConfig(String),
+    /// One event cannot be processed; `index` is its position in the batch's events.
+    BadEvent { index: u32, message: String },
+    /// A temporary failure: weir retries the call.
+    Transient(String),
+    /// The plugin cannot go on.
+    Fatal(String),
+}
+
+impl fmt::Display for PluginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PluginError::BadConfig(m) => write!(f, "bad config: {m}"),
+            PluginError::BadEvent { index, message } => write!(f, "bad event {index}: {message}"),
+            PluginError::Transient(m) => write!(f, "transient: {m}"),
+            PluginError::Fatal(m) => write!(f, "fatal: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for PluginError {}
+
+/// A transform plugin: one value per configured instance, fed batch after batch.
+///
+/// Export it with [`export_transform!`](crate::export_transform).
+pub trait Transform: Sized + 'static {
+    /// The plugin's configuration (the manifest's defaults overlaid with the pipeline's
+    /// `config` table), read from JSON.
+    type Config: DeserializeOwned;
+
+    /// Builds the transform from its configuration.
+    fn init(config: Self::Config) -> Result<Self, PluginError>;
+
+    /// Transforms one batch: change, drop or add events (and relations).
+    fn process(&mut self, batch: Batch) -> Result<Batch, PluginError>;
+}
+
+/// A sink plugin.
+///
+/// Export it with [`export_sink!`](crate::export_sink).
+pub trait Sink: Sized + 'static {
+    /// The plugin's configuration, read from JSON.
+    type Config: DeserializeOwned;
+
+    /// Builds the sink from its configuration.
+    fn init(config: Self::Config) -> Result<Self, PluginError>;
+
+    /// Delivers one batch; returns the highest `commit_lsn` durable so far (0 for none).
+    fn write(&mut self, batch: Batch) -> Result<u64, PluginError>;
+
+    /// Makes everything written durable; returns the durable `commit_lsn`.
+    fn flush(&mut self) -> Result<u64, PluginError>;
+}
+
+/// Reads a plugin's configuration from the JSON weir passes to `init`.
+pub fn parse_config<C: DeserializeOwned>(json: &str) -> Result<C, PluginError> {
+    serde_json::from_str(json).map_err(|e| PluginError::BadConfig(e.to_string()))
+}
+
+/// Runs plugin logic natively, without WebAssembly: for plain `cargo test`.
+pub mod testing {
+    use super::*;
+
+    /// Initializes a transform from a JSON configuration, as weir would.
+    pub fn transform<T: Transform>(config_json: &str) -> Result<T, PluginError> {
+        T::init(parse_config(config_json)?)
+    }
+
+    /// Initializes a transform and runs one batch through it.
+    pub fn run<T: Transform>(config_json: &str, batch: Batch) -> Result<Batch, PluginError> {
+        // Through the wire format, as in the host, so layout mistakes show up here too.
+        let batch =
+            Batch::decode(&batch.encode()).map_err(|e| PluginError::Fatal(e.to_string()))?;
+        let out = transform::<T>(config_json)?.process(batch)?;
+        Batch::decode(&out.encode()).map_err(|e| PluginError::Fatal(e.to_string()))
+    }
+}

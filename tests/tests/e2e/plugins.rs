@@ -1,0 +1,241 @@
+//! Plugins as real components under the real host: the built-in transforms end to end,
+//! hostile plugins, and the failure policies.
+
+use crate::harness::{TestDb, assert_same_state, stderr};
+use std::path::Path;
+
+const MASK: (&str, &str) = ("weir-plugin-mask", "plugins/mask/weir-plugin.toml");
+const HOSTILE: (&str, &str) = (
+    "weir-test-hostile",
+    "tests/plugins/hostile/weir-plugin.toml",
+);
+
+/// A pipeline file with the given `[[transform]]` sections.
+fn with_transforms(db: &TestDb, tables: &[&str], transforms: &str) -> std::path::PathBuf {
+    let config = db.config(tables);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n{transforms}\n")).unwrap();
+    config
+}
+
+fn transform(plugin: &Path, config: &str) -> String {
+    format!(
+        "[[transform]]\nplugin = \"{}\"\nconfig = {config}\n",
+        plugin.display()
+    )
+}
+
+fn sha256_hex(data: &str) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let mut out = out;
+    out.stdin
+        .take()
+        .unwrap()
+        .write_all(data.as_bytes())
+        .unwrap();
+    let o = out.wait_with_output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn mask_hashes_pii_before_it_reaches_the_output() {
+    let db = TestDb::new("mask");
+    db.sql("CREATE TABLE customers (id int PRIMARY KEY, email text, phone text, name text)");
+    let mask = db.plugin(MASK.0, MASK.1, |m| m);
+    let config = with_transforms(
+        &db,
+        &["public.customers"],
+        &transform(
+            &mask,
+            r#"{ salt = "pepper", tags = { pii = ["email"] }, rules = [ { tag = "pii", method = "hash" }, { columns = ["customers.phone"], method = "partial", keep = 2 } ] }"#,
+        ),
+    );
+    db.catch_up(&config);
+    db.sql("INSERT INTO customers SELECT g, 'user' || g || '@example.com', '555-01' || lpad(g::text, 2, '0'), 'n' || g FROM generate_series(1, 50) g");
+    db.sql("UPDATE customers SET email = 'changed' || id || '@example.com' WHERE id <= 5");
+    db.sql("DELETE FROM customers WHERE id > 45");
+    db.catch_up(&config);
+
+    let log = db.changelog("public.customers", "id");
+    assert_eq!(log.duplicates, 0);
+    assert_eq!(log.rows.len(), 45);
+    for row in &log.rows {
+        let id = row["id"].as_i64().unwrap();
+        let clear = if id <= 5 {
+            format!("changed{id}@example.com")
+        } else {
+            format!("user{id}@example.com")
+        };
+        assert_eq!(
+            row["email"].as_str().unwrap(),
+            sha256_hex(&format!("pepper{clear}")),
+            "salted SHA-256 of the email"
+        );
+        assert_eq!(
+            row["phone"].as_str().unwrap(),
+            format!("******{:02}", id % 100),
+            "partial: the last 2 kept"
+        );
+        assert_eq!(
+            row["name"],
+            format!("n{id}"),
+            "unmasked columns pass through"
+        );
+    }
+    let dump = std::process::Command::new("grep")
+        .args(["-r", "-l", "@example.com"])
+        .arg(db.out())
+        .output()
+        .unwrap();
+    assert!(
+        dump.stdout.is_empty(),
+        "no clear-text email anywhere in the output"
+    );
+}
+
+/// Runs the hostile plugin in `mode` under `on_error = "fail"` and returns weir's error.
+fn hostile_fails(mode: &str, manifest_edit: impl Fn(String) -> String) -> (TestDb, String) {
+    let db = TestDb::new(&format!("hostile_{}", mode.replace('-', "_")));
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let plugin = db.plugin(HOSTILE.0, HOSTILE.1, manifest_edit);
+    let passing = transform(&plugin, "{ mode = \"poison\", every = 1000000000 }");
+    // Create the slot with a plugin that passes, so the failing run has changes to fail on.
+    db.catch_up(&with_transforms(&db, &["public.t"], &passing));
+    let failing =
+        format!("{{ mode = \"{mode}\", file = \"/etc/hostname\", env = \"WEIR_TEST_SECRET\" }}");
+    let config = with_transforms(&db, &["public.t"], &transform(&plugin, &failing));
+    db.sql("INSERT INTO t SELECT g, 'v' FROM generate_series(1, 100) g");
+    let after_insert = db.current_wal_lsn();
+    let out = db
+        .weir(&["run", config.to_str().unwrap(), "--until-caught-up"])
+        .env("WEIR_TEST_SECRET", "hunter2")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "weir must stop on a failing plugin:\n{err}"
+    );
+    let last = err.trim().lines().last().unwrap_or_default().to_string();
+    assert_eq!(
+        last.matches("hostile@0.1.0").count(),
+        1,
+        "said once: {last}"
+    );
+    assert!(
+        last.starts_with("error: plugin hostile@0.1.0"),
+        "the error names plugin and version: {last}"
+    );
+    assert!(
+        last.contains("tables public.t") && last.contains("LSN "),
+        "and the tables and LSN range: {last}"
+    );
+    assert!(
+        db.confirmed_flush().unwrap() < after_insert,
+        "the slot does not pass the unprocessed changes"
+    );
+    assert_eq!(
+        db.changelog("public.t", "id").rows.len(),
+        0,
+        "nothing of the failed batch was written"
+    );
+
+    // Nothing is lost: with a plugin that passes, the next run writes every row once.
+    db.catch_up(&with_transforms(&db, &["public.t"], &passing));
+    let t = assert_same_state(&db, "public.t", "id");
+    assert_eq!(t.op("c"), 100);
+    (db, last)
+}
+
+#[test]
+fn an_endless_loop_hits_the_deadline() {
+    let (_, err) = hostile_fails("loop", |m| m);
+    assert!(err.contains("ran past its 500ms deadline"), "{err}");
+}
+
+#[test]
+fn a_memory_bomb_hits_the_limit() {
+    let (_, err) = hostile_fails("bomb", |m| m);
+    assert!(err.contains("more than its 32.0 MiB memory limit"), "{err}");
+}
+
+#[test]
+fn a_trap_is_an_error_not_a_crash() {
+    let (_, err) = hostile_fails("trap", |m| m);
+    assert!(err.contains("trapped"), "{err}");
+}
+
+#[test]
+fn malformed_output_is_refused() {
+    let (_, err) = hostile_fails("garbage", |m| m);
+    assert!(err.contains("malformed batch"), "{err}");
+}
+
+#[test]
+fn files_environment_clock_and_network_are_denied_without_capabilities() {
+    let (_, err) = hostile_fails("probe", |m| m);
+    assert!(err.contains("file: denied"), "{err}");
+    assert!(err.contains("env: absent"), "{err}");
+    assert!(err.contains("clock: 0,"), "the clock reads zero: {err}");
+    assert!(err.contains("net: denied"), "{err}");
+}
+
+#[test]
+fn a_granted_environment_variable_is_visible() {
+    let (_, err) = hostile_fails("probe", |m| {
+        format!("{m}\n[capabilities]\nenv = [\"WEIR_TEST_SECRET\"]\nclock = true\n")
+    });
+    assert!(err.contains("env: present (hunter2)"), "{err}");
+    assert!(!err.contains("clock: 0,"), "the real clock: {err}");
+    assert!(err.contains("file: denied"), "still no files: {err}");
+}
+
+/// `on_error = "skip"`: the failing events are isolated and dropped, the rest lands,
+/// and the instance is recycled after each trap.
+fn skip_policy(mode: &str) {
+    let db = TestDb::new(&format!("skip_{}", mode.replace('-', "_")));
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let plugin = db.plugin(HOSTILE.0, HOSTILE.1, |m| {
+        m.replace("on_error = \"fail\"", "on_error = \"skip\"")
+    });
+    let config = with_transforms(
+        &db,
+        &["public.t"],
+        &transform(&plugin, &format!("{{ mode = \"{mode}\", every = 10 }}")),
+    );
+    db.catch_up(&config);
+    db.sql("INSERT INTO t SELECT g, 'v' FROM generate_series(1, 200) g");
+    let out = db.catch_up(&config);
+    let log = db.changelog("public.t", "id");
+    assert_eq!(
+        log.op("c"),
+        180,
+        "the 20 ids divisible by 10 are skipped, the rest kept"
+    );
+    assert!(log.rows.iter().all(|r| r["id"].as_i64().unwrap() % 10 != 0));
+    assert!(
+        stderr(&out).contains("Skipped an event"),
+        "skips are logged"
+    );
+    assert!(db.confirmed_flush().is_some());
+}
+
+#[test]
+fn skip_isolates_events_that_trap() {
+    skip_policy("poison");
+}
+
+#[test]
+fn skip_drops_events_the_plugin_reports_as_bad() {
+    skip_policy("bad-event");
+}
