@@ -43,16 +43,28 @@ fn main() {
     let pg = TempPostgres::start().expect("start PostgreSQL");
     println!("weir throughput benchmark: {rows} rows, 7 columns, best of {rounds} rounds each");
     println!("machine: {}", machine());
+    let mask = mask_plugin();
     let scenarios = [
-        ("10k-row transactions", rows, 10_000),
+        ("10k-row transactions", rows, 10_000, None),
+        (
+            "10k-row transactions, mask plugin hashing a column",
+            rows,
+            10_000,
+            Some(&mask),
+        ),
         (
             "one transaction of a quarter of the rows",
             rows / 4,
             rows / 4,
+            None,
         ),
-        ("one transaction", rows, rows),
+        ("one transaction", rows, rows, None),
     ];
-    for (i, (label, rows, per_tx)) in scenarios.into_iter().enumerate() {
+    let only = std::env::var("WEIR_BENCH_ONLY").unwrap_or_default();
+    for (i, (label, rows, per_tx, transform)) in scenarios.into_iter().enumerate() {
+        if !label.contains(&only) {
+            continue;
+        }
         let db = format!("bench_{i}");
         pg.psql("postgres", &format!("CREATE DATABASE {db}"))
             .unwrap();
@@ -105,7 +117,7 @@ fn main() {
                 .unwrap();
             }
             let r = run_recvlogical(&pg, &db, &ref_slot, &end_lsn);
-            let w = run_weir(&pg, &db, &weir_slot, rows);
+            let w = run_weir(&pg, &db, &weir_slot, rows, transform.map(|p| p.as_path()));
             println!(
                 "  round {}: pg_recvlogical {:>9.0} rows/s   weir {:>9.0} rows/s   ratio {:.2}   weir peak RSS {} MiB",
                 round + 1,
@@ -166,14 +178,21 @@ fn run_recvlogical(pg: &TempPostgres, db: &str, slot: &str, end_lsn: &str) -> Ru
     }
 }
 
-fn run_weir(pg: &TempPostgres, db: &str, slot: &str, rows: u64) -> Run {
+fn run_weir(pg: &TempPostgres, db: &str, slot: &str, rows: u64, transform: Option<&Path>) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bench.toml");
+    let transform = match transform {
+        Some(plugin) => format!(
+            "[[transform]]\nplugin = \"{}\"\nconfig = {{ salt = \"bench\", rules = [ {{ columns = [\"note\"], method = \"hash\" }} ] }}\n\n",
+            plugin.display()
+        ),
+        None => String::new(),
+    };
     std::fs::write(
         &config,
         format!(
             "[source]\nurl = \"{}\"\nslot = \"{slot}\"\npublication = \"weir_bench\"\ntables = [\"public.bench\"]\n\n\
-             [[sink]]\ntype = \"parquet\"\nurl = \"file://{}\"\ncompression = \"zstd\"\n",
+             {transform}[[sink]]\ntype = \"parquet\"\nurl = \"file://{}\"\ncompression = \"zstd\"\n",
             pg.url(db),
             dir.path().join("out").display()
         ),
@@ -182,7 +201,10 @@ fn run_weir(pg: &TempPostgres, db: &str, slot: &str, rows: u64) -> Run {
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir-e2e"))
         .args(["run", config.to_str().unwrap(), "--until-caught-up"])
-        .env("WEIR_LOG", "warn")
+        .env(
+            "WEIR_LOG",
+            std::env::var("WEIR_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .spawn()
         .expect("run weir");
@@ -212,6 +234,42 @@ fn run_weir(pg: &TempPostgres, db: &str, slot: &str, rows: u64) -> Run {
         seconds,
         peak_rss_kib: peak,
     }
+}
+
+/// The mask plugin built as a component, in a plugin directory with its manifest.
+fn mask_plugin() -> std::path::PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "weir-plugin-mask",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(&workspace)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the mask plugin failed");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-mask");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        workspace.join("plugins/mask/weir-plugin.toml"),
+        dir.join("weir-plugin.toml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        target.join("wasm32-wasip2/release/weir_plugin_mask.wasm"),
+        dir.join("mask.wasm"),
+    )
+    .unwrap();
+    dir
 }
 
 /// Peak resident set size of a live process, from /proc.

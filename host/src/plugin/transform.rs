@@ -258,12 +258,28 @@ impl TransformPlugin {
 
     /// Runs one batch through the plugin, retrying transient failures.
     fn process(&mut self, batch: &Batch) -> Result<Batch, CallError> {
+        let started = std::time::Instant::now();
         let input = batch.encode();
+        let encoded = started.elapsed();
         let mut attempt = 0;
         loop {
+            let call_started = std::time::Instant::now();
             match self.call(&input) {
                 Ok(out) => {
-                    return Batch::decode(&out).map_err(|e| CallError::Malformed(e.to_string()));
+                    let called = call_started.elapsed();
+                    let decoded =
+                        Batch::decode(&out).map_err(|e| CallError::Malformed(e.to_string()));
+                    tracing::debug!(
+                        plugin = %self.label(),
+                        events = batch.events.len(),
+                        bytes_in = input.len(),
+                        bytes_out = out.len(),
+                        encode_us = encoded.as_micros() as u64,
+                        call_us = called.as_micros() as u64,
+                        decode_us = (call_started.elapsed() - called).as_micros() as u64,
+                        "Transform call."
+                    );
+                    return decoded;
                 }
                 Err(CallError::Plugin(WitError::Transient(m))) if attempt < TRANSIENT_RETRIES => {
                     attempt += 1;

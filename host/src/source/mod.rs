@@ -487,10 +487,27 @@ impl Control {
     }
 }
 
+/// Reports durable positions to the replication stream; cheap to clone.
+#[derive(Clone)]
+pub struct Acknowledger(Arc<watch::Sender<Lsn>>);
+
+impl Acknowledger {
+    /// Everything before `lsn` is durable: the server may release it. Never moves back.
+    pub fn acknowledge(&self, lsn: Lsn) {
+        self.0.send_if_modified(|cur| {
+            let raise = lsn > *cur;
+            if raise {
+                *cur = lsn;
+            }
+            raise
+        });
+    }
+}
+
 /// The running replication stream: batches out, acknowledgements in.
 pub struct PgSource {
     batches: mpsc::Receiver<Result<SourceBatch, SourceError>>,
-    ack: watch::Sender<Lsn>,
+    ack: Acknowledger,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -551,7 +568,7 @@ impl PgSource {
         );
         Ok(PgSource {
             batches,
-            ack,
+            ack: Acknowledger(Arc::new(ack)),
             stop,
             task,
         })
@@ -564,13 +581,12 @@ impl PgSource {
 
     /// Everything before `lsn` is durable: the server may release it.
     pub fn acknowledge(&self, lsn: Lsn) {
-        self.ack.send_if_modified(|cur| {
-            let raise = lsn > *cur;
-            if raise {
-                *cur = lsn;
-            }
-            raise
-        });
+        self.ack.acknowledge(lsn);
+    }
+
+    /// A handle for acknowledging from another stage.
+    pub fn acknowledger(&self) -> Acknowledger {
+        self.ack.clone()
     }
 
     /// Stops streaming, reporting the last acknowledged position to the server first.

@@ -68,6 +68,17 @@ fn selects(selector: &str, rel: &Relation, column: &str) -> bool {
     }
 }
 
+/// Lower-case hex, without an allocation per byte.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
+}
+
 impl Mask {
     fn method_for(&self, rel: &Relation, column: &str) -> Option<(Method, usize)> {
         self.rules
@@ -95,7 +106,7 @@ impl Mask {
                 let mut h = Sha256::new();
                 h.update(self.salt.as_bytes());
                 h.update(&text);
-                Value::Text(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+                Value::Text(hex(&h.finalize()))
             }
             Method::Partial => {
                 let s = String::from_utf8_lossy(&text);

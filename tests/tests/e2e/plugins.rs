@@ -5,6 +5,7 @@ use crate::harness::{TestDb, assert_same_state, stderr};
 use std::path::Path;
 
 const MASK: (&str, &str) = ("weir-plugin-mask", "plugins/mask/weir-plugin.toml");
+const FILTER: (&str, &str) = ("weir-plugin-filter", "plugins/filter/weir-plugin.toml");
 const HOSTILE: (&str, &str) = (
     "weir-test-hostile",
     "tests/plugins/hostile/weir-plugin.toml",
@@ -90,6 +91,59 @@ fn mask_hashes_pii_before_it_reaches_the_output() {
             row["name"],
             format!("n{id}"),
             "unmasked columns pass through"
+        );
+    }
+    let dump = std::process::Command::new("grep")
+        .args(["-r", "-l", "@example.com"])
+        .arg(db.out())
+        .output()
+        .unwrap();
+    assert!(
+        dump.stdout.is_empty(),
+        "no clear-text email anywhere in the output"
+    );
+}
+
+#[test]
+fn mask_then_filter_writes_only_kept_events_with_hashed_values() {
+    let db = TestDb::new("maskfilter");
+    db.sql(
+        "CREATE TABLE orders (id int PRIMARY KEY, email text, status text, amount numeric(10,2))",
+    );
+    let mask = db.plugin(MASK.0, MASK.1, |m| m);
+    let filter = db.plugin(FILTER.0, FILTER.1, |m| m);
+    let transforms = format!(
+        "{}{}",
+        transform(
+            &mask,
+            r#"{ salt = "s1", rules = [ { columns = ["email"], method = "hash" } ] }"#
+        ),
+        transform(
+            &filter,
+            r#"{ where = [ { column = "status", in = ["paid", "shipped"] } ] }"#
+        )
+    );
+    let config = with_transforms(&db, &["public.orders"], &transforms);
+    db.catch_up(&config);
+    db.sql(
+        "INSERT INTO orders SELECT g, 'buyer' || g || '@example.com', \
+         (ARRAY['new', 'paid', 'shipped', 'cancelled'])[1 + g % 4], g * 1.5 FROM generate_series(1, 100) g",
+    );
+    db.sql("UPDATE orders SET status = 'paid' WHERE status = 'new'");
+    db.sql("DELETE FROM orders WHERE id <= 10");
+    db.catch_up(&config);
+
+    let log = db.changelog("public.orders", "id");
+    // Inserts with status paid or shipped (50), the 25 updates to paid; deletes carry only
+    // the key, so their status is null and the predicate drops them.
+    assert_eq!((log.op("c"), log.op("u"), log.op("d")), (50, 25, 0));
+    for row in &log.rows {
+        let status = row["status"].as_str().unwrap();
+        assert!(status == "paid" || status == "shipped", "{row}");
+        let id = row["id"].as_i64().unwrap();
+        assert_eq!(
+            row["email"].as_str().unwrap(),
+            sha256_hex(&format!("s1buyer{id}@example.com"))
         );
     }
     let dump = std::process::Command::new("grep")
