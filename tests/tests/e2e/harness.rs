@@ -289,27 +289,37 @@ pub fn component(package: &str) -> PathBuf {
     wasm
 }
 
+/// Installs a plugin into `dir/plugins/<name>/`: its manifest from `manifest` (relative
+/// to the workspace), edited by `edit`, and its component built from `package`.
+pub fn install_plugin(
+    dir: &Path,
+    package: &str,
+    manifest: &str,
+    edit: impl Fn(String) -> String,
+) -> PathBuf {
+    let source = workspace().join(manifest);
+    let text = edit(std::fs::read_to_string(&source).unwrap());
+    let parsed: toml::Table = text.parse().unwrap();
+    let name = parsed["name"].as_str().unwrap().to_string();
+    let dir = dir.join("plugins").join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("weir-plugin.toml"), &text).unwrap();
+    std::fs::copy(
+        component(package),
+        dir.join(parsed["wasm"].as_str().unwrap()),
+    )
+    .unwrap();
+    dir
+}
+
 impl TestDb {
-    /// Installs a plugin into this test's directory: its manifest from `manifest` (relative
-    /// to the workspace), edited by `edit`, and its component built from `package`.
+    /// Installs a plugin into this test's directory (see [`install_plugin`]).
     pub fn plugin(
         &self,
         package: &str,
         manifest: &str,
         edit: impl Fn(String) -> String,
     ) -> PathBuf {
-        let source = workspace().join(manifest);
-        let text = edit(std::fs::read_to_string(&source).unwrap());
-        let parsed: toml::Table = text.parse().unwrap();
-        let name = parsed["name"].as_str().unwrap().to_string();
-        let dir = self.dir.path().join("plugins").join(&name);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("weir-plugin.toml"), &text).unwrap();
-        std::fs::copy(
-            component(package),
-            dir.join(parsed["wasm"].as_str().unwrap()),
-        )
-        .unwrap();
-        dir
+        install_plugin(self.dir.path(), package, manifest, edit)
     }
 }

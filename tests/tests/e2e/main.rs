@@ -6,12 +6,14 @@
 //! - `recovery`: restart from the checkpoint, SIGTERM, and `kill -9` during writes.
 //! - `bad_input`: each user mistake prints one line naming the fix and changes nothing.
 //! - `cli`: `weir validate` and the example configurations.
-//! - `plugins`: built-in plugins as components, hostile plugins, failure policies.
+//! - `plugins`: built-in plugins in pipelines, hostile plugins, failure policies.
+//! - `conformance`: every built-in plugin as a component against its native logic.
 
 mod harness;
 
 mod bad_input;
 mod cli;
+mod conformance;
 mod plugins;
 mod recovery;
 mod streaming;
