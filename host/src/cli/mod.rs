@@ -166,8 +166,7 @@ async fn run(path: &std::path::Path, until_caught_up: bool) -> anyhow::Result<()
 
 async fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
     let config = PipelineConfig::load(path)?;
-    println!("{}: valid", path.display());
-    println!("pipeline  {}", config.name());
+    println!("pipeline  {} ({})", config.name(), path.display());
     let pg = crate::source::pg_config(&config.source.url)?;
     println!(
         "source    postgres://{}@{}:{}/{} slot `{}` publication `{}`",
@@ -187,6 +186,26 @@ async fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
         bytesize::ByteSize(b.max_bytes).display().iec(),
         humantime::format_duration(b.max_delay)
     );
+    if !config.transforms.is_empty() {
+        let specs = config.transforms.clone();
+        let lines = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+            let engine =
+                crate::plugin::PluginEngine::new(crate::plugin::PluginEngine::default_cache_dir())?;
+            specs
+                .iter()
+                .map(|t| {
+                    // Compiles the component and calls its init with the configuration.
+                    let plugin =
+                        crate::plugin::TransformPlugin::load(&engine, &t.plugin, &t.config)?;
+                    Ok(format!("transform {}", plugin.describe()))
+                })
+                .collect()
+        })
+        .await??;
+        for line in lines {
+            println!("{line}");
+        }
+    }
     for sink in &config.sinks {
         match sink {
             SinkConfig::Parquet(p) => println!(
@@ -200,6 +219,7 @@ async fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
         }
     }
     if offline {
+        println!("valid (file and plugins checked; --offline: the database was not)");
         return Ok(());
     }
     let control = crate::source::Control::connect(&config.source.url).await?;

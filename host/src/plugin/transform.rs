@@ -199,6 +199,41 @@ impl TransformPlugin {
         self.manifest.label()
     }
 
+    /// One line: label, policy, limits and grants.
+    pub fn describe(&self) -> String {
+        let m = &self.manifest;
+        let caps = &m.capabilities;
+        let mut grants: Vec<String> = caps.env.iter().map(|e| format!("env {e}")).collect();
+        grants.extend(caps.dirs.iter().map(|d| {
+            format!(
+                "dir {} as {}{}",
+                d.host.display(),
+                d.guest,
+                if d.writable { " (writable)" } else { "" }
+            )
+        }));
+        if caps.clock {
+            grants.push("clock".into());
+        }
+        if caps.random {
+            grants.push("random".into());
+        }
+        format!(
+            "{} (on_error {:?}, memory {}, call timeout {}, grants: {})",
+            m.label(),
+            m.on_error,
+            bytesize::ByteSize(m.limits.memory).display().iec(),
+            humantime::format_duration(m.limits.call_timeout),
+            if grants.is_empty() {
+                "nothing".to_string()
+            } else {
+                grants.join(", ")
+            }
+        )
+        .replace("on_error Fail", "on_error fail")
+        .replace("on_error Skip", "on_error skip")
+    }
+
     pub fn on_error(&self) -> OnError {
         self.manifest.on_error
     }

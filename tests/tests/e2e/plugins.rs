@@ -293,3 +293,43 @@ fn skip_isolates_events_that_trap() {
 fn skip_drops_events_the_plugin_reports_as_bad() {
     skip_policy("bad-event");
 }
+
+#[test]
+fn validate_loads_each_transform_and_reports_a_bad_plugin_config() {
+    let db = TestDb::new("validate_plugin");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let mask = db.plugin(MASK.0, MASK.1, |m| m);
+    let good = with_transforms(
+        &db,
+        &["public.t"],
+        &transform(
+            &mask,
+            r#"{ rules = [ { columns = ["id"], method = "hash" } ] }"#,
+        ),
+    );
+    let out = db
+        .weir(&["validate", good.to_str().unwrap(), "--offline"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains("transform mask@0.1.0 (on_error fail, memory 64.0 MiB, call timeout 5s, grants: nothing)"), "{text}");
+    let bad = with_transforms(
+        &db,
+        &["public.t"],
+        &transform(
+            &mask,
+            r#"{ rules = [ { columns = ["id"], method = "rot13" } ] }"#,
+        ),
+    );
+    let out = db
+        .weir(&["validate", bad.to_str().unwrap(), "--offline"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("plugin mask@0.1.0 rejected its configuration: unknown variant `rot13`"),
+        "{err}"
+    );
+}
