@@ -66,6 +66,28 @@ pub fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
     transformer::weir::plugin::host::log(level, message, &fields);
 }
 
+/// Adds to a counter the host keeps for this plugin.
+pub fn counter_add(name: &str, value: u64, labels: &[(&str, &str)]) {
+    transformer::weir::plugin::host::counter_add(name, value, &owned(labels));
+}
+
+/// Sets a gauge the host keeps for this plugin.
+pub fn gauge_set(name: &str, value: f64, labels: &[(&str, &str)]) {
+    transformer::weir::plugin::host::gauge_set(name, value, &owned(labels));
+}
+
+/// Records an observation in a histogram the host keeps for this plugin.
+pub fn histogram_record(name: &str, value: f64, labels: &[(&str, &str)]) {
+    transformer::weir::plugin::host::histogram_record(name, value, &owned(labels));
+}
+
+fn owned(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+    labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// Exports a [`Transform`](crate::Transform) as the plugin's component export.
 ///
 /// ```text

@@ -333,3 +333,71 @@ fn validate_loads_each_transform_and_reports_a_bad_plugin_config() {
         "{err}"
     );
 }
+
+#[test]
+fn guest_output_logs_and_metrics_reach_the_host_tagged_with_the_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = crate::harness::install_plugin(dir.path(), HOSTILE.0, HOSTILE.1, |m| m);
+    let engine = weir::plugin::PluginEngine::new(Some(dir.path().join("cache"))).unwrap();
+    let config: toml::Table = "mode = \"probe\"".parse().unwrap();
+    let mut hostile = weir::plugin::TransformPlugin::load(&engine, &plugin, &config).unwrap();
+    let mut batch = weir_sdk::Batch::default();
+    batch.push_relation(weir_sdk::Relation {
+        id: 1,
+        schema: "s".into(),
+        table: "t".into(),
+        version: 1,
+        columns: vec![],
+    });
+    batch.events.push(weir_sdk::Event {
+        op: weir_sdk::Op::Insert,
+        rel: 0,
+        commit_lsn: 1,
+        seq: 0,
+        xid: 1,
+        commit_ts: 0,
+        before: None,
+        after: Some(vec![]),
+        unchanged: vec![],
+    });
+    assert!(hostile.apply(batch).is_err());
+    let metrics = hostile.metrics();
+    assert_eq!(metrics.counters.get("probes{kind=all}"), Some(&1));
+    assert_eq!(metrics.gauges.get("depth"), Some(&2.5));
+    assert_eq!(metrics.histograms.get("latency_ms"), Some(&vec![7.0]));
+}
+
+#[test]
+fn guest_stdout_stderr_and_log_records_go_to_weirs_log() {
+    let db = TestDb::new("guest_log");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let plugin = db.plugin(HOSTILE.0, HOSTILE.1, |m| m);
+    // Create the slot with a passing plugin, then make a change for the probe to see.
+    let passing = transform(&plugin, "{ mode = \"poison\", every = 1000000 }");
+    db.catch_up(&with_transforms(&db, &["public.t"], &passing));
+    db.sql("INSERT INTO t VALUES (1)");
+    let config = with_transforms(
+        &db,
+        &["public.t"],
+        &transform(&plugin, "{ mode = \"probe\" }"),
+    );
+    let out = db
+        .weir(&["run", config.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    for line in [
+        "hostile probe on stdout",
+        "hostile probe on stderr",
+        "hostile probe through the host log",
+    ] {
+        let found = err
+            .lines()
+            .find(|l| l.contains(line))
+            .unwrap_or_else(|| panic!("`{line}` not logged:\n{err}"));
+        assert!(
+            found.contains("plugin=\"hostile@0.1.0\"") || found.contains("plugin=hostile@0.1.0"),
+            "tagged: {found}"
+        );
+    }
+}

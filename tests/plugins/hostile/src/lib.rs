@@ -85,7 +85,10 @@ impl Transform for Hostile {
             "trap" => panic!("this plugin traps on purpose"),
             // Not MessagePack of a batch: the host must say so, not crash.
             "garbage" => Ok(unreachable_garbage()),
-            "probe" => Err(PluginError::Fatal(probe(&self.0))),
+            "probe" => {
+                report();
+                Err(PluginError::Fatal(probe(&self.0)))
+            }
             "poison" => {
                 for i in 0..batch.events.len() {
                     if id_of(&batch, i).is_some_and(|id| id % self.0.every == 0) {
@@ -107,6 +110,24 @@ impl Transform for Hostile {
             }
             other => Err(PluginError::BadConfig(format!("unknown mode `{other}`"))),
         }
+    }
+}
+
+/// Speaks through every channel a plugin has: stdout, stderr, the host log, metrics.
+fn report() {
+    println!("hostile probe on stdout");
+    eprintln!("hostile probe on stderr");
+    #[cfg(target_arch = "wasm32")]
+    {
+        use weir_sdk::guest;
+        guest::log(
+            guest::Level::Warn,
+            "hostile probe through the host log",
+            &[("mode", "probe")],
+        );
+        guest::counter_add("probes", 1, &[("kind", "all")]);
+        guest::gauge_set("depth", 2.5, &[]);
+        guest::histogram_record("latency_ms", 7.0, &[]);
     }
 }
 
