@@ -238,37 +238,13 @@ fn run_weir(pg: &TempPostgres, db: &str, slot: &str, rows: u64, transform: Optio
 
 /// The mask plugin built as a component, in a plugin directory with its manifest.
 fn mask_plugin() -> std::path::PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "weir-plugin-mask",
-        ])
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(&workspace)
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the mask plugin failed");
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-mask");
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let wasm = weir_tests::build_component("weir-plugin-mask", &tmp.join("wasm"));
+    let dir = tmp.join("bench-mask");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(
-        workspace.join("plugins/mask/weir-plugin.toml"),
-        dir.join("weir-plugin.toml"),
-    )
-    .unwrap();
-    std::fs::copy(
-        target.join("wasm32-wasip2/release/weir_plugin_mask.wasm"),
-        dir.join("mask.wasm"),
-    )
-    .unwrap();
+    let manifest = weir_tests::workspace().join("plugins/mask/weir-plugin.toml");
+    std::fs::copy(manifest, dir.join("weir-plugin.toml")).unwrap();
+    std::fs::copy(wasm, dir.join("mask.wasm")).unwrap();
     dir
 }
 

@@ -246,13 +246,7 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The workspace root.
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+pub use weir_tests::workspace;
 
 /// Builds a plugin crate into a component (once per test binary) and returns its path.
 pub fn component(package: &str) -> PathBuf {
@@ -261,30 +255,10 @@ pub fn component(package: &str) -> PathBuf {
     if let Some((_, path)) = built.iter().find(|(p, _)| p == package) {
         return path.clone();
     }
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            package,
-        ])
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(workspace())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "building {package} for wasm32-wasip2 failed (rustup target add wasm32-wasip2):\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let wasm = weir_tests::build_component(
+        package,
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm"),
     );
-    let wasm = target
-        .join("wasm32-wasip2/release")
-        .join(format!("{}.wasm", package.replace('-', "_")));
-    assert!(wasm.exists(), "{} was not produced", wasm.display());
     built.push((package.to_string(), wasm.clone()));
     wasm
 }
