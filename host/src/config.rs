@@ -132,15 +132,6 @@ pub enum SinkConfig {
     Parquet(ParquetSinkConfig),
 }
 
-impl SinkConfig {
-    /// The kind, as written in `type`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::Parquet(_) => "parquet",
-        }
-    }
-}
-
 /// `[[sink]] type = "parquet"`: one changelog per table under `<url>/<schema>/<table>/`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

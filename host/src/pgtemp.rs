@@ -146,16 +146,6 @@ impl TempPostgres {
             .checked()
     }
 
-    /// Stops the server and starts it again (same data, same port).
-    pub fn restart(&self) -> io::Result<()> {
-        self.command("pg_ctl")
-            .arg("-D")
-            .arg(self.data())
-            .args(["-w", "-m", "fast", "stop"])
-            .checked()?;
-        self.start_server()
-    }
-
     fn spawn_watchdog(&self) -> io::Result<()> {
         let stop = format!(
             "{} -D '{}' -m immediate stop",
@@ -189,11 +179,6 @@ impl TempPostgres {
         self.port
     }
 
-    /// The directory holding the server's Unix socket.
-    pub fn socket_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// A URL for database `db` as the superuser `postgres`.
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
@@ -222,11 +207,6 @@ impl TempPostgres {
             )));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// The server's log, for test failure messages.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 }
 

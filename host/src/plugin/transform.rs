@@ -466,10 +466,6 @@ impl TransformChain {
         self.plugins.is_empty()
     }
 
-    pub fn plugins(&self) -> &[TransformPlugin] {
-        &self.plugins
-    }
-
     /// Runs a batch through every transform. Blocking: call it off the async threads.
     pub fn apply(&mut self, mut batch: Batch) -> Result<Batch, PluginFailure> {
         for plugin in &mut self.plugins {

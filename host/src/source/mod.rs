@@ -449,21 +449,6 @@ impl Control {
         Ok(())
     }
 
-    /// The slot's confirmed flush position.
-    pub async fn slot_confirmed_flush(&self, slot: &str) -> Result<Option<Lsn>, SourceError> {
-        let row = self
-            .client
-            .query_opt(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .map_err(sql_err("reading the slot position"))?;
-        Ok(row
-            .and_then(|r| r.get::<_, Option<String>>(0))
-            .and_then(|s| s.parse().ok()))
-    }
-
     fn replication_config(&self, cfg: &SourceConfig, database: &str) -> ReplicationConfig {
         let c = &self.config;
         let password = c
