@@ -134,6 +134,9 @@ fn shutdown_on_signals() -> CancellationToken {
             return;
         };
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        if std::io::stderr().is_terminal() {
+            eprintln!(); // leave the status line before logging
+        }
         tracing::info!(
             "Stopping: finishing the batch in hand, then checkpointing (signal again to stop at once)."
         );
