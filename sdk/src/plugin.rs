@@ -71,6 +71,54 @@ pub fn parse_config<C: DeserializeOwned>(json: &str) -> Result<C, PluginError> {
 /// Runs plugin logic natively, without WebAssembly: for plain `cargo test`.
 pub mod testing {
     use super::*;
+    use crate::{Column, Event, Op, Relation, Value};
+
+    /// A relation for tests: columns as `(name, type name, key)`; common built-in type
+    /// names get their PostgreSQL OIDs, others OID 0.
+    pub fn relation(schema: &str, table: &str, columns: &[(&str, &str, bool)]) -> Relation {
+        let oid = |t: &str| match t {
+            "bool" => 16,
+            "bytea" => 17,
+            "int8" => 20,
+            "int2" => 21,
+            "int4" => 23,
+            "text" => 25,
+            "float8" => 701,
+            "numeric" => 1700,
+            _ => 0,
+        };
+        Relation {
+            id: 1,
+            schema: schema.into(),
+            table: table.into(),
+            version: 1,
+            columns: columns
+                .iter()
+                .map(|(name, ty, key)| Column::new(name, oid(ty), ty, *key))
+                .collect(),
+        }
+    }
+
+    /// An event for tests, in transaction 1 at commit LSN 1, position `seq`.
+    pub fn event(
+        op: Op,
+        rel: u32,
+        seq: u32,
+        before: Option<Vec<Value>>,
+        after: Option<Vec<Value>>,
+    ) -> Event {
+        Event {
+            op,
+            rel,
+            commit_lsn: 1,
+            seq,
+            xid: 1,
+            commit_ts: 0,
+            before,
+            after,
+            unchanged: vec![],
+        }
+    }
 
     /// Initializes a transform from a JSON configuration, as weir would.
     pub fn transform<T: Transform>(config_json: &str) -> Result<T, PluginError> {

@@ -168,68 +168,56 @@ weir_sdk::export_transform!(Filter);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_sdk::Column;
     use weir_sdk::plugin::testing;
 
     fn batch() -> Batch {
         let mut b = Batch::default();
-        let orders = b.push_relation(Relation {
-            id: 1,
-            schema: "public".into(),
-            table: "orders".into(),
-            version: 1,
-            columns: vec![
-                Column::new("id", 20, "int8", true),
-                Column::new("status", 25, "text", false),
-                Column::new("amount", 1700, "numeric", false),
-            ],
-        });
-        let audit = b.push_relation(Relation {
-            id: 2,
-            schema: "public".into(),
-            table: "audit".into(),
-            version: 1,
-            columns: vec![Column::new("id", 20, "int8", true)],
-        });
-        let ev = |op, rel, row: Vec<Value>| Event {
-            op,
-            rel,
-            commit_lsn: 1,
-            seq: 0,
-            xid: 1,
-            commit_ts: 0,
-            before: Some(row.clone()),
-            after: Some(row),
-            unchanged: vec![],
+        let columns = [
+            ("id", "int8", true),
+            ("status", "text", false),
+            ("amount", "numeric", false),
+        ];
+        let orders = b.push_relation(testing::relation("public", "orders", &columns));
+        let audit = b.push_relation(testing::relation(
+            "public",
+            "audit",
+            &[("id", "int8", true)],
+        ));
+        let order = |id, status: &str, amount: &str| {
+            Some(vec![
+                Value::Int(id),
+                Value::Text(status.into()),
+                Value::Text(amount.into()),
+            ])
         };
-        b.events.push(ev(
+        b.events.push(testing::event(
             Op::Insert,
             orders,
-            vec![
-                Value::Int(1),
-                Value::Text("paid".into()),
-                Value::Text("150.00".into()),
-            ],
+            0,
+            None,
+            order(1, "paid", "150.00"),
         ));
-        b.events.push(ev(
+        b.events.push(testing::event(
             Op::Insert,
             orders,
-            vec![
-                Value::Int(2),
-                Value::Text("new".into()),
-                Value::Text("500.00".into()),
-            ],
+            1,
+            None,
+            order(2, "new", "500.00"),
         ));
-        b.events.push(ev(
+        b.events.push(testing::event(
             Op::Update,
             orders,
-            vec![
-                Value::Int(3),
-                Value::Text("paid".into()),
-                Value::Text("50.00".into()),
-            ],
+            2,
+            None,
+            order(3, "paid", "50.00"),
         ));
-        b.events.push(ev(Op::Insert, audit, vec![Value::Int(9)]));
+        b.events.push(testing::event(
+            Op::Insert,
+            audit,
+            3,
+            None,
+            Some(vec![Value::Int(9)]),
+        ));
         b
     }
 

@@ -194,41 +194,34 @@ weir_sdk::export_transform!(Mask);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_sdk::Op;
     use weir_sdk::plugin::testing;
-    use weir_sdk::{Column, Event, Op};
 
     fn batch() -> Batch {
         let mut b = Batch::default();
-        let rel = b.push_relation(Relation {
-            id: 1,
-            schema: "public".into(),
-            table: "customers".into(),
-            version: 1,
-            columns: vec![
-                Column::new("id", 20, "int8", true),
-                Column::new("email", 25, "text", false),
-                Column::new("card", 25, "text", false),
-            ],
-        });
-        b.events.push(Event {
-            op: Op::Update,
+        let columns = [
+            ("id", "int8", true),
+            ("email", "text", false),
+            ("card", "text", false),
+        ];
+        let rel = b.push_relation(testing::relation("public", "customers", &columns));
+        let before = vec![
+            Value::Int(1),
+            Value::Text("old@example.com".into()),
+            Value::Null,
+        ];
+        let after = vec![
+            Value::Int(1),
+            Value::Text("a@example.com".into()),
+            Value::Text("4111111111111111".into()),
+        ];
+        b.events.push(testing::event(
+            Op::Update,
             rel,
-            commit_lsn: 1,
-            seq: 0,
-            xid: 1,
-            commit_ts: 0,
-            before: Some(vec![
-                Value::Int(1),
-                Value::Text("old@example.com".into()),
-                Value::Null,
-            ]),
-            after: Some(vec![
-                Value::Int(1),
-                Value::Text("a@example.com".into()),
-                Value::Text("4111111111111111".into()),
-            ]),
-            unchanged: vec![],
-        });
+            0,
+            Some(before),
+            Some(after),
+        ));
         b
     }
 

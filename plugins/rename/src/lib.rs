@@ -124,32 +124,21 @@ weir_sdk::export_transform!(Rename);
 mod tests {
     use super::*;
     use weir_sdk::plugin::testing;
-    use weir_sdk::{Column, Event, Op, Value};
+    use weir_sdk::{Event, Op, Value};
 
     #[test]
     fn renames_and_drops_columns_and_tables() {
         let mut b = Batch::default();
-        let rel = b.push_relation(Relation {
-            id: 1,
-            schema: "public".into(),
-            table: "orders".into(),
-            version: 1,
-            columns: vec![
-                Column::new("id", 20, "int8", true),
-                Column::new("secret", 25, "text", false),
-                Column::new("note", 25, "text", false),
-            ],
-        });
+        let columns = [
+            ("id", "int8", true),
+            ("secret", "text", false),
+            ("note", "text", false),
+        ];
+        let rel = b.push_relation(testing::relation("public", "orders", &columns));
+        let row = vec![Value::Int(1), Value::Text("x".into()), Value::Null];
         b.events.push(Event {
-            op: Op::Update,
-            rel,
-            commit_lsn: 1,
-            seq: 0,
-            xid: 1,
-            commit_ts: 0,
-            before: None,
-            after: Some(vec![Value::Int(1), Value::Text("x".into()), Value::Null]),
             unchanged: vec![2],
+            ..testing::event(Op::Update, rel, 0, None, Some(row))
         });
         let config = r#"{"tables":{"public.orders":"sales.orders_v2"},"columns":{"orders.note":"comment"},"drop_columns":["secret"]}"#;
         let out = testing::run::<Rename>(config, b).unwrap();
