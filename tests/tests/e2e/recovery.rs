@@ -34,7 +34,18 @@ fn sigterm_finishes_the_batch_checkpoints_and_exits_zero() {
     db.catch_up(&config);
     let mut weir = db.spawn(&config);
     db.sql("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 1000) g");
-    std::thread::sleep(Duration::from_secs(2));
+    // Wait until the server has sent the changes to weir, then give its batch time to land.
+    let written = db.current_wal_lsn();
+    let sent = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let lsn = db.sql(&format!(
+            "SELECT coalesce(max(sent_lsn), '0/0') FROM pg_stat_replication WHERE application_name = 'weir:{}'",
+            db.name
+        ));
+        lsn.trim().parse::<weir::Lsn>().is_ok_and(|l| l >= written)
+    });
+    assert!(sent, "the server sent the changes to weir");
+    std::thread::sleep(Duration::from_secs(1));
     // The flush interval is an hour: only a clean shutdown makes these rows durable.
     let pid = weir.id() as i32;
     assert_eq!(unsafe_kill(pid, libc::SIGTERM), 0);
