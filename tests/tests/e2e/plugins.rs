@@ -401,3 +401,82 @@ fn guest_stdout_stderr_and_log_records_go_to_weirs_log() {
         );
     }
 }
+
+#[test]
+fn a_slow_stage_does_not_let_wal_sender_timeout_expire() {
+    let db = TestDb::new("backpressure");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    // A role whose WAL sender gives up after one second without a reply.
+    let role = format!("impatient_{}", db.name);
+    db.sql(&format!(
+        "CREATE ROLE {role} LOGIN SUPERUSER; ALTER ROLE {role} SET wal_sender_timeout = '1s'"
+    ));
+    let plugin = db.plugin(HOSTILE.0, HOSTILE.1, |m| {
+        format!(
+            "{}\n[capabilities]\nclock = true\n",
+            m.replace("call_timeout = \"500ms\"", "call_timeout = \"10s\"")
+        )
+    });
+    let config = db.config_with(&["public.t"], "", "max_events = 50", "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("postgres://postgres@", &format!("postgres://{role}@"));
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n{}",
+            transform(&plugin, "{ mode = \"slow\", every = 1500 }")
+        ),
+    )
+    .unwrap();
+    db.catch_up(&config);
+    for i in 0..6 {
+        db.sql(&format!(
+            "INSERT INTO t SELECT g, 'v' FROM generate_series({}, {}) g",
+            i * 50 + 1,
+            i * 50 + 50
+        ));
+    }
+    // Six batches at 1.5 s each: the pipeline is blocked for far longer than the timeout;
+    // the replication client keeps answering the server meanwhile (pgwire-replication
+    // replies to keepalives while its buffer is full, whatever weir's status interval).
+    let started = std::time::Instant::now();
+    db.catch_up(&config);
+    assert!(
+        started.elapsed() > std::time::Duration::from_secs(5),
+        "the stage really was slow"
+    );
+    let t = assert_same_state(&db, "public.t", "id");
+    assert_eq!(t.op("c"), 300);
+
+    // The timeout is real for this role: a weir frozen for four seconds loses its
+    // connection (and exits with an error), and the next run loses nothing.
+    let mut frozen = db.spawn(&config);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    db.sql("INSERT INTO t VALUES (1000, 'during the freeze')");
+    let pid = frozen.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exited = (0..100).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        frozen.try_wait().unwrap()
+    });
+    let _ = frozen.kill();
+    let status = exited.expect("the server dropped the frozen weir's connection, so weir stopped");
+    assert!(!status.success());
+    db.catch_up(&config);
+    assert_eq!(assert_same_state(&db, "public.t", "id").op("c"), 301);
+}

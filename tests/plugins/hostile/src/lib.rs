@@ -7,7 +7,8 @@
 //! - `probe`: tries to read a file, an environment variable, the clock and the network,
 //!   and fails with what it found (`file: denied, env: absent, ...`);
 //! - `poison`: panics on events whose `id` is divisible by `every`, passes the others;
-//! - `bad-event`: reports events whose `id` is divisible by `every` as bad events.
+//! - `bad-event`: reports events whose `id` is divisible by `every` as bad events;
+//! - `slow`: sleeps `every` milliseconds per batch, then passes it.
 
 use serde::Deserialize;
 use weir_sdk::{Batch, PluginError, Transform};
@@ -88,6 +89,11 @@ impl Transform for Hostile {
             "probe" => {
                 report();
                 Err(PluginError::Fatal(probe(&self.0)))
+            }
+            // Slow: sleeps `every` milliseconds per batch (needs the clock capability).
+            "slow" => {
+                std::thread::sleep(std::time::Duration::from_millis(self.0.every as u64));
+                Ok(batch)
             }
             "poison" => {
                 for i in 0..batch.events.len() {
