@@ -87,6 +87,7 @@ impl Batcher {
                 (current.relations.len() - 1) as u32
             });
         current.events.push(event);
+        // The row data plus the event's fixed fields, as they weigh in a batch.
         self.bytes += bytes + 48;
         self.position.in_tx = true;
         self.started.get_or_insert_with(Instant::now);

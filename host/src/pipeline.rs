@@ -114,6 +114,7 @@ pub async fn run(
     };
     source.stop().await;
     sinks.abort().await;
+    transforms.report();
     result?;
     Ok(RunSummary {
         events: stats.snapshot().events,
@@ -210,6 +211,15 @@ impl Transforms {
         .await
         .expect("plugin loading does not panic")?;
         Ok(Transforms(Some(chain)))
+    }
+
+    /// Logs what each transform skipped during the run.
+    fn report(&self) {
+        for plugin in self.0.iter().flat_map(|c| c.plugins()) {
+            if plugin.skipped() > 0 {
+                tracing::warn!(plugin = %plugin.label(), events = plugin.skipped(), "Events skipped by on_error = \"skip\" in this run.");
+            }
+        }
     }
 
     async fn apply(&mut self, mut batch: SourceBatch) -> Result<SourceBatch, PipelineError> {

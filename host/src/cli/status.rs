@@ -58,6 +58,7 @@ pub fn spawn(stats: Arc<Stats>) -> Reporter {
                 tracing::info!(
                     events_per_s = rate as u64,
                     events = now.1.events,
+                    batches = now.1.batches,
                     lag_bytes = now.1.lag_bytes(),
                     checkpoint = %now.1.checkpoint,
                     "Status."

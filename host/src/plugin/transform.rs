@@ -90,7 +90,7 @@ pub struct TransformPlugin {
     instance: Option<(Store<PluginState>, Transformer)>,
     metrics: Arc<Mutex<PluginMetrics>>,
     /// Events dropped under `on_error = "skip"`.
-    pub skipped: u64,
+    skipped: u64,
 }
 
 impl TransformPlugin {
@@ -232,6 +232,11 @@ impl TransformPlugin {
         )
         .replace("on_error Fail", "on_error fail")
         .replace("on_error Skip", "on_error skip")
+    }
+
+    /// Events dropped so far under `on_error = "skip"`.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 
     pub fn on_error(&self) -> OnError {
@@ -464,6 +469,10 @@ impl TransformChain {
 
     pub fn is_empty(&self) -> bool {
         self.plugins.is_empty()
+    }
+
+    pub fn plugins(&self) -> &[TransformPlugin] {
+        &self.plugins
     }
 
     /// Runs a batch through every transform. Blocking: call it off the async threads.

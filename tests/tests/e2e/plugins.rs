@@ -281,6 +281,12 @@ fn skip_policy(mode: &str) {
         stderr(&out).contains("Skipped an event"),
         "skips are logged"
     );
+    let err = stderr(&out);
+    let total = err
+        .lines()
+        .find(|l| l.contains("Events skipped"))
+        .unwrap_or_default();
+    assert!(total.contains("events=20"), "and counted per run: {err}");
     assert!(db.confirmed_flush().is_some());
 }
 
@@ -341,25 +347,16 @@ fn guest_output_logs_and_metrics_reach_the_host_tagged_with_the_plugin() {
     let engine = weir::plugin::PluginEngine::new(Some(dir.path().join("cache"))).unwrap();
     let config: toml::Table = "mode = \"probe\"".parse().unwrap();
     let mut hostile = weir::plugin::TransformPlugin::load(&engine, &plugin, &config).unwrap();
+    use weir_sdk::plugin::testing;
     let mut batch = weir_sdk::Batch::default();
-    batch.push_relation(weir_sdk::Relation {
-        id: 1,
-        schema: "s".into(),
-        table: "t".into(),
-        version: 1,
-        columns: vec![],
-    });
-    batch.events.push(weir_sdk::Event {
-        op: weir_sdk::Op::Insert,
-        rel: 0,
-        commit_lsn: 1,
-        seq: 0,
-        xid: 1,
-        commit_ts: 0,
-        before: None,
-        after: Some(vec![]),
-        unchanged: vec![],
-    });
+    let rel = batch.push_relation(testing::relation("s", "t", &[]));
+    batch.events.push(testing::event(
+        weir_sdk::Op::Insert,
+        rel,
+        0,
+        None,
+        Some(vec![]),
+    ));
     assert!(hostile.apply(batch).is_err());
     let metrics = hostile.metrics();
     assert_eq!(metrics.counters.get("probes{kind=all}"), Some(&1));
