@@ -64,6 +64,18 @@ pub struct PipelineConfig {
     /// Where changes go; every sink receives every batch.
     #[serde(rename = "sink", default)]
     pub sinks: Vec<SinkConfig>,
+    /// Where plugins with `on_error = "dead-letter"` set failing events aside.
+    #[serde(default)]
+    pub dead_letter: Option<DeadLetterConfig>,
+}
+
+/// `[dead_letter]`: the dead-letter location.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// Output location; dead letters go to `<url>/_weir/<slot>/dead-letter/`. Default:
+    /// the first Parquet sink's `url`.
+    pub url: String,
 }
 
 /// `[source]`: the PostgreSQL database to capture.
@@ -130,6 +142,24 @@ pub struct TransformConfig {
 pub enum SinkConfig {
     /// Parquet changelog files on object storage.
     Parquet(ParquetSinkConfig),
+    /// A sink plugin (a component of the `sink-plugin` world).
+    Plugin(PluginSinkConfig),
+}
+
+/// `[[sink]] type = "plugin"`: a sink component, beside the native sinks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSinkConfig {
+    /// The plugin's manifest (`weir-plugin.toml`) or its directory, relative to the
+    /// pipeline file.
+    pub plugin: PathBuf,
+    /// Configuration handed to the plugin's `init`, over the manifest's defaults.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// The plugin's `flush` is called at least this often while it holds changes it has
+    /// not reported durable. Default `10s`.
+    #[serde(default = "default_flush_interval", deserialize_with = "de_duration")]
+    pub flush_interval: Duration,
 }
 
 /// `[[sink]] type = "parquet"`: one changelog per table under `<url>/<schema>/<table>/`.
@@ -298,6 +328,13 @@ impl PipelineConfig {
                 t.plugin = base.join(&t.plugin);
             }
         }
+        for sink in &mut config.sinks {
+            if let SinkConfig::Plugin(p) = sink
+                && p.plugin.is_relative()
+            {
+                p.plugin = base.join(&p.plugin);
+            }
+        }
         Ok(config)
     }
 
@@ -366,9 +403,34 @@ impl PipelineConfig {
                         ));
                     }
                 }
+                SinkConfig::Plugin(p) => {
+                    if p.flush_interval.is_zero() {
+                        return Err(invalid(
+                            &format!("sink[{i}].flush_interval"),
+                            "must be greater than zero".into(),
+                        ));
+                    }
+                }
             }
         }
+        if let Some(d) = &self.dead_letter {
+            crate::sink::object_store_for(&d.url)
+                .map_err(|e| invalid("dead_letter.url", e.to_string()))?;
+        }
         Ok(())
+    }
+
+    /// Where dead letters go: `[dead_letter] url`, else the first Parquet sink's `url`.
+    pub fn dead_letter_url(&self) -> Option<&str> {
+        self.dead_letter
+            .as_ref()
+            .map(|d| d.url.as_str())
+            .or_else(|| {
+                self.sinks.iter().find_map(|s| match s {
+                    SinkConfig::Parquet(p) => Some(p.url.as_str()),
+                    _ => None,
+                })
+            })
     }
 
     /// The pipeline's name.
@@ -399,6 +461,12 @@ fn unknown_key_error(path: &Path, key_path: &str, message: &str) -> Option<Confi
         key: key.trim_start_matches('.').into(),
         suggestion,
     })
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in every string of `table` from the process
+/// environment (plugin manifests use the same syntax as pipelines).
+pub fn interpolate_env(table: &mut toml::Table, path: &Path) -> Result<(), ConfigError> {
+    interpolate_table(table, "", path, &|var| std::env::var(var).ok())
 }
 
 fn interpolate_table(
@@ -518,7 +586,9 @@ url = "file:///tmp/weir-out"
             }
         );
         assert_eq!(c.batch.max_events, 10_000);
-        let SinkConfig::Parquet(p) = &c.sinks[0];
+        let SinkConfig::Parquet(p) = &c.sinks[0] else {
+            panic!("a parquet sink")
+        };
         assert_eq!(p.partition, Partitioning::Hourly);
         assert_eq!(p.compression, Compression::Zstd);
         assert_eq!(p.target_file_size, 128 << 20);
@@ -613,7 +683,9 @@ url = "file:///tmp/weir-out"
             "{MINIMAL}target_file_size = \"1MiB\"\n\n[batch]\nmax_bytes = 4096\n"
         ))
         .unwrap();
-        let SinkConfig::Parquet(p) = &c.sinks[0];
+        let SinkConfig::Parquet(p) = &c.sinks[0] else {
+            panic!("a parquet sink")
+        };
         assert_eq!(p.target_file_size, 1 << 20);
         assert_eq!(c.batch.max_bytes, 4096);
     }

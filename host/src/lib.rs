@@ -5,7 +5,8 @@
 //! ```text
 //! source      replication slot (pgoutput) -> canonical change events   source/
 //! batch       events -> bounded MessagePack-ready batches               batch.rs
-//! sinks       batches -> Parquet changelog files                        sink/
+//! transforms  sandboxed WebAssembly components, in declared order        plugin/
+//! sinks       batches -> Parquet changelog files and sink components    sink/
 //! checkpoint  durable position, stored with the output                  checkpoint.rs
 //! pipeline    the loop that ties them together                          pipeline.rs
 //! ```
@@ -24,6 +25,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod dead_letters;
 pub mod lsn;
 pub mod pgtemp;
 pub mod pipeline;

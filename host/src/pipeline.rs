@@ -1,9 +1,11 @@
 //! The pipeline: source, batches, sinks, checkpoint. The whole data flow in one place.
 
 use crate::batch::{Position, SourceBatch};
-use crate::config::PipelineConfig;
+use crate::config::{PipelineConfig, SinkConfig};
 use crate::lsn::Lsn;
-use crate::plugin::{LoadError, PluginEngine, PluginFailure, TransformChain, TransformPlugin};
+use crate::plugin::{
+    DeadLetters, LoadError, PluginEngine, PluginFailure, TransformChain, TransformPlugin,
+};
 use crate::sink::{SinkError, Sinks};
 use crate::source::{Control, PgSource, SourceError};
 use crate::stats::Stats;
@@ -15,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 pub enum PipelineError {
     #[error(transparent)]
     Source(#[from] SourceError),
-    #[error("sink {sink}: {source}")]
-    Sink { sink: String, source: SinkError },
+    /// Not a `#[source]`: the message already says everything, once.
+    #[error("sink {sink}: {error}")]
+    Sink { sink: String, error: SinkError },
     #[error("opening sinks: {0}")]
     OpenSinks(SinkError),
     #[error(
@@ -37,8 +40,12 @@ impl From<PluginFailure> for PipelineError {
 }
 
 impl From<(String, SinkError)> for PipelineError {
-    fn from((sink, source): (String, SinkError)) -> PipelineError {
-        PipelineError::Sink { sink, source }
+    fn from((sink, error): (String, SinkError)) -> PipelineError {
+        match error {
+            // The failure names the plugin already.
+            SinkError::Plugin(failure) => PipelineError::Plugin(failure),
+            error => PipelineError::Sink { sink, error },
+        }
     }
 }
 
@@ -73,12 +80,21 @@ pub async fn run(
         true => Some(CaughtUp::mark(&control).await?),
         false => None,
     };
-    let mut transforms = Transforms::load(config).await?;
+    let plugins = Plugins::setup(config)?;
+    let mut transforms = Transforms::load(config, &plugins).await?;
+    let mut sinks = Sinks::open(
+        &config.sinks,
+        &config.source.slot,
+        plugins.engine.as_ref(),
+        plugins.dead_letters.as_ref(),
+    )
+    .await
+    .map_err(|e| match e {
+        SinkError::LoadPlugin(e) => PipelineError::LoadPlugin(e),
+        e => PipelineError::OpenSinks(e),
+    })?;
     control.prepare(&config.source, &info).await?;
 
-    let mut sinks = Sinks::open(&config.sinks, &config.source.slot)
-        .await
-        .map_err(PipelineError::OpenSinks)?;
     let mut source = PgSource::start(
         &control,
         &config.source,
@@ -183,41 +199,96 @@ impl CaughtUp {
     }
 }
 
+/// What plugins share: the engine (made when any plugin is configured) and the
+/// dead-letter location (when the pipeline has one).
+#[derive(Clone)]
+pub struct Plugins {
+    pub engine: Option<PluginEngine>,
+    pub dead_letters: Option<DeadLetters>,
+}
+
+impl Plugins {
+    /// Called once per run: the size of the error does not matter here.
+    #[allow(clippy::result_large_err)]
+    pub fn setup(config: &PipelineConfig) -> Result<Plugins, PipelineError> {
+        let any = !config.transforms.is_empty()
+            || config
+                .sinks
+                .iter()
+                .any(|s| matches!(s, SinkConfig::Plugin(_)));
+        let engine = match any {
+            true => Some(
+                PluginEngine::new(PluginEngine::default_cache_dir()).map_err(|e| {
+                    LoadError::Invalid {
+                        plugin: "engine".into(),
+                        message: e.to_string(),
+                    }
+                })?,
+            ),
+            false => None,
+        };
+        let dead_letters = match config.dead_letter_url() {
+            Some(url) => Some(
+                DeadLetters::open(url, &config.source.slot).map_err(PipelineError::OpenSinks)?,
+            ),
+            None => None,
+        };
+        Ok(Plugins {
+            engine,
+            dead_letters,
+        })
+    }
+}
+
+/// Loads the transform chain of `config` (blocking: compiling can take seconds).
+pub fn load_chain(
+    config: &PipelineConfig,
+    plugins: &Plugins,
+) -> Result<Option<TransformChain>, LoadError> {
+    let Some(engine) = &plugins.engine else {
+        return Ok(None);
+    };
+    if config.transforms.is_empty() {
+        return Ok(None);
+    }
+    let mut chain = Vec::new();
+    for (i, t) in config.transforms.iter().enumerate() {
+        let mut plugin = TransformPlugin::load(engine, &t.plugin, &t.config)?;
+        if plugin.on_error() == crate::plugin::OnError::DeadLetter {
+            let Some(d) = &plugins.dead_letters else {
+                return Err(LoadError::Invalid {
+                    plugin: plugin.label(),
+                    message: "has on_error = \"dead-letter\" but the pipeline has no place for dead letters: add a parquet sink or [dead_letter] url".into(),
+                });
+            };
+            plugin.set_dead_letters(d.clone(), format!("transform-{i}"));
+        }
+        tracing::info!(plugin = %plugin.label(), on_error = plugin.on_error().as_str(), "Transform loaded.");
+        chain.push(plugin);
+    }
+    Ok(Some(TransformChain::new(chain)))
+}
+
 /// The transform chain, run on a blocking thread (plugin calls are synchronous).
 struct Transforms(Option<TransformChain>);
 
 impl Transforms {
-    async fn load(config: &PipelineConfig) -> Result<Transforms, PipelineError> {
-        if config.transforms.is_empty() {
-            return Ok(Transforms(None));
-        }
-        let specs = config.transforms.clone();
-        let chain = tokio::task::spawn_blocking(move || -> Result<TransformChain, LoadError> {
-            let engine = PluginEngine::new(PluginEngine::default_cache_dir()).map_err(|e| {
-                LoadError::Invalid {
-                    plugin: "engine".into(),
-                    message: e.to_string(),
-                }
-            })?;
-            let plugins = specs
-                .iter()
-                .map(|t| TransformPlugin::load(&engine, &t.plugin, &t.config))
-                .collect::<Result<Vec<_>, _>>()?;
-            for p in &plugins {
-                tracing::info!(plugin = %p.label(), on_error = ?p.on_error(), "Transform loaded.");
-            }
-            Ok(TransformChain::new(plugins))
-        })
-        .await
-        .expect("plugin loading does not panic")?;
-        Ok(Transforms(Some(chain)))
+    async fn load(config: &PipelineConfig, plugins: &Plugins) -> Result<Transforms, PipelineError> {
+        let (config, plugins) = (config.clone(), plugins.clone());
+        let chain = tokio::task::spawn_blocking(move || load_chain(&config, &plugins))
+            .await
+            .expect("plugin loading does not panic")?;
+        Ok(Transforms(chain))
     }
 
-    /// Logs what each transform skipped during the run.
+    /// Logs what each transform set aside during the run.
     fn report(&self) {
         for plugin in self.0.iter().flat_map(|c| c.plugins()) {
             if plugin.skipped() > 0 {
                 tracing::warn!(plugin = %plugin.label(), events = plugin.skipped(), "Events skipped by on_error = \"skip\" in this run.");
+            }
+            if plugin.dead_lettered() > 0 {
+                tracing::warn!(plugin = %plugin.label(), events = plugin.dead_lettered(), "Events written to the dead-letter location in this run; see `weir dead-letter list`.");
             }
         }
     }

@@ -117,6 +117,12 @@ pub struct Batch {
     pub relations: Vec<Relation>,
     /// Change events in commit order.
     pub events: Vec<Event>,
+    /// Set by weir on the batches it gives sinks: the highest `commit_lsn` whose
+    /// transaction is complete in this batch or an earlier one (0 when none). A
+    /// transaction larger than a batch spans several batches, so a sink that stores its
+    /// position for a restart stores this, never a later `commit_lsn`.
+    #[serde(default)]
+    pub committed: u64,
 }
 
 impl Default for Batch {
@@ -125,6 +131,7 @@ impl Default for Batch {
             v: LAYOUT_VERSION,
             relations: Vec::new(),
             events: Vec::new(),
+            committed: 0,
         }
     }
 }

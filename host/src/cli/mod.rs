@@ -50,6 +50,9 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// List or replay the events plugins set aside under on_error = "dead-letter".
+    #[command(subcommand)]
+    DeadLetter(DeadLetterCommand),
     /// Run a demonstration: a throwaway PostgreSQL, generated changes, a pipeline run,
     /// and a summary of what landed.
     Demo {
@@ -59,6 +62,25 @@ enum Command {
         /// Orders to generate.
         #[arg(long, default_value_t = 10_000)]
         rows: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterCommand {
+    /// Print each dead letter: stage, position, table, plugin and error.
+    List {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+    },
+    /// Send each dead letter through the pipeline again from where it failed (after
+    /// fixing the plugin or its config). The pipeline must be stopped. Delivered letters
+    /// are removed; the others stay.
+    Replay {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Only the letters of one stage, as `list` prints it (`transform-0`, `sink-1`).
+        #[arg(long)]
+        stage: Option<String>,
     },
 }
 
@@ -84,6 +106,7 @@ pub fn main() -> ExitCode {
                 until_caught_up,
             } => run(&pipeline, until_caught_up).await,
             Command::Validate { pipeline, offline } => validate(&pipeline, offline).await,
+            Command::DeadLetter(c) => dead_letter(c).await,
             Command::Demo { out, rows } => demo::demo(&out, rows).await,
         }
     });
@@ -146,6 +169,32 @@ fn shutdown_on_signals() -> CancellationToken {
         std::process::exit(130);
     });
     token
+}
+
+async fn dead_letter(command: DeadLetterCommand) -> anyhow::Result<()> {
+    match command {
+        DeadLetterCommand::List { pipeline } => {
+            let config = PipelineConfig::load(&pipeline)?;
+            let letters = crate::dead_letters::list(&config).await?;
+            for letter in &letters {
+                println!("{}", crate::dead_letters::describe(letter));
+            }
+            println!("{} dead letter(s)", letters.len());
+            Ok(())
+        }
+        DeadLetterCommand::Replay { pipeline, stage } => {
+            let config = PipelineConfig::load(&pipeline)?;
+            let done = crate::dead_letters::replay(&config, stage.as_deref()).await?;
+            println!("{} replayed, {} still failing", done.delivered, done.failed);
+            if done.failed > 0 {
+                anyhow::bail!(
+                    "{} dead letter(s) could not be delivered; they stay",
+                    done.failed
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 async fn run(path: &std::path::Path, until_caught_up: bool) -> anyhow::Result<()> {
@@ -219,6 +268,28 @@ async fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
                 bytesize::ByteSize(p.target_file_size).display().iec(),
                 humantime::format_duration(p.flush_interval)
             ),
+            SinkConfig::Plugin(p) => {
+                let (config, engine) = (
+                    p.clone(),
+                    crate::plugin::PluginEngine::new(
+                        crate::plugin::PluginEngine::default_cache_dir(),
+                    )?,
+                );
+                let plugin = tokio::task::spawn_blocking(move || {
+                    // Compiled and linked, not started: a sink's init may reach its destination.
+                    crate::plugin::SinkPlugin::prepare(
+                        &engine,
+                        &config.plugin,
+                        &config.config,
+                        config.flush_interval,
+                    )
+                })
+                .await??;
+                println!(
+                    "sink      plugin {} (init not called: it may reach its destination)",
+                    plugin.describe()
+                );
+            }
         }
     }
     if offline {

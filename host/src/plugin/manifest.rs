@@ -24,7 +24,7 @@ pub struct Manifest {
     pub sha256: Option<String>,
     /// The `weir:plugin` API version the component was built for.
     pub api: String,
-    /// What to do when a call fails: `fail` (default), `skip`.
+    /// What to do when a call fails: `fail` (default), `skip` or `dead-letter`.
     #[serde(default)]
     pub on_error: OnError,
     /// Default configuration, overlaid by the pipeline's `config`.
@@ -53,8 +53,20 @@ pub enum OnError {
     Fail,
     /// Drop the failing events (isolated by splitting the batch), count and log them.
     Skip,
-    /// Write the failing events aside (not available yet: refused at load).
+    /// Write the failing events, with the error and their position, to the pipeline's
+    /// dead-letter location, where `weir dead-letter` lists and replays them.
     DeadLetter,
+}
+
+impl OnError {
+    /// As written in a manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnError::Fail => "fail",
+            OnError::Skip => "skip",
+            OnError::DeadLetter => "dead-letter",
+        }
+    }
 }
 
 /// Resource limits of one instance.
@@ -67,6 +79,9 @@ pub struct Limits {
     /// Longest one call may run. Default `5s`.
     #[serde(deserialize_with = "de_duration")]
     pub call_timeout: Duration,
+    /// How often a call that returned `transient` is retried (with a doubling backoff
+    /// from 100 ms, at most 10 s apart) before `on_error` applies. Default 3.
+    pub transient_retries: u32,
 }
 
 impl Default for Limits {
@@ -74,6 +89,7 @@ impl Default for Limits {
         Limits {
             memory: 64 << 20,
             call_timeout: Duration::from_secs(5),
+            transient_retries: 3,
         }
     }
 }
@@ -90,6 +106,24 @@ pub struct Capabilities {
     pub clock: bool,
     /// Real randomness (otherwise a fixed sequence).
     pub random: bool,
+    /// Hosts a sink may send HTTP requests to (through `wasi:http`): `host` (any port)
+    /// or `host:port`. Every other destination is refused.
+    pub http: Vec<String>,
+}
+
+impl Capabilities {
+    /// Whether `http` grants `host` on `port`.
+    pub fn allows_http(&self, host: &str, port: u16) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.http.iter().any(|grant| {
+            let (h, p) = match grant.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h, Some(p)),
+                _ => (grant.as_str(), None),
+            };
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            h.eq_ignore_ascii_case(host) && p.is_none_or(|p| p.parse() == Ok(port))
+        })
+    }
 }
 
 /// A directory granted to a plugin.
@@ -144,10 +178,21 @@ impl Manifest {
             path: file.clone(),
             source,
         })?;
-        let manifest: Manifest = toml::from_str(&text).map_err(|e| ManifestError::Invalid {
+        let invalid = |message: String| ManifestError::Invalid {
             path: file.clone(),
-            message: e.message().to_string(),
-        })?;
+            message,
+        };
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| invalid(format!("not valid TOML: {}", e.message())))?;
+        crate::config::interpolate_env(&mut table, &file).map_err(|e| invalid(e.to_string()))?;
+        let manifest: Manifest = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| invalid(format!("`{}`: {}", e.path(), e.inner())))?;
+        if manifest.kind == PluginKind::Transform && !manifest.capabilities.http.is_empty() {
+            return Err(invalid(
+                "capabilities.http is for sinks: a transform never reaches the network".into(),
+            ));
+        }
         Ok((manifest, file))
     }
 
@@ -179,6 +224,26 @@ mod tests {
         assert!(!m.capabilities.clock && !m.capabilities.random);
         assert_eq!(m.limits.memory, 64 << 20);
         assert_eq!(m.label(), "mask@0.1.0");
+    }
+
+    #[test]
+    fn http_grants_match_host_and_port() {
+        let caps = Capabilities {
+            http: vec![
+                "hooks.example.com".into(),
+                "127.0.0.1:8080".into(),
+                "[::1]:9000".into(),
+            ],
+            ..Capabilities::default()
+        };
+        assert!(caps.allows_http("hooks.example.com", 443));
+        assert!(caps.allows_http("HOOKS.example.com", 80));
+        assert!(caps.allows_http("127.0.0.1", 8080));
+        assert!(!caps.allows_http("127.0.0.1", 8081));
+        assert!(caps.allows_http("[::1]", 9000));
+        assert!(!caps.allows_http("::1", 9001));
+        assert!(!caps.allows_http("evil.example.com", 443));
+        assert!(!Capabilities::default().allows_http("localhost", 80));
     }
 
     #[test]

@@ -7,13 +7,19 @@
 //! plugin, its version, the tables and the LSN range, never a crash and never a lost event.
 
 pub mod bindings;
+mod call;
+pub mod dead_letter;
 pub mod engine;
 pub mod manifest;
+pub mod sink;
 pub mod state;
 pub mod transform;
 
+pub use call::CallError;
+pub use dead_letter::{DeadLetter, DeadLetters};
 pub use engine::PluginEngine;
 pub use manifest::{Manifest, ManifestError, OnError};
+pub use sink::SinkPlugin;
 pub use transform::{TransformChain, TransformPlugin};
 
 /// A plugin that cannot be used.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 /// Metrics a plugin reported through the host interface, by name and labels.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -24,6 +25,8 @@ pub struct PluginMetrics {
 /// The store data of one instance.
 pub struct PluginState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    http_grant: HttpGrant,
     table: ResourceTable,
     pub limits: StoreLimits,
     label: Arc<str>,
@@ -65,6 +68,12 @@ impl PluginState {
         wasi.stderr(GuestOutput::new(label.clone(), "stderr"));
         Ok(PluginState {
             wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            http_grant: HttpGrant {
+                label: label.clone(),
+                capabilities: caps.clone(),
+                timeout: manifest.limits.call_timeout,
+            },
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(manifest.limits.memory as usize)
@@ -82,6 +91,70 @@ impl WasiView for PluginState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_grant,
+        }
+    }
+}
+
+/// Outbound HTTP as the manifest grants it: only to the listed hosts, and never for
+/// longer than one call may take.
+struct HttpGrant {
+    label: Arc<str>,
+    capabilities: super::manifest::Capabilities,
+    timeout: Duration,
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<wasmtime_wasi_http::WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for HttpGrant {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        let uri = request.uri();
+        let host = uri.host().unwrap_or_default().to_owned();
+        let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+            Some("http") => 80,
+            _ => 443,
+        });
+        if !self.capabilities.allows_http(&host, port) {
+            tracing::warn!(target: "weir::plugin", plugin = &*self.label, host, port, "Denied an HTTP request to a host the manifest does not grant (capabilities.http).");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        let cap = |t: Option<Duration>| Some(t.map_or(self.timeout, |t| t.min(self.timeout)));
+        let options = options.unwrap_or_default();
+        let options = wasmtime_wasi_http::RequestOptions {
+            connect_timeout: cap(options.connect_timeout),
+            first_byte_timeout: cap(options.first_byte_timeout),
+            between_bytes_timeout: cap(options.between_bytes_timeout),
+        };
+        _ = fut;
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
     }
 }
 

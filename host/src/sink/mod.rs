@@ -8,6 +8,7 @@ use crate::batch::{Position, SourceBatch};
 use crate::checkpoint::{CheckpointError, CommitPos};
 use crate::config::SinkConfig;
 use crate::lsn::Lsn;
+use crate::plugin::{DeadLetters, PluginEngine, PluginFailure, SinkPlugin};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use std::sync::Arc;
@@ -21,6 +22,11 @@ pub enum SinkError {
     Write { path: String, message: String },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// Not a `#[source]`: the message already says everything, once.
+    #[error("{0}; the checkpoint stays before this batch")]
+    Plugin(crate::plugin::PluginFailure),
+    #[error(transparent)]
+    LoadPlugin(#[from] crate::plugin::LoadError),
 }
 
 /// The object store and base path an output URL names. Only `file://` URLs for now.
@@ -54,36 +60,117 @@ pub fn object_store_for(url: &str) -> Result<(Arc<dyn ObjectStore>, Path), SinkE
 /// One configured sink.
 pub enum Sink {
     Parquet(parquet::ParquetSink),
+    Plugin(PluginSink),
 }
 
 impl Sink {
     fn name(&self) -> String {
         match self {
             Sink::Parquet(s) => format!("parquet {}", s.url()),
+            Sink::Plugin(s) => format!("plugin {}", s.label),
         }
     }
 
     async fn write(&mut self, batch: &SourceBatch) -> Result<(), SinkError> {
         match self {
             Sink::Parquet(s) => s.write(batch).await,
+            Sink::Plugin(s) => {
+                let (events, position) = (batch.batch.clone(), batch.position);
+                s.blocking(move |p| p.write(events, &position)).await
+            }
         }
     }
 
     async fn flush(&mut self, position: &Position) -> Result<(), SinkError> {
         match self {
             Sink::Parquet(s) => s.flush(position).await,
+            Sink::Plugin(s) => s.blocking(|p| p.flush()).await,
         }
     }
 
     fn durable(&self) -> Option<CommitPos> {
         match self {
             Sink::Parquet(s) => s.durable(),
+            Sink::Plugin(s) => s.plugin.as_ref().and_then(SinkPlugin::durable),
         }
     }
 
     async fn abort(self) {
         match self {
             Sink::Parquet(s) => s.abort().await,
+            Sink::Plugin(s) => s.report(),
+        }
+    }
+}
+
+/// A sink plugin, run on a blocking thread (plugin calls are synchronous).
+pub struct PluginSink {
+    label: String,
+    plugin: Option<SinkPlugin>,
+}
+
+impl PluginSink {
+    /// Loads the plugin off the async threads (compiling it can take seconds).
+    pub async fn open(
+        engine: &PluginEngine,
+        config: &crate::config::PluginSinkConfig,
+        dead_letters: Option<(DeadLetters, String)>,
+    ) -> Result<PluginSink, SinkError> {
+        let (engine, config) = (engine.clone(), config.clone());
+        let mut plugin = tokio::task::spawn_blocking(move || {
+            SinkPlugin::load(
+                &engine,
+                &config.plugin,
+                &config.config,
+                config.flush_interval,
+            )
+        })
+        .await
+        .expect("plugin loading does not panic")?;
+        match dead_letters {
+            Some((d, stage)) => plugin.set_dead_letters(d, stage),
+            None if plugin.on_error() == crate::plugin::OnError::DeadLetter => {
+                return Err(SinkError::LoadPlugin(crate::plugin::LoadError::Invalid {
+                    plugin: plugin.label(),
+                    message: "has on_error = \"dead-letter\" but the pipeline has no place for dead letters: add a parquet sink or [dead_letter] url".into(),
+                }));
+            }
+            None => {}
+        }
+        tracing::info!(plugin = %plugin.label(), on_error = plugin.on_error().as_str(), "Sink plugin loaded.");
+        Ok(PluginSink {
+            label: plugin.label(),
+            plugin: Some(plugin),
+        })
+    }
+
+    async fn blocking(
+        &mut self,
+        f: impl FnOnce(&mut SinkPlugin) -> Result<(), PluginFailure> + Send + 'static,
+    ) -> Result<(), SinkError> {
+        let mut plugin = self.plugin.take().ok_or_else(|| SinkError::Write {
+            path: self.label.clone(),
+            message: "the plugin was lost in an earlier failure".into(),
+        })?;
+        let (plugin, result) = tokio::task::spawn_blocking(move || {
+            let result = f(&mut plugin);
+            (plugin, result)
+        })
+        .await
+        .expect("sink plugin calls do not panic");
+        self.plugin = Some(plugin);
+        result.map_err(SinkError::Plugin)
+    }
+
+    /// Logs what the plugin set aside during the run.
+    fn report(&self) {
+        if let Some(p) = &self.plugin {
+            if p.skipped() > 0 {
+                tracing::warn!(plugin = %p.label(), events = p.skipped(), "Events skipped by on_error = \"skip\" in this run.");
+            }
+            if p.dead_lettered() > 0 {
+                tracing::warn!(plugin = %p.label(), events = p.dead_lettered(), "Events written to the dead-letter location in this run; see `weir dead-letter list`.");
+            }
         }
     }
 }
@@ -96,13 +183,24 @@ pub struct Sinks {
 }
 
 impl Sinks {
-    /// Opens every sink, undoing any flush that did not reach its checkpoint.
-    pub async fn open(configs: &[SinkConfig], slot: &str) -> Result<Sinks, SinkError> {
+    /// Opens every sink, undoing any flush that did not reach its checkpoint. Plugin
+    /// sinks are loaded with `engine` and write dead letters to `dead_letters`.
+    pub async fn open(
+        configs: &[SinkConfig],
+        slot: &str,
+        engine: Option<&PluginEngine>,
+        dead_letters: Option<&DeadLetters>,
+    ) -> Result<Sinks, SinkError> {
         let mut sinks = Vec::new();
-        for config in configs {
+        for (i, config) in configs.iter().enumerate() {
             sinks.push(match config {
                 SinkConfig::Parquet(c) => {
                     Sink::Parquet(parquet::ParquetSink::open(c.clone(), slot).await?)
+                }
+                SinkConfig::Plugin(c) => {
+                    let engine = engine.expect("an engine is made when a plugin is configured");
+                    let dl = dead_letters.map(|d| (d.clone(), format!("sink-{i}")));
+                    Sink::Plugin(PluginSink::open(engine, c, dl).await?)
                 }
             });
         }

@@ -174,9 +174,29 @@ pub struct ParquetSink {
 impl ParquetSink {
     /// Opens the sink, recovering its checkpoint.
     pub async fn open(config: ParquetSinkConfig, slot: &str) -> Result<ParquetSink, SinkError> {
+        ParquetSink::open_with(config, slot, true).await
+    }
+
+    /// Opens the sink to write replayed dead letters only: the checkpoint (and whatever a
+    /// running pipeline is in the middle of) is left alone.
+    pub async fn open_for_replay(
+        config: ParquetSinkConfig,
+        slot: &str,
+    ) -> Result<ParquetSink, SinkError> {
+        ParquetSink::open_with(config, slot, false).await
+    }
+
+    async fn open_with(
+        config: ParquetSinkConfig,
+        slot: &str,
+        recover: bool,
+    ) -> Result<ParquetSink, SinkError> {
         let (store, prefix) = super::object_store_for(&config.url)?;
         let checkpoints = CheckpointStore::new(store.clone(), &prefix, slot);
-        let checkpoint = checkpoints.recover().await?;
+        let checkpoint = match recover {
+            true => checkpoints.recover().await?,
+            false => None,
+        };
         if let Some(c) = &checkpoint {
             tracing::info!(url = %config.url, checkpoint = %c.end_lsn, seq = c.seq, "Parquet sink resumes from its checkpoint.");
         }
@@ -237,7 +257,6 @@ impl ParquetSink {
     }
 
     fn new_file(&mut self, relation: &Relation, window: i64) -> Result<OpenFile, SinkError> {
-        let partition = self.partition_dir(window);
         self.files_in_flush += 1;
         let name = format!(
             "part-{:010}-{:05}-{}.parquet",
@@ -245,6 +264,16 @@ impl ParquetSink {
             self.files_in_flush,
             self.slot
         );
+        self.new_named_file(relation, window, name)
+    }
+
+    fn new_named_file(
+        &self,
+        relation: &Relation,
+        window: i64,
+        name: String,
+    ) -> Result<OpenFile, SinkError> {
+        let partition = self.partition_dir(window);
         let path = self
             .prefix
             .clone()
@@ -325,6 +354,36 @@ impl ParquetSink {
             }
         }
         Ok(())
+    }
+
+    /// Writes replayed events (dead letters) to files of their own named `<name>-<n>`,
+    /// outside the checkpoint: the same name is rewritten, not repeated, when a replay
+    /// runs again. Returns the files written.
+    pub async fn write_replay(
+        &mut self,
+        batch: &weir_sdk::Batch,
+        name: &str,
+    ) -> Result<Vec<String>, SinkError> {
+        let mut files: Vec<(FileKey, OpenFile)> = Vec::new();
+        for event in &batch.events {
+            let relation = batch.relation(event);
+            let key = (relation.id, relation.version, self.window(event.commit_ts));
+            let i = match files.iter().position(|(k, _)| *k == key) {
+                Some(i) => i,
+                None => {
+                    let file_name = format!("{name}-{}.parquet", files.len());
+                    files.push((key, self.new_named_file(relation, key.2, file_name)?));
+                    files.len() - 1
+                }
+            };
+            files[i].1.append(event, relation);
+        }
+        let mut written = Vec::new();
+        for (_, file) in files {
+            written.push(file.path.to_string());
+            file.complete().await?;
+        }
+        Ok(written)
     }
 
     /// Completes a file that reached the target size. It becomes visible now, so the

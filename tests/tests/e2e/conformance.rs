@@ -3,7 +3,7 @@
 //! batch in commit order.
 
 use crate::harness::install_plugin;
-use weir::plugin::{PluginEngine, TransformPlugin};
+use weir::plugin::{PluginEngine, SinkPlugin, TransformPlugin};
 use weir_sdk::plugin::testing;
 use weir_sdk::{Batch, Column, Event, Op, Relation, Transform, Value};
 
@@ -186,6 +186,118 @@ fn rename_conforms() {
     ] {
         conforms::<weir_plugin_rename::Rename>(r.0, r.1, config);
     }
+}
+
+/// The position of a batch that ends with its last transaction complete.
+fn complete(batch: &Batch) -> weir::batch::Position {
+    let last = batch.events.iter().map(|e| e.commit_lsn).max().unwrap();
+    weir::batch::Position {
+        last_commit: Some(weir::checkpoint::CommitPos {
+            commit_lsn: weir::Lsn(last),
+            end_lsn: weir::Lsn(last + 8),
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn webhook_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = crate::sinks::Receiver::start(dir.path(), &[]);
+    let host = format!("127.0.0.1:{}", receiver.port);
+    let plugin = install_plugin(
+        dir.path(),
+        "weir-plugin-webhook",
+        "plugins/webhook/weir-plugin.toml",
+        |m| m.replace("${WEIR_WEBHOOK_HOST}", &host),
+    );
+    let engine = PluginEngine::new(Some(dir.path().join("cache"))).unwrap();
+    let config: toml::Table = toml::from_str(&format!("url = \"http://{host}/in\"")).unwrap();
+    let mut sink = SinkPlugin::load(&engine, &plugin, &config, std::time::Duration::from_secs(1))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(sink.durable(), None, "a webhook holds nothing at start");
+    let input = fixture();
+    sink.write(input.clone(), &complete(&input))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1, "one POST per batch");
+    assert_eq!(
+        requests[0]["body"],
+        weir_plugin_webhook::to_json(&input),
+        "the component posts exactly what its logic produces natively"
+    );
+    assert_eq!(
+        sink.durable(),
+        complete(&input).last_commit,
+        "the whole batch is durable once the receiver answered 2xx"
+    );
+}
+
+#[test]
+fn the_sink_world_delivers_in_order_and_reports_only_what_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let plugin = install_plugin(
+        dir.path(),
+        "weir-test-recorder",
+        "tests/plugins/recorder/weir-plugin.toml",
+        |m| m.replace("${RECORDER_DIR}", out.to_str().unwrap()),
+    );
+    let engine = PluginEngine::new(Some(dir.path().join("cache"))).unwrap();
+    let config: toml::Table = toml::from_str("buffer = true\nresume = true").unwrap();
+    let mut sink = SinkPlugin::load(
+        &engine,
+        &plugin,
+        &config,
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let input = fixture();
+    let position = complete(&input);
+    sink.write(input.clone(), &position).unwrap();
+    assert_eq!(
+        sink.durable(),
+        None,
+        "buffered: nothing durable before flush"
+    );
+    sink.flush().unwrap();
+    assert_eq!(sink.durable(), position.last_commit, "durable after flush");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(u64, u64)> = lines
+        .iter()
+        .map(|l| (l["lsn"].as_u64().unwrap(), l["seq"].as_u64().unwrap()))
+        .collect();
+    let want: Vec<(u64, u64)> = input
+        .events
+        .iter()
+        .map(|e| (e.commit_lsn, e.seq as u64))
+        .collect();
+    assert_eq!(got, want, "every event, in commit order");
+
+    // A new instance reports what the destination holds, and is not given it again.
+    let mut again = SinkPlugin::load(
+        &engine,
+        &plugin,
+        &config,
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap();
+    assert_eq!(
+        again.durable().map(|d| d.commit_lsn),
+        position.last_commit.map(|d| d.commit_lsn)
+    );
+    again.write(input.clone(), &position).unwrap();
+    again.flush().unwrap();
+    let len = std::fs::read_to_string(out.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(len, input.events.len(), "nothing delivered twice");
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //! - `bad_input`: each user mistake prints one line naming the fix and changes nothing.
 //! - `cli`: `weir validate` and the example configurations.
 //! - `plugins`: built-in plugins in pipelines, hostile plugins, failure policies.
+//! - `sinks`: sink plugins (webhook, a file sink exactly once across kill -9), failure
+//!   policies of sinks and dead-letter list and replay.
 //! - `conformance`: every built-in plugin as a component against its native logic.
 
 mod harness;
@@ -16,4 +18,5 @@ mod cli;
 mod conformance;
 mod plugins;
 mod recovery;
+mod sinks;
 mod streaming;

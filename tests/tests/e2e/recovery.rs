@@ -56,13 +56,13 @@ fn sigterm_finishes_the_batch_checkpoints_and_exits_zero() {
 }
 
 /// Writes random transactions and counts what committed.
-struct Writer {
+pub(crate) struct Writer {
     stop: Arc<AtomicBool>,
     handle: std::thread::JoinHandle<[u64; 3]>,
 }
 
 impl Writer {
-    fn start(url: String) -> Writer {
+    pub(crate) fn start(url: String) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
@@ -109,13 +109,13 @@ impl Writer {
         Writer { stop, handle }
     }
 
-    fn finish(self) -> [u64; 3] {
+    pub(crate) fn finish(self) -> [u64; 3] {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().unwrap()
     }
 }
 
-fn unsafe_kill(pid: i32, signal: i32) -> i32 {
+pub(crate) fn unsafe_kill(pid: i32, signal: i32) -> i32 {
     // A process we started; kill(2) through the shell keeps this crate free of unsafe.
     let status = std::process::Command::new("kill")
         .arg(format!("-{signal}"))
@@ -125,7 +125,10 @@ fn unsafe_kill(pid: i32, signal: i32) -> i32 {
     if status.success() { 0 } else { -1 }
 }
 
-fn wait_with_timeout(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+pub(crate) fn wait_with_timeout(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> std::process::ExitStatus {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
