@@ -185,7 +185,12 @@ impl Manifest {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| invalid(format!("not valid TOML: {}", e.message())))?;
-        crate::config::interpolate_env(&mut table, &file).map_err(|e| invalid(e.to_string()))?;
+        crate::config::interpolate_env(&mut table, &file).map_err(|e| {
+            // The error starts with the file's path, which `invalid` adds already.
+            let message = e.to_string();
+            let prefix = format!("{}: ", file.display());
+            invalid(message.strip_prefix(&prefix).unwrap_or(&message).to_owned())
+        })?;
         let manifest: Manifest = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| invalid(format!("`{}`: {}", e.path(), e.inner())))?;
         if manifest.kind == PluginKind::Transform && !manifest.capabilities.http.is_empty() {
