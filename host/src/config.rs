@@ -64,17 +64,18 @@ pub struct PipelineConfig {
     /// Where changes go; every sink receives every batch.
     #[serde(rename = "sink", default)]
     pub sinks: Vec<SinkConfig>,
-    /// Where plugins with `on_error = "dead-letter"` set failing events aside.
+    /// Where weir keeps the pipeline's own state: dead letters and the progress of the
+    /// initial snapshot.
     #[serde(default)]
-    pub dead_letter: Option<DeadLetterConfig>,
+    pub state: Option<StateConfig>,
 }
 
-/// `[dead_letter]`: the dead-letter location.
+/// `[state]`: where weir keeps the pipeline's state.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeadLetterConfig {
-    /// Output location; dead letters go to `<url>/_weir/<slot>/dead-letter/`. Default:
-    /// the first Parquet sink's `url`.
+pub struct StateConfig {
+    /// Output location; state goes to `<url>/_weir/<slot>/`. Default: the first Parquet
+    /// sink's `url`.
     pub url: String,
 }
 
@@ -413,16 +414,17 @@ impl PipelineConfig {
                 }
             }
         }
-        if let Some(d) = &self.dead_letter {
+        if let Some(d) = &self.state {
             crate::sink::object_store_for(&d.url)
-                .map_err(|e| invalid("dead_letter.url", e.to_string()))?;
+                .map_err(|e| invalid("state.url", e.to_string()))?;
         }
         Ok(())
     }
 
-    /// Where dead letters go: `[dead_letter] url`, else the first Parquet sink's `url`.
-    pub fn dead_letter_url(&self) -> Option<&str> {
-        self.dead_letter
+    /// Where state (dead letters, snapshot progress) goes: `[state] url`, else the
+    /// first Parquet sink's `url`.
+    pub fn state_url(&self) -> Option<&str> {
+        self.state
             .as_ref()
             .map(|d| d.url.as_str())
             .or_else(|| {

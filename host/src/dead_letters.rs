@@ -17,8 +17,8 @@ use anyhow::{Context, bail};
 
 /// The dead-letter location of a pipeline, or why it has none.
 fn location(config: &PipelineConfig) -> anyhow::Result<DeadLetters> {
-    let Some(url) = config.dead_letter_url() else {
-        bail!("the pipeline has no dead-letter location: add a parquet sink or [dead_letter] url");
+    let Some(url) = config.state_url() else {
+        bail!("the pipeline has no dead-letter location: add a parquet sink or [state] url");
     };
     Ok(DeadLetters::open(url, &config.source.slot)?)
 }

@@ -227,7 +227,7 @@ impl Plugins {
             ),
             false => None,
         };
-        let dead_letters = match config.dead_letter_url() {
+        let dead_letters = match config.state_url() {
             Some(url) => Some(
                 DeadLetters::open(url, &config.source.slot).map_err(PipelineError::OpenSinks)?,
             ),
@@ -258,7 +258,7 @@ pub fn load_chain(
             let Some(d) = &plugins.dead_letters else {
                 return Err(LoadError::Invalid {
                     plugin: plugin.label(),
-                    message: "has on_error = \"dead-letter\" but the pipeline has no place for dead letters: add a parquet sink or [dead_letter] url".into(),
+                    message: "has on_error = \"dead-letter\" but the pipeline has no place for dead letters: add a parquet sink or [state] url".into(),
                 });
             };
             plugin.set_dead_letters(d.clone(), format!("transform-{i}"));

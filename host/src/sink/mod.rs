@@ -132,7 +132,7 @@ impl PluginSink {
             None if plugin.on_error() == crate::plugin::OnError::DeadLetter => {
                 return Err(SinkError::LoadPlugin(crate::plugin::LoadError::Invalid {
                     plugin: plugin.label(),
-                    message: "has on_error = \"dead-letter\" but the pipeline has no place for dead letters: add a parquet sink or [dead_letter] url".into(),
+                    message: "has on_error = \"dead-letter\" but the pipeline has no place for dead letters: add a parquet sink or [state] url".into(),
                 }));
             }
             None => {}
