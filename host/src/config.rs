@@ -95,6 +95,20 @@ pub struct SourceConfig {
     pub publication: String,
     /// Tables to capture, `schema.table` (a bare name means `public`).
     pub tables: Vec<TableName>,
+    /// `initial` (default): when weir creates the slot, it first reads the tables' rows
+    /// in the slot's snapshot (as `op = r` events), then streams from there. `never`:
+    /// only changes from the slot's creation on.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+}
+
+/// Whether a new pipeline starts with the tables' existing rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    #[default]
+    Initial,
+    Never,
 }
 
 fn default_weir() -> String {
@@ -414,6 +428,12 @@ impl PipelineConfig {
                 }
             }
         }
+        if self.source.snapshot == SnapshotMode::Initial && self.state_url().is_none() {
+            return Err(invalid(
+                "source.snapshot",
+                "\"initial\" records its progress with the output, and this pipeline has no parquet sink: add [state] url = \"file:///...\", or set snapshot = \"never\"".into(),
+            ));
+        }
         if let Some(d) = &self.state {
             crate::sink::object_store_for(&d.url)
                 .map_err(|e| invalid("state.url", e.to_string()))?;
@@ -424,15 +444,12 @@ impl PipelineConfig {
     /// Where state (dead letters, snapshot progress) goes: `[state] url`, else the
     /// first Parquet sink's `url`.
     pub fn state_url(&self) -> Option<&str> {
-        self.state
-            .as_ref()
-            .map(|d| d.url.as_str())
-            .or_else(|| {
-                self.sinks.iter().find_map(|s| match s {
-                    SinkConfig::Parquet(p) => Some(p.url.as_str()),
-                    _ => None,
-                })
+        self.state.as_ref().map(|d| d.url.as_str()).or_else(|| {
+            self.sinks.iter().find_map(|s| match s {
+                SinkConfig::Parquet(p) => Some(p.url.as_str()),
+                _ => None,
             })
+        })
     }
 
     /// The pipeline's name.

@@ -1,13 +1,17 @@
 //! The pipeline: source, batches, sinks, checkpoint. The whole data flow in one place.
 
 use crate::batch::{Position, SourceBatch};
+use crate::config::SnapshotMode;
 use crate::config::{PipelineConfig, SinkConfig};
 use crate::lsn::Lsn;
 use crate::plugin::{
     DeadLetters, LoadError, PluginEngine, PluginFailure, TransformChain, TransformPlugin,
 };
 use crate::sink::{SinkError, Sinks};
-use crate::source::{Control, PgSource, SourceError};
+use crate::source::snapshot::{
+    self, Plan, Progress, SnapshotReader, SnapshotState, snapshot_commit,
+};
+use crate::source::{Control, PgSource, SourceError, SourceInfo};
 use crate::stats::Stats;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -93,15 +97,70 @@ pub async fn run(
         SinkError::LoadPlugin(e) => PipelineError::LoadPlugin(e),
         e => PipelineError::OpenSinks(e),
     })?;
-    control.prepare(&config.source, &info).await?;
+
+    // The initial snapshot, when the slot is new: its rows first, then the stream from
+    // the slot's consistent point.
+    let mut resume = sinks.resume();
+    let mut session = None;
+    match InitialSnapshot::plan(config, &info, &sinks).await? {
+        None => control.prepare(&config.source, &info).await?,
+        Some((state, Plan::Skip)) | Some((state, Plan::MarkDone)) => {
+            control.prepare(&config.source, &info).await?;
+            if !info.slot_exists || sinks.any_checkpoint() {
+                state.write(Progress::Done, None).await?;
+            }
+        }
+        Some((state, Plan::Take { drop_slot })) => {
+            control.prepare_publication(&config.source, &info).await?;
+            if drop_slot {
+                tracing::warn!(slot = %config.source.slot, "The last snapshot did not finish: dropping its slot and taking it again.");
+                control.drop_slot(&config.source.slot).await?;
+            }
+            // Recorded before the slot exists: a slot found without a record was not
+            // made for a snapshot.
+            state.write(Progress::Started, None).await?;
+            let (client, point, name) =
+                control.create_slot_exporting(&config.source, &info).await?;
+            let snapshot = InitialSnapshot {
+                config,
+                info: &info,
+                name,
+                point,
+            };
+            match snapshot
+                .take(&mut transforms, &mut sinks, &options, &stats)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Stopped by a signal: nothing of it is checkpointed; the next start
+                    // takes it again.
+                    sinks.abort().await;
+                    transforms.report();
+                    return Ok(RunSummary {
+                        events: stats.snapshot().events,
+                        checkpoint: None,
+                    });
+                }
+                Err(e) => {
+                    sinks.abort().await;
+                    return Err(e);
+                }
+            }
+            state.write(Progress::Done, Some(point)).await?;
+            resume = Some(snapshot_commit(point));
+            session = Some(client);
+        }
+    }
 
     let mut source = PgSource::start(
         &control,
         &config.source,
         &info,
         config.batch.clone(),
-        sinks.resume(),
+        resume,
         stats.clone(),
+        session,
     )
     .await?;
 
@@ -168,6 +227,76 @@ async fn stream(
             tracing::info!(position = %position.delivered_through(), "Caught up with the source.");
             return Ok(position);
         }
+    }
+}
+
+/// The tables' rows at the slot's creation, written before the stream starts.
+struct InitialSnapshot<'a> {
+    config: &'a PipelineConfig,
+    info: &'a SourceInfo,
+    /// The exported snapshot and the slot's consistent point.
+    name: String,
+    point: Lsn,
+}
+
+impl InitialSnapshot<'_> {
+    /// The progress record and what to do, or `None` with `snapshot = "never"`.
+    async fn plan(
+        config: &PipelineConfig,
+        info: &SourceInfo,
+        sinks: &Sinks,
+    ) -> Result<Option<(SnapshotState, Plan)>, PipelineError> {
+        if config.source.snapshot == SnapshotMode::Never {
+            return Ok(None);
+        }
+        let url = config
+            .state_url()
+            .expect("validated: snapshot = \"initial\" has a state location");
+        let state =
+            SnapshotState::open(url, &config.source.slot).map_err(PipelineError::OpenSinks)?;
+        let progress = state.read().await?;
+        let plan = snapshot::plan(progress, info.slot_exists, sinks.any_checkpoint());
+        if plan == Plan::Skip && progress.is_none() && info.slot_exists {
+            tracing::info!(slot = %config.source.slot, "The slot exists already: streaming from it without an initial snapshot.");
+        }
+        Ok(Some((state, plan)))
+    }
+
+    /// Reads every table in the exported snapshot through the transforms into the
+    /// sinks, then checkpoints it as one transaction. `false` when stopped by a signal.
+    async fn take(
+        self,
+        transforms: &mut Transforms,
+        sinks: &mut Sinks,
+        options: &RunOptions,
+        stats: &Stats,
+    ) -> Result<bool, PipelineError> {
+        let started = std::time::Instant::now();
+        let mut reader = SnapshotReader::begin(
+            &self.config.source.url,
+            &self.name,
+            self.config.source.tables.clone(),
+            self.info.clone(),
+            self.config.batch.max_events,
+            self.point,
+        )
+        .await?;
+        let mut position = Position::default();
+        while let Some(batch) = reader.next_batch().await? {
+            if options.shutdown.is_cancelled() {
+                return Ok(false);
+            }
+            stats.add_events(batch.batch.events.len() as u64);
+            if !batch.batch.events.is_empty() {
+                stats.add_batch();
+            }
+            let batch = transforms.apply(batch).await?;
+            sinks.write_all(&batch).await?;
+            position = batch.position;
+        }
+        sinks.flush_all(&position).await?;
+        tracing::info!(rows = reader.rows, seconds = started.elapsed().as_secs(), consistent_point = %self.point, "Initial snapshot done and checkpointed; streaming from its consistent point.");
+        Ok(true)
     }
 }
 

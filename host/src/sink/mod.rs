@@ -213,6 +213,11 @@ impl Sinks {
         Ok(Sinks { sinks, resume })
     }
 
+    /// Whether any sink holds a checkpoint (output of an earlier run).
+    pub fn any_checkpoint(&self) -> bool {
+        self.sinks.iter().any(|s| s.durable().is_some())
+    }
+
     /// The position the source resumes after.
     pub fn resume(&self) -> Option<CommitPos> {
         self.resume

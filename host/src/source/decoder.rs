@@ -30,7 +30,7 @@ pub enum DecoderError {
 
 /// How a column's text is turned into a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Bool,
     Int,
     Float,
@@ -38,7 +38,7 @@ enum Kind {
     Text,
 }
 
-fn kind(type_oid: u32) -> Kind {
+pub(crate) fn kind(type_oid: u32) -> Kind {
     match type_oid {
         oid::BOOL => Kind::Bool,
         oid::INT2 | oid::INT4 | oid::INT8 | oid::OID => Kind::Int,
@@ -351,7 +351,7 @@ fn values(
     Ok((values, unchanged, bytes))
 }
 
-fn text_value(t: &[u8], kind: Kind) -> Value {
+pub(crate) fn text_value(t: &[u8], kind: Kind) -> Value {
     let as_text = || match std::str::from_utf8(t) {
         Ok(s) => Value::Text(s.to_owned()),
         // Not UTF-8 (a database in another encoding): keep the exact bytes.

@@ -3,6 +3,7 @@
 
 pub mod decoder;
 pub mod pgoutput;
+pub mod snapshot;
 
 use crate::batch::{Batcher, SourceBatch};
 use crate::checkpoint::CommitPos;
@@ -404,6 +405,73 @@ impl Control {
     /// Creates the publication (or adds missing tables to it), then the slot. The
     /// publication comes first: a slot must not start before the publication exists.
     pub async fn prepare(&self, cfg: &SourceConfig, info: &SourceInfo) -> Result<(), SourceError> {
+        self.prepare_publication(cfg, info).await?;
+        if !info.slot_exists {
+            tracing::info!(slot = %cfg.slot, "Creating the replication slot (waits for open transactions to finish).");
+            self.client
+                .query_one(
+                    "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&cfg.slot],
+                )
+                .await
+                .map_err(sql_err("creating the replication slot"))?;
+        }
+        Ok(())
+    }
+
+    /// Drops the slot (one an unfinished snapshot left behind).
+    pub async fn drop_slot(&self, slot: &str) -> Result<(), SourceError> {
+        self.client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .map_err(sql_err(
+                "dropping the replication slot of an unfinished snapshot",
+            ))?;
+        Ok(())
+    }
+
+    /// Creates the slot on a replication session that exports its snapshot. Returns the
+    /// session (idle until [`PgSource::start`] starts streaming on it), the slot's
+    /// consistent point and the snapshot's name, valid while the session stays idle.
+    pub async fn create_slot_exporting(
+        &self,
+        cfg: &SourceConfig,
+        info: &SourceInfo,
+    ) -> Result<(ReplicationClient, Lsn, String), SourceError> {
+        let slot_err = |message: String| SourceError::Stream {
+            slot: cfg.slot.clone(),
+            message,
+        };
+        let mut client =
+            ReplicationClient::connect_gated(self.replication_config(cfg, &info.database))
+                .await
+                .map_err(|e| slot_err(e.to_string()))?;
+        tracing::info!(slot = %cfg.slot, "Creating the replication slot with a snapshot (waits for open transactions to finish).");
+        let rows = client
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
+                quote_ident(&cfg.slot)
+            ))
+            .await
+            .map_err(|e| slot_err(format!("creating the slot: {e}")))?;
+        let text = |i: usize| {
+            rows.first()
+                .and_then(|r| r.get(i).cloned().flatten())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .ok_or_else(|| slot_err("CREATE_REPLICATION_SLOT returned no snapshot".into()))
+        };
+        let point: Lsn = text(1)?
+            .parse()
+            .map_err(|e| slot_err(format!("consistent point: {e}")))?;
+        Ok((client, point, text(2)?))
+    }
+
+    /// Creates the publication, or adds the tables missing from it.
+    pub async fn prepare_publication(
+        &self,
+        cfg: &SourceConfig,
+        info: &SourceInfo,
+    ) -> Result<(), SourceError> {
         let tables = |ts: &[TableName]| ts.iter().map(quote_table).collect::<Vec<_>>().join(", ");
         match &info.publication_missing {
             None => {
@@ -435,16 +503,6 @@ impl Control {
                 );
             }
             Some(_) => {}
-        }
-        if !info.slot_exists {
-            tracing::info!(slot = %cfg.slot, "Creating the replication slot (waits for open transactions to finish).");
-            self.client
-                .query_one(
-                    "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-                    &[&cfg.slot],
-                )
-                .await
-                .map_err(sql_err("creating the replication slot"))?;
         }
         Ok(())
     }
@@ -506,6 +564,7 @@ impl PgSource {
         batch: BatchConfig,
         resume: Option<CommitPos>,
         stats: Arc<Stats>,
+        gated: Option<ReplicationClient>,
     ) -> Result<PgSource, SourceError> {
         let start = resume.map_or(Lsn::ZERO, |r| r.end_lsn);
         let repl_cfg = control
@@ -517,9 +576,19 @@ impl PgSource {
             slot: slot.clone(),
             message,
         };
-        let mut client = ReplicationClient::connect(repl_cfg)
-            .await
-            .map_err(|e| stream_err(e.to_string()))?;
+        let mut client = match gated {
+            // The session that created the slot: streaming starts at its consistent point.
+            Some(mut client) => {
+                client
+                    .start()
+                    .await
+                    .map_err(|e| stream_err(e.to_string()))?;
+                client
+            }
+            None => ReplicationClient::connect(repl_cfg)
+                .await
+                .map_err(|e| stream_err(e.to_string()))?,
+        };
         client
             .wait_started()
             .await

@@ -3,6 +3,7 @@
 //!
 //! - `streaming`: every kind of change, several tables, transactions, replica identities,
 //!   transactions larger than a batch, idle slots.
+//! - `snapshot`: the initial snapshot and its hand-over to streaming.
 //! - `recovery`: restart from the checkpoint, SIGTERM, and `kill -9` during writes.
 //! - `bad_input`: each user mistake prints one line naming the fix and changes nothing.
 //! - `cli`: `weir validate` and the example configurations.
@@ -19,4 +20,5 @@ mod conformance;
 mod plugins;
 mod recovery;
 mod sinks;
+mod snapshot;
 mod streaming;

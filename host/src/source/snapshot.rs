@@ -1,0 +1,378 @@
+//! The initial snapshot: the tables' existing rows, read in the snapshot the slot exports
+//! when it is created, so that streaming from the slot's consistent point continues
+//! exactly where the snapshot ends: no row missed, none doubled.
+//!
+//! The slot is created on a replication session with `SNAPSHOT 'export'`; a second
+//! session imports that snapshot (`SET TRANSACTION SNAPSHOT`) and reads each table
+//! through a cursor, `batch.max_events` rows at a time. Every row becomes an `op = r`
+//! event at commit LSN `consistent point - 1`, so it sorts before every streamed change.
+//! For the sinks the whole snapshot is one transaction: nothing is checkpointed until its
+//! last row is written, so a crash mid-snapshot leaves no checkpoint, and the next start
+//! drops the slot and takes the snapshot again. Progress is recorded in
+//! `<state>/_weir/<slot>/snapshot.json`.
+
+use super::decoder::{builtin_type_name, kind, text_value};
+use super::{Control, SourceError, SourceInfo, quote_table, sql_err};
+use crate::batch::{Position, SourceBatch};
+use crate::checkpoint::CommitPos;
+use crate::config::TableName;
+use crate::lsn::Lsn;
+use crate::sink::object_store_for;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir_sdk::{Batch, Column, Event, Op, Relation};
+
+/// What `snapshot.json` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Progress {
+    /// Taken by a run that has not finished it: the next start takes it again.
+    Started,
+    /// Complete and checkpointed.
+    Done,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    progress: Progress,
+    slot: String,
+    consistent_point: Option<String>,
+}
+
+/// The snapshot's progress record, kept with the pipeline's state.
+pub struct SnapshotState {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    slot: String,
+}
+
+impl SnapshotState {
+    pub fn open(state_url: &str, slot: &str) -> Result<SnapshotState, crate::sink::SinkError> {
+        let (store, base) = object_store_for(state_url)?;
+        Ok(SnapshotState {
+            store,
+            path: base.join("_weir").join(slot).join("snapshot.json"),
+            slot: slot.to_owned(),
+        })
+    }
+
+    pub async fn read(&self) -> Result<Option<Progress>, SourceError> {
+        let err = |e: String| SourceError::Sql {
+            context: format!("reading {}", self.path),
+            message: e,
+        };
+        match self.store.get(&self.path).await {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(|e| err(e.to_string()))?;
+                let record: Record =
+                    serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
+                Ok(Some(record.progress))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(err(e.to_string())),
+        }
+    }
+
+    pub async fn write(&self, progress: Progress, at: Option<Lsn>) -> Result<(), SourceError> {
+        let record = Record {
+            progress,
+            slot: self.slot.clone(),
+            consistent_point: at.map(|l| l.to_string()),
+        };
+        let bytes = serde_json::to_vec_pretty(&record).expect("plain data serializes");
+        self.store
+            .put(&self.path, PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| SourceError::Sql {
+                context: format!("writing {}", self.path),
+                message: e.to_string(),
+            })
+    }
+}
+
+/// What the start of a run does about the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Nothing: it is done, not wanted, or the slot predates it.
+    Skip,
+    /// Take it (dropping the slot an unfinished one left behind, if any).
+    Take { drop_slot: bool },
+    /// It completed and was checkpointed, but the record says otherwise: fix the record.
+    MarkDone,
+}
+
+/// Decides from the record, the slot and the sinks' checkpoints.
+pub fn plan(progress: Option<Progress>, slot_exists: bool, any_checkpoint: bool) -> Plan {
+    match progress {
+        Some(Progress::Done) => Plan::Skip,
+        // The snapshot's rows reached a checkpoint only once all were written.
+        Some(Progress::Started) if any_checkpoint => Plan::MarkDone,
+        Some(Progress::Started) => Plan::Take {
+            drop_slot: slot_exists,
+        },
+        // A slot weir did not create for a snapshot (or an older pipeline's): keep it.
+        None if slot_exists || any_checkpoint => Plan::Skip,
+        None => Plan::Take { drop_slot: false },
+    }
+}
+
+/// The position of the snapshot, as one transaction ending at the consistent point.
+pub fn snapshot_commit(consistent_point: Lsn) -> CommitPos {
+    CommitPos {
+        commit_lsn: Lsn(consistent_point.0 - 1),
+        end_lsn: consistent_point,
+    }
+}
+
+/// Reads the tables in the exported snapshot, one batch at a time.
+pub struct SnapshotReader {
+    client: tokio_postgres::Client,
+    tables: Vec<TableName>,
+    next_table: usize,
+    current: Option<TableScan>,
+    info: SourceInfo,
+    batch_rows: usize,
+    commit: CommitPos,
+    commit_ts: i64,
+    /// Rows read over all tables.
+    pub rows: u64,
+}
+
+struct TableScan {
+    relation: Arc<Relation>,
+    kinds: Vec<super::decoder::Kind>,
+    select: String,
+    rows: u64,
+    started: Instant,
+    last_report: Instant,
+    done: bool,
+}
+
+impl SnapshotReader {
+    /// Opens a session in the exported snapshot `name`.
+    pub async fn begin(
+        url: &str,
+        name: &str,
+        tables: Vec<TableName>,
+        info: SourceInfo,
+        batch_rows: usize,
+        consistent_point: Lsn,
+    ) -> Result<SnapshotReader, SourceError> {
+        let control = Control::connect(url).await?;
+        control
+            .client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+                name.replace('\'', "")
+            ))
+            .await
+            .map_err(sql_err("importing the slot's snapshot"))?;
+        Ok(SnapshotReader {
+            client: control.client,
+            tables,
+            next_table: 0,
+            current: None,
+            info,
+            batch_rows: batch_rows.max(1),
+            commit: snapshot_commit(consistent_point),
+            commit_ts: chrono::Utc::now().timestamp_micros(),
+            rows: 0,
+        })
+    }
+
+    /// The next batch of rows; after the last table, one empty batch that completes the
+    /// snapshot's transaction; then `None`.
+    pub async fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError> {
+        loop {
+            if self.current.as_ref().is_none_or(|t| t.done) {
+                if let Some(done) = self.current.take() {
+                    let secs = done.started.elapsed().as_secs_f64().max(0.001);
+                    tracing::info!(table = %done.relation.qualified_name(), rows = done.rows, rows_per_s = (done.rows as f64 / secs) as u64, "Snapshot of the table done.");
+                    self.client
+                        .batch_execute("CLOSE weir_snapshot")
+                        .await
+                        .map_err(sql_err("closing the snapshot cursor"))?;
+                }
+                if self.next_table == self.tables.len() {
+                    if self.next_table == usize::MAX {
+                        return Ok(None);
+                    }
+                    self.next_table = usize::MAX;
+                    self.client
+                        .batch_execute("COMMIT")
+                        .await
+                        .map_err(sql_err("ending the snapshot"))?;
+                    return Ok(Some(SourceBatch {
+                        batch: Batch::default(),
+                        position: Position {
+                            last_commit: Some(self.commit),
+                            in_tx: false,
+                            idle_wal_end: Lsn::ZERO,
+                        },
+                        bytes: 0,
+                    }));
+                }
+                if self.next_table == usize::MAX {
+                    return Ok(None);
+                }
+                let table = self.tables[self.next_table].clone();
+                self.next_table += 1;
+                self.current = Some(self.open(&table).await?);
+            }
+            let scan = self.current.as_mut().expect("opened above");
+            let rows = self
+                .client
+                .query(scan.select.as_str(), &[])
+                .await
+                .map_err(sql_err("reading the snapshot"))?;
+            if rows.len() < self.batch_rows {
+                scan.done = true;
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            let mut batch = Batch::default();
+            let rel = batch.push_relation((*scan.relation).clone());
+            let mut bytes = 0u64;
+            for row in &rows {
+                let values = (0..scan.kinds.len())
+                    .map(|i| match row.get::<_, Option<&str>>(i) {
+                        None => weir_sdk::Value::Null,
+                        Some(t) => {
+                            bytes += t.len() as u64;
+                            text_value(t.as_bytes(), scan.kinds[i])
+                        }
+                    })
+                    .collect();
+                batch.events.push(Event {
+                    op: Op::Read,
+                    rel,
+                    commit_lsn: self.commit.commit_lsn.0,
+                    seq: scan.rows as u32,
+                    xid: 0,
+                    commit_ts: self.commit_ts,
+                    before: None,
+                    after: Some(values),
+                    unchanged: vec![],
+                });
+                scan.rows += 1;
+            }
+            self.rows += rows.len() as u64;
+            if scan.last_report.elapsed() >= Duration::from_secs(5) {
+                scan.last_report = Instant::now();
+                let secs = scan.started.elapsed().as_secs_f64().max(0.001);
+                tracing::info!(table = %scan.relation.qualified_name(), rows = scan.rows, rows_per_s = (scan.rows as f64 / secs) as u64, "Snapshot in progress.");
+            }
+            return Ok(Some(SourceBatch {
+                batch,
+                position: Position {
+                    last_commit: None,
+                    in_tx: true,
+                    idle_wal_end: Lsn::ZERO,
+                },
+                bytes,
+            }));
+        }
+    }
+
+    /// The table's relation as streaming describes it, and a cursor over its rows.
+    async fn open(&mut self, table: &TableName) -> Result<TableScan, SourceError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT c.oid, a.attname::text, a.atttypid, a.atttypmod \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_attribute a ON a.attrelid = c.oid \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 \
+                   AND NOT a.attisdropped AND a.attgenerated = '' \
+                 ORDER BY a.attnum",
+                &[&table.schema, &table.table],
+            )
+            .await
+            .map_err(sql_err("reading the table's columns"))?;
+        let oid: u32 = rows.first().map_or(0, |r| r.get(0));
+        let pk = self
+            .info
+            .primary_keys
+            .get(table)
+            .cloned()
+            .unwrap_or_default();
+        let columns: Vec<Column> = rows
+            .iter()
+            .map(|r| {
+                let name: String = r.get(1);
+                let type_oid: u32 = r.get(2);
+                Column {
+                    key: pk.contains(&name),
+                    type_name: self
+                        .info
+                        .type_names
+                        .get(&type_oid)
+                        .cloned()
+                        .unwrap_or_else(|| builtin_type_name(type_oid)),
+                    type_oid,
+                    typmod: r.get(3),
+                    name,
+                }
+            })
+            .collect();
+        let list: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{}::text", super::quote_ident(&c.name)))
+            .collect();
+        let list = if list.is_empty() {
+            "NULL".to_string()
+        } else {
+            list.join(", ")
+        };
+        self.client
+            .batch_execute(&format!(
+                "DECLARE weir_snapshot NO SCROLL CURSOR FOR SELECT {list} FROM ONLY {}",
+                quote_table(table)
+            ))
+            .await
+            .map_err(sql_err("opening the snapshot cursor"))?;
+        tracing::info!(table = %table, "Snapshot of the table started.");
+        let now = Instant::now();
+        Ok(TableScan {
+            kinds: columns.iter().map(|c| kind(c.type_oid)).collect(),
+            relation: Arc::new(Relation {
+                id: oid,
+                schema: table.schema.clone(),
+                table: table.table.clone(),
+                version: 1,
+                columns,
+            }),
+            select: format!("FETCH {} FROM weir_snapshot", self.batch_rows),
+            rows: 0,
+            started: now,
+            last_report: now,
+            done: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_follows_the_record_the_slot_and_the_checkpoints() {
+        assert_eq!(plan(None, false, false), Plan::Take { drop_slot: false });
+        assert_eq!(
+            plan(None, true, false),
+            Plan::Skip,
+            "a slot weir did not snapshot"
+        );
+        assert_eq!(
+            plan(Some(Progress::Started), true, false),
+            Plan::Take { drop_slot: true }
+        );
+        assert_eq!(plan(Some(Progress::Started), true, true), Plan::MarkDone);
+        assert_eq!(plan(Some(Progress::Done), true, true), Plan::Skip);
+    }
+}
