@@ -9,6 +9,7 @@ Prints one JSON object:
   files       number of Parquet files read
   delete_rows the delete rows, as full rows (to check what a delete carries)
   max_commit_lsn the highest _cdc_commit_lsn
+  unchanged_rows number of rows naming unchanged TOAST columns
 """
 import glob
 import json
@@ -20,7 +21,7 @@ import duckdb
 def main():
     table_dir, keys = sys.argv[1], sys.argv[2].split(",")
     files = sorted(glob.glob(f"{table_dir}/**/*.parquet", recursive=True))
-    out = {"rows": [], "ops": {}, "duplicates": 0, "files": len(files), "delete_rows": [], "max_commit_lsn": 0}
+    out = {"rows": [], "ops": {}, "duplicates": 0, "files": len(files), "delete_rows": [], "max_commit_lsn": 0, "unchanged_rows": 0}
     if not files:
         print(json.dumps(out))
         return
@@ -31,15 +32,37 @@ def main():
         f"FROM read_parquet([{file_list}], union_by_name = true, hive_partitioning = false)"
     )
     key_list = ", ".join(f'"{k}"' for k in keys)
+    columns = [r[0] for r in con.execute("DESCRIBE log").fetchall()]
+    cdc = {"_pos", "_cdc_op", "_cdc_commit_lsn", "_cdc_seq", "_cdc_xid", "_cdc_commit_ts", "_cdc_unchanged", "_cdc_unfit"}
+    source = [c for c in columns if c not in cdc]
+    has_unchanged = "_cdc_unchanged" in columns
+
+    def carried(c):
+        # An update that left a TOAST value untouched names it in _cdc_unchanged: the
+        # value is the last one written for that key before it.
+        if not has_unchanged or c in keys:
+            return f'"{c}"'
+        q = c.replace("'", "''")
+        return (
+            f"CASE WHEN list_contains(coalesce(_cdc_unchanged, []), '{q}') THEN "
+            f"(last_value(CASE WHEN NOT list_contains(coalesce(_cdc_unchanged, []), '{q}') THEN {{'v': \"{c}\"}} END IGNORE NULLS) "
+            f"OVER (PARTITION BY {key_list} ORDER BY _pos ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)).v "
+            f'ELSE "{c}" END AS "{c}"'
+        )
+
+    select = ", ".join(carried(c) for c in source)
     # The README's state-rebuild query.
     rebuild = f"""
         WITH since_truncate AS (
             SELECT * FROM log WHERE _pos > coalesce((SELECT max(_pos) FROM log WHERE _cdc_op = 't'), 0)
         ),
+        carried AS (
+            SELECT {select}, _cdc_op, _pos FROM since_truncate
+        ),
         latest AS (
-            SELECT *, row_number() OVER (PARTITION BY {key_list} ORDER BY _pos DESC) AS _rn FROM since_truncate
+            SELECT *, row_number() OVER (PARTITION BY {key_list} ORDER BY _pos DESC) AS _rn FROM carried
         )
-        SELECT * EXCLUDE (_pos, _rn, _cdc_op, _cdc_commit_lsn, _cdc_seq, _cdc_xid, _cdc_commit_ts)
+        SELECT * EXCLUDE (_pos, _rn, _cdc_op)
         FROM latest WHERE _rn = 1 AND _cdc_op <> 'd' ORDER BY {key_list}
     """
     cur = con.execute(rebuild)
@@ -50,6 +73,8 @@ def main():
         "SELECT count(*) FROM (SELECT _cdc_commit_lsn, _cdc_seq FROM log GROUP BY 1, 2 HAVING count(*) > 1)"
     ).fetchone()[0]
     out["max_commit_lsn"] = con.execute("SELECT max(_cdc_commit_lsn) FROM log").fetchone()[0]
+    if has_unchanged:
+        out["unchanged_rows"] = con.execute("SELECT count(*) FROM log WHERE len(_cdc_unchanged) > 0").fetchone()[0]
     cur = con.execute("SELECT * EXCLUDE (_pos) FROM log WHERE _cdc_op = 'd' ORDER BY _pos")
     names = [d[0] for d in cur.description]
     out["delete_rows"] = [dict(zip(names, r)) for r in cur.fetchall()]

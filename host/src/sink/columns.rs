@@ -8,7 +8,7 @@
 use arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
     FixedSizeBinaryBuilder, Float32Builder, Float64Builder, Int16Builder, Int32Builder,
-    Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    Int64Builder, StringBuilder, Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, TimeUnit};
 use std::sync::Arc;
@@ -30,6 +30,7 @@ pub mod oid {
     pub const BPCHAR: u32 = 1042;
     pub const VARCHAR: u32 = 1043;
     pub const DATE: u32 = 1082;
+    pub const TIME: u32 = 1083;
     pub const TIMESTAMP: u32 = 1114;
     pub const TIMESTAMPTZ: u32 = 1184;
     pub const NUMERIC: u32 = 1700;
@@ -60,6 +61,7 @@ fn arrow_type(type_oid: u32, typmod: i32) -> DataType {
         oid::FLOAT8 => DataType::Float64,
         oid::BYTEA => DataType::Binary,
         oid::DATE => DataType::Date32,
+        oid::TIME => DataType::Time64(TimeUnit::Microsecond),
         oid::TIMESTAMP => DataType::Timestamp(TimeUnit::Microsecond, None),
         oid::TIMESTAMPTZ => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
         oid::UUID => DataType::FixedSizeBinary(16),
@@ -101,6 +103,7 @@ pub enum ColumnBuilder {
     Float64(Float64Builder),
     Binary(BinaryBuilder),
     Date(Date32Builder),
+    Time(Time64MicrosecondBuilder),
     Timestamp(TimestampMicrosecondBuilder, Option<Arc<str>>),
     Uuid(FixedSizeBinaryBuilder),
     Decimal(Decimal128Builder, u8, i8),
@@ -119,6 +122,7 @@ impl ColumnBuilder {
             DataType::Float64 => ColumnBuilder::Float64(Float64Builder::new()),
             DataType::Binary => ColumnBuilder::Binary(BinaryBuilder::new()),
             DataType::Date32 => ColumnBuilder::Date(Date32Builder::new()),
+            DataType::Time64(_) => ColumnBuilder::Time(Time64MicrosecondBuilder::new()),
             DataType::Timestamp(_, tz) => {
                 ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::new(), tz.clone())
             }
@@ -139,6 +143,7 @@ impl ColumnBuilder {
             ColumnBuilder::Float64(b) => b.append_null(),
             ColumnBuilder::Binary(b) => b.append_null(),
             ColumnBuilder::Date(b) => b.append_null(),
+            ColumnBuilder::Time(b) => b.append_null(),
             ColumnBuilder::Timestamp(b, _) => b.append_null(),
             ColumnBuilder::Uuid(b) => b.append_null(),
             ColumnBuilder::Decimal(b, _, _) => b.append_null(),
@@ -180,6 +185,9 @@ impl ColumnBuilder {
             (ColumnBuilder::Date(b), Value::Text(s)) => {
                 b.append_value(parse_date(s).ok_or_else(|| err("date"))?)
             }
+            (ColumnBuilder::Time(b), Value::Text(s)) => {
+                b.append_value(parse_time(s).ok_or_else(|| err("time"))?)
+            }
             (ColumnBuilder::Timestamp(b, tz), Value::Text(s)) => {
                 b.append_value(parse_timestamp(s, tz.is_some()).ok_or_else(|| err("timestamp"))?)
             }
@@ -210,6 +218,7 @@ impl ColumnBuilder {
             ColumnBuilder::Float64(b) => Arc::new(b.finish()),
             ColumnBuilder::Binary(b) => Arc::new(b.finish()),
             ColumnBuilder::Date(b) => Arc::new(b.finish()),
+            ColumnBuilder::Time(b) => Arc::new(b.finish()),
             ColumnBuilder::Timestamp(b, tz) => Arc::new(b.finish().with_timezone_opt(tz.clone())),
             ColumnBuilder::Uuid(b) => Arc::new(b.finish()),
             ColumnBuilder::Decimal(b, p, s) => Arc::new(
@@ -248,23 +257,65 @@ fn digits(s: &str) -> Option<u32> {
     s.parse().ok()
 }
 
-/// `YYYY-MM-DD` (ISO DateStyle) to days since the Unix epoch.
+/// `YYYY-MM-DD[ BC]` (ISO DateStyle) to days since the Unix epoch; `infinity` and
+/// `-infinity` to `i32::MAX` and `-i32::MAX`, the values DuckDB reads as infinities.
 fn parse_date(s: &str) -> Option<i32> {
+    match s {
+        "infinity" => return Some(i32::MAX),
+        "-infinity" => return Some(-i32::MAX),
+        _ => {}
+    }
+    let (s, bc) = match s.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (s, false),
+    };
     let mut parts = s.splitn(3, '-');
     let (y, m, d) = (
         digits(parts.next()?)?,
         digits(parts.next()?)?,
         digits(parts.next()?)?,
     );
-    let date = chrono::NaiveDate::from_ymd_opt(y as i32, m, d)?;
+    // 1 BC is year 0 of the proleptic Gregorian calendar.
+    let year = if bc { 1 - y as i32 } else { y as i32 };
+    let date = chrono::NaiveDate::from_ymd_opt(year, m, d)?;
     Some((date - chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?).num_days() as i32)
+}
+
+/// `HH:MM:SS[.ffffff]` to microseconds since midnight (`24:00:00` included).
+fn parse_time(s: &str) -> Option<i64> {
+    let (hms, frac) = s.split_once('.').unwrap_or((s, ""));
+    let mut f = hms.split(':');
+    let (h, m, sec) = (
+        digits(f.next()?)? as i64,
+        digits(f.next()?)? as i64,
+        digits(f.next()?)? as i64,
+    );
+    if frac.len() > 6 || (!frac.is_empty() && digits(frac).is_none()) {
+        return None;
+    }
+    let micros = if frac.is_empty() {
+        0
+    } else {
+        digits(frac)? as i64 * 10i64.pow(6 - frac.len() as u32)
+    };
+    let v = (h * 3600 + m * 60 + sec) * 1_000_000 + micros;
+    (v <= 86_400_000_000).then_some(v)
 }
 
 /// `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM[:SS]]]` to microseconds since the Unix epoch (UTC
 /// for timestamptz, whose offset is applied).
 fn parse_timestamp(s: &str, with_zone: bool) -> Option<i64> {
+    match s {
+        "infinity" => return Some(i64::MAX),
+        "-infinity" => return Some(-i64::MAX),
+        _ => {}
+    }
+    let (s, bc) = match s.strip_suffix(" BC") {
+        Some(rest) => (rest, " BC"),
+        None => (s, ""),
+    };
     let (date, time) = s.split_once(' ')?;
-    let days = parse_date(date)? as i64;
+    let days = parse_date(&format!("{date}{bc}"))? as i64;
     // Split off a zone offset: the first '+' or '-' after the time of day.
     let (clock, offset_secs) = match time.find(['+', '-']) {
         Some(i) if with_zone => {
@@ -346,7 +397,25 @@ mod tests {
     fn dates_and_timestamps() {
         assert_eq!(parse_date("1970-01-02"), Some(1));
         assert_eq!(parse_date("1969-12-31"), Some(-1));
-        assert_eq!(parse_date("infinity"), None);
+        assert_eq!(parse_date("infinity"), Some(i32::MAX));
+        assert_eq!(parse_date("-infinity"), Some(-i32::MAX));
+        // 44 BC is astronomical year -43.
+        assert_eq!(
+            parse_date("0044-03-15 BC"),
+            Some(
+                (chrono::NaiveDate::from_ymd_opt(-43, 3, 15).unwrap()
+                    - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap())
+                .num_days() as i32
+            )
+        );
+        assert_eq!(parse_timestamp("infinity", true), Some(i64::MAX));
+        assert_eq!(
+            parse_timestamp("0001-01-01 00:00:00+00 BC", true),
+            parse_date("0001-01-01 BC").map(|d| d as i64 * 86_400_000_000)
+        );
+        assert_eq!(parse_time("00:00:01.25"), Some(1_250_000));
+        assert_eq!(parse_time("24:00:00"), Some(86_400_000_000));
+        assert_eq!(parse_time("25:00:00"), None);
         assert_eq!(
             parse_timestamp("1970-01-01 00:00:01.5", false),
             Some(1_500_000)

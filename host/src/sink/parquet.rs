@@ -2,7 +2,9 @@
 //!
 //! One changelog per source table under `<url>/<schema>/<table>/`, partitioned by the
 //! commit time window, each row a change: the source columns and `_cdc_op`,
-//! `_cdc_commit_lsn`, `_cdc_seq`, `_cdc_xid`, `_cdc_commit_ts`. Files stream to object
+//! `_cdc_commit_lsn`, `_cdc_seq`, `_cdc_xid`, `_cdc_commit_ts`, `_cdc_unchanged` (the
+//! columns an update left untouched and PostgreSQL did not send: unchanged TOAST values)
+//! and `_cdc_unfit` (values their column's type cannot hold, as PostgreSQL's text). Files stream to object
 //! storage as multipart uploads, so an open file costs a row group and an upload part of
 //! memory however large it grows, and a file is visible only once complete.
 
@@ -13,7 +15,7 @@ use crate::checkpoint::{CheckpointStore, CommitPos};
 use crate::config::{Compression, ParquetSinkConfig, Partitioning};
 use crate::lsn::Lsn;
 use arrow::array::{
-    ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, Int64Builder, ListBuilder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use object_store::ObjectStore;
@@ -35,12 +37,14 @@ const CHUNK_ROWS: usize = 8192;
 const UPLOAD_PART: usize = 8 << 20;
 
 /// The changelog columns after the source columns.
-pub const CDC_COLUMNS: [&str; 5] = [
+pub const CDC_COLUMNS: [&str; 7] = [
     "_cdc_op",
     "_cdc_commit_lsn",
     "_cdc_seq",
     "_cdc_xid",
     "_cdc_commit_ts",
+    "_cdc_unchanged",
+    "_cdc_unfit",
 ];
 
 /// The changelog schema of a relation.
@@ -55,6 +59,15 @@ pub fn changelog_schema(relation: &Relation) -> SchemaRef {
         DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
         false,
     ));
+    fields.push(Field::new(
+        "_cdc_unchanged",
+        DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+        true,
+    ));
+    fields.push(
+        Field::new("_cdc_unfit", DataType::Utf8, true)
+            .with_extension_type(arrow_schema::extension::Json::default()),
+    );
     Arc::new(Schema::new(fields))
 }
 
@@ -71,12 +84,15 @@ struct OpenFile {
     seq: Int64Builder,
     xid: Int64Builder,
     commit_ts: TimestampMicrosecondBuilder,
+    unchanged: ListBuilder<StringBuilder>,
+    unfit: StringBuilder,
     buffered: usize,
     writer: AsyncArrowWriter<ParquetObjectWriter>,
 }
 
 impl OpenFile {
     fn append(&mut self, event: &Event, relation: &Relation) {
+        let mut unfit = serde_json::Map::new();
         let row = match event.op {
             Op::Read | Op::Insert | Op::Update => event.after.as_ref(),
             Op::Delete => event.before.as_ref(),
@@ -86,17 +102,35 @@ impl OpenFile {
             Some(values) => {
                 for (i, (builder, value)) in self.columns.iter_mut().zip(values).enumerate() {
                     if let Err(e) = builder.append(value) {
+                        let column = &relation.columns[i].name;
                         tracing::warn!(
                             table = %self.relation,
-                            column = %relation.columns[i].name,
+                            %column,
                             lsn = %Lsn(event.commit_lsn),
                             error = %e,
-                            "Value written as null: its column type cannot hold it."
+                            "A value its column type cannot hold: null in the column, kept as text in _cdc_unfit."
                         );
+                        unfit.insert(column.clone(), serde_json::Value::String(e.value));
                     }
                 }
             }
             None => self.columns.iter_mut().for_each(ColumnBuilder::append_null),
+        }
+        match unfit.is_empty() {
+            true => self.unfit.append_null(),
+            false => self
+                .unfit
+                .append_value(serde_json::Value::Object(unfit).to_string()),
+        }
+        if event.unchanged.is_empty() || !matches!(event.op, Op::Update) {
+            self.unchanged.append_null();
+        } else {
+            for &i in &event.unchanged {
+                if let Some(c) = relation.columns.get(i as usize) {
+                    self.unchanged.values().append_value(&c.name);
+                }
+            }
+            self.unchanged.append(true);
         }
         self.op.append_value(event.op.code());
         self.commit_lsn.append_value(event.commit_lsn as i64);
@@ -118,6 +152,8 @@ impl OpenFile {
         arrays.push(Arc::new(self.seq.finish()));
         arrays.push(Arc::new(self.xid.finish()));
         arrays.push(Arc::new(self.commit_ts.finish().with_timezone("UTC")));
+        arrays.push(Arc::new(self.unchanged.finish()));
+        arrays.push(Arc::new(self.unfit.finish()));
         self.buffered = 0;
         let batch = RecordBatch::try_new(self.schema.clone(), arrays)
             .map_err(|e| write_err(&self.path, e))?;
@@ -316,6 +352,8 @@ impl ParquetSink {
             seq: Int64Builder::new(),
             xid: Int64Builder::new(),
             commit_ts: TimestampMicrosecondBuilder::new(),
+            unchanged: ListBuilder::new(StringBuilder::new()),
+            unfit: StringBuilder::new(),
             buffered: 0,
             writer,
         })

@@ -224,11 +224,19 @@ impl SnapshotReader {
                 self.current = Some(self.open(&table).await?);
             }
             let scan = self.current.as_mut().expect("opened above");
-            let rows = self
+            // The simple protocol returns each value as its type's output function
+            // renders it: the same text pgoutput sends while streaming.
+            let rows: Vec<tokio_postgres::SimpleQueryRow> = self
                 .client
-                .query(scan.select.as_str(), &[])
+                .simple_query(scan.select.as_str())
                 .await
-                .map_err(sql_err("reading the snapshot"))?;
+                .map_err(sql_err("reading the snapshot"))?
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                    _ => None,
+                })
+                .collect();
             if rows.len() < self.batch_rows {
                 scan.done = true;
             }
@@ -240,7 +248,7 @@ impl SnapshotReader {
             let mut bytes = 0u64;
             for row in &rows {
                 let values = (0..scan.kinds.len())
-                    .map(|i| match row.get::<_, Option<&str>>(i) {
+                    .map(|i| match row.get(i) {
                         None => weir_sdk::Value::Null,
                         Some(t) => {
                             bytes += t.len() as u64;
@@ -322,7 +330,7 @@ impl SnapshotReader {
             .collect();
         let list: Vec<String> = columns
             .iter()
-            .map(|c| format!("{}::text", super::quote_ident(&c.name)))
+            .map(|c| super::quote_ident(&c.name))
             .collect();
         let list = if list.is_empty() {
             "NULL".to_string()

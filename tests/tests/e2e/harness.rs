@@ -186,6 +186,8 @@ pub struct Changelog {
     pub delete_rows: Vec<Value>,
     /// The highest `_cdc_commit_lsn` in the changelog.
     pub max_commit_lsn: u64,
+    /// Rows whose `_cdc_unchanged` names a column.
+    pub unchanged_rows: u64,
 }
 
 impl Changelog {
@@ -219,6 +221,7 @@ pub fn read_changelog(dir: &Path, keys: &str) -> Changelog {
         files: v["files"].as_u64().unwrap(),
         delete_rows: v["delete_rows"].as_array().unwrap().clone(),
         max_commit_lsn: v["max_commit_lsn"].as_u64().unwrap_or(0),
+        unchanged_rows: v["unchanged_rows"].as_u64().unwrap_or(0),
     }
 }
 

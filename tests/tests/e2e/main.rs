@@ -4,6 +4,7 @@
 //! - `streaming`: every kind of change, several tables, transactions, replica identities,
 //!   transactions larger than a batch, idle slots.
 //! - `snapshot`: the initial snapshot and its hand-over to streaming.
+//! - `types`: every built-in type read back against PostgreSQL's rendering; TOAST.
 //! - `recovery`: restart from the checkpoint, SIGTERM, and `kill -9` during writes.
 //! - `bad_input`: each user mistake prints one line naming the fix and changes nothing.
 //! - `cli`: `weir validate` and the example configurations.
@@ -22,3 +23,4 @@ mod recovery;
 mod sinks;
 mod snapshot;
 mod streaming;
+mod types;
