@@ -289,7 +289,24 @@ impl Decoder {
             Some(old) if old.relation.columns == columns && old.relation.table == table.table => {
                 old.relation.version
             }
-            Some(old) => old.relation.version + 1,
+            Some(old) => {
+                if self.captured.contains(&table) {
+                    let names = |cols: &[Column]| {
+                        cols.iter()
+                            .map(|c| format!("{} {}", c.name, c.type_name))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    tracing::info!(
+                        table = %table,
+                        version = old.relation.version + 1,
+                        columns = %names(&columns),
+                        was = %names(&old.relation.columns),
+                        "The table's columns changed: new files carry the new schema."
+                    );
+                }
+                old.relation.version + 1
+            }
             None => 1,
         };
         let entry = RelEntry {

@@ -271,3 +271,72 @@ fn an_unchanged_toast_value_is_marked_and_carried_forward() {
         "the updates that left the out-of-line body alone say so"
     );
 }
+
+#[test]
+fn each_kind_of_alter_table_mid_stream_starts_a_new_schema_version() {
+    let db = TestDb::new("ddl");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, a int, b text)");
+    let config = db.config(&["public.t"]);
+    db.catch_up(&config);
+    // One run sees every change and every ALTER in one stream, without stopping.
+    db.sql("INSERT INTO t VALUES (1, 1, 'x')");
+    db.sql("ALTER TABLE t ADD COLUMN c text DEFAULT 'new'");
+    db.sql("INSERT INTO t VALUES (2, 2, 'y', 'z')");
+    db.sql("ALTER TABLE t DROP COLUMN b");
+    db.sql("INSERT INTO t VALUES (3, 3, 'w')");
+    db.sql("ALTER TABLE t RENAME COLUMN c TO d");
+    db.sql("INSERT INTO t VALUES (4, 4, 'v')");
+    db.sql("ALTER TABLE t ALTER COLUMN a TYPE bigint");
+    db.sql("INSERT INTO t VALUES (5, 5000000000, 'u')");
+    db.sql("UPDATE t SET a = a + 1 WHERE id = 1");
+    let out = db.catch_up(&config);
+    assert!(
+        crate::harness::stderr(&out).contains("The table's columns changed"),
+        "each change is logged"
+    );
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/versions.py");
+    let python = std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
+        .arg(script)
+        .arg(db.out().join("public").join("t"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by_version = |v: u64| -> (Vec<String>, u64) {
+        let fs: Vec<&Value> = files
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["version"] == v)
+            .collect();
+        assert!(!fs.is_empty(), "files of schema version {v}: {files}");
+        let cols = fs[0]["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect();
+        (cols, fs.iter().map(|f| f["rows"].as_u64().unwrap()).sum())
+    };
+    assert_eq!(
+        by_version(1),
+        (vec!["id".into(), "a".into(), "b".into()], 1)
+    );
+    assert_eq!(by_version(2).0, ["id", "a", "b", "c"], "ADD COLUMN");
+    assert_eq!(by_version(3).0, ["id", "a", "c"], "DROP COLUMN");
+    assert_eq!(by_version(4).0, ["id", "a", "d"], "RENAME COLUMN");
+    assert_eq!(
+        by_version(5),
+        (vec!["id".into(), "a".into(), "d".into()], 2),
+        "ALTER TYPE"
+    );
+    let log = db.changelog("public.t", "id");
+    assert_eq!((log.op("c"), log.op("u")), (5, 1));
+    assert_eq!(log.duplicates, 0);
+}
