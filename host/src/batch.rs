@@ -47,6 +47,19 @@ pub struct SourceBatch {
     pub position: Position,
     /// Bytes of row data (an estimate of the batch's size).
     pub bytes: u64,
+    /// weir's own logical messages in the stream (backfill requests and watermarks), at
+    /// their place among the events.
+    pub markers: Vec<Marker>,
+}
+
+/// A non-transactional logical message with a `weir.` prefix, between transactions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    /// Index in `batch.events` of the first event after it.
+    pub at: usize,
+    pub lsn: Lsn,
+    pub prefix: String,
+    pub content: String,
 }
 
 /// Accumulates events into batches.
@@ -61,6 +74,7 @@ pub struct Batcher {
     started: Option<Instant>,
     /// Transactions that ended inside the current batch.
     commits: usize,
+    markers: Vec<Marker>,
 }
 
 impl Batcher {
@@ -73,7 +87,19 @@ impl Batcher {
             position: Position::default(),
             started: None,
             commits: 0,
+            markers: Vec::new(),
         }
+    }
+
+    /// Records one of weir's logical messages at the current place in the batch.
+    pub fn marker(&mut self, lsn: Lsn, prefix: &str, content: &str) {
+        self.markers.push(Marker {
+            at: self.current.events.len(),
+            lsn,
+            prefix: prefix.to_owned(),
+            content: content.to_owned(),
+        });
+        self.started.get_or_insert_with(Instant::now);
     }
 
     /// Adds an event of `relation`; `bytes` is the size of its row data.
@@ -135,7 +161,7 @@ impl Batcher {
 
     /// True when nothing has been added since the last cut.
     pub fn is_empty(&self) -> bool {
-        self.current.events.is_empty()
+        self.current.events.is_empty() && self.markers.is_empty()
     }
 
     /// The stream position as of the events pushed so far.
@@ -152,6 +178,7 @@ impl Batcher {
             batch: std::mem::take(&mut self.current),
             position: self.position,
             bytes: std::mem::take(&mut self.bytes),
+            markers: std::mem::take(&mut self.markers),
         }
     }
 }

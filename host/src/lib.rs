@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backfill;
 pub mod batch;
 pub mod checkpoint;
 pub mod cli;

@@ -1,5 +1,6 @@
 //! The pipeline: source, batches, sinks, checkpoint. The whole data flow in one place.
 
+use crate::backfill::Backfills;
 use crate::batch::{Position, SourceBatch};
 use crate::config::SnapshotMode;
 use crate::config::{PipelineConfig, SinkConfig};
@@ -80,8 +81,8 @@ pub async fn run(
     let control = Control::connect(&config.source.url).await?;
     // Nothing is created or written before every check has passed.
     let info = control.preflight(&config.source).await?;
-    let target = match options.until_caught_up {
-        true => Some(CaughtUp::mark(&control).await?),
+    let mut target = match options.until_caught_up {
+        true => Some(CaughtUp::mark(&control, info.slot_exists).await?),
         false => None,
     };
     let plugins = Plugins::setup(config)?;
@@ -150,8 +151,32 @@ pub async fn run(
             state.write(Progress::Done, Some(point)).await?;
             resume = Some(snapshot_commit(point));
             session = Some(client);
+            if let Some(t) = target.as_mut() {
+                t.slot_recreated();
+            }
         }
     }
+
+    // Tables added to the publication now have rows from before: backfill them.
+    let mut backfills = match (config.source.snapshot, config.state_url()) {
+        (SnapshotMode::Initial, Some(state)) => {
+            let mut b = Backfills::open(
+                &config.source.url,
+                state,
+                &config.source.slot,
+                info.clone(),
+                config.source.tables.clone(),
+                config.batch.max_events,
+                resume,
+            )
+            .await?;
+            for table in info.publication_missing.iter().flatten() {
+                b.request(table).await?;
+            }
+            Some(b)
+        }
+        _ => None,
+    };
 
     let mut source = PgSource::start(
         &control,
@@ -168,6 +193,7 @@ pub async fn run(
         &mut source,
         &mut transforms,
         &mut sinks,
+        backfills.as_mut(),
         target,
         &options,
         &stats,
@@ -202,16 +228,27 @@ async fn stream(
     source: &mut PgSource,
     transforms: &mut Transforms,
     sinks: &mut Sinks,
-    target: Option<CaughtUp>,
+    mut backfills: Option<&mut Backfills>,
+    mut target: Option<CaughtUp>,
     options: &RunOptions,
     stats: &Stats,
 ) -> Result<Position, PipelineError> {
     let mut position = Position::default();
     loop {
+        if let Some(b) = backfills.as_deref_mut() {
+            b.step().await?; // the next chunk of a table being backfilled, if any
+        }
         let batch = tokio::select! {
             biased;
             _ = options.shutdown.cancelled() => return Ok(position),
             b = source.next_batch() => b?.ok_or(PipelineError::StreamEnded)?,
+        };
+        if let Some(t) = target.as_mut() {
+            t.observe(&batch.markers);
+        }
+        let batch = match backfills.as_deref_mut() {
+            Some(b) => b.process(batch).await?, // backfilled rows at their watermarks
+            None => batch,
         };
         if !batch.batch.events.is_empty() {
             stats.add_batch();
@@ -223,7 +260,8 @@ async fn stream(
             source.acknowledge(lsn); // the slot's flush position: only what is durable
             stats.set_checkpoint(lsn);
         }
-        if target.as_ref().is_some_and(|t| t.reached(&position)) {
+        let backfilling = backfills.as_deref().is_some_and(|b| !b.idle());
+        if !backfilling && target.as_ref().is_some_and(|t| t.reached(&position)) {
             tracing::info!(position = %position.delivered_through(), "Caught up with the source.");
             return Ok(position);
         }
@@ -302,29 +340,66 @@ impl InitialSnapshot<'_> {
 
 /// The point `--until-caught-up` waits for: the server's flushed WAL position when the
 /// run started. Every transaction committed before then ends at or before it.
-#[derive(Debug, Clone, Copy)]
-struct CaughtUp(Lsn);
+#[derive(Debug, Clone)]
+struct CaughtUp {
+    target: Lsn,
+    /// A logical message written after the mark, when the stream will pass it (the slot
+    /// existed before): reaching it proves every earlier message (a backfill request)
+    /// was seen, which a keepalive position alone does not.
+    marker: Option<String>,
+    seen: bool,
+}
 
 impl CaughtUp {
-    async fn mark(control: &Control) -> Result<CaughtUp, SourceError> {
+    const PREFIX: &str = "weir.caught-up";
+
+    async fn mark(control: &Control, slot_exists: bool) -> Result<CaughtUp, SourceError> {
         let target = control.current_wal_flush_lsn().await?;
-        // A logical message after the mark: the stream reaches it (and so the mark) at
-        // once even when the server is otherwise idle and its last record is incomplete.
-        if let Err(e) = control
+        let id = format!("{:x}", chrono::Utc::now().timestamp_micros());
+        // The message also lets the stream reach the mark at once when the server is
+        // otherwise idle and its last record is incomplete.
+        let marker = match control
             .client
             .execute(
-                "SELECT pg_logical_emit_message(false, 'weir', 'caught-up')",
-                &[],
+                "SELECT pg_logical_emit_message(false, $1, $2)",
+                &[&Self::PREFIX, &id],
             )
             .await
         {
-            tracing::debug!(error = %e, "No marker message; waiting for keepalives instead.");
+            Ok(_) => slot_exists.then_some(id),
+            Err(e) => {
+                tracing::debug!(error = %e, "No marker message; waiting for keepalives instead.");
+                None
+            }
+        };
+        Ok(CaughtUp {
+            target,
+            marker,
+            seen: false,
+        })
+    }
+
+    /// The slot was made after the mark: the stream never passes the marker.
+    fn slot_recreated(&mut self) {
+        self.marker = None;
+    }
+
+    fn observe(&mut self, markers: &[crate::batch::Marker]) {
+        if let Some(id) = &self.marker
+            && markers
+                .iter()
+                .any(|m| m.prefix == Self::PREFIX && m.content == *id)
+        {
+            self.seen = true;
         }
-        Ok(CaughtUp(target))
     }
 
     fn reached(&self, position: &Position) -> bool {
-        !position.in_tx && position.delivered_through() >= self.0
+        !position.in_tx
+            && match self.marker {
+                Some(_) => self.seen,
+                None => position.delivered_through() >= self.target,
+            }
     }
 }
 

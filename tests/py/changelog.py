@@ -72,6 +72,11 @@ def main():
     out["duplicates"] = con.execute(
         "SELECT count(*) FROM (SELECT _cdc_commit_lsn, _cdc_seq FROM log GROUP BY 1, 2 HAVING count(*) > 1)"
     ).fetchone()[0]
+    out["duplicate_examples"] = [
+        list(r) for r in con.execute(
+            "SELECT _cdc_commit_lsn, _cdc_seq, list(_cdc_op), list(_cdc_commit_ts::VARCHAR) FROM log GROUP BY 1, 2 HAVING count(*) > 1 LIMIT 5"
+        ).fetchall()
+    ]
     out["max_commit_lsn"] = con.execute("SELECT max(_cdc_commit_lsn) FROM log").fetchone()[0]
     if has_unchanged:
         out["unchanged_rows"] = con.execute("SELECT count(*) FROM log WHERE len(_cdc_unchanged) > 0").fetchone()[0]

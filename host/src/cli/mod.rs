@@ -50,6 +50,16 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Re-read a table's existing rows into the output while the pipeline streams (a
+    /// backfill with watermarks: exact, without pausing the stream). The running pipeline
+    /// picks the request up from the WAL; a stopped one does at its next start.
+    Snapshot {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// The table, `schema.table`; one of the pipeline's tables.
+        #[arg(long)]
+        table: crate::config::TableName,
+    },
     /// List or replay the events plugins set aside under on_error = "dead-letter".
     #[command(subcommand)]
     DeadLetter(DeadLetterCommand),
@@ -107,6 +117,7 @@ pub fn main() -> ExitCode {
             } => run(&pipeline, until_caught_up).await,
             Command::Validate { pipeline, offline } => validate(&pipeline, offline).await,
             Command::DeadLetter(c) => dead_letter(c).await,
+            Command::Snapshot { pipeline, table } => snapshot(&pipeline, &table).await,
             Command::Demo { out, rows } => demo::demo(&out, rows).await,
         }
     });
@@ -169,6 +180,40 @@ fn shutdown_on_signals() -> CancellationToken {
         std::process::exit(130);
     });
     token
+}
+
+async fn snapshot(path: &std::path::Path, table: &crate::config::TableName) -> anyhow::Result<()> {
+    let config = PipelineConfig::load(path)?;
+    if !config.source.tables.contains(table) {
+        anyhow::bail!(
+            "{table} is not one of the pipeline's tables ({}): add it to source.tables first",
+            config
+                .source
+                .tables
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if config.source.snapshot == crate::config::SnapshotMode::Never {
+        anyhow::bail!(
+            "the pipeline has snapshot = \"never\": set it to \"initial\" to backfill tables"
+        );
+    }
+    let control = crate::source::Control::connect(&config.source.url).await?;
+    let row = control
+        .client
+        .query_one(
+            "SELECT pg_logical_emit_message(false, $1, $2)::text",
+            &[&crate::backfill::REQUEST, &table.to_string()],
+        )
+        .await?;
+    let lsn: String = row.get(0);
+    println!(
+        "backfill of {table} requested at {lsn}: the running pipeline (or its next run) reads its rows in chunks while it streams"
+    );
+    Ok(())
 }
 
 async fn dead_letter(command: DeadLetterCommand) -> anyhow::Result<()> {

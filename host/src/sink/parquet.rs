@@ -540,6 +540,7 @@ mod tests {
                 ..Default::default()
             },
             bytes: 0,
+            markers: vec![],
         }
     }
 

@@ -162,11 +162,11 @@ fn pg_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
-fn quote_ident(s: &str) -> String {
+pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-fn quote_table(t: &TableName) -> String {
+pub(crate) fn quote_table(t: &TableName) -> String {
     format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.table))
 }
 
@@ -764,12 +764,19 @@ impl Stream {
                 prefix,
                 lsn,
                 transactional,
-                ..
+                content,
             } => {
                 tracing::debug!(%prefix, lsn = %Lsn::from(*lsn), "Logical decoding message (not a row change).");
                 // Everything before a non-transactional message has been delivered.
                 if !transactional {
                     self.batcher.keepalive((*lsn).into());
+                    if prefix.starts_with("weir.") {
+                        self.batcher.marker(
+                            (*lsn).into(),
+                            prefix,
+                            &String::from_utf8_lossy(content),
+                        );
+                    }
                 }
                 return Ok(());
             }

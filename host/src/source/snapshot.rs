@@ -214,6 +214,7 @@ impl SnapshotReader {
                             idle_wal_end: Lsn::ZERO,
                         },
                         bytes: 0,
+                        markers: vec![],
                     }));
                 }
                 if self.next_table == usize::MAX {
@@ -247,15 +248,8 @@ impl SnapshotReader {
             let rel = batch.push_relation((*scan.relation).clone());
             let mut bytes = 0u64;
             for row in &rows {
-                let values = (0..scan.kinds.len())
-                    .map(|i| match row.get(i) {
-                        None => weir_sdk::Value::Null,
-                        Some(t) => {
-                            bytes += t.len() as u64;
-                            text_value(t.as_bytes(), scan.kinds[i])
-                        }
-                    })
-                    .collect();
+                let (values, n) = row_values(row, &scan.kinds);
+                bytes += n;
                 batch.events.push(Event {
                     op: Op::Read,
                     rel,
@@ -283,63 +277,18 @@ impl SnapshotReader {
                     idle_wal_end: Lsn::ZERO,
                 },
                 bytes,
+                markers: vec![],
             }));
         }
     }
 
     /// The table's relation as streaming describes it, and a cursor over its rows.
     async fn open(&mut self, table: &TableName) -> Result<TableScan, SourceError> {
-        let rows = self
-            .client
-            .query(
-                "SELECT c.oid, a.attname::text, a.atttypid, a.atttypmod \
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 JOIN pg_attribute a ON a.attrelid = c.oid \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 \
-                   AND NOT a.attisdropped AND a.attgenerated = '' \
-                 ORDER BY a.attnum",
-                &[&table.schema, &table.table],
-            )
-            .await
-            .map_err(sql_err("reading the table's columns"))?;
-        let oid: u32 = rows.first().map_or(0, |r| r.get(0));
-        let pk = self
-            .info
-            .primary_keys
-            .get(table)
-            .cloned()
-            .unwrap_or_default();
-        let columns: Vec<Column> = rows
-            .iter()
-            .map(|r| {
-                let name: String = r.get(1);
-                let type_oid: u32 = r.get(2);
-                Column {
-                    key: pk.contains(&name),
-                    type_name: self
-                        .info
-                        .type_names
-                        .get(&type_oid)
-                        .cloned()
-                        .unwrap_or_else(|| builtin_type_name(type_oid)),
-                    type_oid,
-                    typmod: r.get(3),
-                    name,
-                }
-            })
-            .collect();
-        let list: Vec<String> = columns
-            .iter()
-            .map(|c| super::quote_ident(&c.name))
-            .collect();
-        let list = if list.is_empty() {
-            "NULL".to_string()
-        } else {
-            list.join(", ")
-        };
+        let relation = table_relation(&self.client, &self.info, table).await?;
         self.client
             .batch_execute(&format!(
-                "DECLARE weir_snapshot NO SCROLL CURSOR FOR SELECT {list} FROM ONLY {}",
+                "DECLARE weir_snapshot NO SCROLL CURSOR FOR SELECT {} FROM ONLY {}",
+                select_list(&relation),
                 quote_table(table)
             ))
             .await
@@ -347,14 +296,8 @@ impl SnapshotReader {
         tracing::info!(table = %table, "Snapshot of the table started.");
         let now = Instant::now();
         Ok(TableScan {
-            kinds: columns.iter().map(|c| kind(c.type_oid)).collect(),
-            relation: Arc::new(Relation {
-                id: oid,
-                schema: table.schema.clone(),
-                table: table.table.clone(),
-                version: 1,
-                columns,
-            }),
+            kinds: relation.columns.iter().map(|c| kind(c.type_oid)).collect(),
+            relation: Arc::new(relation),
             select: format!("FETCH {} FROM weir_snapshot", self.batch_rows),
             rows: 0,
             started: now,
@@ -362,6 +305,87 @@ impl SnapshotReader {
             done: false,
         })
     }
+}
+
+/// A table's relation as streaming describes it (columns in order, without dropped and
+/// generated ones; key flags from the primary key), read from the catalog.
+pub(crate) async fn table_relation(
+    client: &tokio_postgres::Client,
+    info: &SourceInfo,
+    table: &TableName,
+) -> Result<Relation, SourceError> {
+    let rows = client
+        .query(
+            "SELECT c.oid, a.attname::text, a.atttypid, a.atttypmod \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 \
+               AND NOT a.attisdropped AND a.attgenerated = '' \
+             ORDER BY a.attnum",
+            &[&table.schema, &table.table],
+        )
+        .await
+        .map_err(sql_err("reading the table's columns"))?;
+    let oid: u32 = rows.first().map_or(0, |r| r.get(0));
+    let pk = info.primary_keys.get(table).cloned().unwrap_or_default();
+    let columns: Vec<Column> = rows
+        .iter()
+        .map(|r| {
+            let name: String = r.get(1);
+            let type_oid: u32 = r.get(2);
+            Column {
+                key: pk.contains(&name),
+                type_name: info
+                    .type_names
+                    .get(&type_oid)
+                    .cloned()
+                    .unwrap_or_else(|| builtin_type_name(type_oid)),
+                type_oid,
+                typmod: r.get(3),
+                name,
+            }
+        })
+        .collect();
+    Ok(Relation {
+        id: oid,
+        schema: table.schema.clone(),
+        table: table.table.clone(),
+        version: 1,
+        columns,
+    })
+}
+
+/// The relation's columns for a SELECT, in order.
+pub(crate) fn select_list(relation: &Relation) -> String {
+    let list: Vec<String> = relation
+        .columns
+        .iter()
+        .map(|c| super::quote_ident(&c.name))
+        .collect();
+    if list.is_empty() {
+        "NULL".to_string()
+    } else {
+        list.join(", ")
+    }
+}
+
+/// A row of the simple protocol (each value as its type's output renders it) as event
+/// values, and the bytes it carried.
+pub(crate) fn row_values(
+    row: &tokio_postgres::SimpleQueryRow,
+    kinds: &[super::decoder::Kind],
+) -> (Vec<weir_sdk::Value>, u64) {
+    let mut bytes = 0u64;
+    let values = (0..kinds.len())
+        .map(|i| match row.get(i) {
+            None => weir_sdk::Value::Null,
+            Some(t) => {
+                bytes += t.len() as u64;
+                text_value(t.as_bytes(), kinds[i])
+            }
+        })
+        .collect();
+    (values, bytes)
 }
 
 #[cfg(test)]

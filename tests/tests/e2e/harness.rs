@@ -188,6 +188,8 @@ pub struct Changelog {
     pub max_commit_lsn: u64,
     /// Rows whose `_cdc_unchanged` names a column.
     pub unchanged_rows: u64,
+    /// Up to 5 duplicated positions: (commit_lsn, seq, ops, commit times).
+    pub duplicate_examples: Value,
 }
 
 impl Changelog {
@@ -222,6 +224,7 @@ pub fn read_changelog(dir: &Path, keys: &str) -> Changelog {
         delete_rows: v["delete_rows"].as_array().unwrap().clone(),
         max_commit_lsn: v["max_commit_lsn"].as_u64().unwrap_or(0),
         unchanged_rows: v["unchanged_rows"].as_u64().unwrap_or(0),
+        duplicate_examples: v["duplicate_examples"].clone(),
     }
 }
 
@@ -231,7 +234,8 @@ pub fn assert_same_state(db: &TestDb, table: &str, key: &str) -> Changelog {
     let source = db.rows(table, key);
     assert_eq!(
         changelog.duplicates, 0,
-        "changelog of {table} has duplicate (commit_lsn, seq) rows"
+        "changelog of {table} has duplicate (commit_lsn, seq) rows, for example {:?}",
+        changelog.duplicate_examples
     );
     assert_eq!(
         changelog.rows.len(),

@@ -136,3 +136,98 @@ fn with_snapshot_never_only_changes_after_the_slot_are_captured() {
     let t = db.changelog("public.t", "id");
     assert_eq!((t.op("r"), t.op("c")), (0, 5));
 }
+
+#[test]
+fn a_table_added_later_is_backfilled_exactly_while_the_stream_goes_on() {
+    let db = TestDb::new("backfill");
+    db.sql("CREATE TABLE a (id int PRIMARY KEY, v text)");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
+    db.sql("INSERT INTO t SELECT -g, 0, md5(g::text) FROM generate_series(1, 30000) g");
+    let config = db.config_with(&["public.a"], "", "max_events = 700", "");
+    db.catch_up(&config);
+    db.sql("INSERT INTO a VALUES (1, 'x')");
+
+    // `t` joins the pipeline while it is written to.
+    let config = db.config_with(&["public.a", "public.t"], "", "max_events = 700", "");
+    let writer = Writer::start(db.url());
+    let churn = Churn::start(&db, 30000);
+    let out = db.catch_up(&config);
+    let err = stderr(&out);
+    assert!(err.contains("Backfill done"), "{err}");
+    let rounds = churn.finish();
+    let [inserts, _, _] = writer.finish();
+    assert!(rounds > 2 && inserts > 20, "writes ran during the backfill");
+    db.catch_up(&config);
+    let t = assert_same_state(&db, "public.t", "id");
+    assert!(
+        t.op("r") >= 29_000,
+        "existing rows as op = r ({})",
+        t.op("r")
+    );
+    assert_same_state(&db, "public.a", "id");
+
+    // On demand: the table is read again, and the state is still exact.
+    let out = db
+        .weir(&["snapshot", config.to_str().unwrap(), "--table", "public.t"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("backfill of public.t requested"));
+    let before = t.op("r");
+    let out = db.catch_up(&config);
+    let t = assert_same_state(&db, "public.t", "id");
+    let rows = db.rows("public.t", "id").len() as u64;
+    assert_eq!(
+        t.op("r"),
+        before + rows,
+        "every current row once more: {}",
+        stderr(&out)
+    );
+    assert_eq!(t.duplicates, 0);
+
+    let out = db
+        .weir(&[
+            "snapshot",
+            config.to_str().unwrap(),
+            "--table",
+            "public.nope",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not one of the pipeline's tables"));
+}
+
+#[test]
+fn a_backfill_killed_midway_goes_on_after_its_last_durable_chunk() {
+    let db = TestDb::new("backfill_kill");
+    db.sql("CREATE TABLE a (id int PRIMARY KEY)");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
+    db.sql("INSERT INTO t SELECT g, 0, md5(g::text) FROM generate_series(1, 200000) g");
+    let batch = "max_events = 1000";
+    let sink = "flush_interval = \"100ms\"";
+    let config = db.config_with(&["public.a"], "", batch, sink);
+    db.catch_up(&config);
+    let config = db.config_with(&["public.a", "public.t"], "", batch, sink);
+    let mut weir = db.spawn(&config);
+    let mut lines = BufReader::new(weir.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("Backfill started") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    weir.kill().unwrap();
+    weir.wait().unwrap();
+    let progress =
+        std::fs::read_to_string(db.out().join("_weir").join(&db.name).join("backfill.json"))
+            .unwrap();
+    assert!(
+        !progress.contains("\"done_at\": 1") && progress.contains("\"chunks\": ["),
+        "killed midway: {progress}"
+    );
+    let out = db.catch_up(&config);
+    assert!(stderr(&out).contains("resumed=true"), "{}", stderr(&out));
+    let t = assert_same_state(&db, "public.t", "id");
+    assert_eq!(t.op("r"), 200_000, "every row once");
+}

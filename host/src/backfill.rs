@@ -1,0 +1,497 @@
+//! Backfill: the existing rows of a table added to a running pipeline (or named by
+//! `weir snapshot --table`), read in chunks while the stream goes on, with watermarks in
+//! the spirit of DBLog and Debezium's incremental snapshots.
+//!
+//! For each chunk weir writes a low watermark into the WAL (a non-transactional logical
+//! message), reads the next `batch.max_events` rows by primary key, and writes a high
+//! watermark. In the stream, a change to a row of the chunk between the two watermarks
+//! removes that row from the chunk (the stream's version is as new or newer); at the high
+//! watermark the rows left are emitted as `op = r` events at the watermark's LSN minus
+//! one (a message's LSN is the end of its record, where the next commit may start), so
+//! they sort after everything before it and before everything after it. The stream is never
+//! paused for more than one chunk's read.
+//!
+//! Progress is kept in `<state>/_weir/<slot>/backfill.json`: each chunk's high watermark
+//! and last key. After a restart, chunks at or before the sinks' checkpoint are done and
+//! the backfill goes on after the last of them; watermarks from before the restart are
+//! ignored.
+
+use crate::batch::{Marker, SourceBatch};
+use crate::checkpoint::CommitPos;
+use crate::config::TableName;
+use crate::lsn::Lsn;
+use crate::sink::object_store_for;
+use crate::source::decoder::{Kind, kind};
+use crate::source::snapshot::{row_values, select_list, table_relation};
+use crate::source::{Control, SourceError, SourceInfo};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use weir_sdk::{Event, Op, Relation, Value};
+
+/// The prefix of a request (content: `schema.table`).
+pub const REQUEST: &str = "weir.backfill";
+/// The prefix of a watermark (content: `low:<id>` or `high:<id>`).
+pub const WATERMARK: &str = "weir.watermark";
+
+/// Progress of one table, as stored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct TableProgress {
+    /// The largest key when the backfill started: rows inserted after it with larger keys
+    /// come from the stream, so reading stops there.
+    #[serde(default)]
+    until: Option<Vec<Option<String>>>,
+    /// (high watermark LSN, last key of the chunk as text values), in order.
+    chunks: Vec<(u64, Vec<Option<String>>)>,
+    /// The high watermark of the empty chunk that ended it.
+    done_at: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Record {
+    tables: BTreeMap<String, TableProgress>,
+}
+
+/// A table being backfilled.
+struct Active {
+    table: TableName,
+    relation: Arc<Relation>,
+    kinds: Vec<Kind>,
+    key: Vec<usize>,
+    /// The last key read, as text (`None` before the first chunk).
+    last_key: Option<Vec<Option<String>>>,
+    /// The largest key at the start (`None`: the table was empty).
+    until: Option<Vec<Option<String>>>,
+    rows: u64,
+    started: std::time::Instant,
+    last_report: std::time::Instant,
+}
+
+/// A chunk between its watermarks.
+struct Chunk {
+    id: String,
+    /// Rows by key, in key order of reading.
+    rows: Vec<(Vec<Value>, Vec<Value>)>,
+    last_key: Option<Vec<Option<String>>>,
+    open: bool,
+}
+
+/// Drives the backfills of a pipeline.
+pub struct Backfills {
+    control: Control,
+    info: SourceInfo,
+    tables: Vec<TableName>,
+    chunk_rows: usize,
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    record: Record,
+    queue: VecDeque<TableName>,
+    active: Option<Active>,
+    chunk: Option<Chunk>,
+    next_id: u64,
+    run: String,
+}
+
+impl Backfills {
+    /// Loads the progress record; tables whose backfill had not reached the checkpoint
+    /// `resume` go on where the checkpoint left them.
+    pub async fn open(
+        url: &str,
+        state_url: &str,
+        slot: &str,
+        info: SourceInfo,
+        tables: Vec<TableName>,
+        chunk_rows: usize,
+        resume: Option<CommitPos>,
+    ) -> Result<Backfills, SourceError> {
+        let (store, base) = object_store_for(state_url).map_err(|e| SourceError::Sql {
+            context: "opening the backfill progress".into(),
+            message: e.to_string(),
+        })?;
+        let path = base.join("_weir").join(slot).join("backfill.json");
+        let mut record: Record = match store.get(&path).await {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(|e| io_err(&path, e))?;
+                serde_json::from_slice(&bytes).map_err(|e| io_err(&path, e))?
+            }
+            Err(object_store::Error::NotFound { .. }) => Record::default(),
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        let durable = resume.map_or(0, |r| r.commit_lsn.0);
+        let mut queue = VecDeque::new();
+        for (name, progress) in &mut record.tables {
+            progress.chunks.retain(|(h, _)| *h <= durable);
+            if progress.done_at.is_some_and(|d| d > durable) {
+                progress.done_at = None;
+            }
+            if progress.done_at.is_none()
+                && let Some(t) = tables.iter().find(|t| t.to_string() == *name)
+            {
+                queue.push_back(t.clone());
+            }
+        }
+        Ok(Backfills {
+            control: Control::connect(url).await?,
+            info,
+            tables,
+            chunk_rows: chunk_rows.max(1),
+            store,
+            path,
+            record,
+            queue,
+            active: None,
+            chunk: None,
+            next_id: 0,
+            run: format!("{:x}", chrono::Utc::now().timestamp_micros()),
+        })
+    }
+
+    /// Nothing in progress or queued.
+    pub fn idle(&self) -> bool {
+        self.active.is_none() && self.queue.is_empty()
+    }
+
+    /// Queues a table (again, if it was done).
+    pub async fn request(&mut self, table: &TableName) -> Result<(), SourceError> {
+        if !self.tables.contains(table) {
+            tracing::warn!(table = %table, "Backfill requested for a table this pipeline does not capture; ignored.");
+            return Ok(());
+        }
+        let in_progress =
+            self.active.as_ref().is_some_and(|a| a.table == *table) || self.queue.contains(table);
+        if in_progress {
+            return Ok(());
+        }
+        tracing::info!(table = %table, "Backfill queued.");
+        self.record
+            .tables
+            .insert(table.to_string(), TableProgress::default());
+        self.save().await?;
+        self.queue.push_back(table.clone());
+        Ok(())
+    }
+
+    /// Starts the next chunk when none is in flight: low watermark, read, high watermark.
+    pub async fn step(&mut self) -> Result<(), SourceError> {
+        if self.chunk.is_some() {
+            return Ok(());
+        }
+        if self.active.is_none() {
+            let Some(table) = self.queue.pop_front() else {
+                return Ok(());
+            };
+            let relation = table_relation(&self.control.client, &self.info, &table).await?;
+            let key: Vec<usize> = relation
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.key)
+                .map(|(i, _)| i)
+                .collect();
+            if key.is_empty() {
+                tracing::warn!(table = %table, "Backfill needs a primary key to read in chunks; skipped.");
+                return Ok(());
+            }
+            let progress = self.record.tables.entry(table.to_string()).or_default();
+            let last_key = progress.chunks.last().map(|c| c.1.clone());
+            let until = match &progress.until {
+                Some(until) => Some(until.clone()),
+                None => {
+                    let key_list = key_columns(&relation, &key);
+                    let desc: Vec<String> =
+                        key_list.split(", ").map(|k| format!("{k} DESC")).collect();
+                    let sql = format!(
+                        "SELECT {key_list} FROM ONLY {} ORDER BY {} LIMIT 1",
+                        crate::source::quote_table(&table),
+                        desc.join(", ")
+                    );
+                    let rows = simple_rows(&self.control.client, &sql, &table).await?;
+                    let until: Option<Vec<Option<String>>> = rows.first().map(|r| {
+                        (0..key.len())
+                            .map(|i| r.get(i).map(str::to_owned))
+                            .collect()
+                    });
+                    progress.until = until.clone();
+                    until
+                }
+            };
+            tracing::info!(table = %table, resumed = last_key.is_some(), "Backfill started.");
+            self.active = Some(Active {
+                until,
+                kinds: relation.columns.iter().map(|c| kind(c.type_oid)).collect(),
+                relation: Arc::new(relation),
+                key,
+                last_key,
+                table,
+                rows: 0,
+                started: std::time::Instant::now(),
+                last_report: std::time::Instant::now(),
+            });
+        }
+        let active = self.active.as_ref().expect("set above");
+        self.next_id += 1;
+        let id = format!("{}-{}", self.run, self.next_id);
+        self.emit(WATERMARK, &format!("low:{id}")).await?;
+        let key_list = key_columns(&active.relation, &active.key);
+        let mut bounds = Vec::new();
+        if let Some(k) = &active.last_key {
+            bounds.push(format!("({key_list}) > ({})", literals(k)));
+        }
+        match &active.until {
+            Some(k) => bounds.push(format!("({key_list}) <= ({})", literals(k))),
+            None => bounds.push("false".into()),
+        }
+        let sql = format!(
+            "SELECT {} FROM ONLY {} WHERE {} ORDER BY {key_list} LIMIT {}",
+            select_list(&active.relation),
+            crate::source::quote_table(&active.table),
+            bounds.join(" AND "),
+            self.chunk_rows
+        );
+        let rows = simple_rows(&self.control.client, &sql, &active.table).await?;
+        let last_key = rows.last().map(|r| {
+            active
+                .key
+                .iter()
+                .map(|&i| r.get(i).map(str::to_owned))
+                .collect()
+        });
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let (values, _) = row_values(r, &active.kinds);
+                let key = active.key.iter().map(|&i| values[i].clone()).collect();
+                (key, values)
+            })
+            .collect();
+        self.emit(WATERMARK, &format!("high:{id}")).await?;
+        self.chunk = Some(Chunk {
+            id,
+            rows,
+            last_key,
+            open: false,
+        });
+        Ok(())
+    }
+
+    async fn emit(&self, prefix: &str, content: &str) -> Result<(), SourceError> {
+        self.control
+            .client
+            .execute(
+                "SELECT pg_logical_emit_message(false, $1, $2)",
+                &[&prefix, &content],
+            )
+            .await
+            .map_err(|e| SourceError::Sql {
+                context: "writing a backfill watermark".into(),
+                message: e.to_string(),
+            })?;
+        Ok(())
+    }
+
+    /// Applies a batch's markers: requests are queued; between a chunk's watermarks the
+    /// stream's changes take rows out of the chunk; at its high watermark the rest is
+    /// inserted as `op = r` events.
+    pub async fn process(&mut self, mut batch: SourceBatch) -> Result<SourceBatch, SourceError> {
+        if batch.markers.is_empty() && !self.chunk.as_ref().is_some_and(|c| c.open) {
+            return Ok(batch);
+        }
+        let markers = std::mem::take(&mut batch.markers);
+        let events = std::mem::take(&mut batch.batch.events);
+        let mut out: Vec<Event> = Vec::with_capacity(events.len());
+        let mut next = 0;
+        let mut requests = Vec::new();
+        for marker in markers.iter().map(Some).chain([None]) {
+            let until = marker.map_or(events.len(), |m| m.at);
+            for event in &events[next..until] {
+                self.observe(&batch.batch.relations, event);
+                out.push(event.clone());
+            }
+            next = until;
+            let Some(marker) = marker else { break };
+            match marker.prefix.as_str() {
+                REQUEST => match marker.content.parse::<TableName>() {
+                    Ok(t) => requests.push(t),
+                    Err(_) => {
+                        tracing::warn!(content = %marker.content, "Malformed backfill request; ignored.")
+                    }
+                },
+                WATERMARK => {
+                    if let Some(inserted) = self.watermark(marker, &mut batch) {
+                        out.extend(inserted);
+                    }
+                }
+                _ => {}
+            }
+        }
+        batch.batch.events = out;
+        for table in requests {
+            self.request(&table).await?;
+        }
+        self.save_if_changed(&markers).await?;
+        Ok(batch)
+    }
+
+    /// A stream change: if it touches a row of the open chunk, the chunk drops that row.
+    fn observe(&mut self, relations: &[Relation], event: &Event) {
+        let (Some(chunk), Some(active)) = (self.chunk.as_mut(), self.active.as_ref()) else {
+            return;
+        };
+        if !chunk.open {
+            return;
+        }
+        let rel = &relations[event.rel as usize];
+        if rel.schema != active.table.schema || rel.table != active.table.table {
+            return;
+        }
+        if event.op == Op::Truncate {
+            chunk.rows.clear();
+            return;
+        }
+        for row in [&event.before, &event.after].into_iter().flatten() {
+            let key: Vec<Value> = active
+                .key
+                .iter()
+                .map(|&i| row.get(i).cloned().unwrap_or(Value::Null))
+                .collect();
+            chunk.rows.retain(|(k, _)| *k != key);
+        }
+    }
+
+    /// A watermark: opens the chunk, or closes it and returns its rows as events.
+    fn watermark(&mut self, marker: &Marker, batch: &mut SourceBatch) -> Option<Vec<Event>> {
+        let (kind, id) = marker.content.split_once(':')?;
+        let chunk = self.chunk.as_mut().filter(|c| c.id == id)?;
+        if kind == "low" {
+            chunk.open = true;
+            return None;
+        }
+        let chunk = self.chunk.take().expect("matched above");
+        let active = self.active.as_mut().expect("a chunk belongs to a table");
+        let rel = batch.batch.push_relation((*active.relation).clone());
+        // A message's LSN is the end of its WAL record, which can be where the next
+        // transaction's commit record starts: the rows go just before it.
+        let h = marker.lsn.0 - 1;
+        let mut events = Vec::with_capacity(chunk.rows.len());
+        for (_, values) in chunk.rows {
+            events.push(Event {
+                op: Op::Read,
+                rel,
+                commit_lsn: h,
+                seq: events.len() as u32,
+                xid: 0,
+                commit_ts: chrono::Utc::now().timestamp_micros(),
+                before: None,
+                after: Some(values),
+                unchanged: vec![],
+            });
+        }
+        active.rows += events.len() as u64;
+        // The rows form a transaction of their own at the watermark: the checkpoint can
+        // name it, so a restart does not read the chunk again.
+        let at = CommitPos {
+            commit_lsn: Lsn(h),
+            end_lsn: marker.lsn,
+        };
+        batch.position.last_commit = batch.position.last_commit.max(Some(at));
+        let name = active.table.to_string();
+        let progress = self.record.tables.entry(name).or_default();
+        match chunk.last_key {
+            Some(last) => {
+                progress.chunks.push((h, last.clone()));
+                active.last_key = Some(last);
+            }
+            None => {
+                progress.done_at = Some(h);
+                let secs = active.started.elapsed().as_secs_f64().max(0.001);
+                tracing::info!(table = %active.table, rows = active.rows, rows_per_s = (active.rows as f64 / secs) as u64, "Backfill done.");
+                self.active = None;
+            }
+        }
+        if let Some(a) = self.active.as_mut()
+            && a.last_report.elapsed() >= std::time::Duration::from_secs(5)
+        {
+            a.last_report = std::time::Instant::now();
+            let secs = a.started.elapsed().as_secs_f64().max(0.001);
+            tracing::info!(table = %a.table, rows = a.rows, rows_per_s = (a.rows as f64 / secs) as u64, "Backfill in progress.");
+        }
+        Some(events)
+    }
+
+    async fn save_if_changed(&self, markers: &[Marker]) -> Result<(), SourceError> {
+        if markers
+            .iter()
+            .any(|m| m.prefix == WATERMARK && m.content.starts_with("high:"))
+        {
+            self.save().await?;
+        }
+        Ok(())
+    }
+
+    async fn save(&self) -> Result<(), SourceError> {
+        let bytes = serde_json::to_vec_pretty(&self.record).expect("plain data serializes");
+        self.store
+            .put(&self.path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| io_err(&self.path, e))?;
+        Ok(())
+    }
+
+    /// The tables that still have to be backfilled, by name (for logs).
+    pub fn pending(&self) -> HashMap<String, u64> {
+        self.active
+            .iter()
+            .map(|a| (a.table.to_string(), a.rows))
+            .chain(self.queue.iter().map(|t| (t.to_string(), 0)))
+            .collect()
+    }
+}
+
+/// The key columns, quoted, comma-separated.
+fn key_columns(relation: &Relation, key: &[usize]) -> String {
+    key.iter()
+        .map(|&i| crate::source::quote_ident(&relation.columns[i].name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Key values as SQL literals (PostgreSQL infers their types from the columns).
+fn literals(key: &[Option<String>]) -> String {
+    key.iter()
+        .map(|v| match v {
+            Some(v) => format!("'{}'", v.replace('\'', "''")),
+            None => "NULL".into(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Rows of a query with the simple protocol: values as their types' output renders them.
+async fn simple_rows(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    table: &TableName,
+) -> Result<Vec<tokio_postgres::SimpleQueryRow>, SourceError> {
+    Ok(client
+        .simple_query(sql)
+        .await
+        .map_err(|e| SourceError::Sql {
+            context: format!("backfilling {table}"),
+            message: e.to_string(),
+        })?
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect())
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> SourceError {
+    SourceError::Sql {
+        context: format!("backfill progress {path}"),
+        message: e.to_string(),
+    }
+}
