@@ -6,8 +6,10 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
-/// Column name, type, and three values (SQL literals): ordinary, edge, and NULL-ish.
-const COLUMNS: &[(&str, &str, &str, &str)] = &[
+/// Column name, type, and two values (SQL literals): ordinary and edge.
+type Spec = (&'static str, &'static str, &'static str, &'static str);
+
+const COLUMNS: &[Spec] = &[
     ("b", "bool", "true", "false"),
     ("i2", "int2", "-32768", "32767"),
     ("i4", "int4", "-2147483648", "2147483647"),
@@ -174,7 +176,7 @@ fn every_type_round_trips_through_snapshot_and_stream() {
         columns.join(", ")
     ));
     let names: Vec<&str> = COLUMNS.iter().map(|c| c.0).collect();
-    let insert = |id: i32, pick: &dyn Fn(&(&str, &str, &str, &str)) -> String| {
+    let insert = |id: i32, pick: &dyn Fn(&Spec) -> String| {
         let values: Vec<String> = COLUMNS
             .iter()
             .map(|c| format!("({})::{}", pick(c), c.1))
