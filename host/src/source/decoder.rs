@@ -70,6 +70,8 @@ pub struct Decoder {
     /// Primary key columns per table, from the catalog; empty when the table has none.
     primary_keys: HashMap<TableName, Vec<String>>,
     type_names: HashMap<u32, String>,
+    /// Domain type OID to its base type OID and typmod.
+    domains: HashMap<u32, (u32, i32)>,
     relations: HashMap<u32, RelEntry>,
     tx: Option<Tx>,
     /// Transactions committed at or before this LSN are already durable.
@@ -89,11 +91,18 @@ impl Decoder {
             captured: captured.into_iter().collect(),
             primary_keys,
             type_names,
+            domains: HashMap::new(),
             relations: HashMap::new(),
             tx: None,
             skip_through: resume.map_or(Lsn::ZERO, |r| r.commit_lsn),
             events: 0,
         }
+    }
+
+    /// Columns of a domain type are typed as the domain's base type.
+    pub fn with_domains(mut self, domains: HashMap<u32, (u32, i32)>) -> Decoder {
+        self.domains = domains;
+        self
     }
 
     /// Applies one message; events go into `batcher`.
@@ -270,19 +279,22 @@ impl Decoder {
         let columns: Vec<Column> = msg
             .columns
             .iter()
-            .map(|c| Column {
-                name: c.name.to_owned(),
-                type_oid: c.type_oid,
-                type_name: self
-                    .type_names
-                    .get(&c.type_oid)
-                    .cloned()
-                    .unwrap_or_else(|| builtin_type_name(c.type_oid)),
-                typmod: c.typmod,
-                key: match pk {
-                    Some(pk) => pk.iter().any(|k| k == c.name),
-                    None => c.key,
-                },
+            .map(|c| {
+                let (type_oid, typmod) = base_type(&self.domains, c.type_oid, c.typmod);
+                Column {
+                    name: c.name.to_owned(),
+                    type_oid,
+                    type_name: self
+                        .type_names
+                        .get(&c.type_oid)
+                        .cloned()
+                        .unwrap_or_else(|| builtin_type_name(c.type_oid)),
+                    typmod,
+                    key: match pk {
+                        Some(pk) => pk.iter().any(|k| k == c.name),
+                        None => c.key,
+                    },
+                }
             })
             .collect();
         let version = match self.relations.get(&msg.id) {
@@ -410,6 +422,15 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Names of common built-in types; others are looked up in the catalog at start.
+/// The type a column is written as: a domain's base type (with the domain's typmod when
+/// the column has none), any other type itself. The column keeps the domain's name.
+pub fn base_type(domains: &HashMap<u32, (u32, i32)>, type_oid: u32, typmod: i32) -> (u32, i32) {
+    match domains.get(&type_oid) {
+        Some(&(base, base_typmod)) => (base, if typmod >= 0 { typmod } else { base_typmod }),
+        None => (type_oid, typmod),
+    }
+}
+
 pub fn builtin_type_name(type_oid: u32) -> String {
     let name = match type_oid {
         16 => "bool",

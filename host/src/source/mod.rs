@@ -93,6 +93,8 @@ pub struct SourceInfo {
     pub primary_keys: HashMap<TableName, Vec<String>>,
     /// Names of the types the captured tables use.
     pub type_names: HashMap<u32, String>,
+    /// Domains (and domains over domains) to their base type and typmod.
+    pub domains: HashMap<u32, (u32, i32)>,
     /// The slot exists already (otherwise `prepare` creates it).
     pub slot_exists: bool,
     /// Tables missing from an existing publication (`prepare` adds them).
@@ -319,6 +321,36 @@ impl Control {
             .map(|r| (r.get::<_, u32>(0), r.get::<_, String>(1)))
             .collect();
 
+        // Every domain of the database: few, and chains resolve without more queries.
+        let direct: HashMap<u32, (u32, i32)> = c
+            .query(
+                "SELECT oid, typbasetype, typtypmod FROM pg_type WHERE typtype = 'd'",
+                &[],
+            )
+            .await
+            .map_err(sql_err("looking up domains"))?
+            .iter()
+            .map(|r| (r.get::<_, u32>(0), (r.get::<_, u32>(1), r.get::<_, i32>(2))))
+            .collect();
+        let domains = direct
+            .keys()
+            .map(|&d| {
+                let (mut base, mut typmod) = direct[&d];
+                for _ in 0..32 {
+                    match direct.get(&base) {
+                        Some(&(next, m)) => {
+                            base = next;
+                            if typmod < 0 {
+                                typmod = m;
+                            }
+                        }
+                        None => break,
+                    }
+                }
+                (d, (base, typmod))
+            })
+            .collect();
+
         let slot = c
             .query_opt(
                 "SELECT slot_type::text, coalesce(plugin::text, ''), coalesce(database::text, ''), active_pid, \
@@ -397,6 +429,7 @@ impl Control {
             user,
             primary_keys,
             type_names,
+            domains,
             slot_exists,
             publication_missing,
         })
@@ -600,7 +633,8 @@ impl PgSource {
             info.primary_keys.clone(),
             info.type_names.clone(),
             resume,
-        );
+        )
+        .with_domains(info.domains.clone());
         let (tx, batches) = mpsc::channel(2);
         let (ack, ack_rx) = watch::channel(start);
         let stop = CancellationToken::new();

@@ -332,16 +332,17 @@ pub(crate) async fn table_relation(
         .iter()
         .map(|r| {
             let name: String = r.get(1);
-            let type_oid: u32 = r.get(2);
+            let declared: u32 = r.get(2);
+            let (type_oid, typmod) = super::decoder::base_type(&info.domains, declared, r.get(3));
             Column {
                 key: pk.contains(&name),
                 type_name: info
                     .type_names
-                    .get(&type_oid)
+                    .get(&declared)
                     .cloned()
-                    .unwrap_or_else(|| builtin_type_name(type_oid)),
+                    .unwrap_or_else(|| builtin_type_name(declared)),
                 type_oid,
-                typmod: r.get(3),
+                typmod,
                 name,
             }
         })

@@ -248,6 +248,7 @@ fn every_type_round_trips_through_snapshot_and_stream() {
         ("tsz", "TIMESTAMP WITH TIME ZONE"),
         ("by", "BLOB"),
         ("i8", "BIGINT"),
+        ("dm", "INTEGER"),
     ] {
         assert_eq!(types[column], expected, "{column} keeps a typed column");
     }
