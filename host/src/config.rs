@@ -181,7 +181,7 @@ pub struct PluginSinkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetSinkConfig {
-    /// Output location: `file:///absolute/path`.
+    /// Output location: `file:///absolute/path` or `s3://bucket/prefix`.
     pub url: String,
     /// Time window of the partition directories below each table, by commit time:
     /// `hourly` (default, `date=YYYY-MM-DD/hour=HH`) or `daily` (`date=YYYY-MM-DD`).

@@ -29,14 +29,26 @@ pub enum SinkError {
     LoadPlugin(#[from] crate::plugin::LoadError),
 }
 
-/// The object store and base path an output URL names. Only `file://` URLs for now.
+/// The object store and base path an output URL names: `file:///absolute/path` or
+/// `s3://bucket/prefix`.
+///
+/// S3 settings come from the standard AWS environment: credentials from the usual chain
+/// (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, web identity
+/// `AWS_WEB_IDENTITY_TOKEN_FILE` with `AWS_ROLE_ARN`, container credentials, then the
+/// instance metadata service), `AWS_REGION`, and for S3-compatible stores
+/// `AWS_ENDPOINT_URL` (path-style addressing unless `AWS_VIRTUAL_HOSTED_STYLE_REQUEST`)
+/// and `AWS_ALLOW_HTTP=true` for a plain-HTTP endpoint. Requests are retried with
+/// exponential backoff; large files go up as multipart uploads.
 pub fn object_store_for(url: &str) -> Result<(Arc<dyn ObjectStore>, Path), SinkError> {
     let err = |reason: &str| SinkError::Url {
         url: url.into(),
         reason: reason.into(),
     };
-    let parsed =
-        url::Url::parse(url).map_err(|e| err(&format!("{e}; write file:///absolute/path")))?;
+    let parsed = url::Url::parse(url).map_err(|e| {
+        err(&format!(
+            "{e}; write file:///absolute/path or s3://bucket/prefix"
+        ))
+    })?;
     match parsed.scheme() {
         "file" => {
             if parsed
@@ -51,9 +63,68 @@ pub fn object_store_for(url: &str) -> Result<(Arc<dyn ObjectStore>, Path), SinkE
                 object_store::parse_url(&parsed).map_err(|e| err(&e.to_string()))?;
             Ok((Arc::from(store), path))
         }
+        "s3" | "s3a" => {
+            let bucket = parsed
+                .host_str()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| err("names no bucket: write s3://bucket/prefix"))?;
+            let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(object_store::RetryConfig::default());
+            if std::env::var_os("AWS_REGION").is_none()
+                && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+            {
+                builder = builder.with_region("us-east-1");
+            }
+            if std::env::var_os("AWS_ENDPOINT_URL").is_some()
+                || std::env::var_os("AWS_ENDPOINT").is_some()
+            {
+                // S3-compatible stores mostly want path-style requests.
+                let virtual_hosted = std::env::var("AWS_VIRTUAL_HOSTED_STYLE_REQUEST")
+                    .is_ok_and(|v| v == "true" || v == "1");
+                builder = builder.with_virtual_hosted_style_request(virtual_hosted);
+            }
+            let store = builder.build().map_err(|e| err(&e.to_string()))?;
+            let path = Path::from_url_path(parsed.path()).map_err(|e| err(&e.to_string()))?;
+            Ok((Arc::new(store), path))
+        }
         other => Err(err(&format!(
-            "the scheme `{other}` is not supported; use file:///absolute/path"
+            "the scheme `{other}` is not supported; use file:///absolute/path or s3://bucket/prefix"
         ))),
+    }
+}
+
+/// Checks that the output location can be read (a missing bucket, wrong credentials or
+/// an unreachable endpoint show here, before anything is created or written).
+pub async fn check_reachable(
+    store: &dyn ObjectStore,
+    prefix: &Path,
+    url: &str,
+) -> Result<(), SinkError> {
+    store
+        .list_with_delimiter(Some(prefix))
+        .await
+        .map(|_| ())
+        .map_err(|e| SinkError::Url {
+            url: url.into(),
+            reason: format!("cannot be read: {}", storage_message(&e.to_string())),
+        })
+}
+
+/// An object store error in one line: S3's XML error body reduced to its code and message.
+pub fn storage_message(text: &str) -> String {
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find("</")? + start;
+        Some(text[start..end].to_string())
+    };
+    match (tag("Code"), tag("Message")) {
+        (Some(code), Some(message)) => {
+            let head = text.split(" - ").next().unwrap_or(text);
+            format!("{code}: {message} ({})", head.trim())
+        }
+        _ => text.lines().next().unwrap_or(text).to_string(),
     }
 }
 
@@ -271,10 +342,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn s3_error_bodies_become_one_line() {
+        let e = "Error performing PUT http://h/b/k in 3ms - Server returned non-2xx status code: 404 Not Found: <?xml version=\"1.0\"?>\n<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message></Error>";
+        assert_eq!(
+            storage_message(e),
+            "NoSuchBucket: The specified bucket does not exist (Error performing PUT http://h/b/k in 3ms)"
+        );
+        assert_eq!(storage_message("plain\nmore"), "plain");
+    }
+
+    #[test]
     fn urls_other_than_local_files_are_refused_with_the_fix() {
         assert!(object_store_for("file:///tmp/x").is_ok());
-        let err = object_store_for("s3://bucket/x").err().unwrap().to_string();
-        assert!(err.contains("`s3` is not supported"), "{err}");
+        let err = object_store_for("gs://bucket/x").err().unwrap().to_string();
+        assert!(err.contains("`gs` is not supported"), "{err}");
+        let err = object_store_for("s3:///x").err().unwrap().to_string();
+        assert!(err.contains("names no bucket"), "{err}");
         let err = object_store_for("file://tmp/x").err().unwrap().to_string();
         assert!(err.contains("three slashes"), "{err}");
         assert!(object_store_for("not a url").is_err());

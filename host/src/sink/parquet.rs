@@ -228,6 +228,7 @@ impl ParquetSink {
         recover: bool,
     ) -> Result<ParquetSink, SinkError> {
         let (store, prefix) = super::object_store_for(&config.url)?;
+        super::check_reachable(store.as_ref(), &prefix, &config.url).await?;
         let checkpoints = CheckpointStore::new(store.clone(), &prefix, slot);
         let checkpoint = match recover {
             true => checkpoints.recover().await?,

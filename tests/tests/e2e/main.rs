@@ -5,6 +5,7 @@
 //!   transactions larger than a batch, idle slots.
 //! - `snapshot`: the initial snapshot and its hand-over to streaming.
 //! - `types`: every built-in type read back against PostgreSQL's rendering; TOAST.
+//! - `s3`: Parquet output on a real S3-compatible server, exactly once across kill -9.
 //! - `recovery`: restart from the checkpoint, SIGTERM, and `kill -9` during writes.
 //! - `bad_input`: each user mistake prints one line naming the fix and changes nothing.
 //! - `cli`: `weir validate` and the example configurations.
@@ -20,6 +21,7 @@ mod cli;
 mod conformance;
 mod plugins;
 mod recovery;
+mod s3;
 mod sinks;
 mod snapshot;
 mod streaming;
