@@ -92,6 +92,8 @@ pub struct Backfills {
     chunk: Option<Chunk>,
     next_id: u64,
     run: String,
+    /// The last chunk's position: later batches do not report an earlier one.
+    floor: Option<CommitPos>,
 }
 
 impl Backfills {
@@ -132,8 +134,17 @@ impl Backfills {
                 queue.push_back(t.clone());
             }
         }
+        let control = Control::connect(url).await?;
+        control
+            .client
+            .batch_execute(crate::source::READ_SESSION_SETTINGS)
+            .await
+            .map_err(|e| SourceError::Sql {
+                context: "setting up the backfill session".into(),
+                message: e.to_string(),
+            })?;
         Ok(Backfills {
-            control: Control::connect(url).await?,
+            control,
             info,
             tables,
             chunk_rows: chunk_rows.max(1),
@@ -144,6 +155,7 @@ impl Backfills {
             active: None,
             chunk: None,
             next_id: 0,
+            floor: None,
             run: format!("{:x}", chrono::Utc::now().timestamp_micros()),
         })
     }
@@ -230,6 +242,14 @@ impl Backfills {
                 last_report: std::time::Instant::now(),
             });
         }
+        // The table's columns as they are now (an ALTER TABLE may have run since).
+        let table = self.active.as_ref().expect("set above").table.clone();
+        let relation = table_relation(&self.control.client, &self.info, &table).await?;
+        let active = self.active.as_mut().expect("set above");
+        if relation.columns != active.relation.columns {
+            active.kinds = relation.columns.iter().map(|c| kind(c.type_oid)).collect();
+            active.relation = Arc::new(relation);
+        }
         let active = self.active.as_ref().expect("set above");
         self.next_id += 1;
         let id = format!("{}-{}", self.run, self.next_id);
@@ -295,6 +315,7 @@ impl Backfills {
     /// stream's changes take rows out of the chunk; at its high watermark the rest is
     /// inserted as `op = r` events.
     pub async fn process(&mut self, mut batch: SourceBatch) -> Result<SourceBatch, SourceError> {
+        batch.position.last_commit = batch.position.last_commit.max(self.floor);
         if batch.markers.is_empty() && !self.chunk.as_ref().is_some_and(|c| c.open) {
             return Ok(batch);
         }
@@ -350,12 +371,32 @@ impl Backfills {
             chunk.rows.clear();
             return;
         }
-        for row in [&event.before, &event.after].into_iter().flatten() {
-            let key: Vec<Value> = active
+        let key_of = |row: &Vec<Value>| -> Vec<Value> {
+            active
                 .key
                 .iter()
                 .map(|&i| row.get(i).cloned().unwrap_or(Value::Null))
-                .collect();
+                .collect()
+        };
+        if event.op == Op::Update
+            && !event.unchanged.is_empty()
+            && let Some(after) = &event.after
+        {
+            // An update that did not send a TOAST value: the chunk's row keeps that value
+            // and takes the others from the stream, so the row written at the high
+            // watermark is complete and current.
+            let key = key_of(after);
+            if let Some((_, values)) = chunk.rows.iter_mut().find(|(k, _)| *k == key) {
+                for (i, v) in after.iter().enumerate() {
+                    if !event.unchanged.contains(&(i as u16)) && i < values.len() {
+                        values[i] = v.clone();
+                    }
+                }
+                return;
+            }
+        }
+        for row in [&event.before, &event.after].into_iter().flatten() {
+            let key = key_of(row);
             chunk.rows.retain(|(k, _)| *k != key);
         }
     }
@@ -396,6 +437,7 @@ impl Backfills {
             end_lsn: marker.lsn,
         };
         batch.position.last_commit = batch.position.last_commit.max(Some(at));
+        self.floor = self.floor.max(Some(at));
         let name = active.table.to_string();
         let progress = self.record.tables.entry(name).or_default();
         match chunk.last_key {

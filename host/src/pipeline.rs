@@ -9,6 +9,7 @@ use crate::plugin::{
     DeadLetters, LoadError, PluginEngine, PluginFailure, TransformChain, TransformPlugin,
 };
 use crate::sink::{SinkError, Sinks};
+use crate::source::schemas::SchemaVersions;
 use crate::source::snapshot::{
     self, Plan, Progress, SnapshotReader, SnapshotState, snapshot_commit,
 };
@@ -80,7 +81,10 @@ pub async fn run(
 ) -> Result<RunSummary, PipelineError> {
     let control = Control::connect(&config.source.url).await?;
     // Nothing is created or written before every check has passed.
-    let info = control.preflight(&config.source).await?;
+    let mut info = control.preflight(&config.source).await?;
+    if let Some(state) = config.state_url() {
+        info.versions = SchemaVersions::load(state, &config.source.slot).await?;
+    }
     let mut target = match options.until_caught_up {
         true => Some(CaughtUp::mark(&control, info.slot_exists).await?),
         false => None,
@@ -103,11 +107,12 @@ pub async fn run(
     // the slot's consistent point.
     let mut resume = sinks.resume();
     let mut session = None;
+    let mut snapshot_taken = false;
     match InitialSnapshot::plan(config, &info, &sinks).await? {
         None => control.prepare(&config.source, &info).await?,
         Some((state, Plan::Skip)) | Some((state, Plan::MarkDone)) => {
             control.prepare(&config.source, &info).await?;
-            if !info.slot_exists || sinks.any_checkpoint() {
+            if !info.slot_exists || sinks.all_flushed_once() {
                 state.write(Progress::Done, None).await?;
             }
         }
@@ -151,6 +156,7 @@ pub async fn run(
             state.write(Progress::Done, Some(point)).await?;
             resume = Some(snapshot_commit(point));
             session = Some(client);
+            snapshot_taken = true;
             if let Some(t) = target.as_mut() {
                 t.slot_recreated();
             }
@@ -167,11 +173,20 @@ pub async fn run(
                 info.clone(),
                 config.source.tables.clone(),
                 config.batch.max_events,
-                resume,
+                // Chunks at or before the lowest checkpoint are in every sink that keeps
+                // one (sinks without are at least once anyway).
+                match snapshot_taken {
+                    true => resume,
+                    false => sinks.lowest_checkpoint(),
+                },
             )
             .await?;
-            for table in info.publication_missing.iter().flatten() {
-                b.request(table).await?;
+            if !snapshot_taken {
+                // The snapshot read every table; tables just added to the publication
+                // need a backfill otherwise.
+                for table in info.publication_missing.iter().flatten() {
+                    b.request(table).await?;
+                }
             }
             Some(b)
         }
@@ -194,6 +209,7 @@ pub async fn run(
         &mut transforms,
         &mut sinks,
         backfills.as_mut(),
+        &info.versions,
         target,
         &options,
         &stats,
@@ -224,11 +240,14 @@ pub async fn run(
 }
 
 /// The loop: batches from the source into every sink, then the checkpoint.
+// Each stage is its own argument so the loop reads top to bottom as the data flows.
+#[allow(clippy::too_many_arguments)]
 async fn stream(
     source: &mut PgSource,
     transforms: &mut Transforms,
     sinks: &mut Sinks,
     mut backfills: Option<&mut Backfills>,
+    versions: &SchemaVersions,
     mut target: Option<CaughtUp>,
     options: &RunOptions,
     stats: &Stats,
@@ -255,6 +274,7 @@ async fn stream(
         }
         let batch = transforms.apply(batch).await?; // declared order
         sinks.write_all(&batch).await?; // fan-out; all must succeed
+        versions.save_if_changed().await?; // schema versions, for the next run
         position = batch.position;
         if let Some(lsn) = sinks.durable_lsn(&position) {
             source.acknowledge(lsn); // the slot's flush position: only what is durable
@@ -293,7 +313,7 @@ impl InitialSnapshot<'_> {
         let state =
             SnapshotState::open(url, &config.source.slot).map_err(PipelineError::OpenSinks)?;
         let progress = state.read().await?;
-        let plan = snapshot::plan(progress, info.slot_exists, sinks.any_checkpoint());
+        let plan = snapshot::plan(progress, info.slot_exists, sinks.all_flushed_once());
         if plan == Plan::Skip && progress.is_none() && info.slot_exists {
             tracing::info!(slot = %config.source.slot, "The slot exists already: streaming from it without an initial snapshot.");
         }

@@ -342,6 +342,10 @@ pub(crate) fn isolate<P: Isolate>(
     if batch.events.is_empty() {
         return Ok(());
     }
+    if let CallError::Lost(_) = error {
+        // Changes a lost instance held are gone with it: only a restart resends them.
+        return Err(plugin.common().failure(&batch, &error));
+    }
     if batch.events.len() == 1 {
         return plugin.common().set_aside(batch, &error);
     }

@@ -2,7 +2,8 @@
 //! `on_error = "dead-letter"`, each with the error and its position, kept under the
 //! output until `weir dead-letter replay` delivers them.
 //!
-//! One object per event, `<url>/_weir/<slot>/dead-letter/<stage>/<commit_lsn>-<seq>.msgpack`.
+//! One object per event,
+//! `<url>/_weir/<slot>/dead-letter/<stage>/<schema.table>/<commit_lsn>-<seq>.msgpack`.
 //! The name is a function of the event, so a batch that is processed again after a
 //! restart rewrites the same objects instead of adding copies.
 
@@ -99,6 +100,7 @@ impl DeadLetters {
         self.prefix
             .clone()
             .join(letter.stage.as_str())
+            .join(letter.table.as_str())
             .join(format!(
                 "{:016X}-{:010}.msgpack",
                 letter.commit_lsn, letter.seq

@@ -270,13 +270,6 @@ impl SinkPlugin {
             let skip = self.skip_through;
             batch.retain(|_, e| e.commit_lsn > skip);
         }
-        if let Some(last) = position.last_commit
-            && last.commit_lsn.0 > self.skip_through
-            && self.pending.back().is_none_or(|p| *p < last)
-            && self.durable.is_none_or(|d| d < last)
-        {
-            self.pending.push_back(last);
-        }
         batch.committed = position
             .last_commit
             .map_or(0, |c| c.commit_lsn.0)
@@ -293,6 +286,17 @@ impl SinkPlugin {
                 }
             }
         }
+        // The batch's transactions count as delivered only now that all of it is: while
+        // parts of it were being isolated, a report covering what was handed over so far
+        // said nothing about the parts still to come.
+        if let Some(last) = position.last_commit
+            && last.commit_lsn.0 > self.skip_through
+            && self.pending.back().is_none_or(|p| *p < last)
+            && self.durable.is_none_or(|d| d < last)
+        {
+            self.pending.push_back(last);
+        }
+        self.settle();
         if !self.pending.is_empty() && self.last_flush.elapsed() >= self.flush_interval {
             self.flush()?;
         }

@@ -289,6 +289,26 @@ impl Sinks {
         self.sinks.iter().any(|s| s.durable().is_some())
     }
 
+    /// Whether a whole flush of every sink has happened: native sinks are flushed after
+    /// plugin sinks, so one of theirs with a checkpoint proves it; without native sinks,
+    /// any checkpoint does.
+    pub fn all_flushed_once(&self) -> bool {
+        let native: Vec<&Sink> = self
+            .sinks
+            .iter()
+            .filter(|s| matches!(s, Sink::Parquet(_)))
+            .collect();
+        match native.is_empty() {
+            true => self.any_checkpoint(),
+            false => native.iter().any(|s| s.durable().is_some()),
+        }
+    }
+
+    /// The lowest checkpoint among the sinks that have one.
+    pub fn lowest_checkpoint(&self) -> Option<CommitPos> {
+        self.sinks.iter().filter_map(Sink::durable).min()
+    }
+
     /// The position the source resumes after.
     pub fn resume(&self) -> Option<CommitPos> {
         self.resume
@@ -303,9 +323,14 @@ impl Sinks {
     }
 
     /// Makes everything written durable (when the position is at a transaction boundary).
+    /// Plugin sinks first: a native checkpoint then proves every sink has flushed.
     pub async fn flush_all(&mut self, position: &Position) -> Result<(), (String, SinkError)> {
-        for sink in &mut self.sinks {
-            sink.flush(position).await.map_err(|e| (sink.name(), e))?;
+        for native in [false, true] {
+            for sink in &mut self.sinks {
+                if matches!(sink, Sink::Parquet(_)) == native {
+                    sink.flush(position).await.map_err(|e| (sink.name(), e))?;
+                }
+            }
         }
         Ok(())
     }

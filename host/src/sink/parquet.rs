@@ -446,6 +446,8 @@ impl ParquetSink {
         let Some(last_commit) = position.last_commit else {
             return Ok(());
         };
+        // Never backwards (a backfill chunk may have moved it past the stream's commits).
+        let last_commit = last_commit.max(self.durable.unwrap_or(last_commit));
         if self.open.is_empty() && self.rolled.is_empty() {
             self.durable = self.durable.max(Some(last_commit));
             return Ok(());

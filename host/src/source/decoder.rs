@@ -72,6 +72,7 @@ pub struct Decoder {
     type_names: HashMap<u32, String>,
     /// Domain type OID to its base type OID and typmod.
     domains: HashMap<u32, (u32, i32)>,
+    versions: super::schemas::SchemaVersions,
     relations: HashMap<u32, RelEntry>,
     tx: Option<Tx>,
     /// Transactions committed at or before this LSN are already durable.
@@ -92,11 +93,18 @@ impl Decoder {
             primary_keys,
             type_names,
             domains: HashMap::new(),
+            versions: super::schemas::SchemaVersions::in_memory(),
             relations: HashMap::new(),
             tx: None,
             skip_through: resume.map_or(Lsn::ZERO, |r| r.commit_lsn),
             events: 0,
         }
+    }
+
+    /// Schema versions shared with the rest of the pipeline (and kept across restarts).
+    pub fn with_versions(mut self, versions: super::schemas::SchemaVersions) -> Decoder {
+        self.versions = versions;
+        self
     }
 
     /// Columns of a domain type are typed as the domain's base type.
@@ -297,30 +305,25 @@ impl Decoder {
                 }
             })
             .collect();
-        let version = match self.relations.get(&msg.id) {
-            Some(old) if old.relation.columns == columns && old.relation.table == table.table => {
-                old.relation.version
-            }
-            Some(old) => {
-                if self.captured.contains(&table) {
-                    let names = |cols: &[Column]| {
-                        cols.iter()
-                            .map(|c| format!("{} {}", c.name, c.type_name))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    };
-                    tracing::info!(
-                        table = %table,
-                        version = old.relation.version + 1,
-                        columns = %names(&columns),
-                        was = %names(&old.relation.columns),
-                        "The table's columns changed: new files carry the new schema."
-                    );
-                }
-                old.relation.version + 1
-            }
-            None => 1,
-        };
+        let version = self.versions.version_for(msg.id, &columns);
+        if let Some(old) = self.relations.get(&msg.id)
+            && old.relation.version != version
+            && self.captured.contains(&table)
+        {
+            let names = |cols: &[Column]| {
+                cols.iter()
+                    .map(|c| format!("{} {}", c.name, c.type_name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            tracing::info!(
+                table = %table,
+                version,
+                columns = %names(&columns),
+                was = %names(&old.relation.columns),
+                "The table's columns changed: new files carry the new schema."
+            );
+        }
         let entry = RelEntry {
             kinds: columns.iter().map(|c| kind(c.type_oid)).collect(),
             key_columns: columns

@@ -3,6 +3,7 @@
 
 pub mod decoder;
 pub mod pgoutput;
+pub mod schemas;
 pub mod snapshot;
 
 use crate::batch::{Batcher, SourceBatch};
@@ -25,6 +26,10 @@ use tokio_util::sync::CancellationToken;
 /// floats with every digit.
 const SESSION_OPTIONS: &str =
     "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=3";
+
+/// The same settings for sessions that read rows (snapshot, backfill): values must be
+/// rendered exactly as the replication session renders them.
+pub(crate) const READ_SESSION_SETTINGS: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 3";
 
 /// Something that stops the source; user-caused ones say what to do.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +100,8 @@ pub struct SourceInfo {
     pub type_names: HashMap<u32, String>,
     /// Domains (and domains over domains) to their base type and typmod.
     pub domains: HashMap<u32, (u32, i32)>,
+    /// Schema versions of the captured relations (set by the pipeline before streaming).
+    pub versions: schemas::SchemaVersions,
     /// The slot exists already (otherwise `prepare` creates it).
     pub slot_exists: bool,
     /// Tables missing from an existing publication (`prepare` adds them).
@@ -430,6 +437,7 @@ impl Control {
             primary_keys,
             type_names,
             domains,
+            versions: schemas::SchemaVersions::in_memory(),
             slot_exists,
             publication_missing,
         })
@@ -634,7 +642,8 @@ impl PgSource {
             info.type_names.clone(),
             resume,
         )
-        .with_domains(info.domains.clone());
+        .with_domains(info.domains.clone())
+        .with_versions(info.versions.clone());
         let (tx, batches) = mpsc::channel(2);
         let (ack, ack_rx) = watch::channel(start);
         let stop = CancellationToken::new();

@@ -165,6 +165,11 @@ impl SnapshotReader {
         let control = Control::connect(url).await?;
         control
             .client
+            .batch_execute(super::READ_SESSION_SETTINGS)
+            .await
+            .map_err(sql_err("setting up the snapshot session"))?;
+        control
+            .client
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
                 name.replace('\'', "")
@@ -351,7 +356,7 @@ pub(crate) async fn table_relation(
         id: oid,
         schema: table.schema.clone(),
         table: table.table.clone(),
-        version: 1,
+        version: info.versions.version_for(oid, &columns),
         columns,
     })
 }

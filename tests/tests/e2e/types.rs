@@ -298,6 +298,10 @@ fn each_kind_of_alter_table_mid_stream_starts_a_new_schema_version() {
         "each change is logged"
     );
 
+    // A restart keeps the version: the next file is version 5 again, not 1.
+    db.sql("INSERT INTO t VALUES (6, 6, 't')");
+    db.catch_up(&config);
+
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/versions.py");
     let python = std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = Command::new(python)
@@ -336,10 +340,18 @@ fn each_kind_of_alter_table_mid_stream_starts_a_new_schema_version() {
     assert_eq!(by_version(4).0, ["id", "a", "d"], "RENAME COLUMN");
     assert_eq!(
         by_version(5),
-        (vec!["id".into(), "a".into(), "d".into()], 2),
-        "ALTER TYPE"
+        (vec!["id".into(), "a".into(), "d".into()], 3),
+        "ALTER TYPE, and the row written after a restart"
+    );
+    assert!(
+        files
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["version"].as_u64() <= Some(5)),
+        "no new version after the restart"
     );
     let log = db.changelog("public.t", "id");
-    assert_eq!((log.op("c"), log.op("u")), (5, 1));
+    assert_eq!((log.op("c"), log.op("u")), (6, 1));
     assert_eq!(log.duplicates, 0);
 }
