@@ -451,3 +451,43 @@ fn dead_letters_of_a_transform_are_replayed_through_the_rest_of_the_pipeline() {
     let t = assert_same_state(&db, "public.t", "id");
     assert_eq!(t.op("c"), 200, "every event in the changelog once");
 }
+
+#[test]
+fn a_sink_instance_lost_with_buffered_changes_stops_instead_of_skipping_them() {
+    let db = TestDb::new("sink_lost");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let config = db.config(&["public.t"]);
+    // Buffered, so a trap loses what the instance held; skip would isolate the bad event.
+    let dir = with_recorder(
+        &db,
+        &config,
+        "skip",
+        "{ resume = true, buffer = true, trap = \"poison\" }",
+    );
+    db.catch_up(&config);
+    let before = db.confirmed_flush();
+    db.sql("INSERT INTO t SELECT g, CASE WHEN g = 70 THEN 'poison' ELSE 'ok' END FROM generate_series(1, 100) g");
+    let out = db
+        .weir(&["run", config.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the run stops");
+    assert!(
+        stderr(&out).contains("had not made durable"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(db.confirmed_flush(), before, "the checkpoint did not move");
+
+    // Fixed: everything arrives, once.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("trap = \"poison\"", "trap = \"nothing\""),
+    )
+    .unwrap();
+    db.catch_up(&config);
+    let lines = recorded(&dir);
+    assert_unique(&lines);
+    assert_eq!(lines.len(), 100);
+}
