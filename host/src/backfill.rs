@@ -29,6 +29,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 use weir_sdk::{Event, Op, Relation, Value};
 
 /// The prefix of a request (content: `schema.table`).
@@ -254,6 +255,18 @@ impl Backfills {
         self.next_id += 1;
         let id = format!("{}-{}", self.run, self.next_id);
         self.emit(WATERMARK, &format!("low:{id}")).await?;
+        // A transaction may have written its commit record before the low watermark yet
+        // not be visible to a query (it waits on a synchronous standby, or has not left
+        // the process array): its change is then before the window and not in the chunk,
+        // and the chunk's older row would undo it. So the chunk is read only once every
+        // transaction in progress after the watermark has ended; if one is still open after
+        // a second (a long transaction), this attempt is dropped (its watermark is
+        // ignored) and the next loop tries again.
+        if !self.in_progress_ended(Duration::from_secs(1)).await? {
+            tracing::debug!(table = %active.table, "Backfill chunk waits for open transactions to end.");
+            return Ok(());
+        }
+        let active = self.active.as_ref().expect("set above");
         let key_list = key_columns(&active.relation, &active.key);
         let mut bounds = Vec::new();
         if let Some(k) = &active.last_key {
@@ -294,6 +307,49 @@ impl Backfills {
             open: false,
         });
         Ok(())
+    }
+
+    /// Waits up to `limit` for the transactions in progress now to end.
+    async fn in_progress_ended(&self, limit: Duration) -> Result<bool, SourceError> {
+        let err = |e: tokio_postgres::Error| SourceError::Sql {
+            context: "waiting for open transactions before a backfill chunk".into(),
+            message: e.to_string(),
+        };
+        let xids: Vec<i64> = self
+            .control
+            .client
+            .query(
+                "SELECT x::text::bigint FROM txid_snapshot_xip(txid_current_snapshot()) x",
+                &[],
+            )
+            .await
+            .map_err(err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if xids.is_empty() {
+                return Ok(true);
+            }
+            let open: i64 = self
+                .control
+                .client
+                .query_one(
+                    "SELECT count(*) FROM unnest($1::bigint[]) x WHERE txid_status(x) = 'in progress'",
+                    &[&xids],
+                )
+                .await
+                .map_err(err)?
+                .get(0);
+            if open == 0 {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     async fn emit(&self, prefix: &str, content: &str) -> Result<(), SourceError> {
