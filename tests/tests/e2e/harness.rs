@@ -198,8 +198,28 @@ impl Changelog {
     }
 }
 
-fn python() -> String {
+/// The Python of the test venv (`scripts/test.sh` sets `WEIR_TEST_PYTHON`).
+pub fn python() -> String {
     std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Runs `tests/py/<script>` with `args`; panics with its stderr when it fails; returns
+/// its stdout.
+pub fn py<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("py")
+        .join(script);
+    let out = Command::new(python())
+        .arg(path)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 pub fn read_changelog(dir: &Path, keys: &str) -> Changelog {

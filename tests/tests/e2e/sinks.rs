@@ -32,8 +32,7 @@ impl Receiver {
     pub fn start(dir: &Path, args: &[&str]) -> Receiver {
         let out = dir.join("received.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/webhook_server.py");
-        let python = std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-        let mut child = Command::new(python)
+        let mut child = Command::new(crate::harness::python())
             .arg(script)
             .arg(&out)
             .args(args)

@@ -4,7 +4,6 @@
 use crate::harness::{TestDb, assert_same_state};
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
 
 /// Column name, type, and two values (SQL literals): ordinary and edge.
 type Spec = (&'static str, &'static str, &'static str, &'static str);
@@ -125,15 +124,7 @@ const COLUMNS: &[Spec] = &[
 ];
 
 fn values_as_duckdb_reads_them(dir: &Path) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/values.py");
-    let python = std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(python).arg(script).arg(dir).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&crate::harness::py("values.py", &[dir])).unwrap()
 }
 
 /// PostgreSQL's rendering of a value, in the form DuckDB's differs by only in notation.
@@ -302,19 +293,8 @@ fn each_kind_of_alter_table_mid_stream_starts_a_new_schema_version() {
     db.sql("INSERT INTO t VALUES (6, 6, 't')");
     db.catch_up(&config);
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/versions.py");
-    let python = std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(python)
-        .arg(script)
-        .arg(db.out().join("public").join("t"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let files: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = crate::harness::py("versions.py", &[db.out().join("public").join("t")]);
+    let files: Value = serde_json::from_slice(&out).unwrap();
     let by_version = |v: u64| -> (Vec<String>, u64) {
         let fs: Vec<&Value> = files
             .as_array()
