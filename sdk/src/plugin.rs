@@ -133,4 +133,64 @@ pub mod testing {
         let out = transform::<T>(config_json)?.process(batch)?;
         Batch::decode(&out.encode()).map_err(|e| PluginError::Fatal(e.to_string()))
     }
+
+    /// Initializes a sink from a JSON configuration, as weir would.
+    pub fn sink<S: Sink>(config_json: &str) -> Result<S, PluginError> {
+        S::init(parse_config(config_json)?)
+    }
+
+    /// Delivers one batch to a sink through the wire format, with `committed` set to the
+    /// batch's last `commit_lsn` (its last transaction complete), as weir does; returns
+    /// what the sink reports durable.
+    pub fn deliver<S: Sink>(sink: &mut S, mut batch: Batch) -> Result<u64, PluginError> {
+        batch.committed = batch.events.iter().map(|e| e.commit_lsn).max().unwrap_or(0);
+        let batch =
+            Batch::decode(&batch.encode()).map_err(|e| PluginError::Fatal(e.to_string()))?;
+        sink.write(batch)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Keeps what it is given; durable at once.
+        struct Memory(Vec<(u64, u32)>);
+
+        impl Sink for Memory {
+            type Config = serde_json::Value;
+            fn init(_: serde_json::Value) -> Result<Self, PluginError> {
+                Ok(Memory(Vec::new()))
+            }
+            fn write(&mut self, batch: Batch) -> Result<u64, PluginError> {
+                self.0
+                    .extend(batch.events.iter().map(|e| (e.commit_lsn, e.seq)));
+                Ok(batch.committed)
+            }
+            fn flush(&mut self) -> Result<u64, PluginError> {
+                Ok(self.0.last().map_or(0, |e| e.0))
+            }
+        }
+
+        #[test]
+        fn a_sink_runs_natively_through_the_wire_format() {
+            let mut batch = Batch::default();
+            let rel = batch.push_relation(relation("public", "t", &[("id", "int4", true)]));
+            for seq in 0..3 {
+                batch.events.push(event(
+                    Op::Insert,
+                    rel,
+                    seq,
+                    None,
+                    Some(vec![Value::Int(seq as i64)]),
+                ));
+            }
+            let mut s = sink::<Memory>("{}").unwrap();
+            assert_eq!(
+                deliver(&mut s, batch).unwrap(),
+                1,
+                "committed: the last commit_lsn"
+            );
+            assert_eq!(s.0, vec![(1, 0), (1, 1), (1, 2)]);
+        }
+    }
 }
