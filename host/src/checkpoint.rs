@@ -78,6 +78,8 @@ pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
     checkpoint: Path,
     intent: Path,
+    /// fsync after each write (local outputs).
+    local: Option<crate::sink::LocalSync>,
 }
 
 impl CheckpointStore {
@@ -88,7 +90,14 @@ impl CheckpointStore {
             store,
             checkpoint: dir.clone().join("checkpoint.json"),
             intent: dir.join("intent.json"),
+            local: None,
         }
+    }
+
+    /// fsyncs each state file after writing it (for local outputs).
+    pub fn with_local_sync(mut self, local: Option<crate::sink::LocalSync>) -> CheckpointStore {
+        self.local = local;
+        self
     }
 
     fn store_err(&self, location: &Path) -> impl FnOnce(object_store::Error) -> CheckpointError {
@@ -125,6 +134,15 @@ impl CheckpointStore {
             .put(path, PutPayload::from(bytes))
             .await
             .map_err(self.store_err(path))?;
+        if let Some(local) = &self.local {
+            local
+                .sync(vec![path.clone()])
+                .await
+                .map_err(|e| CheckpointError::Corrupt {
+                    location: path.to_string(),
+                    message: e.to_string(),
+                })?;
+        }
         Ok(())
     }
 

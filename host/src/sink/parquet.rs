@@ -196,6 +196,8 @@ pub struct ParquetSink {
     prefix: Path,
     slot: String,
     checkpoints: CheckpointStore,
+    /// fsync for local outputs.
+    local: Option<super::LocalSync>,
     properties: WriterProperties,
     /// Sequence number of the last committed flush.
     seq: u64,
@@ -229,7 +231,9 @@ impl ParquetSink {
     ) -> Result<ParquetSink, SinkError> {
         let (store, prefix) = super::object_store_for(&config.url)?;
         super::check_reachable(store.as_ref(), &prefix, &config.url).await?;
-        let checkpoints = CheckpointStore::new(store.clone(), &prefix, slot);
+        let local = super::LocalSync::for_url(&config.url);
+        let checkpoints =
+            CheckpointStore::new(store.clone(), &prefix, slot).with_local_sync(local.clone());
         let checkpoint = match recover {
             true => checkpoints.recover().await?,
             false => None,
@@ -256,6 +260,7 @@ impl ParquetSink {
             prefix,
             slot: slot.to_owned(),
             checkpoints,
+            local,
             properties,
             open: HashMap::new(),
             rolled: Vec::new(),
@@ -460,6 +465,10 @@ impl ParquetSink {
         let open: Vec<OpenFile> = self.open.drain().map(|(_, f)| f).collect();
         for file in open {
             file.complete().await?;
+        }
+        if let Some(local) = &self.local {
+            // On disk before the checkpoint that lists them.
+            local.sync(files.clone()).await?;
         }
         self.checkpoints.commit(seq, last_commit).await?;
         tracing::debug!(
