@@ -77,6 +77,7 @@ pub struct DeadLetters {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     url: String,
+    local: Option<crate::sink::LocalSync>,
 }
 
 impl DeadLetters {
@@ -85,6 +86,7 @@ impl DeadLetters {
         let (store, base) = object_store_for(url)?;
         let prefix = base.join("_weir").join(slot).join("dead-letter");
         Ok(DeadLetters {
+            local: crate::sink::LocalSync::for_url(url),
             store,
             prefix,
             url: format!("{}/_weir/{slot}/dead-letter", url.trim_end_matches('/')),
@@ -115,6 +117,13 @@ impl DeadLetters {
             .put(&key, bytes.into())
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(local) = &self.local {
+            // On disk before the checkpoint can pass the event.
+            local
+                .sync(vec![key.clone()])
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         Ok(key.to_string())
     }
 
