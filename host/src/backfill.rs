@@ -25,7 +25,7 @@ use crate::source::decoder::{Kind, kind};
 use crate::source::snapshot::{row_values, select_list, table_relation};
 use crate::source::{Control, SourceError, SourceInfo};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -95,6 +95,7 @@ pub struct Backfills {
     run: String,
     /// The last chunk's position: later batches do not report an earlier one.
     floor: Option<CommitPos>,
+    local: Option<crate::sink::LocalSync>,
 }
 
 impl Backfills {
@@ -157,6 +158,7 @@ impl Backfills {
             chunk: None,
             next_id: 0,
             floor: None,
+            local: crate::sink::LocalSync::for_url(state_url),
             run: format!("{:x}", chrono::Utc::now().timestamp_micros()),
         })
     }
@@ -530,11 +532,9 @@ impl Backfills {
 
     async fn save(&self) -> Result<(), SourceError> {
         let bytes = serde_json::to_vec_pretty(&self.record).expect("plain data serializes");
-        self.store
-            .put(&self.path, PutPayload::from(bytes))
+        crate::sink::put_state(self.store.as_ref(), &self.path, bytes, self.local.as_ref())
             .await
-            .map_err(|e| io_err(&self.path, e))?;
-        Ok(())
+            .map_err(|e| io_err(&self.path, e))
     }
 
     /// The tables that still have to be backfilled, by name (for logs).

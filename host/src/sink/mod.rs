@@ -134,6 +134,25 @@ impl LocalSync {
     }
 }
 
+/// Writes a small state file durably: on local output it is fsynced with its directory.
+pub async fn put_state(
+    store: &dyn ObjectStore,
+    path: &Path,
+    bytes: Vec<u8>,
+    local: Option<&LocalSync>,
+) -> Result<(), String> {
+    object_store::ObjectStoreExt::put(store, path, object_store::PutPayload::from(bytes))
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(local) = local {
+        local
+            .sync(vec![path.clone()])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Checks that the output location can be read (a missing bucket, wrong credentials or
 /// an unreachable endpoint show here, before anything is created or written).
 pub async fn check_reachable(

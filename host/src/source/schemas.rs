@@ -5,7 +5,7 @@
 use super::SourceError;
 use crate::sink::object_store_for;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use weir_sdk::Column;
@@ -23,6 +23,7 @@ struct Known {
 pub struct SchemaVersions {
     known: Arc<Mutex<Known>>,
     store: Option<(Arc<dyn ObjectStore>, Path)>,
+    local: Option<crate::sink::LocalSync>,
 }
 
 impl std::fmt::Debug for SchemaVersions {
@@ -63,6 +64,7 @@ impl SchemaVersions {
                 dirty: false,
             })),
             store: Some((store, path)),
+            local: crate::sink::LocalSync::for_url(state_url),
         })
     }
 
@@ -93,13 +95,11 @@ impl SchemaVersions {
             known.dirty = false;
             serde_json::to_vec_pretty(&known.relations).expect("plain data serializes")
         };
-        store
-            .put(path, PutPayload::from(bytes))
+        crate::sink::put_state(store.as_ref(), path, bytes, self.local.as_ref())
             .await
-            .map(|_| ())
             .map_err(|e| SourceError::Sql {
                 context: format!("writing {path}"),
-                message: e.to_string(),
+                message: e,
             })
     }
 }

@@ -19,7 +19,7 @@ use crate::config::TableName;
 use crate::lsn::Lsn;
 use crate::sink::object_store_for;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,12 +47,14 @@ pub struct SnapshotState {
     store: Arc<dyn ObjectStore>,
     path: Path,
     slot: String,
+    local: Option<crate::sink::LocalSync>,
 }
 
 impl SnapshotState {
     pub fn open(state_url: &str, slot: &str) -> Result<SnapshotState, crate::sink::SinkError> {
         let (store, base) = object_store_for(state_url)?;
         Ok(SnapshotState {
+            local: crate::sink::LocalSync::for_url(state_url),
             store,
             path: base.join("_weir").join(slot).join("snapshot.json"),
             slot: slot.to_owned(),
@@ -83,13 +85,11 @@ impl SnapshotState {
             consistent_point: at.map(|l| l.to_string()),
         };
         let bytes = serde_json::to_vec_pretty(&record).expect("plain data serializes");
-        self.store
-            .put(&self.path, PutPayload::from(bytes))
+        crate::sink::put_state(self.store.as_ref(), &self.path, bytes, self.local.as_ref())
             .await
-            .map(|_| ())
             .map_err(|e| SourceError::Sql {
                 context: format!("writing {}", self.path),
-                message: e.to_string(),
+                message: e,
             })
     }
 }
