@@ -24,8 +24,8 @@ use crate::sink::object_store_for;
 use crate::source::decoder::{Kind, kind};
 use crate::source::snapshot::{row_values, select_list, table_relation};
 use crate::source::{Control, SourceError, SourceInfo};
+use object_store::ObjectStore;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -115,14 +115,10 @@ impl Backfills {
             message: e.to_string(),
         })?;
         let path = base.join("_weir").join(slot).join("backfill.json");
-        let mut record: Record = match store.get(&path).await {
-            Ok(r) => {
-                let bytes = r.bytes().await.map_err(|e| io_err(&path, e))?;
-                serde_json::from_slice(&bytes).map_err(|e| io_err(&path, e))?
-            }
-            Err(object_store::Error::NotFound { .. }) => Record::default(),
-            Err(e) => return Err(io_err(&path, e)),
-        };
+        let mut record: Record = crate::sink::get_state(store.as_ref(), &path)
+            .await
+            .map_err(|e| io_err(&path, e))?
+            .unwrap_or_default();
         let durable = resume.map_or(0, |r| r.commit_lsn.0);
         let mut queue = VecDeque::new();
         for (name, progress) in &mut record.tables {
@@ -531,10 +527,14 @@ impl Backfills {
     }
 
     async fn save(&self) -> Result<(), SourceError> {
-        let bytes = serde_json::to_vec_pretty(&self.record).expect("plain data serializes");
-        crate::sink::put_state(self.store.as_ref(), &self.path, bytes, self.local.as_ref())
-            .await
-            .map_err(|e| io_err(&self.path, e))
+        crate::sink::put_state(
+            self.store.as_ref(),
+            &self.path,
+            &self.record,
+            self.local.as_ref(),
+        )
+        .await
+        .map_err(|e| io_err(&self.path, e))
     }
 
     /// The tables that still have to be backfilled, by name (for logs).

@@ -134,13 +134,32 @@ impl LocalSync {
     }
 }
 
-/// Writes a small state file durably: on local output it is fsynced with its directory.
-pub async fn put_state(
+/// Reads a small JSON state file (progress records of weir's own); `None` when absent.
+pub async fn get_state<T: serde::de::DeserializeOwned>(
     store: &dyn ObjectStore,
     path: &Path,
-    bytes: Vec<u8>,
+) -> Result<Option<T>, String> {
+    match object_store::ObjectStoreExt::get(store, path).await {
+        Ok(r) => {
+            let bytes = r.bytes().await.map_err(|e| e.to_string())?;
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| e.to_string())
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Writes a small JSON state file durably: on local output it is fsynced with its
+/// directory.
+pub async fn put_state<T: serde::Serialize>(
+    store: &dyn ObjectStore,
+    path: &Path,
+    value: &T,
     local: Option<&LocalSync>,
 ) -> Result<(), String> {
+    let bytes = serde_json::to_vec_pretty(value).expect("state records serialize");
     object_store::ObjectStoreExt::put(store, path, object_store::PutPayload::from(bytes))
         .await
         .map_err(|e| e.to_string())?;

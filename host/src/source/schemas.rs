@@ -4,8 +4,8 @@
 
 use super::SourceError;
 use crate::sink::object_store_for;
+use object_store::ObjectStore;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use weir_sdk::Column;
@@ -50,14 +50,10 @@ impl SchemaVersions {
         };
         let (store, base) = object_store_for(state_url).map_err(|e| err(e.to_string()))?;
         let path = base.join("_weir").join(slot).join("schemas.json");
-        let relations = match store.get(&path).await {
-            Ok(r) => {
-                let bytes = r.bytes().await.map_err(|e| err(e.to_string()))?;
-                serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?
-            }
-            Err(object_store::Error::NotFound { .. }) => BTreeMap::new(),
-            Err(e) => return Err(err(e.to_string())),
-        };
+        let relations = crate::sink::get_state(store.as_ref(), &path)
+            .await
+            .map_err(err)?
+            .unwrap_or_default();
         Ok(SchemaVersions {
             known: Arc::new(Mutex::new(Known {
                 relations,
@@ -87,15 +83,15 @@ impl SchemaVersions {
         let Some((store, path)) = &self.store else {
             return Ok(());
         };
-        let bytes = {
+        let relations = {
             let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
             if !known.dirty {
                 return Ok(());
             }
             known.dirty = false;
-            serde_json::to_vec_pretty(&known.relations).expect("plain data serializes")
+            known.relations.clone()
         };
-        crate::sink::put_state(store.as_ref(), path, bytes, self.local.as_ref())
+        crate::sink::put_state(store.as_ref(), path, &relations, self.local.as_ref())
             .await
             .map_err(|e| SourceError::Sql {
                 context: format!("writing {path}"),

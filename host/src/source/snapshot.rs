@@ -18,8 +18,8 @@ use crate::checkpoint::CommitPos;
 use crate::config::TableName;
 use crate::lsn::Lsn;
 use crate::sink::object_store_for;
+use object_store::ObjectStore;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,16 +66,10 @@ impl SnapshotState {
             context: format!("reading {}", self.path),
             message: e,
         };
-        match self.store.get(&self.path).await {
-            Ok(r) => {
-                let bytes = r.bytes().await.map_err(|e| err(e.to_string()))?;
-                let record: Record =
-                    serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
-                Ok(Some(record.progress))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(err(e.to_string())),
-        }
+        let record: Option<Record> = crate::sink::get_state(self.store.as_ref(), &self.path)
+            .await
+            .map_err(err)?;
+        Ok(record.map(|r| r.progress))
     }
 
     pub async fn write(&self, progress: Progress, at: Option<Lsn>) -> Result<(), SourceError> {
@@ -84,13 +78,17 @@ impl SnapshotState {
             slot: self.slot.clone(),
             consistent_point: at.map(|l| l.to_string()),
         };
-        let bytes = serde_json::to_vec_pretty(&record).expect("plain data serializes");
-        crate::sink::put_state(self.store.as_ref(), &self.path, bytes, self.local.as_ref())
-            .await
-            .map_err(|e| SourceError::Sql {
-                context: format!("writing {}", self.path),
-                message: e,
-            })
+        crate::sink::put_state(
+            self.store.as_ref(),
+            &self.path,
+            &record,
+            self.local.as_ref(),
+        )
+        .await
+        .map_err(|e| SourceError::Sql {
+            context: format!("writing {}", self.path),
+            message: e,
+        })
     }
 }
 

@@ -203,6 +203,32 @@ pub fn python() -> String {
     std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
+/// Starts `tests/py/<script>` with `args` as a server on a loopback port: it prints the
+/// port on its first line. Returns the process (kill it when done) and the port.
+pub fn serve_py<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) -> (std::process::Child, u16) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("py")
+        .join(script);
+    let mut child = Command::new(python())
+        .arg(path)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{script} prints its port first, not {line:?}"));
+    (child, port)
+}
+
 /// Runs `tests/py/<script>` with `args`; panics with its stderr when it fails; returns
 /// its stdout.
 pub fn py<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) -> Vec<u8> {

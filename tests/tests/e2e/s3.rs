@@ -1,16 +1,11 @@
 //! Parquet output on S3, against a real S3-compatible server (moto's, from PyPI) on a
 //! loopback port; the objects are read back with boto3 and DuckDB, not through weir.
 
-use crate::harness::{TestDb, python, read_changelog, stderr};
+use crate::harness::{TestDb, read_changelog, stderr};
 use crate::recovery::Writer;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("py/s3_server.py")
-}
 
 /// The server, with one bucket; killed on drop.
 struct S3 {
@@ -21,18 +16,7 @@ struct S3 {
 
 impl S3 {
     fn start(bucket: &str) -> S3 {
-        let mut child = Command::new(python())
-            .arg(script())
-            .args(["serve", bucket])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().parse().expect("the server prints its port");
+        let (child, port) = crate::harness::serve_py("s3_server.py", &["serve", bucket]);
         S3 {
             child,
             port,

@@ -6,9 +6,8 @@ use crate::harness::{TestDb, assert_same_state, stderr};
 use crate::recovery::{Writer, unsafe_kill, wait_with_timeout};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output};
 use std::time::Duration;
 
 const WEBHOOK: (&str, &str) = ("weir-plugin-webhook", "plugins/webhook/weir-plugin.toml");
@@ -31,19 +30,9 @@ pub(crate) struct Receiver {
 impl Receiver {
     pub fn start(dir: &Path, args: &[&str]) -> Receiver {
         let out = dir.join("received.jsonl");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/webhook_server.py");
-        let mut child = Command::new(crate::harness::python())
-            .arg(script)
-            .arg(&out)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().parse().expect("the receiver prints its port");
+        let mut all = vec![out.as_os_str()];
+        all.extend(args.iter().map(std::ffi::OsStr::new));
+        let (child, port) = crate::harness::serve_py("webhook_server.py", &all);
         Receiver { child, port, out }
     }
 
