@@ -159,6 +159,120 @@ pub enum SinkConfig {
     Parquet(ParquetSinkConfig),
     /// A sink plugin (a component of the `sink-plugin` world).
     Plugin(PluginSinkConfig),
+    /// Apache Iceberg changelog tables, committed through a catalog.
+    Iceberg(IcebergSinkConfig),
+}
+
+/// `[[sink]] type = "iceberg"`: one Iceberg changelog table per source table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcebergSinkConfig {
+    /// Where table data and metadata go: `file:///absolute/path` or `s3://bucket/prefix`.
+    pub warehouse: String,
+    /// Namespace of the changelog tables. Default: each source table's schema name
+    /// (`public.orders` becomes Iceberg table `public.orders`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The catalog. Default: the SQL catalog on SQLite at `<warehouse>/catalog.db` (local
+    /// warehouses only).
+    #[serde(default)]
+    pub catalog: CatalogConfig,
+    /// Partition spec of new tables, on `_cdc_commit_ts`: `day` (default), `hour` or
+    /// `none`.
+    #[serde(default)]
+    pub partition: IcebergPartition,
+    /// A data file is closed and a new one started once it reaches this size. Default
+    /// `128MiB`.
+    #[serde(default = "default_target_file_size", deserialize_with = "de_size")]
+    pub target_file_size: u64,
+    /// Written files are committed (one snapshot per changed table) at least this often.
+    /// Default `60s`.
+    #[serde(default = "default_commit_interval", deserialize_with = "de_duration")]
+    pub commit_interval: Duration,
+    /// Background table maintenance; none unless configured.
+    #[serde(default)]
+    pub maintenance: Option<MaintenanceConfig>,
+}
+
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// `[sink.catalog]`: where Iceberg table metadata is registered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CatalogConfig {
+    /// The SQL catalog on an SQLite file: nothing to run. PyIceberg, Spark and Trino
+    /// read it as a JDBC/SQL catalog of the same `name`.
+    Sql {
+        /// The SQLite file, created when missing; relative to the pipeline file.
+        #[serde(default)]
+        path: Option<PathBuf>,
+        /// Catalog name recorded with each table. Default `weir`.
+        #[serde(default = "default_weir")]
+        name: String,
+    },
+    /// An Iceberg REST catalog.
+    Rest {
+        /// The catalog's base URI, `https://catalog.example.com/api/catalog`.
+        uri: String,
+        /// Warehouse name or location the catalog knows the tables by, when it needs one.
+        #[serde(default)]
+        warehouse: Option<String>,
+        /// OAuth2 client credential, `client_id:client_secret` (use `${VAR}`).
+        #[serde(default)]
+        credential: Option<String>,
+        /// A bearer token (use `${VAR}`).
+        #[serde(default)]
+        token: Option<String>,
+        /// Catalog name. Default `weir`.
+        #[serde(default = "default_weir")]
+        name: String,
+    },
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig::Sql {
+            path: None,
+            name: default_weir(),
+        }
+    }
+}
+
+/// Partition spec of Iceberg changelog tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IcebergPartition {
+    #[default]
+    Day,
+    Hour,
+    None,
+}
+
+/// `[sink.maintenance]`: table maintenance run by the pipeline on a schedule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// How often maintenance runs. Default `1h`.
+    #[serde(
+        default = "default_maintenance_every",
+        deserialize_with = "de_duration"
+    )]
+    pub every: Duration,
+    /// Snapshots older than this are expired (the current one never is). Default `7d`.
+    #[serde(
+        default = "default_expire_older_than",
+        deserialize_with = "de_duration"
+    )]
+    pub expire_older_than: Duration,
+}
+
+fn default_maintenance_every() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_expire_older_than() -> Duration {
+    Duration::from_secs(7 * 86_400)
 }
 
 /// `[[sink]] type = "plugin"`: a sink component, beside the native sinks.
@@ -344,10 +458,15 @@ impl PipelineConfig {
             }
         }
         for sink in &mut config.sinks {
-            if let SinkConfig::Plugin(p) = sink
-                && p.plugin.is_relative()
-            {
-                p.plugin = base.join(&p.plugin);
+            match sink {
+                SinkConfig::Plugin(p) if p.plugin.is_relative() => {
+                    p.plugin = base.join(&p.plugin);
+                }
+                SinkConfig::Iceberg(IcebergSinkConfig {
+                    catalog: CatalogConfig::Sql { path: Some(p), .. },
+                    ..
+                }) if p.is_relative() => *p = base.join(&*p),
+                _ => {}
             }
         }
         Ok(config)
@@ -418,6 +537,33 @@ impl PipelineConfig {
                         ));
                     }
                 }
+                SinkConfig::Iceberg(c) => {
+                    let key = format!("sink[{i}]");
+                    crate::sink::object_store_for(&c.warehouse)
+                        .map_err(|e| invalid(&format!("{key}.warehouse"), e.to_string()))?;
+                    if c.target_file_size == 0 || c.commit_interval.is_zero() {
+                        return Err(invalid(
+                            &key,
+                            "target_file_size and commit_interval must be greater than zero".into(),
+                        ));
+                    }
+                    if matches!(c.catalog, CatalogConfig::Sql { path: None, .. })
+                        && !c.warehouse.starts_with("file:")
+                    {
+                        return Err(invalid(
+                            &format!("{key}.catalog"),
+                            "the SQLite catalog file cannot live in object storage: set [sink.catalog] path = \"/var/lib/weir/catalog.db\", or use type = \"rest\"".into(),
+                        ));
+                    }
+                    if let Some(m) = &c.maintenance
+                        && (m.every.is_zero() || m.expire_older_than.is_zero())
+                    {
+                        return Err(invalid(
+                            &format!("{key}.maintenance"),
+                            "every and expire_older_than must be greater than zero".into(),
+                        ));
+                    }
+                }
                 SinkConfig::Plugin(p) => {
                     if p.flush_interval.is_zero() {
                         return Err(invalid(
@@ -431,7 +577,7 @@ impl PipelineConfig {
         if self.source.snapshot == SnapshotMode::Initial && self.state_url().is_none() {
             return Err(invalid(
                 "source.snapshot",
-                "\"initial\" records its progress with the output, and this pipeline has no parquet sink: add [state] url = \"file:///...\", or set snapshot = \"never\"".into(),
+                "\"initial\" records its progress with the output, and this pipeline has no parquet or iceberg sink: add [state] url = \"file:///...\", or set snapshot = \"never\"".into(),
             ));
         }
         if let Some(d) = &self.state {
@@ -442,14 +588,21 @@ impl PipelineConfig {
     }
 
     /// Where state (dead letters, snapshot progress) goes: `[state] url`, else the
-    /// first Parquet sink's `url`.
+    /// first Parquet sink's `url`, else the first Iceberg sink's `warehouse`.
     pub fn state_url(&self) -> Option<&str> {
-        self.state.as_ref().map(|d| d.url.as_str()).or_else(|| {
-            self.sinks.iter().find_map(|s| match s {
-                SinkConfig::Parquet(p) => Some(p.url.as_str()),
-                _ => None,
-            })
-        })
+        let parquet = self.sinks.iter().find_map(|s| match s {
+            SinkConfig::Parquet(p) => Some(p.url.as_str()),
+            _ => None,
+        });
+        let iceberg = self.sinks.iter().find_map(|s| match s {
+            SinkConfig::Iceberg(c) => Some(c.warehouse.as_str()),
+            _ => None,
+        });
+        self.state
+            .as_ref()
+            .map(|d| d.url.as_str())
+            .or(parquet)
+            .or(iceberg)
     }
 
     /// The pipeline's name.

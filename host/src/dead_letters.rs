@@ -156,6 +156,7 @@ struct ReplaySinks {
 
 enum ReplaySink {
     Parquet(ParquetSink),
+    Iceberg(Box<crate::sink::iceberg::IcebergSink>),
     Plugin(Option<SinkPlugin>),
 }
 
@@ -167,6 +168,9 @@ impl ReplaySinks {
                 SinkConfig::Parquet(p) => ReplaySink::Parquet(
                     ParquetSink::open_for_replay(p.clone(), &config.source.slot).await?,
                 ),
+                SinkConfig::Iceberg(c) => ReplaySink::Iceberg(Box::new(
+                    crate::sink::iceberg::IcebergSink::open(c.clone(), &config.source.slot).await?,
+                )),
                 SinkConfig::Plugin(p) => {
                     let engine = plugins.engine.clone().expect("made for plugin sinks");
                     let p = p.clone();
@@ -204,6 +208,7 @@ impl ReplaySinks {
                 ReplaySink::Parquet(p) => {
                     p.write_replay(batch, &name).await?;
                 }
+                ReplaySink::Iceberg(s) => s.write_replay(batch, &name).await?,
                 ReplaySink::Plugin(slot) => {
                     let mut plugin = slot.take().context("the sink plugin was lost")?;
                     let events = batch.clone();

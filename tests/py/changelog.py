@@ -21,15 +21,26 @@ import duckdb
 def main():
     table_dir, keys = sys.argv[1], sys.argv[2].split(",")
     files = sorted(glob.glob(f"{table_dir}/**/*.parquet", recursive=True))
-    out = {"rows": [], "ops": {}, "duplicates": 0, "files": len(files), "delete_rows": [], "max_commit_lsn": 0, "unchanged_rows": 0}
     if not files:
-        print(json.dumps(out))
+        print(json.dumps(empty(0)))
         return
     con = duckdb.connect()
     file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     con.execute(
-        "CREATE VIEW log AS SELECT *, row_number() OVER (ORDER BY _cdc_commit_lsn, _cdc_seq) AS _pos "
-        f"FROM read_parquet([{file_list}], union_by_name = true, hive_partitioning = false)"
+        f"CREATE VIEW raw AS SELECT * FROM read_parquet([{file_list}], union_by_name = true, hive_partitioning = false)"
+    )
+    print(json.dumps(report(con, keys, len(files)), default=str))
+
+
+def empty(files):
+    return {"rows": [], "ops": {}, "duplicates": 0, "files": files, "delete_rows": [], "max_commit_lsn": 0, "unchanged_rows": 0}
+
+
+def report(con, keys, files):
+    """The summary of the changelog in relation `raw` of DuckDB connection `con`."""
+    out = empty(files)
+    con.execute(
+        "CREATE VIEW log AS SELECT *, row_number() OVER (ORDER BY _cdc_commit_lsn, _cdc_seq) AS _pos FROM raw"
     )
     key_list = ", ".join(f'"{k}"' for k in keys)
     columns = [r[0] for r in con.execute("DESCRIBE log").fetchall()]
@@ -83,7 +94,7 @@ def main():
     cur = con.execute("SELECT * EXCLUDE (_pos) FROM log WHERE _cdc_op = 'd' ORDER BY _pos")
     names = [d[0] for d in cur.description]
     out["delete_rows"] = [dict(zip(names, r)) for r in cur.fetchall()]
-    print(json.dumps(out, default=str))
+    return out
 
 
 if __name__ == "__main__":

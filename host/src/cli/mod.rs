@@ -1,6 +1,7 @@
 //! The `weir` command line.
 
 mod demo;
+mod lake;
 mod status;
 
 use crate::config::{PipelineConfig, SinkConfig};
@@ -63,6 +64,9 @@ enum Command {
     /// List or replay the events plugins set aside under on_error = "dead-letter".
     #[command(subcommand)]
     DeadLetter(DeadLetterCommand),
+    /// The Iceberg tables of a pipeline: snapshots, time travel, rollback, maintenance.
+    #[command(subcommand)]
+    Lake(lake::LakeCommand),
     /// Run a demonstration: a throwaway PostgreSQL, generated changes, a pipeline run,
     /// and a summary of what landed.
     Demo {
@@ -117,6 +121,7 @@ pub fn main() -> ExitCode {
             } => run(&pipeline, until_caught_up).await,
             Command::Validate { pipeline, offline } => validate(&pipeline, offline).await,
             Command::DeadLetter(c) => dead_letter(c).await,
+            Command::Lake(c) => lake::lake(c).await,
             Command::Snapshot { pipeline, table } => snapshot(&pipeline, &table).await,
             Command::Demo { out, rows } => demo::demo(&out, rows).await,
         }
@@ -312,6 +317,17 @@ async fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
                 p.compression,
                 bytesize::ByteSize(p.target_file_size).display().iec(),
                 humantime::format_duration(p.flush_interval)
+            ),
+            SinkConfig::Iceberg(c) => println!(
+                "sink      iceberg {} ({} catalog, {:?} partitions, files up to {}, committed every {})",
+                c.warehouse,
+                match &c.catalog {
+                    crate::config::CatalogConfig::Sql { .. } => "sql",
+                    crate::config::CatalogConfig::Rest { .. } => "rest",
+                },
+                c.partition,
+                bytesize::ByteSize(c.target_file_size).display().iec(),
+                humantime::format_duration(c.commit_interval)
             ),
             SinkConfig::Plugin(p) => {
                 let (config, engine) = (

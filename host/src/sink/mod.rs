@@ -2,7 +2,9 @@
 //! reports the last transaction it has made durable.
 
 pub mod columns;
+pub mod iceberg;
 pub mod parquet;
+pub mod rows;
 
 use crate::batch::{Position, SourceBatch};
 use crate::checkpoint::{CheckpointError, CommitPos};
@@ -209,6 +211,7 @@ pub fn storage_message(text: &str) -> String {
 /// One configured sink.
 pub enum Sink {
     Parquet(parquet::ParquetSink),
+    Iceberg(iceberg::IcebergSink),
     Plugin(PluginSink),
 }
 
@@ -216,13 +219,20 @@ impl Sink {
     fn name(&self) -> String {
         match self {
             Sink::Parquet(s) => format!("parquet {}", s.url()),
+            Sink::Iceberg(s) => format!("iceberg {}", s.warehouse()),
             Sink::Plugin(s) => format!("plugin {}", s.label),
         }
+    }
+
+    /// Built into weir (not a plugin).
+    fn native(&self) -> bool {
+        !matches!(self, Sink::Plugin(_))
     }
 
     async fn write(&mut self, batch: &SourceBatch) -> Result<(), SinkError> {
         match self {
             Sink::Parquet(s) => s.write(batch).await,
+            Sink::Iceberg(s) => s.write(batch).await,
             Sink::Plugin(s) => {
                 let (events, position) = (batch.batch.clone(), batch.position);
                 s.blocking(move |p| p.write(events, &position)).await
@@ -233,6 +243,7 @@ impl Sink {
     async fn flush(&mut self, position: &Position) -> Result<(), SinkError> {
         match self {
             Sink::Parquet(s) => s.flush(position).await,
+            Sink::Iceberg(s) => s.flush(position).await,
             Sink::Plugin(s) => s.blocking(|p| p.flush()).await,
         }
     }
@@ -240,6 +251,7 @@ impl Sink {
     fn durable(&self) -> Option<CommitPos> {
         match self {
             Sink::Parquet(s) => s.durable(),
+            Sink::Iceberg(s) => s.durable(),
             Sink::Plugin(s) => s.plugin.as_ref().and_then(SinkPlugin::durable),
         }
     }
@@ -247,6 +259,7 @@ impl Sink {
     async fn abort(self) {
         match self {
             Sink::Parquet(s) => s.abort().await,
+            Sink::Iceberg(s) => s.abort().await,
             Sink::Plugin(s) => s.report(),
         }
     }
@@ -346,6 +359,9 @@ impl Sinks {
                 SinkConfig::Parquet(c) => {
                     Sink::Parquet(parquet::ParquetSink::open(c.clone(), slot).await?)
                 }
+                SinkConfig::Iceberg(c) => {
+                    Sink::Iceberg(iceberg::IcebergSink::open(c.clone(), slot).await?)
+                }
                 SinkConfig::Plugin(c) => {
                     let engine = engine.expect("an engine is made when a plugin is configured");
                     let dl = dead_letters.map(|d| (d.clone(), format!("sink-{i}")));
@@ -371,11 +387,7 @@ impl Sinks {
     /// plugin sinks, so one of theirs with a checkpoint proves it; without native sinks,
     /// any checkpoint does.
     pub fn all_flushed_once(&self) -> bool {
-        let native: Vec<&Sink> = self
-            .sinks
-            .iter()
-            .filter(|s| matches!(s, Sink::Parquet(_)))
-            .collect();
+        let native: Vec<&Sink> = self.sinks.iter().filter(|s| s.native()).collect();
         match native.is_empty() {
             true => self.any_checkpoint(),
             false => native.iter().any(|s| s.durable().is_some()),
@@ -405,7 +417,7 @@ impl Sinks {
     pub async fn flush_all(&mut self, position: &Position) -> Result<(), (String, SinkError)> {
         for native in [false, true] {
             for sink in &mut self.sinks {
-                if matches!(sink, Sink::Parquet(_)) == native {
+                if sink.native() == native {
                     sink.flush(position).await.map_err(|e| (sink.name(), e))?;
                 }
             }

@@ -9,15 +9,10 @@
 //! memory however large it grows, and a file is visible only once complete.
 
 use super::SinkError;
-use super::columns::{ColumnBuilder, arrow_field};
+use super::rows::ChangeRows;
 use crate::batch::{Position, SourceBatch};
 use crate::checkpoint::{CheckpointStore, CommitPos};
 use crate::config::{Compression, ParquetSinkConfig, Partitioning};
-use crate::lsn::Lsn;
-use arrow::array::{
-    ArrayRef, Int64Builder, ListBuilder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
-};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use parquet::arrow::AsyncArrowWriter;
@@ -28,7 +23,7 @@ use parquet::file::properties::WriterProperties;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
-use weir_sdk::{Event, Op, Relation};
+use weir_sdk::Relation;
 
 /// Rows gathered in builders before they are handed to the Parquet writer (at most).
 const CHUNK_ROWS: usize = 8192;
@@ -36,127 +31,22 @@ const CHUNK_ROWS: usize = 8192;
 /// Size of a multipart upload part (S3's minimum is 5 MiB).
 const UPLOAD_PART: usize = 8 << 20;
 
-/// The changelog columns after the source columns.
-pub const CDC_COLUMNS: [&str; 7] = [
-    "_cdc_op",
-    "_cdc_commit_lsn",
-    "_cdc_seq",
-    "_cdc_xid",
-    "_cdc_commit_ts",
-    "_cdc_unchanged",
-    "_cdc_unfit",
-];
-
-/// The changelog schema of a relation.
-pub fn changelog_schema(relation: &Relation) -> SchemaRef {
-    let mut fields: Vec<Field> = relation.columns.iter().map(arrow_field).collect();
-    fields.push(Field::new("_cdc_op", DataType::Utf8, false));
-    fields.push(Field::new("_cdc_commit_lsn", DataType::Int64, false));
-    fields.push(Field::new("_cdc_seq", DataType::Int64, false));
-    fields.push(Field::new("_cdc_xid", DataType::Int64, false));
-    fields.push(Field::new(
-        "_cdc_commit_ts",
-        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-        false,
-    ));
-    fields.push(Field::new(
-        "_cdc_unchanged",
-        DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
-        true,
-    ));
-    fields.push(
-        Field::new("_cdc_unfit", DataType::Utf8, true)
-            .with_extension_type(arrow_schema::extension::Json::default()),
-    );
-    Arc::new(Schema::new(fields))
-}
-
 /// (relation id, schema version, time window number)
 type FileKey = (u32, u32, i64);
 
 struct OpenFile {
     path: Path,
-    schema: SchemaRef,
-    relation: String,
-    columns: Vec<ColumnBuilder>,
-    op: StringBuilder,
-    commit_lsn: Int64Builder,
-    seq: Int64Builder,
-    xid: Int64Builder,
-    commit_ts: TimestampMicrosecondBuilder,
-    unchanged: ListBuilder<StringBuilder>,
-    unfit: StringBuilder,
-    buffered: usize,
+    rows: ChangeRows,
     writer: AsyncArrowWriter<ParquetObjectWriter>,
 }
 
 impl OpenFile {
-    fn append(&mut self, event: &Event, relation: &Relation) {
-        let mut unfit = serde_json::Map::new();
-        let row = match event.op {
-            Op::Read | Op::Insert | Op::Update => event.after.as_ref(),
-            Op::Delete => event.before.as_ref(),
-            Op::Truncate => None,
-        };
-        match row {
-            Some(values) => {
-                for (i, (builder, value)) in self.columns.iter_mut().zip(values).enumerate() {
-                    if let Err(e) = builder.append(value) {
-                        let column = &relation.columns[i].name;
-                        tracing::warn!(
-                            table = %self.relation,
-                            %column,
-                            lsn = %Lsn(event.commit_lsn),
-                            error = %e,
-                            "A value its column type cannot hold: null in the column, kept as text in _cdc_unfit."
-                        );
-                        unfit.insert(column.clone(), serde_json::Value::String(e.value));
-                    }
-                }
-            }
-            None => self.columns.iter_mut().for_each(ColumnBuilder::append_null),
-        }
-        match unfit.is_empty() {
-            true => self.unfit.append_null(),
-            false => self
-                .unfit
-                .append_value(serde_json::Value::Object(unfit).to_string()),
-        }
-        if event.unchanged.is_empty() || !matches!(event.op, Op::Update) {
-            self.unchanged.append_null();
-        } else {
-            for &i in &event.unchanged {
-                if let Some(c) = relation.columns.get(i as usize) {
-                    self.unchanged.values().append_value(&c.name);
-                }
-            }
-            self.unchanged.append(true);
-        }
-        self.op.append_value(event.op.code());
-        self.commit_lsn.append_value(event.commit_lsn as i64);
-        self.seq.append_value(event.seq as i64);
-        self.xid.append_value(event.xid as i64);
-        self.commit_ts.append_value(event.commit_ts);
-        self.buffered += 1;
-    }
-
     /// Hands the buffered rows to the Parquet writer.
     async fn write_chunk(&mut self) -> Result<(), SinkError> {
-        if self.buffered == 0 {
+        if self.rows.is_empty() {
             return Ok(());
         }
-        let mut arrays: Vec<ArrayRef> =
-            self.columns.iter_mut().map(ColumnBuilder::finish).collect();
-        arrays.push(Arc::new(self.op.finish()));
-        arrays.push(Arc::new(self.commit_lsn.finish()));
-        arrays.push(Arc::new(self.seq.finish()));
-        arrays.push(Arc::new(self.xid.finish()));
-        arrays.push(Arc::new(self.commit_ts.finish().with_timezone("UTC")));
-        arrays.push(Arc::new(self.unchanged.finish()));
-        arrays.push(Arc::new(self.unfit.finish()));
-        self.buffered = 0;
-        let batch = RecordBatch::try_new(self.schema.clone(), arrays)
-            .map_err(|e| write_err(&self.path, e))?;
+        let batch = self.rows.finish().map_err(|e| write_err(&self.path, e))?;
         self.writer
             .write(&batch)
             .await
@@ -325,7 +215,6 @@ impl ParquetSink {
             .split('/')
             .fold(path, |p, part| p.join(part))
             .join(name);
-        let schema = changelog_schema(relation);
         // An open file holds at most one upload part being filled and two in flight.
         let upload = object_store::buffered::BufWriter::with_capacity(
             self.store.clone(),
@@ -333,9 +222,10 @@ impl ParquetSink {
             UPLOAD_PART,
         )
         .with_max_concurrency(2);
+        let rows = ChangeRows::new(relation);
         let mut writer = AsyncArrowWriter::try_new(
             ParquetObjectWriter::from_buf_writer(upload),
-            schema.clone(),
+            rows.schema().clone(),
             Some(self.properties.clone()),
         )
         .map_err(|e| write_err(&path, e))?;
@@ -344,25 +234,7 @@ impl ParquetSink {
             relation.version.to_string(),
         ));
         writer.append_key_value_metadata(KeyValue::new("weir.slot".into(), self.slot.clone()));
-        let columns = schema.fields()[..relation.columns.len()]
-            .iter()
-            .map(|f| ColumnBuilder::new(f.data_type()))
-            .collect();
-        Ok(OpenFile {
-            path,
-            relation: relation.qualified_name(),
-            schema,
-            columns,
-            op: StringBuilder::new(),
-            commit_lsn: Int64Builder::new(),
-            seq: Int64Builder::new(),
-            xid: Int64Builder::new(),
-            commit_ts: TimestampMicrosecondBuilder::new(),
-            unchanged: ListBuilder::new(StringBuilder::new()),
-            unfit: StringBuilder::new(),
-            buffered: 0,
-            writer,
-        })
+        Ok(OpenFile { path, rows, writer })
     }
 
     /// Writes a batch's events; flushes when the interval has passed at a transaction
@@ -380,8 +252,8 @@ impl ParquetSink {
                 self.open.insert(key, file);
             }
             let file = self.open.get_mut(&key).expect("inserted above");
-            file.append(event, relation);
-            if file.buffered >= CHUNK_ROWS.min(self.config.row_group_rows) {
+            file.rows.append(event, relation);
+            if file.rows.len() >= CHUNK_ROWS.min(self.config.row_group_rows) {
                 file.write_chunk().await?;
                 if file.size() as u64 >= self.config.target_file_size {
                     self.roll(&key).await?;
@@ -420,7 +292,7 @@ impl ParquetSink {
                     files.len() - 1
                 }
             };
-            files[i].1.append(event, relation);
+            files[i].1.rows.append(event, relation);
         }
         let mut written = Vec::new();
         for (_, file) in files {
@@ -497,9 +369,10 @@ impl ParquetSink {
 mod tests {
     use super::*;
     use crate::config::{Compression, ParquetSinkConfig, Partitioning};
+    use crate::lsn::Lsn;
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use std::time::Duration;
-    use weir_sdk::{Batch, Column, Value};
+    use weir_sdk::{Batch, Column, Event, Op, Value};
 
     const DAY: i64 = 86_400_000_000;
 

@@ -193,6 +193,20 @@ pub struct Changelog {
 }
 
 impl Changelog {
+    /// From the readers' JSON report.
+    pub fn from_json(v: &Value) -> Changelog {
+        Changelog {
+            rows: v["rows"].as_array().unwrap().clone(),
+            ops: serde_json::from_value(v["ops"].clone()).unwrap(),
+            duplicates: v["duplicates"].as_u64().unwrap(),
+            files: v["files"].as_u64().unwrap(),
+            delete_rows: v["delete_rows"].as_array().unwrap().clone(),
+            max_commit_lsn: v["max_commit_lsn"].as_u64().unwrap_or(0),
+            unchanged_rows: v["unchanged_rows"].as_u64().unwrap_or(0),
+            duplicate_examples: v["duplicate_examples"].clone(),
+        }
+    }
+
     pub fn op(&self, op: &str) -> u64 {
         self.ops.get(op).copied().unwrap_or(0)
     }
@@ -262,16 +276,34 @@ pub fn read_changelog(dir: &Path, keys: &str) -> Changelog {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    Changelog {
-        rows: v["rows"].as_array().unwrap().clone(),
-        ops: serde_json::from_value(v["ops"].clone()).unwrap(),
-        duplicates: v["duplicates"].as_u64().unwrap(),
-        files: v["files"].as_u64().unwrap(),
-        delete_rows: v["delete_rows"].as_array().unwrap().clone(),
-        max_commit_lsn: v["max_commit_lsn"].as_u64().unwrap_or(0),
-        unchanged_rows: v["unchanged_rows"].as_u64().unwrap_or(0),
-        duplicate_examples: v["duplicate_examples"].clone(),
+    Changelog::from_json(&v)
+}
+
+/// Reads an Iceberg changelog table back with PyIceberg through the SQL catalog in
+/// `catalog_db` (at `snapshot`, else the current one): the changelog summary, and the
+/// whole report (schema, identifier fields, partition spec, snapshots) as JSON.
+pub fn read_iceberg(
+    catalog_db: &Path,
+    table: &str,
+    keys: &str,
+    snapshot: Option<i64>,
+    env: &[(&str, String)],
+) -> (Changelog, Value) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/iceberg_table.py");
+    let mut c = Command::new(python());
+    c.arg(script).arg(catalog_db).arg(table).arg(keys);
+    if let Some(id) = snapshot {
+        c.arg(id.to_string());
     }
+    c.envs(env.iter().map(|(k, v)| (k, v)));
+    let out = c.output().expect("run python");
+    assert!(
+        out.status.success(),
+        "the PyIceberg reader failed (run the suite with scripts/test.sh, which installs PyIceberg):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (Changelog::from_json(&v), v)
 }
 
 /// Asserts the rebuilt state equals the source table, row for row.

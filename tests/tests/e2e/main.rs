@@ -6,6 +6,8 @@
 //! - `snapshot`: the initial snapshot and its hand-over to streaming.
 //! - `types`: every built-in type read back against PostgreSQL's rendering; TOAST.
 //! - `s3`: Parquet output on a real S3-compatible server, exactly once across kill -9.
+//! - `iceberg`: Iceberg tables through the SQLite catalog, read back with PyIceberg:
+//!   exactly once across kill -9, schema evolution, `weir lake`, and on S3.
 //! - `recovery`: restart from the checkpoint, SIGTERM, and `kill -9` during writes.
 //! - `bad_input`: each user mistake prints one line naming the fix and changes nothing.
 //! - `cli`: `weir validate` and the example configurations.
@@ -19,6 +21,7 @@ mod harness;
 mod bad_input;
 mod cli;
 mod conformance;
+mod iceberg;
 mod plugins;
 mod recovery;
 mod s3;

@@ -1,0 +1,182 @@
+//! `weir lake`: the history of an Iceberg sink's tables, time travel and maintenance.
+
+use crate::config::{IcebergSinkConfig, PipelineConfig, SinkConfig};
+use crate::sink::iceberg::{self, lake};
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use std::path::PathBuf;
+
+#[derive(Debug, Subcommand)]
+pub enum LakeCommand {
+    /// List a table's snapshots, oldest first, with what weir recorded in each.
+    Snapshots {
+        #[command(flatten)]
+        table: TableArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a table's rows, now or as of an earlier snapshot (time travel).
+    Query {
+        #[command(flatten)]
+        table: TableArgs,
+        /// Read this snapshot (an id from `weir lake snapshots`).
+        #[arg(long, conflicts_with = "as_of")]
+        snapshot: Option<i64>,
+        /// Read the snapshot current at this time (RFC 3339, `2026-11-22T08:00:00Z`).
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Most rows to print.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Make an earlier snapshot the current one again. Stop the pipeline first: changes
+    /// after that snapshot are not read again from PostgreSQL.
+    Rollback {
+        #[command(flatten)]
+        table: TableArgs,
+        /// The snapshot to return to.
+        #[arg(long)]
+        snapshot: i64,
+    },
+    /// Remove snapshots older than a duration (the current one always stays).
+    ExpireSnapshots {
+        #[command(flatten)]
+        table: TableArgs,
+        /// For example `7d` or `12h`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
+    },
+    /// Rewrite small data files into target-size files (not available yet: see the
+    /// message).
+    Compact {
+        #[command(flatten)]
+        table: TableArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TableArgs {
+    /// The pipeline file (TOML) with the Iceberg sink.
+    pipeline: PathBuf,
+    /// The source table, `schema.table` (a bare name means `public`).
+    table: String,
+    /// Which sink, when the pipeline has several Iceberg sinks (0 = the first).
+    #[arg(long, default_value_t = 0)]
+    sink: usize,
+}
+
+impl TableArgs {
+    fn sink(&self) -> anyhow::Result<IcebergSinkConfig> {
+        let config = PipelineConfig::load(&self.pipeline)?;
+        let sinks: Vec<IcebergSinkConfig> = config
+            .sinks
+            .into_iter()
+            .filter_map(|s| match s {
+                SinkConfig::Iceberg(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        match sinks.into_iter().nth(self.sink) {
+            Some(c) => Ok(c),
+            None => bail!(
+                "{} has no Iceberg sink number {} (sinks of type = \"iceberg\" count from 0)",
+                self.pipeline.display(),
+                self.sink
+            ),
+        }
+    }
+}
+
+pub async fn lake(command: LakeCommand) -> anyhow::Result<()> {
+    let args = match &command {
+        LakeCommand::Snapshots { table, .. }
+        | LakeCommand::Query { table, .. }
+        | LakeCommand::Rollback { table, .. }
+        | LakeCommand::ExpireSnapshots { table, .. }
+        | LakeCommand::Compact { table } => table,
+    };
+    let config = args.sink()?;
+    let catalog = iceberg::connect(&config).await?;
+    let ident = iceberg::named_table(&config, &args.table);
+    let table = catalog
+        .load_table(&ident)
+        .await
+        .with_context(|| format!("Iceberg table {ident} (of source table {})", args.table))?;
+    match command {
+        LakeCommand::Snapshots { json: true, .. } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&lake::snapshots(&table))?
+            );
+        }
+        LakeCommand::Snapshots { json: false, .. } => {
+            println!(
+                "{:<20} {:<24} {:<9} {:>10} {:>10}  weir",
+                "snapshot", "committed (UTC)", "operation", "added", "total"
+            );
+            for s in lake::snapshots(&table) {
+                let when = chrono::DateTime::from_timestamp_millis(s.timestamp_ms)
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+                    .unwrap_or_default();
+                let n = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+                println!(
+                    "{:<20} {:<24} {:<9} {:>10} {:>10}  {}{}",
+                    s.id,
+                    when,
+                    s.operation,
+                    n(s.added_records),
+                    n(s.total_records),
+                    s.weir.unwrap_or_default(),
+                    if s.current { "  (current)" } else { "" }
+                );
+            }
+        }
+        LakeCommand::Query {
+            snapshot,
+            as_of,
+            limit,
+            ..
+        } => {
+            let at = match (snapshot, as_of) {
+                (Some(id), _) => lake::At::Snapshot(id),
+                (None, Some(t)) => {
+                    let t = chrono::DateTime::parse_from_rfc3339(&t).with_context(|| {
+                        format!("--as-of `{t}`: write RFC 3339, like 2026-11-22T08:00:00Z")
+                    })?;
+                    lake::At::Time(t.timestamp_millis())
+                }
+                (None, None) => lake::At::Current,
+            };
+            let id = lake::resolve(&table, at).map_err(anyhow::Error::msg)?;
+            let batches = lake::query(&table, at, limit)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+            match id {
+                Some(id) => println!("{rows} rows (limit {limit}) of {ident} at snapshot {id}"),
+                None => println!("{ident} has no snapshot yet"),
+            }
+        }
+        LakeCommand::Rollback { snapshot, .. } => {
+            lake::rollback(&config, &ident, &table, snapshot)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("{ident} is at snapshot {snapshot} again");
+        }
+        LakeCommand::ExpireSnapshots { older_than, .. } => {
+            let (table, expired) = lake::expire_snapshots(catalog.as_ref(), &ident, older_than)
+                .await
+                .with_context(|| format!("expiring snapshots of {ident}"))?;
+            println!(
+                "{expired} snapshots expired; {} kept",
+                table.metadata().snapshots().count()
+            );
+        }
+        LakeCommand::Compact { .. } => bail!(
+            "compaction is not available yet: iceberg 0.10.1 has no rewrite action, and a compaction commit (a `replace` snapshot whose manifests drop the small files and add the rewritten ones) is not built in weir yet. Expiring snapshots bounds the metadata; small files stay until then"
+        ),
+    }
+    Ok(())
+}

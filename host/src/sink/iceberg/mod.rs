@@ -1,0 +1,732 @@
+//! The Iceberg changelog sink.
+//!
+//! One Iceberg table per source table, `<namespace>.<table>` (the namespace defaults to
+//! the source schema), with the changelog contract's columns, the replica identity as
+//! identifier fields, partitioned by day of `_cdc_commit_ts` and written as zstd
+//! Parquet. Data files stream to the warehouse as they fill; every `commit_interval`, at
+//! a transaction boundary, each changed table gets one append snapshot whose summary
+//! records the position it covers (`weir.commit-lsn`, `weir.end-lsn`). That commit is
+//! the checkpoint: on restart each table skips what its last snapshot covers, so a crash
+//! between writing files and committing leaves only unreferenced files, and nothing
+//! twice.
+
+pub mod lake;
+pub mod schema;
+pub mod storage;
+
+use super::SinkError;
+use super::rows::ChangeRows;
+use crate::batch::{Position, SourceBatch};
+use crate::checkpoint::CommitPos;
+use crate::config::{CatalogConfig, IcebergPartition, IcebergSinkConfig};
+use crate::lsn::Lsn;
+use arrow::datatypes::SchemaRef;
+use iceberg::arrow::RecordBatchPartitionSplitter;
+use iceberg::spec::{
+    DataFile, DataFileFormat, PartitionKey, Schema, Struct, Transform, UnboundPartitionSpec,
+};
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::partitioning::PartitioningWriter;
+use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use weir_sdk::Relation;
+
+/// Snapshot summary keys of weir's commits.
+pub const SUMMARY_COMMIT_LSN: &str = "weir.commit-lsn";
+pub const SUMMARY_END_LSN: &str = "weir.end-lsn";
+pub const SUMMARY_SLOT: &str = "weir.slot";
+/// Marks a commit of replayed dead letters.
+pub const SUMMARY_REPLAY: &str = "weir.replay";
+/// Table properties naming the source table and the slot that writes it.
+pub const PROP_SOURCE: &str = "weir.source-table";
+pub const PROP_SLOT: &str = "weir.slot";
+
+/// Rows gathered before they are handed to the data file writer (at most).
+const CHUNK_ROWS: usize = 8192;
+
+fn iceberg_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> SinkError {
+    SinkError::Write {
+        path: what.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Connects to the configured catalog. The SQL catalog's SQLite file is created when
+/// missing.
+pub async fn connect(config: &IcebergSinkConfig) -> Result<Arc<dyn Catalog>, SinkError> {
+    let factory = Arc::new(storage::ObjectStorageFactory);
+    let catalog_err = |e: iceberg::Error| SinkError::Url {
+        url: config.warehouse.clone(),
+        reason: format!("the Iceberg catalog cannot be opened: {e}"),
+    };
+    match &config.catalog {
+        CatalogConfig::Sql { path, name } => {
+            let path = sqlite_path(config, path.as_deref())?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| iceberg_err(dir.display(), e))?;
+            }
+            let catalog = iceberg_catalog_sql::SqlCatalogBuilder::default()
+                .uri(format!("sqlite://{}?mode=rwc", path.display()))
+                .warehouse_location(config.warehouse.trim_end_matches('/'))
+                .sql_bind_style(iceberg_catalog_sql::SqlBindStyle::QMark)
+                .with_storage_factory(factory)
+                .load(name, HashMap::new())
+                .await
+                .map_err(catalog_err)?;
+            Ok(Arc::new(catalog))
+        }
+        CatalogConfig::Rest {
+            uri,
+            warehouse,
+            credential,
+            token,
+            name,
+        } => {
+            let mut props = HashMap::from([("uri".to_string(), uri.clone())]);
+            let optional = [
+                ("warehouse", warehouse),
+                ("credential", credential),
+                ("token", token),
+            ];
+            for (key, value) in optional {
+                if let Some(v) = value {
+                    props.insert(key.into(), v.clone());
+                }
+            }
+            let catalog = iceberg_catalog_rest::RestCatalogBuilder::default()
+                .with_storage_factory(factory)
+                .load(name, props)
+                .await
+                .map_err(catalog_err)?;
+            Ok(Arc::new(catalog))
+        }
+    }
+}
+
+/// The SQLite file of the SQL catalog: configured, or `<warehouse>/catalog.db`.
+pub fn sqlite_path(
+    config: &IcebergSinkConfig,
+    path: Option<&std::path::Path>,
+) -> Result<std::path::PathBuf, SinkError> {
+    if let Some(p) = path {
+        return Ok(p.to_path_buf());
+    }
+    let url = url::Url::parse(&config.warehouse).map_err(|e| iceberg_err(&config.warehouse, e))?;
+    match url.scheme() {
+        "file" => Ok(std::path::Path::new(url.path()).join("catalog.db")),
+        _ => Err(SinkError::Url {
+            url: config.warehouse.clone(),
+            reason: "set [sink.catalog] path: the SQLite catalog must be a local file".into(),
+        }),
+    }
+}
+
+/// The Iceberg table of a source table.
+pub fn table_ident(config: &IcebergSinkConfig, schema: &str, table: &str) -> TableIdent {
+    let namespace = config.namespace.as_deref().unwrap_or(schema);
+    TableIdent::new(
+        NamespaceIdent::new(namespace.to_string()),
+        table.to_string(),
+    )
+}
+
+/// Resolves a table named on the command line: `schema.table` of the source (mapped as
+/// the sink maps it), or a bare source table name in `public`.
+pub fn named_table(config: &IcebergSinkConfig, name: &str) -> TableIdent {
+    let (schema, table) = name.split_once('.').unwrap_or(("public", name));
+    table_ident(config, schema, table)
+}
+
+/// The position the last weir commit of `slot` recorded in the table's current
+/// history: the newest snapshot (following parents from the current one) whose summary
+/// carries it. Other writers' snapshots, and weir's own compactions, are passed over.
+pub fn committed_position(table: &Table, slot: &str) -> Option<CommitPos> {
+    let metadata = table.metadata();
+    let mut snapshot = metadata.current_snapshot().cloned();
+    while let Some(s) = snapshot {
+        let props = &s.summary().additional_properties;
+        let ours = props.get(SUMMARY_SLOT).is_none_or(|v| v == slot);
+        if ours
+            && let (Some(c), Some(e)) = (props.get(SUMMARY_COMMIT_LSN), props.get(SUMMARY_END_LSN))
+            && let (Ok(c), Ok(e)) = (c.parse::<Lsn>(), e.parse::<Lsn>())
+        {
+            return Some(CommitPos {
+                commit_lsn: c,
+                end_lsn: e,
+            });
+        }
+        snapshot = s
+            .parent_snapshot_id()
+            .and_then(|id| metadata.snapshot_by_id(id).cloned());
+    }
+    None
+}
+
+/// Commits data files to a table in one append snapshot with `summary`.
+async fn append(
+    catalog: &dyn Catalog,
+    table: &Table,
+    files: Vec<DataFile>,
+    summary: HashMap<String, String>,
+) -> Result<Table, SinkError> {
+    let ident = table.identifier();
+    let tx = Transaction::new(table);
+    let action = tx
+        .fast_append()
+        .add_data_files(files)
+        .set_snapshot_properties(summary);
+    let tx = action.apply(tx).map_err(|e| iceberg_err(ident, e))?;
+    tx.commit(catalog)
+        .await
+        .map_err(|e| iceberg_err(ident, format!("commit failed: {e}")))
+}
+
+type FileWriterBuilder =
+    DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+
+/// Data files being written for one table, in its current schema.
+struct TableWriter {
+    /// The relation version the rows are built for.
+    version: u32,
+    rows: ChangeRows,
+    target: SchemaRef,
+    splitter: Option<RecordBatchPartitionSplitter>,
+    writer: FanoutWriter<FileWriterBuilder>,
+    rows_written: u64,
+}
+
+/// One changelog table.
+struct ChangeTable {
+    ident: TableIdent,
+    table: Table,
+    /// Changes at or before this commit LSN are in the table already.
+    skip_through: u64,
+    writer: Option<TableWriter>,
+    /// Data files complete and awaiting the next commit.
+    files: Vec<DataFile>,
+}
+
+/// Writes changelog tables and commits them through the catalog.
+pub struct IcebergSink {
+    config: IcebergSinkConfig,
+    catalog: Arc<dyn Catalog>,
+    slot: String,
+    /// Source table (`schema.table`) to its changelog table.
+    tables: HashMap<String, ChangeTable>,
+    durable: Option<CommitPos>,
+    properties: WriterProperties,
+    last_commit: Instant,
+    /// Distinguishes the data files of this run.
+    run: String,
+    /// Writers made in this run: each names its files `<run>-<n>-<count>.parquet`.
+    writers: u64,
+    last_maintenance: Instant,
+}
+
+impl IcebergSink {
+    /// Connects to the catalog and reads, from the tables this slot writes, where each
+    /// left off.
+    pub async fn open(config: IcebergSinkConfig, slot: &str) -> Result<IcebergSink, SinkError> {
+        let (store, prefix) = super::object_store_for(&config.warehouse)?;
+        super::check_reachable(store.as_ref(), &prefix, &config.warehouse).await?;
+        let catalog = connect(&config).await?;
+        let mut tables = HashMap::new();
+        for table in slot_tables(catalog.as_ref(), config.namespace.as_deref(), slot).await? {
+            let ident = table.identifier().clone();
+            let Some(source) = table.metadata().properties().get(PROP_SOURCE).cloned() else {
+                continue;
+            };
+            let position = committed_position(&table, slot);
+            tables.insert(
+                source,
+                ChangeTable {
+                    ident,
+                    skip_through: position.map_or(0, |p| p.commit_lsn.0),
+                    table,
+                    writer: None,
+                    files: Vec::new(),
+                },
+            );
+        }
+        // The lowest table position: every table has everything before it. (The server
+        // starts a slot no earlier than its confirmed position, so an idle table's old
+        // position costs nothing.)
+        let durable = tables
+            .values()
+            .filter_map(|t| committed_position(&t.table, slot))
+            .min();
+        if let Some(d) = durable {
+            tracing::info!(warehouse = %config.warehouse, tables = tables.len(), checkpoint = %d.end_lsn, "Iceberg sink resumes from its tables' last commits.");
+        }
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(IcebergSink {
+            run: format!("{slot}-{}", now.as_millis()),
+            writers: 0,
+            config,
+            catalog,
+            slot: slot.to_string(),
+            tables,
+            durable,
+            properties,
+            last_commit: Instant::now(),
+            last_maintenance: Instant::now(),
+        })
+    }
+
+    pub fn warehouse(&self) -> &str {
+        &self.config.warehouse
+    }
+
+    /// The last transaction every table holds.
+    pub fn durable(&self) -> Option<CommitPos> {
+        self.durable
+    }
+
+    /// Writes a batch's events; commits when the interval has passed at a transaction
+    /// boundary.
+    pub async fn write(&mut self, batch: &SourceBatch) -> Result<(), SinkError> {
+        for event in &batch.batch.events {
+            let relation = batch.batch.relation(event);
+            let key = relation.qualified_name();
+            if !self.tables.contains_key(&key) {
+                let table = self.open_table(relation).await?;
+                self.tables.insert(key.clone(), table);
+            }
+            let table = self.tables.get_mut(&key).expect("inserted above");
+            if event.commit_lsn <= table.skip_through {
+                continue;
+            }
+            if table
+                .writer
+                .as_ref()
+                .is_none_or(|w| w.version != relation.version)
+            {
+                table.close_writer().await?;
+                table.evolve(self.catalog.as_ref(), relation).await?;
+                self.writers += 1;
+                let name = format!("{}-{}", self.run, self.writers);
+                table.writer =
+                    Some(table.new_writer(relation, &self.properties, &name, &self.config)?);
+            }
+            let writer = table.writer.as_mut().expect("made above");
+            writer.rows.append(event, relation);
+            if writer.rows.len() >= CHUNK_ROWS {
+                writer.write_chunk(&table.ident).await?;
+            }
+        }
+        let position = &batch.position;
+        if !position.in_tx {
+            if !self.pending() {
+                self.durable = self.durable.max(position.last_commit);
+            } else if self.last_commit.elapsed() >= self.config.commit_interval {
+                self.flush(position).await?;
+            }
+        }
+        self.maintain().await;
+        Ok(())
+    }
+
+    fn pending(&self) -> bool {
+        self.tables
+            .values()
+            .any(|t| t.writer.is_some() || !t.files.is_empty())
+    }
+
+    /// Creates (or loads) the changelog table of a relation met for the first time.
+    async fn open_table(&self, relation: &Relation) -> Result<ChangeTable, SinkError> {
+        let ident = table_ident(&self.config, &relation.schema, &relation.table);
+        let source = relation.qualified_name();
+        let catalog = self.catalog.as_ref();
+        let table = match catalog.table_exists(&ident).await {
+            Ok(true) => catalog.load_table(&ident).await,
+            Ok(false) => {
+                let namespace = ident.namespace();
+                if !catalog
+                    .namespace_exists(namespace)
+                    .await
+                    .map_err(|e| iceberg_err(&ident, e))?
+                {
+                    catalog
+                        .create_namespace(namespace, HashMap::new())
+                        .await
+                        .map_err(|e| iceberg_err(&ident, e))?;
+                }
+                let creation = self.creation(relation, &ident)?;
+                let table = catalog.create_table(namespace, creation).await;
+                if table.is_ok() {
+                    tracing::info!(table = %ident, source = %source, "Iceberg table created.");
+                }
+                table
+            }
+            Err(e) => Err(e),
+        }
+        .map_err(|e| iceberg_err(&ident, e))?;
+        let props = table.metadata().properties();
+        if let Some(other) = props.get(PROP_SOURCE).filter(|s| **s != source) {
+            return Err(iceberg_err(
+                &ident,
+                format!(
+                    "holds the changelog of {other}, not of {source}: two source tables map to one Iceberg table; set a different namespace"
+                ),
+            ));
+        }
+        if let Some(other) = props.get(PROP_SLOT).filter(|s| **s != self.slot) {
+            return Err(iceberg_err(
+                &ident,
+                format!("is written by the pipeline of slot `{other}`; one table has one writer"),
+            ));
+        }
+        let position = committed_position(&table, &self.slot);
+        Ok(ChangeTable {
+            ident,
+            skip_through: position.map_or(0, |p| p.commit_lsn.0),
+            table,
+            writer: None,
+            files: Vec::new(),
+        })
+    }
+
+    fn creation(
+        &self,
+        relation: &Relation,
+        ident: &TableIdent,
+    ) -> Result<TableCreation, SinkError> {
+        let schema = schema::changelog_schema(relation).map_err(|e| iceberg_err(ident, e))?;
+        let ts = schema
+            .field_by_name("_cdc_commit_ts")
+            .expect("the changelog has a commit time")
+            .id;
+        let spec = match self.config.partition {
+            IcebergPartition::None => None,
+            IcebergPartition::Day => Some((Transform::Day, "_cdc_commit_day")),
+            IcebergPartition::Hour => Some((Transform::Hour, "_cdc_commit_hour")),
+        };
+        let mut unbound = UnboundPartitionSpec::builder();
+        if let Some((transform, name)) = spec {
+            unbound = unbound
+                .add_partition_field(ts, name, transform)
+                .map_err(|e| iceberg_err(ident, e))?;
+        }
+        let properties = [
+            (PROP_SOURCE, relation.qualified_name()),
+            (PROP_SLOT, self.slot.clone()),
+            ("write.parquet.compression-codec", "zstd".into()),
+            (
+                "write.target-file-size-bytes",
+                self.config.target_file_size.to_string(),
+            ),
+        ];
+        Ok(TableCreation::builder()
+            .name(ident.name().to_string())
+            .schema(schema)
+            .partition_spec(unbound.build())
+            .properties(properties.map(|(k, v)| (k.to_string(), v)))
+            .build())
+    }
+
+    /// Completes every data file and commits each changed table at `position`. Does
+    /// nothing inside a transaction: a commit may only cover whole transactions.
+    pub async fn flush(&mut self, position: &Position) -> Result<(), SinkError> {
+        if position.in_tx {
+            return Ok(());
+        }
+        let Some(last_commit) = position.last_commit else {
+            return Ok(());
+        };
+        let last_commit = last_commit.max(self.durable.unwrap_or(last_commit));
+        let started = Instant::now();
+        let mut committed = 0;
+        for table in self.tables.values_mut() {
+            table.close_writer().await?;
+            if table.files.is_empty() {
+                continue;
+            }
+            let files = std::mem::take(&mut table.files);
+            let count = files.len();
+            let summary = HashMap::from([
+                (
+                    SUMMARY_COMMIT_LSN.to_string(),
+                    last_commit.commit_lsn.to_string(),
+                ),
+                (SUMMARY_END_LSN.to_string(), last_commit.end_lsn.to_string()),
+                (SUMMARY_SLOT.to_string(), self.slot.clone()),
+            ]);
+            table.table = append(self.catalog.as_ref(), &table.table, files, summary).await?;
+            table.skip_through = last_commit.commit_lsn.0;
+            committed += 1;
+            tracing::debug!(table = %table.ident, files = count, lsn = %last_commit.commit_lsn, "Iceberg table committed.");
+        }
+        if committed > 0 {
+            tracing::debug!(
+                tables = committed,
+                checkpoint = %last_commit.end_lsn,
+                ms = started.elapsed().as_millis() as u64,
+                "Iceberg commit round done."
+            );
+        }
+        self.durable = Some(last_commit);
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    /// Writes replayed events (dead letters) in one commit per table, outside the
+    /// position: the commit is marked `weir.replay = <name>`, and a name already in a
+    /// table's history is not written again.
+    pub async fn write_replay(
+        &mut self,
+        batch: &weir_sdk::Batch,
+        name: &str,
+    ) -> Result<(), SinkError> {
+        let mut by_table: Vec<(String, &Relation, Vec<&weir_sdk::Event>)> = Vec::new();
+        for event in &batch.events {
+            let relation = batch.relation(event);
+            let key = relation.qualified_name();
+            match by_table
+                .iter_mut()
+                .find(|(k, r, _)| *k == key && r.version == relation.version)
+            {
+                Some((_, _, events)) => events.push(event),
+                None => by_table.push((key, relation, vec![event])),
+            }
+        }
+        for (key, relation, events) in by_table {
+            if !self.tables.contains_key(&key) {
+                let table = self.open_table(relation).await?;
+                self.tables.insert(key.clone(), table);
+            }
+            let table = self.tables.get_mut(&key).expect("inserted above");
+            table.table = self
+                .catalog
+                .load_table(&table.ident)
+                .await
+                .map_err(|e| iceberg_err(&table.ident, e))?;
+            let replayed = table.table.metadata().snapshots().any(|s| {
+                s.summary()
+                    .additional_properties
+                    .get(SUMMARY_REPLAY)
+                    .is_some_and(|n| n == name)
+            });
+            if replayed {
+                continue;
+            }
+            table.evolve(self.catalog.as_ref(), relation).await?;
+            self.writers += 1;
+            let name = format!("{}-{}", self.run, self.writers);
+            let mut writer = table.new_writer(relation, &self.properties, &name, &self.config)?;
+            for event in events {
+                writer.rows.append(event, relation);
+            }
+            writer.write_chunk(&table.ident).await?;
+            let files = writer
+                .writer
+                .close()
+                .await
+                .map_err(|e| iceberg_err(&table.ident, e))?;
+            let summary = HashMap::from([(SUMMARY_REPLAY.to_string(), name.to_string())]);
+            table.table = append(self.catalog.as_ref(), &table.table, files, summary).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the configured maintenance when it is due (between commits); a failure is
+    /// logged, never fatal: maintenance only removes history.
+    async fn maintain(&mut self) {
+        let Some(m) = self.config.maintenance.clone() else {
+            return;
+        };
+        if self.last_maintenance.elapsed() < m.every || self.pending() {
+            return;
+        }
+        self.last_maintenance = Instant::now();
+        for table in self.tables.values_mut() {
+            match lake::expire_snapshots(self.catalog.as_ref(), &table.ident, m.expire_older_than)
+                .await
+            {
+                Ok((t, expired)) => {
+                    table.table = t;
+                    if expired > 0 {
+                        tracing::info!(table = %table.ident, expired, "Maintenance expired old snapshots.");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(table = %table.ident, error = %e, "Maintenance failed; it runs again later.")
+                }
+            }
+        }
+    }
+
+    /// Abandons open data files: they are never committed, and their rows are written
+    /// again after a restart.
+    pub async fn abort(self) {}
+}
+
+impl ChangeTable {
+    /// Adds the relation's new columns to the table's schema, in a schema-update commit.
+    /// Columns dropped in PostgreSQL stay in the table (null in later rows).
+    async fn evolve(
+        &mut self,
+        catalog: &dyn Catalog,
+        relation: &Relation,
+    ) -> Result<(), SinkError> {
+        let missing = schema::missing_columns(relation, self.table.metadata().current_schema());
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = missing.iter().map(|(n, _)| n.as_str()).collect();
+        let tx = Transaction::new(&self.table);
+        let mut action = tx.update_schema();
+        for (name, ty) in &missing {
+            action = action.add_column(iceberg::transaction::AddColumn::optional(name, ty.clone()));
+        }
+        let tx = action.apply(tx).map_err(|e| iceberg_err(&self.ident, e))?;
+        self.table = tx
+            .commit(catalog)
+            .await
+            .map_err(|e| iceberg_err(&self.ident, format!("schema update failed: {e}")))?;
+        tracing::info!(table = %self.ident, columns = ?names, schema_id = self.table.metadata().current_schema_id(), "Iceberg schema evolved: columns added.");
+        Ok(())
+    }
+
+    fn new_writer(
+        &self,
+        relation: &Relation,
+        properties: &WriterProperties,
+        files: &str,
+        config: &IcebergSinkConfig,
+    ) -> Result<TableWriter, SinkError> {
+        let metadata = self.table.metadata();
+        let schema: Arc<Schema> = metadata.current_schema().clone();
+        let target = Arc::new(
+            iceberg::arrow::schema_to_arrow_schema(&schema)
+                .map_err(|e| iceberg_err(&self.ident, e))?,
+        );
+        let spec = metadata.default_partition_spec().clone();
+        let splitter = match spec.is_unpartitioned() {
+            true => None,
+            false => Some(
+                RecordBatchPartitionSplitter::try_new_with_computed_values(schema.clone(), spec)
+                    .map_err(|e| iceberg_err(&self.ident, e))?,
+            ),
+        };
+        let locations =
+            DefaultLocationGenerator::new(metadata).map_err(|e| iceberg_err(&self.ident, e))?;
+        let names = DefaultFileNameGenerator::new(files.to_string(), None, DataFileFormat::Parquet);
+        let rolling = RollingFileWriterBuilder::new(
+            ParquetWriterBuilder::new(properties.clone(), schema),
+            config.target_file_size as usize,
+            self.table.file_io().clone(),
+            locations,
+            names,
+        );
+        Ok(TableWriter {
+            version: relation.version,
+            rows: ChangeRows::new(relation),
+            target,
+            splitter,
+            writer: FanoutWriter::new(DataFileWriterBuilder::new(rolling)),
+            rows_written: 0,
+        })
+    }
+
+    /// Completes the open data files; they wait for the next commit.
+    async fn close_writer(&mut self) -> Result<(), SinkError> {
+        let Some(mut writer) = self.writer.take() else {
+            return Ok(());
+        };
+        writer.write_chunk(&self.ident).await?;
+        if writer.rows_written == 0 {
+            return Ok(());
+        }
+        let files = writer
+            .writer
+            .close()
+            .await
+            .map_err(|e| iceberg_err(&self.ident, e))?;
+        self.files.extend(files);
+        Ok(())
+    }
+}
+
+impl TableWriter {
+    /// Hands the buffered rows to the data file writer, split by partition.
+    async fn write_chunk(&mut self, ident: &TableIdent) -> Result<(), SinkError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let rows = self.rows.finish().map_err(|e| iceberg_err(ident, e))?;
+        let rows = schema::conform(&rows, &self.target).map_err(|e| iceberg_err(ident, e))?;
+        self.rows_written += rows.num_rows() as u64;
+        let parts = match &self.splitter {
+            Some(s) => s.split(&rows).map_err(|e| iceberg_err(ident, e))?,
+            None => vec![(unpartitioned_key(), rows)],
+        };
+        for (key, part) in parts {
+            self.writer
+                .write(key, part)
+                .await
+                .map_err(|e| iceberg_err(ident, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn unpartitioned_key() -> PartitionKey {
+    PartitionKey::new(
+        iceberg::spec::PartitionSpec::unpartition_spec(),
+        Arc::new(Schema::builder().build().expect("an empty schema builds")),
+        Struct::empty(),
+    )
+}
+
+/// The tables of the catalog (in `namespace`, or in every top-level namespace) that the
+/// pipeline of `slot` writes.
+pub async fn slot_tables(
+    catalog: &dyn Catalog,
+    namespace: Option<&str>,
+    slot: &str,
+) -> Result<Vec<Table>, SinkError> {
+    let err = |e: iceberg::Error| iceberg_err("the Iceberg catalog", e);
+    let namespaces = match namespace {
+        Some(n) => {
+            let ns = NamespaceIdent::new(n.to_string());
+            match catalog.namespace_exists(&ns).await.map_err(err)? {
+                true => vec![ns],
+                false => vec![],
+            }
+        }
+        None => catalog.list_namespaces(None).await.map_err(err)?,
+    };
+    let mut found = Vec::new();
+    for ns in namespaces {
+        for ident in catalog.list_tables(&ns).await.map_err(err)? {
+            let table = catalog.load_table(&ident).await.map_err(err)?;
+            if table
+                .metadata()
+                .properties()
+                .get(PROP_SLOT)
+                .is_some_and(|s| s == slot)
+            {
+                found.push(table);
+            }
+        }
+    }
+    Ok(found)
+}

@@ -1,0 +1,254 @@
+//! The Iceberg changelog schema of a relation, and changelog rows in it.
+
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, FixedSizeBinaryArray,
+    Int32Array, Int64Array, RecordBatch, Scalar, StringArray, Time64MicrosecondArray,
+    TimestampMicrosecondArray, new_null_array,
+};
+use arrow::compute::kernels::{cast, zip};
+use arrow::datatypes::{DataType, SchemaRef};
+use iceberg::spec::{ListType, NestedField, PrimitiveType, Schema, Type};
+use std::sync::Arc;
+use weir_sdk::Relation;
+
+/// The Iceberg type of a changelog column's Arrow type.
+pub fn iceberg_type(data_type: &DataType) -> Type {
+    let p = match data_type {
+        DataType::Boolean => PrimitiveType::Boolean,
+        DataType::Int16 | DataType::Int32 => PrimitiveType::Int,
+        DataType::Int64 => PrimitiveType::Long,
+        DataType::Float32 => PrimitiveType::Float,
+        DataType::Float64 => PrimitiveType::Double,
+        DataType::Binary => PrimitiveType::Binary,
+        DataType::Date32 => PrimitiveType::Date,
+        DataType::Time64(_) => PrimitiveType::Time,
+        DataType::Timestamp(_, None) => PrimitiveType::Timestamp,
+        DataType::Timestamp(_, Some(_)) => PrimitiveType::Timestamptz,
+        DataType::FixedSizeBinary(16) => PrimitiveType::Uuid,
+        DataType::Decimal128(p, s) => PrimitiveType::Decimal {
+            precision: *p as u32,
+            scale: *s as u32,
+        },
+        DataType::List(_) => {
+            // `_cdc_unchanged`; the element id is assigned by the table.
+            return Type::List(ListType::new(
+                NestedField::list_element(0, Type::Primitive(PrimitiveType::String), false).into(),
+            ));
+        }
+        _ => PrimitiveType::String,
+    };
+    Type::Primitive(p)
+}
+
+/// The changelog schema of a new table: the source columns (the replica identity
+/// required, as identifier fields), then the `_cdc_` columns. Ids are provisional: the
+/// catalog assigns the table's own.
+pub fn changelog_schema(relation: &Relation) -> iceberg::Result<Schema> {
+    let arrow = super::super::rows::changelog_schema(relation);
+    let mut next_id = 0;
+    let mut fields = Vec::new();
+    let mut identifier = Vec::new();
+    for (i, f) in arrow.fields().iter().enumerate() {
+        next_id += 1;
+        let id = next_id;
+        let mut ty = iceberg_type(f.data_type());
+        if let Type::List(_) = ty {
+            next_id += 1;
+            ty = Type::List(ListType::new(
+                NestedField::list_element(next_id, Type::Primitive(PrimitiveType::String), false)
+                    .into(),
+            ));
+        }
+        let key = relation.columns.get(i).is_some_and(|c| c.key)
+            && !matches!(
+                ty,
+                Type::Primitive(PrimitiveType::Float | PrimitiveType::Double)
+            );
+        let field = match key || !f.is_nullable() {
+            true => NestedField::required(id, f.name(), ty),
+            false => NestedField::optional(id, f.name(), ty),
+        };
+        if key {
+            identifier.push(id);
+        }
+        fields.push(field.into());
+    }
+    Schema::builder()
+        .with_fields(fields)
+        .with_identifier_field_ids(identifier)
+        .build()
+}
+
+/// Source columns of `relation` that `schema` lacks, with their Iceberg types.
+pub fn missing_columns(relation: &Relation, schema: &Schema) -> Vec<(String, Type)> {
+    let arrow = super::super::rows::changelog_schema(relation);
+    relation
+        .columns
+        .iter()
+        .zip(arrow.fields().iter())
+        .filter(|(c, _)| schema.field_by_name(&c.name).is_none())
+        .map(|(c, f)| (c.name.clone(), iceberg_type(f.data_type())))
+        .collect()
+}
+
+/// Rebuilds changelog rows in a table's Arrow schema (`target`, with field ids): columns
+/// matched by name and cast to the table's types, columns the rows lack (dropped in
+/// PostgreSQL) null, and nulls in required key columns (a truncate row carries no key)
+/// replaced by the type's zero value. A value that does not fit the table's type is an
+/// error, never silently changed.
+pub fn conform(rows: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, String> {
+    let n = rows.num_rows();
+    let mut arrays = Vec::with_capacity(target.fields().len());
+    for field in target.fields() {
+        let array = match rows.column_by_name(field.name()) {
+            Some(a) if a.data_type() == field.data_type() => a.clone(),
+            Some(a) => {
+                let options = cast::CastOptions {
+                    safe: false,
+                    ..Default::default()
+                };
+                cast::cast_with_options(a, field.data_type(), &options).map_err(|e| {
+                    format!(
+                        "column `{}` ({}) does not fit the table's type {}: {e}",
+                        field.name(),
+                        a.data_type(),
+                        field.data_type()
+                    )
+                })?
+            }
+            None => new_null_array(field.data_type(), n),
+        };
+        let array = match !field.is_nullable() && array.null_count() > 0 {
+            true => fill_nulls(&array)?,
+            false => array,
+        };
+        arrays.push(array);
+    }
+    RecordBatch::try_new(target.clone(), arrays).map_err(|e| e.to_string())
+}
+
+fn fill_nulls(array: &ArrayRef) -> Result<ArrayRef, String> {
+    let zero: ArrayRef = match array.data_type() {
+        DataType::Boolean => Arc::new(BooleanArray::from(vec![false])),
+        DataType::Int32 => Arc::new(Int32Array::from(vec![0])),
+        DataType::Int64 => Arc::new(Int64Array::from(vec![0])),
+        DataType::Utf8 => Arc::new(StringArray::from(vec![""])),
+        DataType::Binary => Arc::new(BinaryArray::from(vec![&b""[..]])),
+        DataType::Date32 => Arc::new(Date32Array::from(vec![0])),
+        DataType::Time64(_) => Arc::new(Time64MicrosecondArray::from(vec![0])),
+        DataType::Timestamp(_, tz) => {
+            Arc::new(TimestampMicrosecondArray::from(vec![0]).with_timezone_opt(tz.clone()))
+        }
+        DataType::FixedSizeBinary(16) => Arc::new(
+            FixedSizeBinaryArray::try_from_iter(std::iter::once([0u8; 16]))
+                .map_err(|e| e.to_string())?,
+        ),
+        DataType::Decimal128(p, s) => Arc::new(
+            Decimal128Array::from(vec![0])
+                .with_precision_and_scale(*p, *s)
+                .map_err(|e| e.to_string())?,
+        ),
+        other => return Err(format!("no zero value for a key column of type {other}")),
+    };
+    let nulls = arrow::compute::is_null(array).map_err(|e| e.to_string())?;
+    zip::zip(&nulls, &Scalar::new(zero), array).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_sdk::Column;
+
+    fn relation() -> Relation {
+        Relation {
+            id: 1,
+            schema: "public".into(),
+            table: "t".into(),
+            version: 1,
+            columns: vec![
+                Column::new("id", 20, "int8", true),
+                Column::new("n", 21, "int2", false),
+                Column::new("u", 2950, "uuid", false),
+            ],
+        }
+    }
+
+    #[test]
+    fn keys_are_required_identifier_fields_and_types_map() {
+        let schema = changelog_schema(&relation()).unwrap();
+        let id = schema.field_by_name("id").unwrap();
+        assert!(id.required);
+        assert_eq!(
+            schema.identifier_field_ids().collect::<Vec<_>>(),
+            vec![id.id]
+        );
+        assert_eq!(
+            *schema.field_by_name("n").unwrap().field_type,
+            Type::Primitive(PrimitiveType::Int)
+        );
+        assert_eq!(
+            *schema.field_by_name("u").unwrap().field_type,
+            Type::Primitive(PrimitiveType::Uuid)
+        );
+        assert_eq!(
+            *schema.field_by_name("_cdc_commit_ts").unwrap().field_type,
+            Type::Primitive(PrimitiveType::Timestamptz)
+        );
+        assert!(matches!(
+            *schema.field_by_name("_cdc_unchanged").unwrap().field_type,
+            Type::List(_)
+        ));
+    }
+
+    #[test]
+    fn rows_conform_to_the_table_and_a_value_that_does_not_fit_is_an_error() {
+        let mut rel = relation();
+        let table = changelog_schema(&rel).unwrap();
+        let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(&table).unwrap());
+        let mut rows = crate::sink::rows::ChangeRows::new(&rel);
+        let event = |op, after: Option<Vec<weir_sdk::Value>>| weir_sdk::Event {
+            op,
+            rel: 0,
+            commit_lsn: 1,
+            seq: 0,
+            xid: 1,
+            commit_ts: 0,
+            before: None,
+            after,
+            unchanged: vec![],
+        };
+        use weir_sdk::{Op, Value};
+        rows.append(
+            &event(
+                Op::Insert,
+                Some(vec![Value::Int(7), Value::Int(3), Value::Null]),
+            ),
+            &rel,
+        );
+        rows.append(&event(Op::Truncate, None), &rel);
+        let batch = conform(&rows.finish().unwrap(), &target).unwrap();
+        let ids = batch.column_by_name("id").unwrap();
+        assert_eq!(
+            ids.null_count(),
+            0,
+            "the truncate row's key is zero, not null"
+        );
+        assert_eq!(
+            batch.column_by_name("n").unwrap().data_type(),
+            &DataType::Int32
+        );
+
+        // The column became int8 in PostgreSQL; the table still says int.
+        rel.columns[1] = Column::new("n", 20, "int8", false);
+        let mut rows = crate::sink::rows::ChangeRows::new(&rel);
+        rows.append(
+            &event(
+                Op::Insert,
+                Some(vec![Value::Int(1), Value::Int(5_000_000_000), Value::Null]),
+            ),
+            &rel,
+        );
+        let err = conform(&rows.finish().unwrap(), &target).unwrap_err();
+        assert!(err.contains("`n`"), "{err}");
+    }
+}

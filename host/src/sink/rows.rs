@@ -1,0 +1,164 @@
+//! Change events as Arrow rows of the changelog contract: the source columns, then
+//! `_cdc_op`, `_cdc_commit_lsn`, `_cdc_seq`, `_cdc_xid`, `_cdc_commit_ts`,
+//! `_cdc_unchanged` and `_cdc_unfit`. Shared by the Parquet and Iceberg sinks.
+
+use super::columns::{ColumnBuilder, arrow_field};
+use crate::lsn::Lsn;
+use arrow::array::{
+    ArrayRef, Int64Builder, ListBuilder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
+use std::sync::Arc;
+use weir_sdk::{Event, Op, Relation};
+
+/// The changelog columns after the source columns.
+pub const CDC_COLUMNS: [&str; 7] = [
+    "_cdc_op",
+    "_cdc_commit_lsn",
+    "_cdc_seq",
+    "_cdc_xid",
+    "_cdc_commit_ts",
+    "_cdc_unchanged",
+    "_cdc_unfit",
+];
+
+/// The changelog schema of a relation.
+pub fn changelog_schema(relation: &Relation) -> SchemaRef {
+    let mut fields: Vec<Field> = relation.columns.iter().map(arrow_field).collect();
+    fields.push(Field::new("_cdc_op", DataType::Utf8, false));
+    fields.push(Field::new("_cdc_commit_lsn", DataType::Int64, false));
+    fields.push(Field::new("_cdc_seq", DataType::Int64, false));
+    fields.push(Field::new("_cdc_xid", DataType::Int64, false));
+    fields.push(Field::new(
+        "_cdc_commit_ts",
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        false,
+    ));
+    fields.push(Field::new(
+        "_cdc_unchanged",
+        DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+        true,
+    ));
+    fields.push(
+        Field::new("_cdc_unfit", DataType::Utf8, true)
+            .with_extension_type(arrow_schema::extension::Json::default()),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+/// Builders for one relation's changelog rows.
+pub struct ChangeRows {
+    schema: SchemaRef,
+    relation: String,
+    columns: Vec<ColumnBuilder>,
+    op: StringBuilder,
+    commit_lsn: Int64Builder,
+    seq: Int64Builder,
+    xid: Int64Builder,
+    commit_ts: TimestampMicrosecondBuilder,
+    unchanged: ListBuilder<StringBuilder>,
+    unfit: StringBuilder,
+    buffered: usize,
+}
+
+impl ChangeRows {
+    pub fn new(relation: &Relation) -> ChangeRows {
+        let schema = changelog_schema(relation);
+        let columns = schema.fields()[..relation.columns.len()]
+            .iter()
+            .map(|f| ColumnBuilder::new(f.data_type()))
+            .collect();
+        ChangeRows {
+            relation: relation.qualified_name(),
+            schema,
+            columns,
+            op: StringBuilder::new(),
+            commit_lsn: Int64Builder::new(),
+            seq: Int64Builder::new(),
+            xid: Int64Builder::new(),
+            commit_ts: TimestampMicrosecondBuilder::new(),
+            unchanged: ListBuilder::new(StringBuilder::new()),
+            unfit: StringBuilder::new(),
+            buffered: 0,
+        }
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Rows appended since the last [`ChangeRows::finish`].
+    pub fn len(&self) -> usize {
+        self.buffered
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buffered == 0
+    }
+
+    /// Appends one change of `relation` (the event's relation).
+    pub fn append(&mut self, event: &Event, relation: &Relation) {
+        let mut unfit = serde_json::Map::new();
+        let row = match event.op {
+            Op::Read | Op::Insert | Op::Update => event.after.as_ref(),
+            Op::Delete => event.before.as_ref(),
+            Op::Truncate => None,
+        };
+        match row {
+            Some(values) => {
+                for (i, (builder, value)) in self.columns.iter_mut().zip(values).enumerate() {
+                    if let Err(e) = builder.append(value) {
+                        let column = &relation.columns[i].name;
+                        tracing::warn!(
+                            table = %self.relation,
+                            %column,
+                            lsn = %Lsn(event.commit_lsn),
+                            error = %e,
+                            "A value its column type cannot hold: null in the column, kept as text in _cdc_unfit."
+                        );
+                        unfit.insert(column.clone(), serde_json::Value::String(e.value));
+                    }
+                }
+            }
+            None => self.columns.iter_mut().for_each(ColumnBuilder::append_null),
+        }
+        match unfit.is_empty() {
+            true => self.unfit.append_null(),
+            false => self
+                .unfit
+                .append_value(serde_json::Value::Object(unfit).to_string()),
+        }
+        if event.unchanged.is_empty() || !matches!(event.op, Op::Update) {
+            self.unchanged.append_null();
+        } else {
+            for &i in &event.unchanged {
+                if let Some(c) = relation.columns.get(i as usize) {
+                    self.unchanged.values().append_value(&c.name);
+                }
+            }
+            self.unchanged.append(true);
+        }
+        self.op.append_value(event.op.code());
+        self.commit_lsn.append_value(event.commit_lsn as i64);
+        self.seq.append_value(event.seq as i64);
+        self.xid.append_value(event.xid as i64);
+        self.commit_ts.append_value(event.commit_ts);
+        self.buffered += 1;
+    }
+
+    /// The rows appended so far, as one record batch; the builders start empty again.
+    pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        let mut arrays: Vec<ArrayRef> =
+            self.columns.iter_mut().map(ColumnBuilder::finish).collect();
+        arrays.push(Arc::new(self.op.finish()));
+        arrays.push(Arc::new(self.commit_lsn.finish()));
+        arrays.push(Arc::new(self.seq.finish()));
+        arrays.push(Arc::new(self.xid.finish()));
+        arrays.push(Arc::new(self.commit_ts.finish().with_timezone("UTC")));
+        arrays.push(Arc::new(self.unchanged.finish()));
+        arrays.push(Arc::new(self.unfit.finish()));
+        self.buffered = 0;
+        RecordBatch::try_new(self.schema.clone(), arrays)
+    }
+}
