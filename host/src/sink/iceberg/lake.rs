@@ -81,8 +81,7 @@ pub fn resolve(table: &Table, at: At) -> Result<Option<i64>, String> {
             let found = metadata
                 .history()
                 .iter()
-                .filter(|l| l.timestamp_ms <= ms)
-                .next_back()
+                .rfind(|l| l.timestamp_ms <= ms)
                 .map(|l| l.snapshot_id);
             match found {
                 Some(id) => Ok(Some(id)),
