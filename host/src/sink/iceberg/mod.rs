@@ -605,6 +605,8 @@ impl ChangeTable {
         Ok(())
     }
 
+    /// A writer for the relation's rows in the table's current schema; its files are
+    /// named `<files>-<n>.parquet`, so `files` must be unique per writer.
     fn new_writer(
         &self,
         relation: &Relation,
