@@ -266,6 +266,10 @@ pub struct MaintenanceConfig {
         deserialize_with = "de_duration"
     )]
     pub expire_older_than: Duration,
+    /// Also rewrite small data files into `target_file_size` files (SQL catalog only).
+    /// Default `false`.
+    #[serde(default)]
+    pub compact: bool,
 }
 
 fn default_maintenance_every() -> Duration {
@@ -555,13 +559,19 @@ impl PipelineConfig {
                             "the SQLite catalog file cannot live in object storage: set [sink.catalog] path = \"/var/lib/weir/catalog.db\", or use type = \"rest\"".into(),
                         ));
                     }
-                    if let Some(m) = &c.maintenance
-                        && (m.every.is_zero() || m.expire_older_than.is_zero())
-                    {
-                        return Err(invalid(
-                            &format!("{key}.maintenance"),
-                            "every and expire_older_than must be greater than zero".into(),
-                        ));
+                    if let Some(m) = &c.maintenance {
+                        if m.every.is_zero() || m.expire_older_than.is_zero() {
+                            return Err(invalid(
+                                &format!("{key}.maintenance"),
+                                "every and expire_older_than must be greater than zero".into(),
+                            ));
+                        }
+                        if m.compact && matches!(c.catalog, CatalogConfig::Rest { .. }) {
+                            return Err(invalid(
+                                &format!("{key}.maintenance.compact"),
+                                "compaction commits through the SQL catalog only; iceberg 0.10.1 cannot send it to a REST catalog".into(),
+                            ));
+                        }
                     }
                 }
                 SinkConfig::Plugin(p) => {

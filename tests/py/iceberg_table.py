@@ -55,6 +55,8 @@ def main():
         {"id": s.snapshot_id, "summary": dict(s.summary.additional_properties), "operation": str(s.summary.operation)}
         for s in table.snapshots()
     ]
+    current = table.current_snapshot()
+    out["current_snapshot"] = current.snapshot_id if current else None
     out["properties"] = dict(table.properties)
     print(json.dumps(out, default=str))
 

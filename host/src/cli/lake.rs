@@ -47,11 +47,14 @@ pub enum LakeCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         older_than: std::time::Duration,
     },
-    /// Rewrite small data files into target-size files (not available yet: see the
-    /// message).
+    /// Rewrite small data files into target-size files in one `replace` commit (same
+    /// rows; the SQL catalog only). Safe beside a running pipeline.
     Compact {
         #[command(flatten)]
         table: TableArgs,
+        /// Size of the files written. Default: the sink's target_file_size.
+        #[arg(long, value_parser = parse_size)]
+        target_size: Option<u64>,
     },
 }
 
@@ -64,6 +67,12 @@ pub struct TableArgs {
     /// Which sink, when the pipeline has several Iceberg sinks (0 = the first).
     #[arg(long, default_value_t = 0)]
     sink: usize,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| e.to_string())
 }
 
 impl TableArgs {
@@ -94,7 +103,7 @@ pub async fn lake(command: LakeCommand) -> anyhow::Result<()> {
         | LakeCommand::Query { table, .. }
         | LakeCommand::Rollback { table, .. }
         | LakeCommand::ExpireSnapshots { table, .. }
-        | LakeCommand::Compact { table } => table,
+        | LakeCommand::Compact { table, .. } => table,
     };
     let config = args.sink()?;
     let catalog = iceberg::connect(&config).await?;
@@ -174,9 +183,22 @@ pub async fn lake(command: LakeCommand) -> anyhow::Result<()> {
                 table.metadata().snapshots().count()
             );
         }
-        LakeCommand::Compact { .. } => bail!(
-            "compaction is not available yet: iceberg 0.10.1 has no rewrite action, and a compaction commit (a `replace` snapshot whose manifests drop the small files and add the rewritten ones) is not built in weir yet. Expiring snapshots bounds the metadata; small files stay until then"
-        ),
+        LakeCommand::Compact { target_size, .. } => {
+            let target = target_size.unwrap_or(config.target_file_size);
+            let done = lake::compact(&config, &table, target)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            match done.snapshot {
+                Some(id) => println!(
+                    "{} small files rewritten into {} ({} rows) in snapshot {id}",
+                    done.removed_files, done.added_files, done.rows
+                ),
+                None => println!(
+                    "nothing to compact: no partition has two files under 3/4 of {}",
+                    bytesize::ByteSize(target).display().iec()
+                ),
+            }
+        }
     }
     Ok(())
 }

@@ -311,21 +311,104 @@ fn weir_lake_lists_time_travels_rolls_back_and_expires() {
     );
 
     let out = db
-        .weir(&["lake", "compact", config.to_str().unwrap(), "public.t"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("compaction is not available yet"),
-        "{}",
-        stderr(&out)
-    );
-    let out = db
         .weir(&["lake", "snapshots", config.to_str().unwrap(), "public.nope"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("public.nope"), "{}", stderr(&out));
+}
+
+#[test]
+fn compaction_rewrites_small_files_in_one_replace_commit_and_streaming_goes_on() {
+    let db = TestDb::new("ice_compact");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
+    let config = iceberg_config(&db, &["public.t"], None, "");
+    db.catch_up(&config);
+    for round in 0..4 {
+        db.sql(&format!(
+            "INSERT INTO t SELECT g, g, 'r{round}' FROM generate_series({}, {}) g",
+            round * 100 + 1,
+            round * 100 + 100
+        ));
+        db.sql(&format!("UPDATE t SET v = -v WHERE id % 10 = {round}"));
+        db.catch_up(&config); // one small file per run
+    }
+    let (before, _) = read_iceberg(&catalog(&db), "public.t", "id", None, &[]);
+    assert!(before.files >= 4, "{} files", before.files);
+
+    let out = lake(&db, &config, &["compact", "public.t"]);
+    assert!(
+        out.contains(&format!("{} small files rewritten into 1", before.files)),
+        "{out}"
+    );
+    let (after, report) = read_iceberg(&catalog(&db), "public.t", "id", None, &[]);
+    assert_eq!(after.files, 1, "one file now");
+    assert_eq!(after.ops, before.ops, "the same rows");
+    assert_eq!(after.duplicates, 0);
+    assert_eq!(after.rows, db.rows("public.t", "id"));
+    let current = report["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == report["current_snapshot"])
+        .unwrap()
+        .clone();
+    assert_eq!(current["operation"], "Operation.REPLACE", "{current}");
+    assert_eq!(
+        current["summary"]["deleted-data-files"],
+        before.files.to_string()
+    );
+    let again = lake(&db, &config, &["compact", "public.t"]);
+    assert!(again.contains("nothing to compact"), "{again}");
+
+    // The pipeline resumes from the position the compaction carried over.
+    db.sql("INSERT INTO t SELECT g, 0, 'after' FROM generate_series(401, 450) g");
+    db.catch_up(&config);
+    let (log, _) = read_iceberg(&catalog(&db), "public.t", "id", None, &[]);
+    assert_eq!(log.duplicates, 0);
+    assert_eq!(log.op("c"), 450);
+    assert_eq!(log.rows, db.rows("public.t", "id"));
+}
+
+#[test]
+fn scheduled_maintenance_compacts_and_expires_while_the_pipeline_streams() {
+    let db = TestDb::new("ice_maint");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
+    let config = iceberg_config(
+        &db,
+        &["public.t"],
+        None,
+        "[sink.maintenance]\nevery = \"1s\"\nexpire_older_than = \"1s\"\ncompact = true",
+    );
+    db.catch_up(&config);
+    let writer = Writer::start(db.url());
+    let weir = db
+        .weir(&["run", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let [inserts, updates, deletes] = writer.finish();
+    crate::recovery::unsafe_kill(weir.id() as i32, libc::SIGTERM);
+    let out = weir.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("Maintenance compacted small files."), "{log}");
+    assert!(log.contains("Maintenance expired old snapshots."), "{log}");
+    db.catch_up(&config);
+    let (changes, report) = read_iceberg(&catalog(&db), "public.t", "id", None, &[]);
+    assert_eq!(changes.duplicates, 0);
+    assert_eq!(
+        (changes.op("c"), changes.op("u"), changes.op("d")),
+        (inserts, updates, deletes)
+    );
+    assert_eq!(changes.rows, db.rows("public.t", "id"));
+    assert!(
+        snapshot_ids(&report).len() < 10,
+        "old snapshots were expired: {}",
+        snapshot_ids(&report).len()
+    );
 }
 
 /// The moto server of the `s3` tests.

@@ -35,9 +35,12 @@ pub fn snapshots(table: &Table) -> Vec<SnapshotInfo> {
         .map(|s| {
             let props = &s.summary().additional_properties;
             let number = |k: &str| props.get(k).and_then(|v| v.parse().ok());
-            let weir = match (props.get(SUMMARY_COMMIT_LSN), props.get(SUMMARY_REPLAY)) {
-                (Some(lsn), _) => Some(format!("commit-lsn {lsn}")),
-                (None, Some(name)) => Some(format!("replay {name}")),
+            let weir = match (props.get(SUMMARY_REPLAY), props.get(SUMMARY_COMMIT_LSN)) {
+                (Some(name), _) => Some(format!("replay {name}")),
+                (None, Some(lsn)) if props.contains_key("weir.compaction") => {
+                    Some(format!("compaction (commit-lsn {lsn})"))
+                }
+                (None, Some(lsn)) => Some(format!("commit-lsn {lsn}")),
                 _ => None,
             };
             SnapshotInfo {
@@ -149,25 +152,16 @@ pub async fn rollback(
     table: &Table,
     id: i64,
 ) -> Result<(), String> {
-    let CatalogConfig::Sql { path, name } = &config.catalog else {
-        return Err("rollback needs the SQL catalog: iceberg 0.10.1 cannot send a branch change to a REST catalog (use the catalog's own tools)".into());
-    };
+    sql_only(config)?;
     let metadata = table.metadata();
     if metadata.snapshot_by_id(id).is_none() {
         return Err(format!(
             "the table has no snapshot {id}; `weir lake snapshots` lists them"
         ));
     }
-    let current = table
-        .metadata_location()
-        .ok_or("the table has no metadata file")?
-        .to_string();
-    let next = MetadataLocation::from_str(&current)
-        .map_err(|e| e.to_string())?
-        .with_next_version();
     let updated = metadata
         .clone()
-        .into_builder(Some(current.clone()))
+        .into_builder(table.metadata_location().map(str::to_string))
         .set_ref(
             MAIN_BRANCH,
             SnapshotReference::new(id, SnapshotRetention::branch(None, None, None)),
@@ -175,6 +169,29 @@ pub async fn rollback(
         .and_then(|b| b.build())
         .map_err(|e| e.to_string())?
         .metadata;
+    commit_metadata(config, ident, table, updated).await
+}
+
+/// Commits new metadata for a table of the SQL catalog: writes the next metadata file,
+/// then points the catalog at it only if it still names the metadata `table` was read
+/// from (the SQL catalog's own commit protocol).
+async fn commit_metadata(
+    config: &IcebergSinkConfig,
+    ident: &TableIdent,
+    table: &Table,
+    updated: iceberg::spec::TableMetadata,
+) -> Result<(), String> {
+    sql_only(config)?;
+    let CatalogConfig::Sql { path, name } = &config.catalog else {
+        unreachable!("checked above");
+    };
+    let current = table
+        .metadata_location()
+        .ok_or("the table has no metadata file")?
+        .to_string();
+    let next = MetadataLocation::from_str(&current)
+        .map_err(|e| e.to_string())?
+        .with_next_version();
     updated
         .write_to(table.file_io(), &next)
         .await
@@ -201,8 +218,287 @@ pub async fn rollback(
     match swapped.rows_affected() {
         1 => Ok(()),
         _ => Err(
-            "the table changed while rolling back (a pipeline committed?); stop the pipeline and try again"
+            "the table changed meanwhile (a pipeline committed?): nothing was changed; try again"
                 .into(),
         ),
+    }
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Compacted {
+    /// Small data files replaced.
+    pub removed_files: usize,
+    /// Files written in their place.
+    pub added_files: usize,
+    pub rows: u64,
+    /// The `replace` snapshot committed, if there was anything to compact.
+    pub snapshot: Option<i64>,
+}
+
+/// Rewrites the table's small data files (under three quarters of `target_size`), per
+/// partition where there are at least two, into files of up to `target_size`, and
+/// commits one `replace` snapshot: the small files leave the table and the new ones join
+/// it, with the same rows. The snapshot carries the position of the one it replaces, so
+/// a pipeline resumes from it as before. Runs beside a pipeline: if the pipeline commits
+/// meanwhile, nothing is changed and the command says to try again.
+///
+/// iceberg 0.10.1 has no rewrite action, so weir writes the manifests, the manifest list
+/// and the metadata itself, and commits through the SQL catalog as `rollback` does.
+pub async fn compact(
+    config: &IcebergSinkConfig,
+    table: &Table,
+    target_size: u64,
+) -> Result<Compacted, String> {
+    use iceberg::spec::{
+        DataFileFormat, ManifestListWriter, ManifestWriterBuilder, Operation, PartitionKey,
+        Snapshot, Struct, Summary,
+    };
+    use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+    use iceberg::writer::file_writer::ParquetWriterBuilder;
+    use iceberg::writer::file_writer::location_generator::{
+        DefaultFileNameGenerator, DefaultLocationGenerator,
+    };
+    use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+    use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+    use std::collections::{HashMap, HashSet};
+
+    sql_only(config)?;
+    let e = |e: iceberg::Error| e.to_string();
+    let metadata = table.metadata();
+    let Some(current) = metadata.current_snapshot().cloned() else {
+        return Ok(Compacted::default());
+    };
+    if metadata.partition_specs_iter().count() != 1 {
+        return Err(
+            "the table has more than one partition spec; weir compacts tables of one spec only"
+                .into(),
+        );
+    }
+    let spec = metadata.default_partition_spec().clone();
+    let schema = metadata.current_schema().clone();
+    let file_io = table.file_io();
+
+    // The live data files, by manifest, and the small ones by partition.
+    let list = table
+        .manifest_list_reader(&current)
+        .load()
+        .await
+        .map_err(e)?;
+    let mut manifests = Vec::new();
+    let mut small: HashMap<Struct, Vec<String>> = HashMap::new();
+    for manifest_file in list.entries() {
+        let manifest = manifest_file.load_manifest(file_io).await.map_err(e)?;
+        if manifest_file.content == iceberg::spec::ManifestContentType::Data {
+            for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
+                if entry.file_size_in_bytes() < target_size * 3 / 4 {
+                    small
+                        .entry(entry.data_file().partition().clone())
+                        .or_default()
+                        .push(entry.file_path().to_string());
+                }
+            }
+        }
+        manifests.push((manifest_file.clone(), manifest));
+    }
+    small.retain(|_, files| files.len() >= 2);
+    if small.is_empty() {
+        return Ok(Compacted::default());
+    }
+    let removed: HashSet<String> = small.values().flatten().cloned().collect();
+
+    // Rewrite each partition's small files, reading them in the current schema.
+    let tasks: Vec<iceberg::scan::FileScanTask> = table
+        .scan()
+        .snapshot_id(current.snapshot_id())
+        .select_all()
+        .build()
+        .map_err(e)?
+        .plan_files()
+        .await
+        .map_err(e)?
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(e)?;
+    let snapshot_id = loop {
+        let id = rand::random::<i64>().abs();
+        if id > 0 && metadata.snapshot_by_id(id).is_none() {
+            break id;
+        }
+    };
+    let run = format!("compact-{snapshot_id}");
+    let properties = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+        .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut added = Vec::new();
+    let mut rows = 0;
+    for (n, (partition, files)) in small.iter().enumerate() {
+        let paths: HashSet<&String> = files.iter().collect();
+        let group: Vec<_> = tasks
+            .iter()
+            .filter(|t| paths.contains(&t.data_file_path))
+            .cloned()
+            .map(Ok)
+            .collect();
+        let stream = table
+            .reader_builder()
+            .build()
+            .read(Box::pin(futures::stream::iter(group)))
+            .map_err(e)?
+            .stream();
+        let rolling = RollingFileWriterBuilder::new(
+            ParquetWriterBuilder::new(properties.clone(), schema.clone()),
+            target_size as usize,
+            file_io.clone(),
+            DefaultLocationGenerator::new(metadata).map_err(e)?,
+            DefaultFileNameGenerator::new(format!("{run}-{n}"), None, DataFileFormat::Parquet),
+        );
+        let key = PartitionKey::new((*spec).clone(), schema.clone(), partition.clone());
+        let mut writer = DataFileWriterBuilder::new(rolling)
+            .build(Some(key))
+            .await
+            .map_err(e)?;
+        let mut stream = stream;
+        while let Some(batch) = stream.try_next().await.map_err(e)? {
+            rows += batch.num_rows() as u64;
+            writer.write(batch).await.map_err(e)?;
+        }
+        added.extend(writer.close().await.map_err(e)?);
+    }
+    let removed_rows: u64 = manifests
+        .iter()
+        .flat_map(|(_, m)| m.entries().iter())
+        .filter(|e| e.is_alive() && removed.contains(e.file_path()))
+        .map(|e| e.record_count())
+        .sum();
+    if rows != removed_rows {
+        return Err(format!(
+            "read {rows} rows from the small files where their manifests count {removed_rows}; nothing was committed"
+        ));
+    }
+
+    // Manifests: unchanged ones as they are; those listing a replaced file rewritten
+    // (replaced files deleted, the others existing); one new manifest for the new files.
+    let sequence_number = metadata.last_sequence_number() + 1;
+    let location = metadata.location().trim_end_matches('/');
+    let manifest_path = |k: &str| format!("{location}/metadata/{run}-{k}.avro");
+    let mut new_list = Vec::new();
+    for (i, (manifest_file, manifest)) in manifests.into_iter().enumerate() {
+        let touched = manifest
+            .entries()
+            .iter()
+            .any(|e| e.is_alive() && removed.contains(e.file_path()));
+        if !touched {
+            new_list.push(manifest_file);
+            continue;
+        }
+        let output = file_io
+            .new_output(manifest_path(&format!("m{i}")))
+            .map_err(e)?;
+        let mut w =
+            ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), (*spec).clone())
+                .build_v2_data();
+        for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
+            let data_sequence = entry
+                .sequence_number
+                .ok_or("a manifest entry without a sequence number")?;
+            let file_sequence = entry.file_sequence_number.or(Some(data_sequence));
+            let file = entry.data_file().clone();
+            match removed.contains(entry.file_path()) {
+                true => w.add_delete_file(file, data_sequence, file_sequence),
+                false => w.add_existing_file(
+                    file,
+                    entry.snapshot_id.unwrap_or(current.snapshot_id()),
+                    data_sequence,
+                    file_sequence,
+                ),
+            }
+            .map_err(e)?;
+        }
+        new_list.push(w.write_manifest_file().await.map_err(e)?);
+    }
+    let output = file_io.new_output(manifest_path("added")).map_err(e)?;
+    let mut w =
+        ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), (*spec).clone())
+            .build_v2_data();
+    for file in &added {
+        w.add_file(file.clone(), sequence_number).map_err(e)?;
+    }
+    new_list.insert(0, w.write_manifest_file().await.map_err(e)?);
+    let list_path = format!("{location}/metadata/snap-{snapshot_id}-1-{run}.avro");
+    let list_out = file_io.new_output(&list_path).map_err(e)?;
+    let mut list_writer = ManifestListWriter::v2(
+        list_out.writer().await.map_err(e)?,
+        snapshot_id,
+        Some(current.snapshot_id()),
+        sequence_number,
+    );
+    list_writer.add_manifests(new_list.into_iter()).map_err(e)?;
+    list_writer.close().await.map_err(e)?;
+
+    // The snapshot: weir's position carried over, totals unchanged.
+    let parent = &current.summary().additional_properties;
+    let mut summary: HashMap<String, String> = [
+        super::SUMMARY_COMMIT_LSN,
+        super::SUMMARY_END_LSN,
+        super::SUMMARY_SLOT,
+        "total-records",
+    ]
+    .iter()
+    .filter_map(|k| parent.get(*k).map(|v| (k.to_string(), v.clone())))
+    .collect();
+    if let Some(position) = metadata
+        .properties()
+        .get(super::PROP_SLOT)
+        .and_then(|slot| super::committed_position(table, slot))
+    {
+        summary.insert(
+            super::SUMMARY_COMMIT_LSN.into(),
+            position.commit_lsn.to_string(),
+        );
+        summary.insert(super::SUMMARY_END_LSN.into(), position.end_lsn.to_string());
+    }
+    summary.insert("added-data-files".into(), added.len().to_string());
+    summary.insert("deleted-data-files".into(), removed.len().to_string());
+    summary.insert("added-records".into(), rows.to_string());
+    summary.insert("deleted-records".into(), rows.to_string());
+    summary.insert("weir.compaction".into(), "true".into());
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(Some(current.snapshot_id()))
+        .with_sequence_number(sequence_number)
+        .with_timestamp_ms(
+            chrono::Utc::now()
+                .timestamp_millis()
+                .max(current.timestamp_ms() + 1),
+        )
+        .with_manifest_list(list_path)
+        .with_summary(Summary {
+            operation: Operation::Replace,
+            additional_properties: summary,
+        })
+        .with_schema_id(schema.schema_id())
+        .build();
+    let updated = metadata
+        .clone()
+        .into_builder(table.metadata_location().map(str::to_string))
+        .set_branch_snapshot(snapshot, MAIN_BRANCH)
+        .and_then(|b| b.build())
+        .map_err(e)?
+        .metadata;
+    commit_metadata(config, table.identifier(), table, updated).await?;
+    Ok(Compacted {
+        removed_files: removed.len(),
+        added_files: added.len(),
+        rows,
+        snapshot: Some(snapshot_id),
+    })
+}
+
+fn sql_only(config: &IcebergSinkConfig) -> Result<(), String> {
+    match config.catalog {
+        CatalogConfig::Sql { .. } => Ok(()),
+        CatalogConfig::Rest { .. } => Err("this needs the SQL catalog: iceberg 0.10.1 cannot send such a change to a REST catalog (use the catalog's own tools)".into()),
     }
 }

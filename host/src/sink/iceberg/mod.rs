@@ -540,7 +540,13 @@ impl IcebergSink {
                 .close()
                 .await
                 .map_err(|e| iceberg_err(&table.ident, e))?;
-            let summary = HashMap::from([(SUMMARY_REPLAY.to_string(), name.to_string())]);
+            // The position stays what it was (it survives the expiry of older snapshots).
+            let mut summary = HashMap::from([(SUMMARY_REPLAY.to_string(), name.to_string())]);
+            if let Some(p) = committed_position(&table.table, &self.slot) {
+                summary.insert(SUMMARY_COMMIT_LSN.into(), p.commit_lsn.to_string());
+                summary.insert(SUMMARY_END_LSN.into(), p.end_lsn.to_string());
+                summary.insert(SUMMARY_SLOT.into(), self.slot.clone());
+            }
             table.table = append(self.catalog.as_ref(), &table.table, files, summary).await?;
         }
         Ok(())
@@ -557,6 +563,18 @@ impl IcebergSink {
         }
         self.last_maintenance = Instant::now();
         for table in self.tables.values_mut() {
+            if m.compact {
+                match lake::compact(&self.config, &table.table, self.config.target_file_size).await
+                {
+                    Ok(done) if done.snapshot.is_some() => {
+                        tracing::info!(table = %table.ident, removed = done.removed_files, added = done.added_files, rows = done.rows, "Maintenance compacted small files.")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(table = %table.ident, error = %e, "Compaction failed; it runs again later.")
+                    }
+                }
+            }
             match lake::expire_snapshots(self.catalog.as_ref(), &table.ident, m.expire_older_than)
                 .await
             {
