@@ -174,7 +174,7 @@ fn iceberg_is_exactly_once_across_kill_9() {
 #[test]
 fn a_column_added_mid_stream_evolves_the_table_and_old_snapshots_still_read() {
     let db = TestDb::new("ice_ddl");
-    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, gone text)");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, gone text, n int)");
     let config = iceberg_config(&db, &["public.t"], None, "");
     db.catch_up(&config);
     db.sql("INSERT INTO t SELECT g, g, 'x' FROM generate_series(1, 100) g");
@@ -184,7 +184,9 @@ fn a_column_added_mid_stream_evolves_the_table_and_old_snapshots_still_read() {
 
     db.sql("ALTER TABLE t ADD COLUMN extra text");
     db.sql("ALTER TABLE t DROP COLUMN gone");
-    db.sql("INSERT INTO t SELECT g, g, 'added' FROM generate_series(101, 150) g");
+    db.sql("ALTER TABLE t ALTER COLUMN n TYPE bigint");
+    db.sql("INSERT INTO t (id, v, n) VALUES (1000, 0, 5000000000)");
+    db.sql("INSERT INTO t (id, v, extra) SELECT g, g, 'added' FROM generate_series(101, 150) g");
     db.sql("UPDATE t SET extra = 'later' WHERE id <= 10");
     db.catch_up(&config);
 
@@ -203,9 +205,33 @@ fn a_column_added_mid_stream_evolves_the_table_and_old_snapshots_still_read() {
         names.contains(&"gone"),
         "a dropped column stays readable: {names:?}"
     );
-    assert_eq!((now.op("c"), now.op("u")), (150, 10));
+    let n_type = report["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "n")
+        .unwrap()["type"]
+        .clone();
+    assert_eq!(n_type, "long", "int widened to bigint in place");
+    let big = now.rows.iter().find(|r| r["id"] == 1000).unwrap();
+    assert_eq!(big["n"], 5_000_000_000i64);
+    assert_eq!((now.op("c"), now.op("u")), (151, 10));
     let extra: Vec<&Value> = now.rows.iter().map(|r| &r["extra"]).collect();
     assert_eq!(extra.iter().filter(|v| **v == "added").count(), 50);
+    let without_gone: Vec<Value> = now
+        .rows
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.as_object_mut().unwrap().remove("gone");
+            r
+        })
+        .collect();
+    assert_eq!(
+        without_gone,
+        db.rows("public.t", "id"),
+        "the rebuilt state equals the source"
+    );
     assert_eq!(extra.iter().filter(|v| **v == "later").count(), 10);
     let gone_written = now.rows.iter().filter(|r| r["gone"] == "x").count();
     assert_eq!(

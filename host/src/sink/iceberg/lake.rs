@@ -9,6 +9,7 @@ use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, MetadataLocation, TableIdent};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One snapshot of a table's history, as `weir lake snapshots` prints it.
@@ -501,4 +502,64 @@ fn sql_only(config: &IcebergSinkConfig) -> Result<(), String> {
         CatalogConfig::Sql { .. } => Ok(()),
         CatalogConfig::Rest { .. } => Err("this needs the SQL catalog: iceberg 0.10.1 cannot send such a change to a REST catalog (use the catalog's own tools)".into()),
     }
+}
+
+/// Widens column types in place (`int` to `long`, `float` to `double`, a decimal's
+/// precision up at the same scale: the promotions Iceberg allows), in a new current
+/// schema committed through the SQL catalog. Returns the columns it widened.
+pub async fn widen_columns(
+    config: &IcebergSinkConfig,
+    table: &Table,
+    wanted: &[(String, iceberg::spec::Type)],
+) -> Result<Vec<String>, String> {
+    use iceberg::spec::{NestedField, Schema};
+    sql_only(config)?;
+    let metadata = table.metadata();
+    let schema = metadata.current_schema();
+    let mut widened = Vec::new();
+    let fields: Vec<_> = schema
+        .as_struct()
+        .fields()
+        .iter()
+        .map(|f| {
+            let promoted = wanted
+                .iter()
+                .find(|(name, _)| *name == f.name)
+                .filter(|(_, to)| super::schema::promotable(&f.field_type, to));
+            match promoted {
+                Some((name, to)) => {
+                    widened.push(name.clone());
+                    let mut g = NestedField::clone(f);
+                    g.field_type = Box::new(to.clone());
+                    Arc::new(g)
+                }
+                None => f.clone(),
+            }
+        })
+        .collect();
+    if widened.is_empty() {
+        return Ok(widened);
+    }
+    let new_schema = Schema::builder()
+        .with_schema_id(
+            metadata
+                .schemas_iter()
+                .map(|s| s.schema_id())
+                .max()
+                .unwrap_or(0)
+                + 1,
+        )
+        .with_fields(fields)
+        .with_identifier_field_ids(schema.identifier_field_ids())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let updated = metadata
+        .clone()
+        .into_builder(table.metadata_location().map(str::to_string))
+        .add_current_schema(new_schema)
+        .and_then(|b| b.build())
+        .map_err(|e| e.to_string())?
+        .metadata;
+    commit_metadata(config, table.identifier(), table, updated).await?;
+    Ok(widened)
 }

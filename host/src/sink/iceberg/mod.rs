@@ -320,7 +320,9 @@ impl IcebergSink {
                 .is_none_or(|w| w.version != relation.version)
             {
                 table.close_writer().await?;
-                table.evolve(self.catalog.as_ref(), relation).await?;
+                table
+                    .evolve(self.catalog.as_ref(), &self.config, relation)
+                    .await?;
                 self.writers += 1;
                 let name = format!("{}-{}", self.run, self.writers);
                 table.writer =
@@ -527,7 +529,9 @@ impl IcebergSink {
             if replayed {
                 continue;
             }
-            table.evolve(self.catalog.as_ref(), relation).await?;
+            table
+                .evolve(self.catalog.as_ref(), &self.config, relation)
+                .await?;
             self.writers += 1;
             let name = format!("{}-{}", self.run, self.writers);
             let mut writer = table.new_writer(relation, &self.properties, &name, &self.config)?;
@@ -597,29 +601,58 @@ impl IcebergSink {
 }
 
 impl ChangeTable {
-    /// Adds the relation's new columns to the table's schema, in a schema-update commit.
-    /// Columns dropped in PostgreSQL stay in the table (null in later rows).
+    /// Adds the relation's new columns to the table's schema, in a schema-update commit,
+    /// and widens columns whose type PostgreSQL widened where Iceberg allows it (SQL
+    /// catalog). Columns dropped in PostgreSQL stay in the table (null in later rows).
+    /// Any other type change keeps the table's type: values are cast to it when they fit.
     async fn evolve(
         &mut self,
         catalog: &dyn Catalog,
+        config: &IcebergSinkConfig,
         relation: &Relation,
     ) -> Result<(), SinkError> {
         let missing = schema::missing_columns(relation, self.table.metadata().current_schema());
-        if missing.is_empty() {
+        if !missing.is_empty() {
+            let names: Vec<&str> = missing.iter().map(|(n, _)| n.as_str()).collect();
+            let tx = Transaction::new(&self.table);
+            let mut action = tx.update_schema();
+            for (name, ty) in &missing {
+                action =
+                    action.add_column(iceberg::transaction::AddColumn::optional(name, ty.clone()));
+            }
+            let tx = action.apply(tx).map_err(|e| iceberg_err(&self.ident, e))?;
+            self.table = tx
+                .commit(catalog)
+                .await
+                .map_err(|e| iceberg_err(&self.ident, format!("schema update failed: {e}")))?;
+            tracing::info!(table = %self.ident, columns = ?names, schema_id = self.table.metadata().current_schema_id(), "Iceberg schema evolved: columns added.");
+        }
+        let changed = schema::changed_columns(relation, self.table.metadata().current_schema());
+        let schema = self.table.metadata().current_schema().clone();
+        let widenable: Vec<_> = changed
+            .iter()
+            .filter(|(name, to)| {
+                schema
+                    .field_by_name(name)
+                    .is_some_and(|f| schema::promotable(&f.field_type, to))
+            })
+            .cloned()
+            .collect();
+        if widenable.is_empty() {
             return Ok(());
         }
-        let names: Vec<&str> = missing.iter().map(|(n, _)| n.as_str()).collect();
-        let tx = Transaction::new(&self.table);
-        let mut action = tx.update_schema();
-        for (name, ty) in &missing {
-            action = action.add_column(iceberg::transaction::AddColumn::optional(name, ty.clone()));
+        if matches!(config.catalog, CatalogConfig::Rest { .. }) {
+            tracing::warn!(table = %self.ident, columns = ?widenable.iter().map(|c| &c.0).collect::<Vec<_>>(), "Column types widened in PostgreSQL stay narrow in Iceberg (a REST catalog cannot be sent the change by iceberg 0.10.1); values are cast and a value that does not fit stops the sink.");
+            return Ok(());
         }
-        let tx = action.apply(tx).map_err(|e| iceberg_err(&self.ident, e))?;
-        self.table = tx
-            .commit(catalog)
+        let widened = lake::widen_columns(config, &self.table, &widenable)
             .await
-            .map_err(|e| iceberg_err(&self.ident, format!("schema update failed: {e}")))?;
-        tracing::info!(table = %self.ident, columns = ?names, schema_id = self.table.metadata().current_schema_id(), "Iceberg schema evolved: columns added.");
+            .map_err(|e| iceberg_err(&self.ident, format!("widening columns: {e}")))?;
+        self.table = catalog
+            .load_table(&self.ident)
+            .await
+            .map_err(|e| iceberg_err(&self.ident, e))?;
+        tracing::info!(table = %self.ident, columns = ?widened, schema_id = self.table.metadata().current_schema_id(), "Iceberg schema evolved: column types widened.");
         Ok(())
     }
 

@@ -91,6 +91,42 @@ pub fn missing_columns(relation: &Relation, schema: &Schema) -> Vec<(String, Typ
         .collect()
 }
 
+/// Source columns of `relation` whose Iceberg type differs from the table's, with the
+/// type the relation now has.
+pub fn changed_columns(relation: &Relation, schema: &Schema) -> Vec<(String, Type)> {
+    let arrow = super::super::rows::changelog_schema(relation);
+    relation
+        .columns
+        .iter()
+        .zip(arrow.fields().iter())
+        .filter_map(|(c, f)| {
+            let now = iceberg_type(f.data_type());
+            let field = schema.field_by_name(&c.name)?;
+            (*field.field_type != now).then(|| (c.name.clone(), now))
+        })
+        .collect()
+}
+
+/// Whether Iceberg allows a column of type `from` to become `to` in place.
+pub fn promotable(from: &Type, to: &Type) -> bool {
+    use PrimitiveType as P;
+    match (from, to) {
+        (Type::Primitive(P::Int), Type::Primitive(P::Long))
+        | (Type::Primitive(P::Float), Type::Primitive(P::Double)) => true,
+        (
+            Type::Primitive(P::Decimal {
+                precision: p1,
+                scale: s1,
+            }),
+            Type::Primitive(P::Decimal {
+                precision: p2,
+                scale: s2,
+            }),
+        ) => s1 == s2 && p2 > p1,
+        _ => false,
+    }
+}
+
 /// Rebuilds changelog rows in a table's Arrow schema (`target`, with field ids): columns
 /// matched by name and cast to the table's types, columns the rows lack (dropped in
 /// PostgreSQL) null, and nulls in required key columns (a truncate row carries no key)
@@ -197,6 +233,24 @@ mod tests {
         assert!(matches!(
             *schema.field_by_name("_cdc_unchanged").unwrap().field_type,
             Type::List(_)
+        ));
+    }
+
+    #[test]
+    fn only_the_promotions_iceberg_allows_are_widenings() {
+        let p = |t| Type::Primitive(t);
+        let dec = |precision, scale| p(PrimitiveType::Decimal { precision, scale });
+        assert!(promotable(&p(PrimitiveType::Int), &p(PrimitiveType::Long)));
+        assert!(promotable(
+            &p(PrimitiveType::Float),
+            &p(PrimitiveType::Double)
+        ));
+        assert!(promotable(&dec(10, 2), &dec(12, 2)));
+        assert!(!promotable(&dec(10, 2), &dec(12, 3)));
+        assert!(!promotable(&p(PrimitiveType::Long), &p(PrimitiveType::Int)));
+        assert!(!promotable(
+            &p(PrimitiveType::Int),
+            &p(PrimitiveType::String)
         ));
     }
 
