@@ -437,6 +437,62 @@ fn scheduled_maintenance_compacts_and_expires_while_the_pipeline_streams() {
     );
 }
 
+#[test]
+fn dead_letters_replay_into_iceberg_once() {
+    let db = TestDb::new("ice_dlq");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let plugin = db.plugin(
+        "weir-test-hostile",
+        "tests/plugins/hostile/weir-plugin.toml",
+        |m| m.replace("on_error = \"fail\"", "on_error = \"dead-letter\""),
+    );
+    let transform = |every: u32| {
+        format!(
+            "[[transform]]\nplugin = \"{}\"\nconfig = {{ mode = \"bad-event\", every = {every} }}",
+            plugin.display()
+        )
+    };
+    let config = iceberg_config(&db, &["public.t"], None, "");
+    let base = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{base}\n{}\n", transform(10))).unwrap();
+    db.catch_up(&config);
+    db.sql("INSERT INTO t SELECT g, 'v' FROM generate_series(1, 200) g");
+    db.catch_up(&config);
+    let (log, _) = read_iceberg(&catalog(&db), "public.t", "id", None, &[]);
+    assert_eq!(log.op("c"), 180, "every tenth event set aside");
+
+    std::fs::write(&config, format!("{base}\n{}\n", transform(100_000))).unwrap();
+    for expected in ["20 replayed, 0 still failing", "0 replayed"] {
+        let replay = db
+            .weir(&["dead-letter", "replay", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(replay.status.success(), "{}", stderr(&replay));
+        let out = String::from_utf8_lossy(&replay.stdout);
+        assert!(out.contains(expected), "{out}");
+    }
+    let (log, report) = read_iceberg(&catalog(&db), "public.t", "id", None, &[]);
+    assert_eq!((log.op("c"), log.duplicates), (200, 0));
+    assert_eq!(log.rows, db.rows("public.t", "id"));
+    let current = report["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == report["current_snapshot"])
+        .unwrap()
+        .clone();
+    assert!(
+        current["summary"]["weir.commit-lsn"].is_string(),
+        "a replay commit keeps the position: {current}"
+    );
+
+    // Streaming goes on from there.
+    db.sql("INSERT INTO t SELECT g, 'w' FROM generate_series(201, 205) g");
+    db.catch_up(&config);
+    let (log, _) = read_iceberg(&catalog(&db), "public.t", "id", None, &[]);
+    assert_eq!((log.op("c"), log.duplicates), (205, 0));
+}
+
 /// The moto server of the `s3` tests.
 fn s3_env(port: u16) -> Vec<(&'static str, String)> {
     vec![
