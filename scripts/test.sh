@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs weir's whole test suite against a real PostgreSQL (started by the tests).
-# Installs what it needs: the wasm32-wasip2 target and, in a Python venv, DuckDB, moto and
-# boto3 (tests/py/requirements.txt).
+# Installs what it needs: the wasm32-wasip2 target and, in a Python venv, DuckDB, PyIceberg,
+# moto and boto3 (tests/py/requirements.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -493,6 +493,39 @@ fn dead_letters_replay_into_iceberg_once() {
     assert_eq!((log.op("c"), log.duplicates), (205, 0));
 }
 
+#[test]
+fn a_two_million_row_transaction_goes_to_iceberg_in_bounded_memory() {
+    let db = TestDb::new("ice_huge");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
+    let config = iceberg_config(&db, &["public.t"], None, "target_file_size = \"4MiB\"");
+    db.catch_up(&config);
+    db.sql("INSERT INTO t SELECT g, g % 1000, 'note ' || g FROM generate_series(1, 2000000) g");
+    let mut weir = db
+        .weir(&["run", config.to_str().unwrap(), "--until-caught-up"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (status, peak) = crate::streaming::peak_rss_until_exit(&mut weir);
+    assert!(status.success());
+    let (log, _) = read_iceberg(&catalog(&db), "public.t", "id", None, &[]);
+    assert_eq!((log.op("c"), log.duplicates), (2_000_000, 0));
+    assert!(
+        log.files > 1,
+        "data files rolled at the target size: {}",
+        log.files
+    );
+    println!(
+        "peak RSS for one 2M-row transaction into Iceberg: {} MiB",
+        peak >> 20
+    );
+    assert!(
+        peak < 160 << 20,
+        "peak RSS {} MiB is bounded by the batch and file settings, not the transaction",
+        peak >> 20
+    );
+}
+
 /// The moto server of the `s3` tests.
 fn s3_env(port: u16) -> Vec<(&'static str, String)> {
     vec![

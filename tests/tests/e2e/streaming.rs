@@ -156,7 +156,9 @@ fn an_idle_slot_is_advanced_past_wal_it_does_not_need() {
 }
 
 /// The peak resident memory of a running process, polled until it exits.
-fn peak_rss_until_exit(child: &mut std::process::Child) -> (std::process::ExitStatus, u64) {
+pub(crate) fn peak_rss_until_exit(
+    child: &mut std::process::Child,
+) -> (std::process::ExitStatus, u64) {
     let path = format!("/proc/{}/status", child.id());
     let mut peak_kib = 0;
     loop {

@@ -56,6 +56,9 @@ pub const PROP_SLOT: &str = "weir.slot";
 /// Rows gathered before they are handed to the data file writer (at most).
 const CHUNK_ROWS: usize = 8192;
 
+/// Rows per Parquet row group of a data file.
+const ROW_GROUP_ROWS: usize = 65_536;
+
 fn iceberg_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> SinkError {
     SinkError::Write {
         path: what.to_string(),
@@ -272,6 +275,8 @@ impl IcebergSink {
         }
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            // Bounds the memory of each open data file, as for Parquet output.
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
             .build();
         let now = std::time::SystemTime::now()
