@@ -50,6 +50,8 @@ pub struct SourceBatch {
     /// weir's own logical messages in the stream (backfill requests and watermarks), at
     /// their place among the events.
     pub markers: Vec<Marker>,
+    /// The transforms (`name@version`, comma-separated) this batch went through.
+    pub transforms: Option<std::sync::Arc<str>>,
 }
 
 /// A non-transactional logical message with a `weir.` prefix, between transactions.
@@ -179,6 +181,7 @@ impl Batcher {
             position: self.position,
             bytes: std::mem::take(&mut self.bytes),
             markers: std::mem::take(&mut self.markers),
+            transforms: None,
         }
     }
 }

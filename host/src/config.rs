@@ -68,6 +68,30 @@ pub struct PipelineConfig {
     /// initial snapshot.
     #[serde(default)]
     pub state: Option<StateConfig>,
+    /// Hot reload of transforms.
+    #[serde(default)]
+    pub reload: ReloadConfig,
+}
+
+/// `[reload]`: how a running pipeline picks up new transform versions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Watch the pipeline file and each transform's manifest and component, and reload a
+    /// transform when they change. Default `true`. SIGHUP and `weir reload` work either way.
+    pub watch: bool,
+    /// How often the files are checked. Default `1s`.
+    #[serde(deserialize_with = "de_duration")]
+    pub poll_interval: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 /// `[state]`: where weir keeps the pipeline's state.

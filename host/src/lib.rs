@@ -31,6 +31,7 @@ pub mod lsn;
 pub mod pgtemp;
 pub mod pipeline;
 pub mod plugin;
+pub mod reload;
 pub mod sink;
 pub mod source;
 pub mod stats;

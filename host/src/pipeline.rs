@@ -8,6 +8,7 @@ use crate::lsn::Lsn;
 use crate::plugin::{
     DeadLetters, LoadError, PluginEngine, PluginFailure, TransformChain, TransformPlugin,
 };
+use crate::reload::Reloader;
 use crate::sink::{SinkError, Sinks};
 use crate::source::schemas::SchemaVersions;
 use crate::source::snapshot::{
@@ -62,6 +63,8 @@ pub struct RunOptions {
     pub until_caught_up: bool,
     /// Cancelled on SIGINT/SIGTERM: finish the batch in hand, checkpoint, stop.
     pub shutdown: CancellationToken,
+    /// The pipeline file, for hot reload of transforms (none: no reload).
+    pub pipeline_file: Option<std::path::PathBuf>,
 }
 
 /// What a run did.
@@ -91,6 +94,16 @@ pub async fn run(
     };
     let plugins = Plugins::setup(config)?;
     let mut transforms = Transforms::load(config, &plugins).await?;
+    if let (Some(file), Some(_)) = (&options.pipeline_file, &transforms.chain) {
+        transforms.reloader = Some(Reloader::start(
+            file.clone(),
+            config,
+            plugins.clone(),
+            config.reload.watch,
+            config.reload.poll_interval,
+        ));
+    }
+    transforms.slot = config.source.slot.clone();
     let mut sinks = Sinks::open(
         &config.sinks,
         &config.source.slot,
@@ -265,6 +278,7 @@ async fn stream(
         if let Some(t) = target.as_mut() {
             t.observe(&batch.markers);
         }
+        transforms.observe(&batch.markers);
         let batch = match backfills.as_deref_mut() {
             Some(b) => b.process(batch).await?, // backfilled rows at their watermarks
             None => batch,
@@ -469,32 +483,55 @@ pub fn load_chain(
     config: &PipelineConfig,
     plugins: &Plugins,
 ) -> Result<Option<TransformChain>, LoadError> {
-    let Some(engine) = &plugins.engine else {
+    if plugins.engine.is_none() {
         return Ok(None);
-    };
+    }
     if config.transforms.is_empty() {
         return Ok(None);
     }
     let mut chain = Vec::new();
-    for (i, t) in config.transforms.iter().enumerate() {
-        let mut plugin = TransformPlugin::load(engine, &t.plugin, &t.config)?;
-        if plugin.on_error() == crate::plugin::OnError::DeadLetter {
-            let Some(d) = &plugins.dead_letters else {
-                return Err(LoadError::Invalid {
-                    plugin: plugin.label(),
-                    message: "has on_error = \"dead-letter\" but the pipeline has no place for dead letters: add a parquet sink or [state] url".into(),
-                });
-            };
-            plugin.set_dead_letters(d.clone(), format!("transform-{i}"));
-        }
+    for i in 0..config.transforms.len() {
+        let plugin = load_transform(config, plugins, i)?;
         tracing::info!(plugin = %plugin.label(), on_error = plugin.on_error().as_str(), "Transform loaded.");
         chain.push(plugin);
     }
     Ok(Some(TransformChain::new(chain)))
 }
 
-/// The transform chain, run on a blocking thread (plugin calls are synchronous).
-struct Transforms(Option<TransformChain>);
+/// Loads transform `i` of `config` (blocking), with its dead-letter stage.
+pub fn load_transform(
+    config: &PipelineConfig,
+    plugins: &Plugins,
+    i: usize,
+) -> Result<TransformPlugin, LoadError> {
+    let engine = plugins
+        .engine
+        .as_ref()
+        .expect("an engine is made when a transform is configured");
+    let t = &config.transforms[i];
+    let mut plugin = TransformPlugin::load(engine, &t.plugin, &t.config)?;
+    if plugin.on_error() == crate::plugin::OnError::DeadLetter {
+        let Some(d) = &plugins.dead_letters else {
+            return Err(LoadError::Invalid {
+                plugin: plugin.label(),
+                message: "has on_error = \"dead-letter\" but the pipeline has no place for dead letters: add a parquet sink or [state] url".into(),
+            });
+        };
+        plugin.set_dead_letters(d.clone(), format!("transform-{i}"));
+    }
+    Ok(plugin)
+}
+
+/// The transform chain, run on a blocking thread (plugin calls are synchronous), and the
+/// reloader that hands it new transform versions.
+#[derive(Default)]
+struct Transforms {
+    chain: Option<TransformChain>,
+    reloader: Option<Reloader>,
+    slot: String,
+    /// `name@version` of each transform, as recorded with the output.
+    labels: Option<Arc<str>>,
+}
 
 impl Transforms {
     async fn load(config: &PipelineConfig, plugins: &Plugins) -> Result<Transforms, PipelineError> {
@@ -502,12 +539,23 @@ impl Transforms {
         let chain = tokio::task::spawn_blocking(move || load_chain(&config, &plugins))
             .await
             .expect("plugin loading does not panic")?;
-        Ok(Transforms(chain))
+        let mut t = Transforms {
+            chain,
+            ..Default::default()
+        };
+        t.labels = t.current_labels();
+        Ok(t)
+    }
+
+    fn current_labels(&self) -> Option<Arc<str>> {
+        let chain = self.chain.as_ref()?;
+        let labels: Vec<String> = chain.plugins().iter().map(|p| p.label()).collect();
+        Some(Arc::from(labels.join(",")))
     }
 
     /// Logs what each transform set aside during the run.
     fn report(&self) {
-        for plugin in self.0.iter().flat_map(|c| c.plugins()) {
+        for plugin in self.chain.iter().flat_map(|c| c.plugins()) {
             if plugin.skipped() > 0 {
                 tracing::warn!(plugin = %plugin.label(), events = plugin.skipped(), "Events skipped by on_error = \"skip\" in this run.");
             }
@@ -515,14 +563,58 @@ impl Transforms {
                 tracing::warn!(plugin = %plugin.label(), events = plugin.dead_lettered(), "Events written to the dead-letter location in this run; see `weir dead-letter list`.");
             }
         }
+        if let Some(r) = &self.reloader {
+            let (swapped, failed) = (
+                r.counts.swapped.load(std::sync::atomic::Ordering::Relaxed),
+                r.counts.failed.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            if swapped + failed > 0 {
+                tracing::info!(swapped, failed, "Transform reloads in this run.");
+            }
+        }
+    }
+
+    /// Reacts to `weir reload` for this pipeline's slot.
+    fn observe(&self, markers: &[crate::batch::Marker]) {
+        if let Some(r) = &self.reloader
+            && markers
+                .iter()
+                .any(|m| m.prefix == crate::reload::RELOAD_MARKER && m.content == self.slot)
+        {
+            r.request(crate::reload::Trigger::Command);
+        }
+    }
+
+    /// Swaps in the transform versions the reloader has ready: between two batches, so
+    /// every batch goes through one version of each transform.
+    fn swap_ready(&mut self) {
+        let (Some(reloader), Some(chain)) = (self.reloader.as_mut(), self.chain.as_mut()) else {
+            return;
+        };
+        let mut swapped = false;
+        while let Some(swap) = reloader.ready() {
+            let new = swap.plugin.label();
+            let old = chain.replace(swap.index, swap.plugin);
+            reloader
+                .counts
+                .swapped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(transform = swap.index, old = %old.label(), new = %new, "Transform swapped in at a batch boundary.");
+            swapped = true;
+        }
+        if swapped {
+            self.labels = self.current_labels();
+        }
     }
 
     async fn apply(&mut self, mut batch: SourceBatch) -> Result<SourceBatch, PipelineError> {
-        let Some(mut chain) = self.0.take() else {
+        self.swap_ready();
+        batch.transforms = self.labels.clone();
+        let Some(mut chain) = self.chain.take() else {
             return Ok(batch);
         };
         if batch.batch.events.is_empty() {
-            self.0 = Some(chain);
+            self.chain = Some(chain);
             return Ok(batch);
         }
         let events = std::mem::take(&mut batch.batch);
@@ -532,7 +624,7 @@ impl Transforms {
         })
         .await
         .expect("the transform chain does not panic");
-        self.0 = Some(chain);
+        self.chain = Some(chain);
         batch.batch = result?;
         Ok(batch)
     }

@@ -61,6 +61,13 @@ enum Command {
         #[arg(long)]
         table: crate::config::TableName,
     },
+    /// Ask the running pipeline to reload its transforms now (as SIGHUP does, but from
+    /// any machine that reaches the database): new versions are compiled and swapped in
+    /// at a batch boundary; a version that fails to load leaves the old one running.
+    Reload {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+    },
     /// List or replay the events plugins set aside under on_error = "dead-letter".
     #[command(subcommand)]
     DeadLetter(DeadLetterCommand),
@@ -121,6 +128,7 @@ pub fn main() -> ExitCode {
             } => run(&pipeline, until_caught_up).await,
             Command::Validate { pipeline, offline } => validate(&pipeline, offline).await,
             Command::DeadLetter(c) => dead_letter(c).await,
+            Command::Reload { pipeline } => reload(&pipeline).await,
             Command::Lake(c) => lake::lake(c).await,
             Command::Snapshot { pipeline, table } => snapshot(&pipeline, &table).await,
             Command::Demo { out, rows } => demo::demo(&out, rows).await,
@@ -185,6 +193,27 @@ fn shutdown_on_signals() -> CancellationToken {
         std::process::exit(130);
     });
     token
+}
+
+async fn reload(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = PipelineConfig::load(path)?;
+    if config.transforms.is_empty() {
+        anyhow::bail!("the pipeline has no [[transform]] to reload");
+    }
+    let control = crate::source::Control::connect(&config.source.url).await?;
+    let row = control
+        .client
+        .query_one(
+            "SELECT pg_logical_emit_message(false, $1, $2)::text",
+            &[&crate::reload::RELOAD_MARKER, &config.source.slot],
+        )
+        .await?;
+    let lsn: String = row.get(0);
+    println!(
+        "reload requested at {lsn}: the running pipeline of slot {} loads changed transforms when its stream reaches it",
+        config.source.slot
+    );
+    Ok(())
 }
 
 async fn snapshot(path: &std::path::Path, table: &crate::config::TableName) -> anyhow::Result<()> {
@@ -254,6 +283,7 @@ async fn run(path: &std::path::Path, until_caught_up: bool) -> anyhow::Result<()
     let options = RunOptions {
         until_caught_up,
         shutdown: shutdown_on_signals(),
+        pipeline_file: Some(path.to_path_buf()),
     };
     let result = pipeline::run(&config, options, stats).await;
     reporter.finish();

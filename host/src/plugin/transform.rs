@@ -221,6 +221,11 @@ impl TransformChain {
         &self.plugins
     }
 
+    /// Puts `plugin` in place of transform `index`; returns the one it replaces.
+    pub fn replace(&mut self, index: usize, plugin: TransformPlugin) -> TransformPlugin {
+        std::mem::replace(&mut self.plugins[index], plugin)
+    }
+
     /// Runs a batch through every transform. Blocking: call it off the async threads.
     pub fn apply(&mut self, batch: Batch) -> Result<Batch, PluginFailure> {
         self.apply_from(0, batch)

@@ -37,6 +37,8 @@ type FileKey = (u32, u32, i64);
 struct OpenFile {
     path: Path,
     rows: ChangeRows,
+    /// The transforms whose output the file holds (`weir.transforms` in its metadata).
+    transforms: Option<Arc<str>>,
     writer: AsyncArrowWriter<ParquetObjectWriter>,
 }
 
@@ -188,7 +190,12 @@ impl ParquetSink {
         start.format(format).to_string()
     }
 
-    fn new_file(&mut self, relation: &Relation, window: i64) -> Result<OpenFile, SinkError> {
+    fn new_file(
+        &mut self,
+        relation: &Relation,
+        window: i64,
+        transforms: Option<Arc<str>>,
+    ) -> Result<OpenFile, SinkError> {
         self.files_in_flush += 1;
         let name = format!(
             "part-{:010}-{:05}-{}.parquet",
@@ -196,7 +203,7 @@ impl ParquetSink {
             self.files_in_flush,
             self.slot
         );
-        self.new_named_file(relation, window, name)
+        self.new_named_file(relation, window, name, transforms)
     }
 
     fn new_named_file(
@@ -204,6 +211,7 @@ impl ParquetSink {
         relation: &Relation,
         window: i64,
         name: String,
+        transforms: Option<Arc<str>>,
     ) -> Result<OpenFile, SinkError> {
         let partition = self.partition_dir(window);
         let path = self
@@ -234,7 +242,16 @@ impl ParquetSink {
             relation.version.to_string(),
         ));
         writer.append_key_value_metadata(KeyValue::new("weir.slot".into(), self.slot.clone()));
-        Ok(OpenFile { path, rows, writer })
+        if let Some(t) = &transforms {
+            writer
+                .append_key_value_metadata(KeyValue::new("weir.transforms".into(), t.to_string()));
+        }
+        Ok(OpenFile {
+            path,
+            rows,
+            transforms,
+            writer,
+        })
     }
 
     /// Writes a batch's events; flushes when the interval has passed at a transaction
@@ -247,8 +264,16 @@ impl ParquetSink {
             }
             let relation = batch.batch.relation(event);
             let key = (relation.id, relation.version, self.window(event.commit_ts));
+            if self
+                .open
+                .get(&key)
+                .is_some_and(|f| f.transforms != batch.transforms)
+            {
+                // A transform was swapped: each file holds one version's output.
+                self.roll(&key).await?;
+            }
             if !self.open.contains_key(&key) {
-                let file = self.new_file(relation, key.2)?;
+                let file = self.new_file(relation, key.2, batch.transforms.clone())?;
                 self.open.insert(key, file);
             }
             let file = self.open.get_mut(&key).expect("inserted above");
@@ -288,7 +313,7 @@ impl ParquetSink {
                 Some(i) => i,
                 None => {
                     let file_name = format!("{name}-{}.parquet", files.len());
-                    files.push((key, self.new_named_file(relation, key.2, file_name)?));
+                    files.push((key, self.new_named_file(relation, key.2, file_name, None)?));
                     files.len() - 1
                 }
             };
@@ -426,6 +451,7 @@ mod tests {
             },
             bytes: 0,
             markers: vec![],
+            transforms: None,
         }
     }
 

@@ -218,6 +218,7 @@ impl SnapshotReader {
                         },
                         bytes: 0,
                         markers: vec![],
+                        transforms: None,
                     }));
                 }
                 if self.next_table == usize::MAX {
@@ -281,6 +282,7 @@ impl SnapshotReader {
                 },
                 bytes,
                 markers: vec![],
+                transforms: None,
             }));
         }
     }

@@ -14,6 +14,8 @@
 //! - `plugins`: built-in plugins in pipelines, hostile plugins, failure policies.
 //! - `sinks`: sink plugins (webhook, a file sink exactly once across kill -9), failure
 //!   policies of sinks and dead-letter list and replay.
+//! - `reload`: transforms swapped mid-stream (file watch, `weir reload`, SIGHUP), a broken
+//!   replacement leaving the old version running.
 //! - `conformance`: every built-in plugin as a component against its native logic.
 
 mod harness;
@@ -24,6 +26,7 @@ mod conformance;
 mod iceberg;
 mod plugins;
 mod recovery;
+mod reload;
 mod s3;
 mod sinks;
 mod snapshot;

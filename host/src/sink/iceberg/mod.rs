@@ -203,6 +203,8 @@ type FileWriterBuilder =
 struct TableWriter {
     /// The relation version the rows are built for.
     version: u32,
+    /// The transforms whose output the files hold (`weir.transforms` in their metadata).
+    transforms: Option<Arc<str>>,
     rows: ChangeRows,
     target: SchemaRef,
     splitter: Option<RecordBatchPartitionSplitter>,
@@ -322,16 +324,22 @@ impl IcebergSink {
             if table
                 .writer
                 .as_ref()
-                .is_none_or(|w| w.version != relation.version)
+                .is_none_or(|w| w.version != relation.version || w.transforms != batch.transforms)
             {
+                // A new schema, or a swapped transform: each data file holds one of each.
                 table.close_writer().await?;
                 table
                     .evolve(self.catalog.as_ref(), &self.config, relation)
                     .await?;
                 self.writers += 1;
                 let name = format!("{}-{}", self.run, self.writers);
-                table.writer =
-                    Some(table.new_writer(relation, &self.properties, &name, &self.config)?);
+                table.writer = Some(table.new_writer(
+                    relation,
+                    &self.properties,
+                    &name,
+                    &self.config,
+                    batch.transforms.clone(),
+                )?);
             }
             let writer = table.writer.as_mut().expect("made above");
             writer.rows.append(event, relation);
@@ -539,7 +547,8 @@ impl IcebergSink {
                 .await?;
             self.writers += 1;
             let name = format!("{}-{}", self.run, self.writers);
-            let mut writer = table.new_writer(relation, &self.properties, &name, &self.config)?;
+            let mut writer =
+                table.new_writer(relation, &self.properties, &name, &self.config, None)?;
             for event in events {
                 writer.rows.append(event, relation);
             }
@@ -669,6 +678,7 @@ impl ChangeTable {
         properties: &WriterProperties,
         files: &str,
         config: &IcebergSinkConfig,
+        transforms: Option<Arc<str>>,
     ) -> Result<TableWriter, SinkError> {
         let metadata = self.table.metadata();
         let schema: Arc<Schema> = metadata.current_schema().clone();
@@ -688,7 +698,20 @@ impl ChangeTable {
             DefaultLocationGenerator::new(metadata).map_err(|e| iceberg_err(&self.ident, e))?;
         let names = DefaultFileNameGenerator::new(files.to_string(), None, DataFileFormat::Parquet);
         let rolling = RollingFileWriterBuilder::new(
-            ParquetWriterBuilder::new(properties.clone(), schema),
+            ParquetWriterBuilder::new(
+                match &transforms {
+                    Some(t) => properties
+                        .clone()
+                        .into_builder()
+                        .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
+                            "weir.transforms".into(),
+                            t.to_string(),
+                        )]))
+                        .build(),
+                    None => properties.clone(),
+                },
+                schema,
+            ),
             config.target_file_size as usize,
             self.table.file_io().clone(),
             locations,
@@ -696,6 +719,7 @@ impl ChangeTable {
         );
         Ok(TableWriter {
             version: relation.version,
+            transforms,
             rows: ChangeRows::new(relation),
             target,
             splitter,
