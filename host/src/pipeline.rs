@@ -135,6 +135,10 @@ pub async fn run(
                 tracing::warn!(slot = %config.source.slot, "The last snapshot did not finish: dropping its slot and taking it again.");
                 control.drop_slot(&config.source.slot).await?;
             }
+            sinks
+                .discard_abandoned_snapshot()
+                .await
+                .map_err(|(_, e)| PipelineError::OpenSinks(e))?;
             // Recorded before the slot exists: a slot found without a record was not
             // made for a snapshot.
             state.write(Progress::Started, None).await?;

@@ -121,9 +121,9 @@ impl LocalSync {
                     path: file.display().to_string(),
                     message: format!("fsync: {e}"),
                 })?;
-                if let Some(dir) = file.parent() {
-                    dirs.insert(dir.to_path_buf());
-                }
+                // Every directory up the path: a partition or table directory made for
+                // this file must survive a power loss too.
+                dirs.extend(file.ancestors().skip(1).map(|d| d.to_path_buf()));
             }
             for dir in dirs {
                 // Directories cannot be opened for writing; fsync through a read handle.
@@ -442,6 +442,26 @@ impl Sinks {
             }
             None => None,
         }
+    }
+
+    /// Before an initial snapshot is taken again: drops what the unfinished one left in
+    /// sinks that commit table by table (Iceberg). Parquet output needs nothing: its
+    /// snapshot flush is one checkpoint.
+    pub async fn discard_abandoned_snapshot(&mut self) -> Result<(), (String, SinkError)> {
+        for sink in &mut self.sinks {
+            if let Sink::Iceberg(s) = sink {
+                s.discard_abandoned_snapshot()
+                    .await
+                    .map_err(|e| (sink.name(), e))?;
+            }
+        }
+        self.resume = self
+            .sinks
+            .iter()
+            .map(Sink::durable)
+            .collect::<Option<Vec<_>>>()
+            .and_then(|d| d.into_iter().min());
+        Ok(())
     }
 
     /// Abandons unfinished output (what is durable stays).

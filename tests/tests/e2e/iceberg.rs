@@ -462,6 +462,18 @@ fn dead_letters_replay_into_iceberg_once() {
     assert_eq!(log.op("c"), 180, "every tenth event set aside");
 
     std::fs::write(&config, format!("{base}\n{}\n", transform(100_000))).unwrap();
+    // A replay that committed but died before removing its letters runs again: the
+    // commits it made are recognised and not repeated.
+    let letters = db.out().join("_weir").join(&db.name).join("dead-letter");
+    let kept = db.dir.path().join("letters-copy");
+    copy_dir(&letters, &kept);
+    let replay = db
+        .weir(&["dead-letter", "replay", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    std::fs::remove_dir_all(&letters).ok();
+    copy_dir(&kept, &letters);
     for expected in ["20 replayed, 0 still failing", "0 replayed"] {
         let replay = db
             .weir(&["dead-letter", "replay", config.to_str().unwrap()])
@@ -524,6 +536,67 @@ fn a_two_million_row_transaction_goes_to_iceberg_in_bounded_memory() {
         "peak RSS {} MiB is bounded by the batch and file settings, not the transaction",
         peak >> 20
     );
+}
+
+#[test]
+fn an_initial_snapshot_killed_midway_is_taken_again_into_iceberg_without_doubles() {
+    use std::io::BufRead;
+    let db = TestDb::new("ice_snap_kill");
+    for t in ["a", "b"] {
+        db.sql(&format!(
+            "CREATE TABLE {t} (id int PRIMARY KEY, v int NOT NULL, note text)"
+        ));
+        db.sql(&format!(
+            "INSERT INTO {t} SELECT g, 0, md5(g::text) FROM generate_series(1, 150000) g"
+        ));
+    }
+    let config = iceberg_config(
+        &db,
+        &["public.a", "public.b"],
+        None,
+        "target_file_size = \"1MiB\"",
+    );
+    let mut weir = db.spawn(&config);
+    let mut lines = std::io::BufReader::new(weir.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("Iceberg table created") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    weir.kill().unwrap(); // mid-snapshot: tables exist, files written, nothing committed
+    weir.wait().unwrap();
+    db.sql("UPDATE a SET v = 1 WHERE id <= 10");
+    let out = db.catch_up(&config);
+    assert!(stderr(&out).contains("did not finish"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Dropped the Iceberg table of an unfinished initial snapshot"),
+        "what the killed snapshot left is discarded: {}",
+        stderr(&out)
+    );
+    for t in ["a", "b"] {
+        let (log, _) = read_iceberg(&catalog(&db), &format!("public.{t}"), "id", None, &[]);
+        assert_eq!(
+            (log.op("r"), log.op("u"), log.duplicates),
+            (150_000, 0, 0),
+            "{t}"
+        );
+        assert_eq!(log.rows, db.rows(&format!("public.{t}"), "id"), "{t}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        match entry.file_type().unwrap().is_dir() {
+            true => copy_dir(&entry.path(), &target),
+            false => {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
 }
 
 /// The moto server of the `s3` tests.

@@ -367,12 +367,13 @@ pub async fn compact(
         }
         added.extend(writer.close().await.map_err(e)?);
     }
-    let removed_rows: u64 = manifests
+    let removed_entries: Vec<_> = manifests
         .iter()
         .flat_map(|(_, m)| m.entries().iter())
         .filter(|e| e.is_alive() && removed.contains(e.file_path()))
-        .map(|e| e.record_count())
-        .sum();
+        .cloned()
+        .collect();
+    let removed_rows: u64 = removed_entries.iter().map(|e| e.record_count()).sum();
     if rows != removed_rows {
         return Err(format!(
             "read {rows} rows from the small files where their manifests count {removed_rows}; nothing was committed"
@@ -445,10 +446,27 @@ pub async fn compact(
         super::SUMMARY_END_LSN,
         super::SUMMARY_SLOT,
         "total-records",
+        "total-delete-files",
+        "total-position-deletes",
+        "total-equality-deletes",
     ]
     .iter()
     .filter_map(|k| parent.get(*k).map(|v| (k.to_string(), v.clone())))
     .collect();
+    // The totals that change: files and their size.
+    let removed_size: u64 = removed_entries.iter().map(|e| e.file_size_in_bytes()).sum();
+    let added_size: u64 = added.iter().map(|f| f.file_size_in_bytes()).sum();
+    let total = |k: &str| parent.get(k).and_then(|v| v.parse::<i64>().ok());
+    if let Some(files) = total("total-data-files") {
+        let files = files - removed.len() as i64 + added.len() as i64;
+        summary.insert("total-data-files".into(), files.to_string());
+    }
+    if let Some(size) = total("total-files-size") {
+        let size = size - removed_size as i64 + added_size as i64;
+        summary.insert("total-files-size".into(), size.to_string());
+    }
+    summary.insert("added-files-size".into(), added_size.to_string());
+    summary.insert("removed-files-size".into(), removed_size.to_string());
     if let Some(position) = metadata
         .properties()
         .get(super::PROP_SLOT)

@@ -52,6 +52,9 @@ pub const SUMMARY_REPLAY: &str = "weir.replay";
 /// Table properties naming the source table and the slot that writes it.
 pub const PROP_SOURCE: &str = "weir.source-table";
 pub const PROP_SLOT: &str = "weir.slot";
+/// Table property: the sink's position when the table was created (`<commit> <end>`):
+/// the table holds every change up to it, having had none.
+pub const PROP_CREATED_AFTER: &str = "weir.created-after";
 
 /// Rows gathered before they are handed to the data file writer (at most).
 const CHUNK_ROWS: usize = 8192;
@@ -152,9 +155,24 @@ pub fn named_table(config: &IcebergSinkConfig, name: &str) -> TableIdent {
     table_ident(config, schema, table)
 }
 
+/// Where the table's changes stand: the position of its last weir commit, else the
+/// sink's position when it was created (it held nothing before); `None` for a table
+/// created before the sink had any position (its first commit is all there is).
+pub fn table_position(table: &Table, slot: &str) -> Option<CommitPos> {
+    committed_position(table, slot).or_else(|| {
+        let text = table.metadata().properties().get(PROP_CREATED_AFTER)?;
+        let (c, e) = text.split_once(' ')?;
+        Some(CommitPos {
+            commit_lsn: c.parse().ok()?,
+            end_lsn: e.parse().ok()?,
+        })
+    })
+}
+
 /// The position the last weir commit of `slot` recorded in the table's current
 /// history: the newest snapshot (following parents from the current one) whose summary
-/// carries it. Other writers' snapshots, and weir's own compactions, are passed over.
+/// carries it. Other writers' snapshots are passed over; weir's compactions and replays
+/// carry the position on.
 pub fn committed_position(table: &Table, slot: &str) -> Option<CommitPos> {
     let metadata = table.metadata();
     let mut snapshot = metadata.current_snapshot().cloned();
@@ -253,7 +271,7 @@ impl IcebergSink {
             let Some(source) = table.metadata().properties().get(PROP_SOURCE).cloned() else {
                 continue;
             };
-            let position = committed_position(&table, slot);
+            let position = table_position(&table, slot);
             tables.insert(
                 source,
                 ChangeTable {
@@ -267,11 +285,14 @@ impl IcebergSink {
         }
         // The lowest table position: every table has everything before it. (The server
         // starts a slot no earlier than its confirmed position, so an idle table's old
-        // position costs nothing.)
+        // position costs nothing.) A table without one (a crash before its first commit)
+        // means no position at all: the slot's own flush position, which never passed
+        // an unfinished commit round, is where to resume.
         let durable = tables
             .values()
-            .filter_map(|t| committed_position(&t.table, slot))
-            .min();
+            .map(|t| table_position(&t.table, slot))
+            .collect::<Option<Vec<_>>>()
+            .and_then(|p| p.into_iter().min());
         if let Some(d) = durable {
             tracing::info!(warehouse = %config.warehouse, tables = tables.len(), checkpoint = %d.end_lsn, "Iceberg sink resumes from its tables' last commits.");
         }
@@ -409,7 +430,7 @@ impl IcebergSink {
                 format!("is written by the pipeline of slot `{other}`; one table has one writer"),
             ));
         }
-        let position = committed_position(&table, &self.slot);
+        let position = table_position(&table, &self.slot);
         Ok(ChangeTable {
             ident,
             skip_through: position.map_or(0, |p| p.commit_lsn.0),
@@ -440,7 +461,7 @@ impl IcebergSink {
                 .add_partition_field(ts, name, transform)
                 .map_err(|e| iceberg_err(ident, e))?;
         }
-        let properties = [
+        let mut properties = vec![
             (PROP_SOURCE, relation.qualified_name()),
             (PROP_SLOT, self.slot.clone()),
             ("write.parquet.compression-codec", "zstd".into()),
@@ -449,11 +470,17 @@ impl IcebergSink {
                 self.config.target_file_size.to_string(),
             ),
         ];
+        if let Some(d) = self.durable {
+            properties.push((
+                PROP_CREATED_AFTER,
+                format!("{} {}", d.commit_lsn, d.end_lsn),
+            ));
+        }
         Ok(TableCreation::builder()
             .name(ident.name().to_string())
             .schema(schema)
             .partition_spec(unbound.build())
-            .properties(properties.map(|(k, v)| (k.to_string(), v)))
+            .properties(properties.into_iter().map(|(k, v)| (k.to_string(), v)))
             .build())
     }
 
@@ -533,11 +560,13 @@ impl IcebergSink {
                 .load_table(&table.ident)
                 .await
                 .map_err(|e| iceberg_err(&table.ident, e))?;
+            // One commit per table and schema version.
+            let marker = format!("{name}/v{}", relation.version);
             let replayed = table.table.metadata().snapshots().any(|s| {
                 s.summary()
                     .additional_properties
                     .get(SUMMARY_REPLAY)
-                    .is_some_and(|n| n == name)
+                    .is_some_and(|n| *n == marker)
             });
             if replayed {
                 continue;
@@ -546,9 +575,9 @@ impl IcebergSink {
                 .evolve(self.catalog.as_ref(), &self.config, relation)
                 .await?;
             self.writers += 1;
-            let name = format!("{}-{}", self.run, self.writers);
+            let prefix = format!("{}-{}", self.run, self.writers);
             let mut writer =
-                table.new_writer(relation, &self.properties, &name, &self.config, None)?;
+                table.new_writer(relation, &self.properties, &prefix, &self.config, None)?;
             for event in events {
                 writer.rows.append(event, relation);
             }
@@ -559,7 +588,7 @@ impl IcebergSink {
                 .await
                 .map_err(|e| iceberg_err(&table.ident, e))?;
             // The position stays what it was (it survives the expiry of older snapshots).
-            let mut summary = HashMap::from([(SUMMARY_REPLAY.to_string(), name.to_string())]);
+            let mut summary = HashMap::from([(SUMMARY_REPLAY.to_string(), marker)]);
             if let Some(p) = committed_position(&table.table, &self.slot) {
                 summary.insert(SUMMARY_COMMIT_LSN.into(), p.commit_lsn.to_string());
                 summary.insert(SUMMARY_END_LSN.into(), p.end_lsn.to_string());
@@ -609,8 +638,25 @@ impl IcebergSink {
         }
     }
 
+    /// Drops the slot's tables before an initial snapshot is taken again: a snapshot
+    /// that did not finish may have committed some tables and not others, and only its
+    /// rows can be in them (streaming starts after the snapshot). Their files stay in
+    /// storage, unreferenced.
+    pub async fn discard_abandoned_snapshot(&mut self) -> Result<(), SinkError> {
+        for (source, table) in self.tables.drain() {
+            self.catalog
+                .drop_table(&table.ident)
+                .await
+                .map_err(|e| iceberg_err(&table.ident, e))?;
+            tracing::warn!(table = %table.ident, %source, "Dropped the Iceberg table of an unfinished initial snapshot; it is taken again.");
+        }
+        self.durable = None;
+        Ok(())
+    }
+
     /// Abandons open data files: they are never committed, and their rows are written
-    /// again after a restart.
+    /// again after a restart. (Their multipart uploads are not aborted: on S3, a
+    /// lifecycle rule for incomplete uploads removes them.)
     pub async fn abort(self) {}
 }
 
@@ -659,6 +705,11 @@ impl ChangeTable {
             tracing::warn!(table = %self.ident, columns = ?widenable.iter().map(|c| &c.0).collect::<Vec<_>>(), "Column types widened in PostgreSQL stay narrow in Iceberg (a REST catalog cannot be sent the change by iceberg 0.10.1); values are cast and a value that does not fit stops the sink.");
             return Ok(());
         }
+        // Against the table as it is now (a compaction may have committed meanwhile).
+        self.table = catalog
+            .load_table(&self.ident)
+            .await
+            .map_err(|e| iceberg_err(&self.ident, e))?;
         let widened = lake::widen_columns(config, &self.table, &widenable)
             .await
             .map_err(|e| iceberg_err(&self.ident, format!("widening columns: {e}")))?;

@@ -129,11 +129,15 @@ pub fn promotable(from: &Type, to: &Type) -> bool {
 
 /// Rebuilds changelog rows in a table's Arrow schema (`target`, with field ids): columns
 /// matched by name and cast to the table's types, columns the rows lack (dropped in
-/// PostgreSQL) null, and nulls in required key columns (a truncate row carries no key)
-/// replaced by the type's zero value. A value that does not fit the table's type is an
-/// error, never silently changed.
+/// PostgreSQL) null, and the required key columns of truncate rows (which carry no key)
+/// the type's zero value. A value that does not fit the table's type, or a missing key
+/// in any other row, is an error, never silently changed.
 pub fn conform(rows: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, String> {
     let n = rows.num_rows();
+    let truncates = rows
+        .column_by_name("_cdc_op")
+        .and_then(|a| a.as_any().downcast_ref::<StringArray>())
+        .map(|ops| arrow::array::BooleanArray::from_iter(ops.iter().map(|o| Some(o == Some("t")))));
     let mut arrays = Vec::with_capacity(target.fields().len());
     for field in target.fields() {
         let array = match rows.column_by_name(field.name()) {
@@ -154,9 +158,28 @@ pub fn conform(rows: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, St
             }
             None => new_null_array(field.data_type(), n),
         };
-        let array = match !field.is_nullable() && array.null_count() > 0 {
-            true => fill_nulls(&array)?,
-            false => array,
+        let array = match (!field.is_nullable() && array.null_count() > 0, &truncates) {
+            (true, Some(truncates)) => {
+                let keyless = arrow::compute::and(
+                    &arrow::compute::is_null(&array).map_err(|e| e.to_string())?,
+                    &arrow::compute::not(truncates).map_err(|e| e.to_string())?,
+                )
+                .map_err(|e| e.to_string())?;
+                if keyless.true_count() > 0 {
+                    return Err(format!(
+                        "column `{}` is required in the table (an identifier field), but a change has no value for it: was the replica identity changed? Make it optional in the catalog, or write to a new table",
+                        field.name()
+                    ));
+                }
+                fill_nulls(&array)?
+            }
+            (true, None) => {
+                return Err(format!(
+                    "column `{}` is required in the table but null",
+                    field.name()
+                ));
+            }
+            (false, _) => array,
         };
         arrays.push(array);
     }
@@ -286,6 +309,18 @@ mod tests {
             ids.null_count(),
             0,
             "the truncate row's key is zero, not null"
+        );
+        rows.append(
+            &event(
+                Op::Insert,
+                Some(vec![Value::Null, Value::Int(3), Value::Null]),
+            ),
+            &rel,
+        );
+        let err = conform(&rows.finish().unwrap(), &target).unwrap_err();
+        assert!(
+            err.contains("`id` is required"),
+            "a missing key elsewhere is an error: {err}"
         );
         assert_eq!(
             batch.column_by_name("n").unwrap().data_type(),
