@@ -2,6 +2,7 @@
 
 mod demo;
 mod lake;
+mod plugin;
 mod status;
 
 use crate::config::{PipelineConfig, SinkConfig};
@@ -71,6 +72,9 @@ enum Command {
     /// List or replay the events plugins set aside under on_error = "dead-letter".
     #[command(subcommand)]
     DeadLetter(DeadLetterCommand),
+    /// Create, build, try and inspect plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// The Iceberg tables of a pipeline: snapshots, time travel, rollback, maintenance.
     #[command(subcommand)]
     Lake(lake::LakeCommand),
@@ -130,6 +134,7 @@ pub fn main() -> ExitCode {
             Command::DeadLetter(c) => dead_letter(c).await,
             Command::Reload { pipeline } => reload(&pipeline).await,
             Command::Lake(c) => lake::lake(c).await,
+            Command::Plugin(c) => plugin::plugin(c).await,
             Command::Snapshot { pipeline, table } => snapshot(&pipeline, &table).await,
             Command::Demo { out, rows } => demo::demo(&out, rows).await,
         }

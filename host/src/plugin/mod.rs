@@ -16,6 +16,7 @@ pub mod state;
 pub mod transform;
 
 pub use call::CallError;
+pub(crate) use call::describe as describe_manifest;
 pub use dead_letter::{DeadLetter, DeadLetters};
 pub use engine::PluginEngine;
 pub use manifest::{Manifest, ManifestError, OnError};

@@ -16,6 +16,7 @@
 //!   policies of sinks and dead-letter list and replay.
 //! - `reload`: transforms swapped mid-stream (file watch, `weir reload`, SIGHUP), a broken
 //!   replacement leaving the old version running.
+//! - `tooling`: `weir plugin new`, `build`, `test` and `inspect` on scaffolded crates.
 //! - `conformance`: every built-in plugin as a component against its native logic.
 
 mod harness;
@@ -31,4 +32,5 @@ mod s3;
 mod sinks;
 mod snapshot;
 mod streaming;
+mod tooling;
 mod types;
