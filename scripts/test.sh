@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs weir's whole test suite against a real PostgreSQL (started by the tests).
-# Installs what it needs: the wasm32-wasip2 target and, in a Python venv, DuckDB, PyIceberg,
-# moto and boto3 (tests/py/requirements.txt).
+# Installs what it needs: the wasm32-wasip2 target; in a Python venv, DuckDB, PyIceberg,
+# moto, boto3 and componentize-py (tests/py/requirements.txt); and ComponentizeJS (npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,13 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/py/requirements.txt
 export WEIR_TEST_PYTHON="$venv/bin/python"
+
+# ComponentizeJS, which builds the JavaScript example plugin (examples/plugins/route-js).
+jsenv="$CARGO_TARGET_DIR/jsenv"
+mkdir -p "$jsenv"
+npm install --prefix "$jsenv" --no-audit --no-fund --silent \
+    "@bytecodealliance/componentize-js@$(sed -n 's/.*"@bytecodealliance\/componentize-js": "\(.*\)".*/\1/p' examples/plugins/route-js/package.json)"
+export WEIR_TEST_NODE_MODULES="$jsenv/node_modules"
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

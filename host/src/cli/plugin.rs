@@ -41,6 +41,10 @@ pub enum PluginCommand {
         /// The plugin's configuration as JSON, over the manifest's `[config]`.
         #[arg(long)]
         config: Option<String>,
+        /// Also time the plugin (transforms): run the input this many more times and
+        /// print the time per batch and per event, host encoding and decoding included.
+        #[arg(long)]
+        bench: Option<u32>,
     },
     /// Show a plugin's manifest, API version, exports, imports and grants.
     Inspect {
@@ -68,7 +72,8 @@ pub async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
             plugin,
             input,
             config,
-        } => tokio::task::spawn_blocking(move || test(&plugin, &input, config.as_deref()))
+            bench,
+        } => tokio::task::spawn_blocking(move || test(&plugin, &input, config.as_deref(), bench))
             .await
             .expect("plugin test does not panic"),
         PluginCommand::Inspect { plugin } => inspect(&plugin),
@@ -379,7 +384,12 @@ fn events_json(batch: &Batch) -> Json {
     Json::Array(events)
 }
 
-fn test(plugin: &Path, input: &Path, config: Option<&str>) -> anyhow::Result<()> {
+fn test(
+    plugin: &Path,
+    input: &Path,
+    config: Option<&str>,
+    bench: Option<u32>,
+) -> anyhow::Result<()> {
     let batch = read_input(input)?;
     let (manifest, manifest_file) = Manifest::load(plugin)?;
     let config: toml::Table = match config {
@@ -398,10 +408,26 @@ fn test(plugin: &Path, input: &Path, config: Option<&str>) -> anyhow::Result<()>
                     let out = Batch::decode(&out).map_err(|e| {
                         anyhow::anyhow!("the plugin returned a malformed batch: {e}")
                     })?;
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&json!({ "events": events_json(&out) }))?
-                    );
+                    let mut result = json!({ "events": events_json(&out) });
+                    if let Some(n) = bench.filter(|n| *n > 0) {
+                        // Each round as the pipeline does it: encode, call, decode.
+                        let started = std::time::Instant::now();
+                        for _ in 0..n {
+                            let out = plugin
+                                .call(&batch.encode())
+                                .map_err(|e| anyhow::anyhow!(e.describe(&manifest.limits)))?;
+                            Batch::decode(&out).map_err(|e| anyhow::anyhow!("{e}"))?;
+                        }
+                        let per_batch = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+                        let per_event = per_batch / batch.events.len().max(1) as f64;
+                        result["bench"] = json!({
+                            "batches": n,
+                            "events_per_batch": batch.events.len(),
+                            "us_per_batch": per_batch.round(),
+                            "us_per_event": (per_event * 100.0).round() / 100.0,
+                        });
+                    }
+                    println!("{}", serde_json::to_string_pretty(&result)?);
                     Ok(())
                 }
                 Err(e) => {

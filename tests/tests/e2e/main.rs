@@ -17,6 +17,7 @@
 //! - `reload`: transforms swapped mid-stream (file watch, `weir reload`, SIGHUP), a broken
 //!   replacement leaving the old version running.
 //! - `tooling`: `weir plugin new`, `build`, `test` and `inspect` on scaffolded crates.
+//! - `languages`: the Python and JavaScript example plugins, built and run in a pipeline.
 //! - `conformance`: every built-in plugin as a component against its native logic.
 
 mod harness;
@@ -25,6 +26,7 @@ mod bad_input;
 mod cli;
 mod conformance;
 mod iceberg;
+mod languages;
 mod plugins;
 mod recovery;
 mod reload;
