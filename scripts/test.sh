@@ -18,10 +18,15 @@ fi
 export WEIR_TEST_PYTHON="$venv/bin/python"
 
 # ComponentizeJS, which builds the JavaScript example plugin (examples/plugins/route-js).
+# Installed from the example's lockfile, again only when the lockfile changes.
 jsenv="$CARGO_TARGET_DIR/jsenv"
 mkdir -p "$jsenv"
-npm install --prefix "$jsenv" --no-audit --no-fund --silent \
-    "@bytecodealliance/componentize-js@$(sed -n 's/.*"@bytecodealliance\/componentize-js": "\(.*\)".*/\1/p' examples/plugins/route-js/package.json)"
+if ! cmp -s examples/plugins/route-js/package-lock.json "$jsenv/package-lock.json" || [ ! -x "$jsenv/node_modules/.bin/componentize-js" ]; then
+    cp examples/plugins/route-js/package.json examples/plugins/route-js/package-lock.json "$jsenv/"
+    # `npm install` with the lockfile, not `npm ci`: npm 11 leaves other platforms'
+    # optional packages out of the lockfile and `npm ci` then refuses it.
+    (cd "$jsenv" && npm install --no-audit --no-fund --loglevel=error)
+fi
 export WEIR_TEST_NODE_MODULES="$jsenv/node_modules"
 
 log="$(mktemp)"
