@@ -71,6 +71,36 @@ pub struct PipelineConfig {
     /// Hot reload of transforms.
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// Recovery after a lost connection or a failed write.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// `[retry]`: how a running pipeline recovers from transient failures (a lost
+/// connection, a restarting server, storage that fails to write): it stops cleanly, waits,
+/// and runs again from its checkpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Consecutive failed attempts before weir gives up and exits non-zero; 0 retries
+    /// for ever. Default 10.
+    pub attempts: u32,
+    /// The first wait; each failed attempt doubles it, with jitter. Default `1s`.
+    #[serde(deserialize_with = "de_duration")]
+    pub initial_backoff: Duration,
+    /// The longest wait. Default `30s`.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 10,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
 }
 
 /// `[reload]`: how a running pipeline picks up new transform versions.

@@ -134,6 +134,18 @@ impl TempPostgres {
             .checked()
     }
 
+    /// Stops the server (`fast`: connections are closed, as in an orderly restart), waits
+    /// `down`, and starts it again on the same port.
+    pub fn restart(&self, down: std::time::Duration) -> io::Result<()> {
+        self.command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "fast", "-w", "stop"])
+            .checked()?;
+        std::thread::sleep(down);
+        self.start_server()
+    }
+
     /// Puts `lines` in front of `pg_hba.conf` (first match wins) and reloads.
     pub fn prepend_hba(&self, lines: &str) -> io::Result<()> {
         let path = self.data().join("pg_hba.conf");

@@ -40,6 +40,28 @@ pub enum PipelineError {
     Plugin(PluginFailure),
 }
 
+impl PipelineError {
+    /// Whether running again may succeed: a lost connection, a server that is down or
+    /// restarting, storage that failed to write. Configuration, permission, plugin and
+    /// data errors are not retried.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PipelineError::Source(e) => matches!(
+                e,
+                SourceError::Connect { .. }
+                    | SourceError::Stream { .. }
+                    | SourceError::Sql { .. }
+                    | SourceError::SlotInUse { .. }
+            ),
+            PipelineError::StreamEnded => true,
+            PipelineError::Sink { error, .. } | PipelineError::OpenSinks(error) => {
+                matches!(error, SinkError::Write { .. } | SinkError::Checkpoint(_))
+            }
+            PipelineError::LoadPlugin(_) | PipelineError::Plugin(_) => false,
+        }
+    }
+}
+
 impl From<PluginFailure> for PipelineError {
     fn from(failure: PluginFailure) -> PipelineError {
         PipelineError::Plugin(failure)
@@ -270,6 +292,7 @@ async fn stream(
     stats: &Stats,
 ) -> Result<Position, PipelineError> {
     let mut position = Position::default();
+    stats.streaming_started();
     loop {
         if let Some(b) = backfills.as_deref_mut() {
             b.step().await?; // the next chunk of a table being backfilled, if any

@@ -13,6 +13,8 @@ pub struct Stats {
     checkpoint: AtomicU64,
     durable_commit_ts: AtomicU64,
     batches: AtomicU64,
+    /// Runs of the pipeline that reached streaming.
+    streaming_runs: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -36,6 +38,16 @@ impl Snapshot {
 impl Stats {
     pub fn add_events(&self, n: u64) {
         self.events.fetch_add(n, Relaxed);
+    }
+
+    /// The pipeline reached its streaming loop.
+    pub fn streaming_started(&self) {
+        self.streaming_runs.fetch_add(1, Relaxed);
+    }
+
+    /// How many runs reached streaming.
+    pub fn streaming_runs(&self) -> u64 {
+        self.streaming_runs.load(Relaxed)
     }
 
     pub fn add_batch(&self) {

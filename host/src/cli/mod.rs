@@ -290,7 +290,7 @@ async fn run(path: &std::path::Path, until_caught_up: bool) -> anyhow::Result<()
         shutdown: shutdown_on_signals(),
         pipeline_file: Some(path.to_path_buf()),
     };
-    let result = pipeline::run(&config, options, stats).await;
+    let result = run_with_retries(&config, &options, &stats).await;
     reporter.finish();
     let summary = result?;
     tracing::info!(
@@ -299,6 +299,68 @@ async fn run(path: &std::path::Path, until_caught_up: bool) -> anyhow::Result<()
         "Pipeline stopped."
     );
     Ok(())
+}
+
+/// Runs the pipeline; once it has streamed, a transient failure (see
+/// [`pipeline::PipelineError::is_transient`]) makes it wait and run again from its
+/// checkpoint, with exponential backoff and jitter, up to `[retry] attempts` failures in
+/// a row. A first run that fails stops at once with its error: that is a setup problem.
+async fn run_with_retries(
+    config: &PipelineConfig,
+    options: &RunOptions,
+    stats: &Arc<Stats>,
+) -> Result<pipeline::RunSummary, pipeline::PipelineError> {
+    let retry = &config.retry;
+    let mut failures = 0u32;
+    let mut events = 0;
+    loop {
+        let streamed_before = stats.streaming_runs();
+        let result = pipeline::run(config, options.clone(), stats.clone()).await;
+        let streamed = stats.streaming_runs() > streamed_before;
+        let error = match result {
+            Ok(mut summary) => {
+                summary.events += events;
+                return Ok(summary);
+            }
+            Err(e) => e,
+        };
+        events = stats.snapshot().events;
+        let ever_streamed = stats.streaming_runs() > 0;
+        if !error.is_transient() || !ever_streamed || options.shutdown.is_cancelled() {
+            return Err(error);
+        }
+        failures = if streamed { 1 } else { failures + 1 };
+        if retry.attempts > 0 && failures > retry.attempts {
+            tracing::error!(
+                attempts = retry.attempts,
+                "Giving up after failed attempts in a row."
+            );
+            return Err(error);
+        }
+        let delay = backoff(retry, failures);
+        tracing::warn!(
+            error = %error,
+            attempt = failures,
+            max_attempts = retry.attempts,
+            retry_in_ms = delay.as_millis() as u64,
+            "Transient failure: reconnecting and resuming from the checkpoint (nothing past it was acknowledged)."
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = options.shutdown.cancelled() => return Err(error),
+        }
+    }
+}
+
+/// `initial_backoff * 2^(attempt-1)`, capped at `max_backoff`, minus up to a quarter of
+/// it at random (so pipelines that lost the same server do not return in step).
+fn backoff(retry: &crate::config::RetryConfig, attempt: u32) -> std::time::Duration {
+    let base = retry
+        .initial_backoff
+        .saturating_mul(1u32 << (attempt - 1).min(16))
+        .min(retry.max_backoff);
+    let jitter = rand::random::<f64>() * 0.25;
+    base.mul_f64(1.0 - jitter)
 }
 
 async fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {

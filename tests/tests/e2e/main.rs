@@ -9,6 +9,7 @@
 //! - `iceberg`: Iceberg tables through the SQLite catalog, read back with PyIceberg:
 //!   exactly once across kill -9, schema evolution, `weir lake`, and on S3.
 //! - `recovery`: restart from the checkpoint, SIGTERM, and `kill -9` during writes.
+//! - `faults`: the replication connection cut and the server restarted mid-stream.
 //! - `bad_input`: each user mistake prints one line naming the fix and changes nothing.
 //! - `cli`: `weir validate` and the example configurations.
 //! - `plugins`: built-in plugins in pipelines, hostile plugins, failure policies.
@@ -25,6 +26,7 @@ mod harness;
 mod bad_input;
 mod cli;
 mod conformance;
+mod faults;
 mod iceberg;
 mod languages;
 mod plugins;

@@ -63,6 +63,11 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn start(url: String) -> Writer {
+        Writer::start_at(url, 1)
+    }
+
+    /// A writer whose inserts start at id `first` (a second writer on the same table).
+    pub(crate) fn start_at(url: String, first: i32) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
@@ -74,7 +79,7 @@ impl Writer {
                 let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
                 tokio::spawn(conn);
                 let mut rng = rand::rng();
-                let (mut next_id, mut counts) = (1i32, [0u64; 3]); // inserts, updates, deletes
+                let (mut next_id, mut counts) = (first, [0u64; 3]); // inserts, updates, deletes
                 while !flag.load(Ordering::Relaxed) {
                     let tx = client.transaction().await.unwrap();
                     let n = rng.random_range(1..20);
