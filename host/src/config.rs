@@ -574,6 +574,12 @@ impl PipelineConfig {
                 "max_events, max_bytes and max_delay must be greater than zero".into(),
             ));
         }
+        if self.reload.poll_interval.is_zero() {
+            return Err(invalid(
+                "reload.poll_interval",
+                "must be greater than zero".into(),
+            ));
+        }
         if self.sinks.is_empty() {
             return Err(invalid(
                 "sink",

@@ -556,8 +556,12 @@ struct Transforms {
     chain: Option<TransformChain>,
     reloader: Option<Reloader>,
     slot: String,
-    /// `name@version` of each transform, as recorded with the output.
+    /// `name@version` of each transform, as recorded with the output; a new value (even
+    /// of the same text) after every swap, so sinks start new files.
     labels: Option<Arc<str>>,
+    /// The last batch ended inside a transaction: no swap until it ends, so a
+    /// transaction goes through one version of each transform.
+    mid_tx: bool,
 }
 
 impl Transforms {
@@ -635,7 +639,10 @@ impl Transforms {
     }
 
     async fn apply(&mut self, mut batch: SourceBatch) -> Result<SourceBatch, PipelineError> {
-        self.swap_ready();
+        if !self.mid_tx {
+            self.swap_ready();
+        }
+        self.mid_tx = batch.position.in_tx;
         batch.transforms = self.labels.clone();
         let Some(mut chain) = self.chain.take() else {
             return Ok(batch);

@@ -93,6 +93,7 @@ impl Reloader {
                 state.check(trigger, &plugins, &swap_tx, &task_counts).await;
             }
         });
+
         drop(signals);
         Reloader {
             swaps,
@@ -142,9 +143,16 @@ impl Watched {
     fn current_mtimes(&self, config: &PipelineConfig) -> Vec<(PathBuf, Option<SystemTime>)> {
         let mut paths = vec![self.pipeline_file.clone()];
         for t in &config.transforms {
-            if let Ok((manifest, file)) = Manifest::load(&t.plugin) {
-                paths.push(manifest.wasm_path(&file));
-                paths.push(file);
+            match Manifest::load(&t.plugin) {
+                Ok((manifest, file)) => {
+                    paths.push(manifest.wasm_path(&file));
+                    paths.push(file);
+                }
+                // Watched even while it does not load: fixing it is a change.
+                Err(_) if t.plugin.is_dir() => {
+                    paths.push(t.plugin.join(crate::plugin::manifest::MANIFEST_FILE))
+                }
+                Err(_) => paths.push(t.plugin.clone()),
             }
         }
         paths
@@ -175,7 +183,7 @@ impl Watched {
             Err(e) => {
                 counts.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(?trigger, error = %e, "Reload refused: the pipeline file does not load; the running transforms go on.");
-                self.mtimes = self.mtimes_after_failure();
+                self.mtimes = self.refreshed_mtimes();
                 return;
             }
         };
@@ -187,12 +195,17 @@ impl Watched {
             );
             return;
         }
+        // Every changed transform loads, or none is swapped: one edit of the pipeline
+        // file takes effect whole.
+        let mut ready = Vec::new();
+        let mut failed = false;
         for index in 0..config.transforms.len() {
             let print = match fingerprint(&config, index) {
                 Ok(p) => p,
                 Err(e) => {
                     counts.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(transform = index, error = %e, "Reload failed: the old version keeps running.");
+                    failed = true;
                     continue;
                 }
             };
@@ -208,32 +221,38 @@ impl Watched {
                     .await
                     .expect("plugin loading does not panic");
             match loaded {
-                Ok(plugin) => {
-                    tracing::info!(transform = index, plugin = %plugin.label(), "New transform version loaded; it takes over at the next batch.");
-                    self.running[index] = print;
-                    if swaps.send(Swap { index, plugin }).is_err() {
-                        return;
-                    }
-                }
+                Ok(plugin) => ready.push((index, print, plugin)),
                 Err(e) => {
                     counts.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(transform = index, error = %e, "Reload failed: the old version keeps running.");
+                    failed = true;
                 }
+            }
+        }
+        if failed && !ready.is_empty() {
+            tracing::warn!(
+                loaded = ready.len(),
+                "The other transforms of this change loaded but are not swapped in alone: fix the failing one and the whole change applies."
+            );
+            return;
+        }
+        for (index, print, plugin) in ready {
+            tracing::info!(transform = index, plugin = %plugin.label(), "New transform version loaded; it takes over at the next batch boundary between transactions.");
+            self.running[index] = print;
+            if swaps.send(Swap { index, plugin }).is_err() {
+                return;
             }
         }
     }
 
-    /// After the pipeline file failed to load: remember its new time, so the next edit
-    /// is noticed, without touching the others.
-    fn mtimes_after_failure(&self) -> Vec<(PathBuf, Option<SystemTime>)> {
+    /// The same files, at their current times (after a failure: the next edit is noticed,
+    /// and nothing is retried until then).
+    fn refreshed_mtimes(&self) -> Vec<(PathBuf, Option<SystemTime>)> {
         self.mtimes
             .iter()
-            .map(|(p, m)| match *p == self.pipeline_file {
-                true => (
-                    p.clone(),
-                    std::fs::metadata(p).and_then(|m| m.modified()).ok(),
-                ),
-                false => (p.clone(), *m),
+            .map(|(p, _)| {
+                let m = std::fs::metadata(p).and_then(|m| m.modified()).ok();
+                (p.clone(), m)
             })
             .collect()
     }

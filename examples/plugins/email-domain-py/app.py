@@ -36,7 +36,7 @@ class Transform(exports.Transform):
         column, added = SETTINGS["column"], SETTINGS["added"]
         try:
             batch = mpack.unpackb(input)
-        except ValueError as e:
+        except Exception as e:  # truncated input fails as IndexError or struct.error too
             raise Err(PluginError_Fatal(f"malformed batch: {e}"))
         # Per relation: the index of the column to read, or None.
         sources = []

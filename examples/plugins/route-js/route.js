@@ -48,7 +48,8 @@ export const transform = {
       const i = columnOf[event.rel];
       if (i < 0) continue;
       const row = event.after ?? event.before;
-      const value = row ? row[i] : null;
+      const cell = row ? row[i] : null;
+      const value = cell instanceof Float ? cell.value : cell;
       if (value === null || value === undefined) continue;
       const suffix = String(value).toLowerCase().replace(/[^a-z0-9_]+/g, "_");
       const key = `${event.rel}/${suffix}`;
@@ -66,7 +67,16 @@ export const transform = {
   },
 };
 
-// FNV-1a of the name, with the high bit set: never a PostgreSQL OID in use.
+// A float as it arrived: JavaScript has one number type, and a whole float (10.0) must go
+// back out as a float, not an integer.
+class Float {
+  constructor(value) {
+    this.value = value;
+  }
+}
+
+// FNV-1a of the name, with the high bit set: a stable id per routed table. (A cluster
+// whose OIDs have wrapped past 2^31 could in principle collide with one.)
 function routedId(name) {
   let h = 0x811c9dc5;
   for (const c of new TextEncoder().encode(name)) {
@@ -119,8 +129,8 @@ function unpack(bytes) {
       case 0xc4: v = view.getUint8(i); i += 1; return bin(v);
       case 0xc5: v = view.getUint16(i); i += 2; return bin(v);
       case 0xc6: v = view.getUint32(i); i += 4; return bin(v);
-      case 0xca: v = view.getFloat32(i); i += 4; return v;
-      case 0xcb: v = view.getFloat64(i); i += 8; return v;
+      case 0xca: v = view.getFloat32(i); i += 4; return new Float(v);
+      case 0xcb: v = view.getFloat64(i); i += 8; return new Float(v);
       case 0xcc: v = view.getUint8(i); i += 1; return v;
       case 0xcd: v = view.getUint16(i); i += 2; return v;
       case 0xce: v = view.getUint32(i); i += 4; return v;
@@ -190,6 +200,13 @@ function pack(value) {
       room(data.length);
       buf.set(data, n);
       n += data.length;
+      return;
+    }
+    if (v instanceof Float) {
+      room(9);
+      buf[n++] = 0xcb;
+      view.setFloat64(n, v.value);
+      n += 8;
       return;
     }
     if (v instanceof Uint8Array) {

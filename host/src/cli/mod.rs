@@ -175,6 +175,17 @@ fn init_logging(format: LogFormat) {
 
 /// Cancels the token on SIGINT or SIGTERM; a second signal exits at once.
 fn shutdown_on_signals() -> CancellationToken {
+    // SIGHUP asks for a transform reload (the reloader listens too); from the start, so it
+    // never ends the process, with or without transforms.
+    if let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!(
+                    "SIGHUP: changed transforms are reloaded (a pipeline without transforms has nothing to reload)."
+                );
+            }
+        });
+    }
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {

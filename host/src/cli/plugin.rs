@@ -86,8 +86,11 @@ fn new(name: &str, kind: Kind, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> an
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         || name.starts_with('-')
+        || name.starts_with(|c: char| c.is_ascii_digit())
     {
-        bail!("`{name}` is not a plugin name: use lowercase letters, digits and `-`");
+        bail!(
+            "`{name}` is not a plugin name: use lowercase letters, digits and `-`, starting with a letter"
+        );
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     if dir.join("Cargo.toml").exists() || dir.join("weir-plugin.toml").exists() {
@@ -188,15 +191,43 @@ fn build(dir: &Path) -> anyhow::Result<()> {
         .current_dir(dir)
         .output()
         .context("running cargo metadata")?;
+    if !meta.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&meta.stderr).trim()
+        );
+    }
     let meta: Json = serde_json::from_slice(&meta.stdout).context("cargo metadata output")?;
     let target = PathBuf::from(meta["target_directory"].as_str().unwrap_or("target"));
-    let package = meta["packages"][0]["name"]
-        .as_str()
-        .context("cargo metadata names no package")?
+    // This directory's package (a plugin may be a member of a larger workspace), and the
+    // name of its library target, which names the .wasm.
+    let own = std::fs::canonicalize(dir.join("Cargo.toml"))?;
+    let package = meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| {
+            p["manifest_path"]
+                .as_str()
+                .and_then(|m| std::fs::canonicalize(m).ok())
+                .is_some_and(|m| m == own)
+        })
+        .context("cargo metadata does not list this directory's package")?;
+    let lib = package["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| {
+            t["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "cdylib"))
+        })
+        .and_then(|t| t["name"].as_str())
+        .context("the crate has no cdylib library: add [lib] crate-type = [\"cdylib\"]")?
         .replace('-', "_");
     let built = target
         .join("wasm32-wasip2/release")
-        .join(format!("{package}.wasm"));
+        .join(format!("{lib}.wasm"));
     let dest = manifest.wasm_path(&manifest_file);
     std::fs::copy(&built, &dest)
         .with_context(|| format!("copying {} to {}", built.display(), dest.display()))?;

@@ -81,6 +81,16 @@ fn write_err(path: &Path, e: impl std::fmt::Display) -> SinkError {
     }
 }
 
+/// Whether two batches went through the same transform versions: the same labels from
+/// the same load (a reload makes new labels even when the text is the same).
+pub fn same_transforms(a: &Option<Arc<str>>, b: &Option<Arc<str>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 /// Writes changelog files and checkpoints them.
 pub struct ParquetSink {
     config: ParquetSinkConfig,
@@ -267,7 +277,7 @@ impl ParquetSink {
             if self
                 .open
                 .get(&key)
-                .is_some_and(|f| f.transforms != batch.transforms)
+                .is_some_and(|f| !same_transforms(&f.transforms, &batch.transforms))
             {
                 // A transform was swapped: each file holds one version's output.
                 self.roll(&key).await?;

@@ -342,11 +342,10 @@ impl IcebergSink {
             if event.commit_lsn <= table.skip_through {
                 continue;
             }
-            if table
-                .writer
-                .as_ref()
-                .is_none_or(|w| w.version != relation.version || w.transforms != batch.transforms)
-            {
+            if table.writer.as_ref().is_none_or(|w| {
+                w.version != relation.version
+                    || !super::parquet::same_transforms(&w.transforms, &batch.transforms)
+            }) {
                 // A new schema, or a swapped transform: each data file holds one of each.
                 table.close_writer().await?;
                 table
