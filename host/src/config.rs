@@ -74,6 +74,25 @@ pub struct PipelineConfig {
     /// Recovery after a lost connection or a failed write.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// The Prometheus and health endpoint; none unless configured.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[metrics]`: an HTTP endpoint with `/metrics` (Prometheus), `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to listen on, `127.0.0.1:9187` (`0.0.0.0:9187` for every interface).
+    pub listen: String,
+    /// `/readyz` fails while the last durable change is older than this (and more
+    /// changes are waiting). Default `5m`.
+    #[serde(default = "default_ready_max_lag", deserialize_with = "de_duration")]
+    pub ready_max_lag: Duration,
+}
+
+fn default_ready_max_lag() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// `[retry]`: how a running pipeline recovers from transient failures (a lost

@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod dead_letters;
 pub mod lsn;
+pub mod metrics;
 pub mod pgtemp;
 pub mod pipeline;
 pub mod plugin;

@@ -313,8 +313,10 @@ async fn stream(
         if !batch.batch.events.is_empty() {
             stats.add_batch();
         }
+        stats.add_bytes_in(batch.bytes);
         let batch = transforms.apply(batch).await?; // declared order
         sinks.write_all(&batch).await?; // fan-out; all must succeed
+        stats.add_written(&batch.batch);
         versions.save_if_changed().await?; // schema versions, for the next run
         position = batch.position;
         if let Some(lsn) = sinks.durable_lsn(&position) {

@@ -2,6 +2,7 @@
 
 mod demo;
 mod lake;
+mod pipeline_status;
 mod plugin;
 mod status;
 
@@ -61,6 +62,15 @@ enum Command {
         /// The table, `schema.table`; one of the pipeline's tables.
         #[arg(long)]
         table: crate::config::TableName,
+    },
+    /// Show the slot on the server (active, confirmed position, lag, retained WAL) and
+    /// each sink's checkpoint.
+    Status {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Ask the running pipeline to reload its transforms now (as SIGHUP does, but from
     /// any machine that reaches the database): new versions are compiled and swapped in
@@ -133,6 +143,7 @@ pub fn main() -> ExitCode {
             Command::Validate { pipeline, offline } => validate(&pipeline, offline).await,
             Command::DeadLetter(c) => dead_letter(c).await,
             Command::Reload { pipeline } => reload(&pipeline).await,
+            Command::Status { pipeline, json } => pipeline_status::status(&pipeline, json).await,
             Command::Lake(c) => lake::lake(c).await,
             Command::Plugin(c) => plugin::plugin(c).await,
             Command::Snapshot { pipeline, table } => snapshot(&pipeline, &table).await,
@@ -301,7 +312,12 @@ async fn run(path: &std::path::Path, until_caught_up: bool) -> anyhow::Result<()
         shutdown: shutdown_on_signals(),
         pipeline_file: Some(path.to_path_buf()),
     };
+    let metrics = match &config.metrics {
+        Some(m) => Some(crate::metrics::serve(m, &config, stats.clone()).await?),
+        None => None,
+    };
     let result = run_with_retries(&config, &options, &stats).await;
+    drop(metrics);
     reporter.finish();
     let summary = result?;
     tracing::info!(
@@ -327,6 +343,7 @@ async fn run_with_retries(
     loop {
         let streamed_before = stats.streaming_runs();
         let result = pipeline::run(config, options.clone(), stats.clone()).await;
+        stats.disconnected();
         let streamed = stats.streaming_runs() > streamed_before;
         let error = match result {
             Ok(mut summary) => {
@@ -360,6 +377,7 @@ async fn run_with_retries(
             _ = tokio::time::sleep(delay) => {}
             _ = options.shutdown.cancelled() => return Err(error),
         }
+        stats.add_reconnect();
     }
 }
 

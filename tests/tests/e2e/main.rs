@@ -19,6 +19,7 @@
 //!   replacement leaving the old version running.
 //! - `tooling`: `weir plugin new`, `build`, `test` and `inspect` on scaffolded crates.
 //! - `languages`: the Python and JavaScript example plugins, built and run in a pipeline.
+//! - `operations`: `/metrics`, `/healthz`, `/readyz` during a run, and `weir status`.
 //! - `conformance`: every built-in plugin as a component against its native logic.
 
 mod harness;
@@ -29,6 +30,7 @@ mod conformance;
 mod faults;
 mod iceberg;
 mod languages;
+mod operations;
 mod plugins;
 mod recovery;
 mod reload;

@@ -1,0 +1,167 @@
+//! Operations: the Prometheus and health endpoint during a run, and `weir status`.
+
+use crate::harness::{TestDb, stderr};
+use crate::recovery::{unsafe_kill, wait_with_timeout};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+/// A plain HTTP GET on the loopback endpoint: (status code, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_and_health_are_served_during_a_run_and_counters_move() {
+    let db = TestDb::new("metrics");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = db.config(&["public.t"]);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    db.catch_up(&config);
+    let mut weir = db.spawn(&config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(port, "/readyz").is_none_or(|(code, _)| code != 200) {
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {:?}",
+            get(port, "/readyz")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(get(port, "/healthz").unwrap().0, 200);
+
+    let written = |port| {
+        let (code, body) = get(port, "/metrics").unwrap();
+        assert_eq!(code, 200);
+        (sample(&body, "weir_events_written_total{"), body)
+    };
+    db.sql("INSERT INTO t SELECT g, 'a' FROM generate_series(1, 300) g");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        let (n, body) = written(port);
+        if n == Some(300.0) {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for family in [
+        "weir_replication_lag_bytes{",
+        "weir_replication_lag_seconds{",
+        "weir_checkpoint_lsn{",
+        "weir_slot_retained_wal_bytes{",
+        "weir_connected{",
+        "weir_batches_total{",
+    ] {
+        assert!(sample(&first, family).is_some(), "{family} in\n{first}");
+    }
+    assert!(
+        first.contains("table=\"public.t\"") && first.contains("op=\"c\""),
+        "{first}"
+    );
+    assert_eq!(sample(&first, "weir_connected{"), Some(1.0));
+    let checkpoint = sample(&first, "weir_checkpoint_lsn{").unwrap();
+
+    db.sql("INSERT INTO t SELECT g, 'b' FROM generate_series(301, 500) g");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (n, body) = written(port);
+        let moved = sample(&body, "weir_checkpoint_lsn{").unwrap() > checkpoint;
+        if n == Some(500.0) && moved {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counters and checkpoint move: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(get(port, "/nope").unwrap().0, 404);
+    assert_eq!(unsafe_kill(weir.id() as i32, libc::SIGTERM), 0);
+    assert!(wait_with_timeout(&mut weir, Duration::from_secs(30)).success());
+}
+
+#[test]
+fn weir_status_shows_the_slot_and_each_sinks_checkpoint() {
+    let db = TestDb::new("status");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let config = db.config(&["public.t"]);
+    let before = db
+        .weir(&["status", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(before.status.success(), "{}", stderr(&before));
+    assert!(String::from_utf8_lossy(&before.stdout).contains("does not exist"));
+
+    db.sql("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 50) g");
+    db.catch_up(&config);
+    let out = db
+        .weir(&["status", config.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["slot"]["exists"], true);
+    assert_eq!(doc["slot"]["active"], false, "no pipeline is running");
+    let confirmed = doc["slot"]["confirmed_flush_lsn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        doc["sinks"][0]["checkpoint"]["end_lsn"].as_str().unwrap(),
+        confirmed,
+        "the slot was confirmed up to the sink's checkpoint: {doc}"
+    );
+    assert!(doc["slot"]["retained_wal_bytes"].as_i64().unwrap() >= 0);
+
+    let mut weir = db.spawn(&config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = db
+            .weir(&["status", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains("active (walsender pid") {
+            assert!(
+                text.contains("sink        parquet") && text.contains("checkpoint"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(unsafe_kill(weir.id() as i32, libc::SIGTERM), 0);
+    assert!(wait_with_timeout(&mut weir, Duration::from_secs(30)).success());
+}
