@@ -77,6 +77,15 @@ pub struct PipelineConfig {
     /// The Prometheus and health endpoint; none unless configured.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// After SIGINT or SIGTERM, the longest weir takes to finish the batch in hand, flush
+    /// and checkpoint before it exits anyway (non-zero; the next run resumes from the
+    /// last checkpoint). Default `30s`.
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "de_duration")]
+    pub shutdown_timeout: Duration,
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// `[metrics]`: an HTTP endpoint with `/metrics` (Prometheus), `/healthz` and `/readyz`.
@@ -591,6 +600,12 @@ impl PipelineConfig {
             return Err(invalid(
                 "batch",
                 "max_events, max_bytes and max_delay must be greater than zero".into(),
+            ));
+        }
+        if self.shutdown_timeout.is_zero() {
+            return Err(invalid(
+                "shutdown_timeout",
+                "must be greater than zero".into(),
             ));
         }
         if self.reload.poll_interval.is_zero() {

@@ -185,7 +185,7 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Cancels the token on SIGINT or SIGTERM; a second signal exits at once.
-fn shutdown_on_signals() -> CancellationToken {
+fn shutdown_on_signals(timeout: std::time::Duration) -> CancellationToken {
     // SIGHUP asks for a transform reload (the reloader listens too); from the start, so it
     // never ends the process, with or without transforms.
     if let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -215,7 +215,14 @@ fn shutdown_on_signals() -> CancellationToken {
             "Stopping: finishing the batch in hand, then checkpointing (signal again to stop at once)."
         );
         t.cancel();
-        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = tokio::time::sleep(timeout) => {
+                tracing::error!(timeout_s = timeout.as_secs(), "Did not stop within shutdown_timeout; exiting. The next run resumes from the last checkpoint.");
+                std::process::exit(1);
+            }
+        }
         tracing::warn!("Stopped at once; the next run resumes from the last checkpoint.");
         std::process::exit(130);
     });
@@ -309,7 +316,7 @@ async fn run(path: &std::path::Path, until_caught_up: bool) -> anyhow::Result<()
     let reporter = status::spawn(stats.clone());
     let options = RunOptions {
         until_caught_up,
-        shutdown: shutdown_on_signals(),
+        shutdown: shutdown_on_signals(config.shutdown_timeout),
         pipeline_file: Some(path.to_path_buf()),
     };
     let metrics = match &config.metrics {

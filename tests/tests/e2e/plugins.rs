@@ -486,3 +486,44 @@ fn a_slow_stage_does_not_let_wal_sender_timeout_expire() {
     db.catch_up(&config);
     assert_eq!(assert_same_state(&db, "public.t", "id").op("c"), 301);
 }
+
+#[test]
+fn a_stop_that_takes_longer_than_shutdown_timeout_exits_anyway_and_loses_nothing() {
+    let db = TestDb::new("shutdown_timeout");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let plugin = db.plugin(HOSTILE.0, HOSTILE.1, |m| {
+        format!(
+            "{}\n[capabilities]\nclock = true\n",
+            m.replace("call_timeout = \"500ms\"", "call_timeout = \"30s\"")
+        )
+    });
+    let fast = db.config(&["public.t"]);
+    let slow = db.dir.path().join("slow.toml");
+    let text = std::fs::read_to_string(&fast).unwrap();
+    std::fs::write(
+        &slow,
+        format!(
+            "shutdown_timeout = \"1s\"\n{text}\n{}",
+            transform(&plugin, "{ mode = \"slow\", every = 8000 }")
+        ),
+    )
+    .unwrap();
+    db.catch_up(&fast);
+    db.sql("INSERT INTO t SELECT g, 'v' FROM generate_series(1, 20) g");
+    let mut weir = db.spawn(&slow);
+    std::thread::sleep(std::time::Duration::from_secs(3)); // inside an 8 s transform call
+    let asked = std::time::Instant::now();
+    assert_eq!(
+        crate::recovery::unsafe_kill(weir.id() as i32, libc::SIGTERM),
+        0
+    );
+    let status = crate::recovery::wait_with_timeout(&mut weir, std::time::Duration::from_secs(10));
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(4),
+        "exited within shutdown_timeout, not after the batch: {:?}",
+        asked.elapsed()
+    );
+    assert!(!status.success(), "a stop cut short is not a clean exit");
+    db.catch_up(&fast);
+    assert_eq!(assert_same_state(&db, "public.t", "id").op("c"), 20);
+}

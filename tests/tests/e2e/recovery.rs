@@ -162,10 +162,11 @@ fn kill_9_at_random_moments_during_writes_loses_and_repeats_nothing() {
     let writer = Writer::start(db.url());
     let mut rng = rand::rng();
     let mut kills = 0;
-    for round in 0..8 {
+    // 20 kill -9 at random moments, and now and then a clean stop.
+    for round in 0..24 {
         let mut weir = db.spawn(&config);
-        std::thread::sleep(Duration::from_millis(rng.random_range(300..2500)));
-        if round % 4 == 3 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..1500)));
+        if round % 6 == 5 {
             // Now and then a clean stop instead.
             assert_eq!(unsafe_kill(weir.id() as i32, libc::SIGINT), 0);
             assert!(wait_with_timeout(&mut weir, Duration::from_secs(30)).success());
