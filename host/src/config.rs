@@ -182,6 +182,27 @@ pub struct SourceConfig {
     /// only changes from the slot's creation on.
     #[serde(default)]
     pub snapshot: SnapshotMode,
+    /// WAL the slot may hold on the server before weir acts (checked every 10 s), for
+    /// example `"20GiB"`. Default: no limit.
+    #[serde(default, deserialize_with = "de_opt_size")]
+    pub max_slot_lag: Option<u64>,
+    /// What weir does past `max_slot_lag`: `alert` (default: log an error, keep going) or
+    /// `stop` (stop cleanly with the reason; the slot stays).
+    #[serde(default)]
+    pub slot_lag_policy: SlotLagPolicy,
+}
+
+/// What happens when the slot holds more WAL than `max_slot_lag`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotLagPolicy {
+    #[default]
+    Alert,
+    Stop,
+}
+
+fn de_opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_size(d).map(Some)
 }
 
 /// Whether a new pipeline starts with the tables' existing rows.

@@ -16,9 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-/// How often the slot's retained WAL is read from the server.
-const SLOT_POLL: Duration = Duration::from_secs(10);
-
 /// The running endpoint; stops when dropped.
 pub struct Endpoint {
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -38,8 +35,7 @@ struct State {
     ready_max_lag: Duration,
 }
 
-/// Starts listening (an address already in use is an error now, not later) and polls
-/// the slot's retained WAL in the background.
+/// Starts listening (an address already in use is an error now, not later).
 pub async fn serve(
     config: &MetricsConfig,
     pipeline: &PipelineConfig,
@@ -50,7 +46,7 @@ pub async fn serve(
         .map_err(|e| anyhow::anyhow!("metrics.listen {}: {e}", config.listen))?;
     tracing::info!(listen = %config.listen, "Metrics at /metrics, health at /healthz and /readyz.");
     let state = Arc::new(State {
-        stats: stats.clone(),
+        stats,
         slot: pipeline.source.slot.clone(),
         ready_max_lag: config.ready_max_lag,
     });
@@ -72,33 +68,8 @@ pub async fn serve(
             });
         }
     });
-    let (url, slot) = (pipeline.source.url.clone(), pipeline.source.slot.clone());
-    let poller = tokio::spawn(async move {
-        let mut control = None;
-        loop {
-            if control.is_none() {
-                control = crate::source::Control::connect(&url).await.ok();
-            }
-            if let Some(c) = &control {
-                let row = c
-                    .client
-                    .query_opt(
-                        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
-                        &[&slot],
-                    )
-                    .await;
-                match row {
-                    Ok(Some(r)) => stats
-                        .set_retained_wal(r.get::<_, Option<i64>>(0).unwrap_or(0).max(0) as u64),
-                    Ok(None) => {}
-                    Err(_) => control = None,
-                }
-            }
-            tokio::time::sleep(SLOT_POLL).await;
-        }
-    });
     Ok(Endpoint {
-        tasks: vec![server, poller],
+        tasks: vec![server],
     })
 }
 

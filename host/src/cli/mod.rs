@@ -72,6 +72,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List or drop replication slots of the pipeline's database.
+    #[command(subcommand)]
+    Slot(SlotCommand),
     /// Ask the running pipeline to reload its transforms now (as SIGHUP does, but from
     /// any machine that reaches the database): new versions are compiled and swapped in
     /// at a batch boundary; a version that fails to load leaves the old one running.
@@ -97,6 +100,26 @@ enum Command {
         /// Orders to generate.
         #[arg(long, default_value_t = 10_000)]
         rows: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SlotCommand {
+    /// The logical slots of the database: active, confirmed position, lag, retained WAL.
+    List {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop an inactive slot (default: the pipeline's own), freeing the WAL it holds.
+    Drop {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Another slot of the same database.
+        #[arg(long)]
+        slot: Option<String>,
     },
 }
 
@@ -144,6 +167,12 @@ pub fn main() -> ExitCode {
             Command::DeadLetter(c) => dead_letter(c).await,
             Command::Reload { pipeline } => reload(&pipeline).await,
             Command::Status { pipeline, json } => pipeline_status::status(&pipeline, json).await,
+            Command::Slot(SlotCommand::List { pipeline, json }) => {
+                pipeline_status::slot_list(&pipeline, json).await
+            }
+            Command::Slot(SlotCommand::Drop { pipeline, slot }) => {
+                pipeline_status::slot_drop(&pipeline, slot.as_deref()).await
+            }
             Command::Lake(c) => lake::lake(c).await,
             Command::Plugin(c) => plugin::plugin(c).await,
             Command::Snapshot { pipeline, table } => snapshot(&pipeline, &table).await,
@@ -319,12 +348,24 @@ async fn run(path: &std::path::Path, until_caught_up: bool) -> anyhow::Result<()
         shutdown: shutdown_on_signals(config.shutdown_timeout),
         pipeline_file: Some(path.to_path_buf()),
     };
+    let over_limit = Arc::new(std::sync::Mutex::new(None));
+    let watch = slot_watch(
+        &config,
+        stats.clone(),
+        options.shutdown.clone(),
+        over_limit.clone(),
+    );
     let metrics = match &config.metrics {
         Some(m) => Some(crate::metrics::serve(m, &config, stats.clone()).await?),
         None => None,
     };
     let result = run_with_retries(&config, &options, &stats).await;
     drop(metrics);
+    watch.abort();
+    if let Some(reason) = over_limit.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        reporter.finish();
+        anyhow::bail!("{reason}");
+    }
     reporter.finish();
     let summary = result?;
     tracing::info!(
@@ -333,6 +374,73 @@ async fn run(path: &std::path::Path, until_caught_up: bool) -> anyhow::Result<()
         "Pipeline stopped."
     );
     Ok(())
+}
+
+/// Every 10 s, reads the WAL the slot retains (for `weir_slot_retained_wal_bytes`) and
+/// applies `max_slot_lag`: an error in the log, or (policy `stop`) a clean stop whose
+/// reason goes in `over_limit`.
+fn slot_watch(
+    config: &PipelineConfig,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    over_limit: Arc<std::sync::Mutex<Option<String>>>,
+) -> tokio::task::JoinHandle<()> {
+    let (url, slot) = (config.source.url.clone(), config.source.slot.clone());
+    let (limit, policy) = (config.source.max_slot_lag, config.source.slot_lag_policy);
+    tokio::spawn(async move {
+        let mut control = None;
+        let mut alerted = false;
+        loop {
+            if control.is_none() {
+                control = crate::source::Control::connect(&url).await.ok();
+            }
+            if let Some(c) = &control {
+                let row = c
+                    .client
+                    .query_opt(
+                        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&slot],
+                    )
+                    .await;
+                match row {
+                    Ok(Some(r)) => {
+                        let retained = r.get::<_, Option<i64>>(0).unwrap_or(0).max(0) as u64;
+                        stats.set_retained_wal(retained);
+                        match limit {
+                            Some(max) if retained > max => {
+                                let text =
+                                    |b: u64| bytesize::ByteSize(b).display().iec().to_string();
+                                let reason = format!(
+                                    "replication slot `{slot}` retains {} of WAL, over max_slot_lag {}: the server keeps that WAL until weir confirms it",
+                                    text(retained),
+                                    text(max)
+                                );
+                                if policy == crate::config::SlotLagPolicy::Stop {
+                                    tracing::error!(
+                                        "{reason}; stopping (slot_lag_policy = \"stop\"). Find what holds weir back (weir status, /metrics), or drop the slot with `weir slot drop` to free the WAL and take a new snapshot."
+                                    );
+                                    *over_limit.lock().unwrap_or_else(|e| e.into_inner()) =
+                                        Some(format!("stopped: {reason}"));
+                                    shutdown.cancel();
+                                    return;
+                                }
+                                if !alerted {
+                                    tracing::error!(
+                                        "{reason} (slot_lag_policy = \"alert\": weir goes on)"
+                                    );
+                                    alerted = true;
+                                }
+                            }
+                            _ => alerted = false,
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(_) => control = None,
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        }
+    })
 }
 
 /// Runs the pipeline; once it has streamed, a transient failure (see

@@ -166,3 +166,104 @@ pub async fn status(path: &std::path::Path, as_json: bool) -> anyhow::Result<()>
     }
     Ok(())
 }
+
+/// `weir slot list`: the logical slots of the pipeline's database.
+pub async fn slot_list(path: &std::path::Path, as_json: bool) -> anyhow::Result<()> {
+    let config = PipelineConfig::load(path)?;
+    let control = crate::source::Control::connect(&config.source.url).await?;
+    let rows = control
+        .client
+        .query(
+            "SELECT slot_name::text, plugin::text, active, active_pid, confirmed_flush_lsn::text, wal_status, \
+             pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, \
+             pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 \
+             FROM pg_replication_slots WHERE slot_type = 'logical' AND database = current_database() ORDER BY 1",
+            &[],
+        )
+        .await?;
+    let slots: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.get::<_, String>(0),
+                "plugin": r.get::<_, Option<String>>(1),
+                "active": r.get::<_, bool>(2),
+                "active_pid": r.get::<_, Option<i32>>(3),
+                "confirmed_flush_lsn": r.get::<_, Option<String>>(4),
+                "wal_status": r.get::<_, Option<String>>(5),
+                "retained_wal_bytes": r.get::<_, Option<i64>>(6),
+                "lag_bytes": r.get::<_, Option<i64>>(7),
+                "this_pipeline": r.get::<_, String>(0) == config.source.slot,
+            })
+        })
+        .collect();
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&slots)?);
+        return Ok(());
+    }
+    let size = |v: &Value| {
+        v.as_i64()
+            .map(|b| {
+                bytesize::ByteSize(b.max(0) as u64)
+                    .display()
+                    .iec()
+                    .to_string()
+            })
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "{:<24} {:<9} {:<8} {:<14} {:>12} {:>12}  wal_status",
+        "slot", "plugin", "active", "confirmed", "lag", "retained"
+    );
+    for s in &slots {
+        println!(
+            "{:<24} {:<9} {:<8} {:<14} {:>12} {:>12}  {}{}",
+            s["name"].as_str().unwrap_or(""),
+            s["plugin"].as_str().unwrap_or("-"),
+            if s["active"] == true { "yes" } else { "no" },
+            s["confirmed_flush_lsn"].as_str().unwrap_or("-"),
+            size(&s["lag_bytes"]),
+            size(&s["retained_wal_bytes"]),
+            s["wal_status"].as_str().unwrap_or("-"),
+            if s["this_pipeline"] == true {
+                "  (this pipeline)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `weir slot drop`: drops an inactive slot (default: the pipeline's own).
+pub async fn slot_drop(path: &std::path::Path, name: Option<&str>) -> anyhow::Result<()> {
+    let config = PipelineConfig::load(path)?;
+    let slot = name.unwrap_or(&config.source.slot);
+    let control = crate::source::Control::connect(&config.source.url).await?;
+    let row = control
+        .client
+        .query_opt(
+            "SELECT active, active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    match row {
+        None => anyhow::bail!("there is no replication slot `{slot}` (weir slot list shows them)"),
+        Some(r) if r.get::<_, bool>(0) => anyhow::bail!(
+            "replication slot `{slot}` is in use by process {}: stop that pipeline first",
+            r.get::<_, Option<i32>>(1).unwrap_or_default()
+        ),
+        Some(_) => {}
+    }
+    control
+        .client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await?;
+    println!("dropped replication slot `{slot}`: the server no longer keeps WAL for it");
+    if slot == config.source.slot {
+        println!(
+            "the next run creates a new slot and streams changes from then on; changes made before that are not captured (remove the output and its _weir state to start over with a full snapshot)"
+        );
+    }
+    Ok(())
+}

@@ -165,3 +165,99 @@ fn weir_status_shows_the_slot_and_each_sinks_checkpoint() {
     assert_eq!(unsafe_kill(weir.id() as i32, libc::SIGTERM), 0);
     assert!(wait_with_timeout(&mut weir, Duration::from_secs(30)).success());
 }
+
+#[test]
+fn weir_slot_lists_and_drops_only_an_inactive_slot() {
+    let db = TestDb::new("slots");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let config = db.config(&["public.t"]);
+    db.catch_up(&config);
+    let list = |db: &TestDb| -> Vec<Value> {
+        let out = db
+            .weir(&["slot", "list", config.to_str().unwrap(), "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let slots = list(&db);
+    let ours = slots
+        .iter()
+        .find(|s| s["name"] == db.name.as_str())
+        .unwrap();
+    assert_eq!(
+        (ours["this_pipeline"].clone(), ours["plugin"].clone()),
+        (Value::Bool(true), Value::from("pgoutput"))
+    );
+
+    let mut weir = db.spawn(&config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !list(&db)
+        .iter()
+        .any(|s| s["name"] == db.name.as_str() && s["active"] == true)
+    {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let refused = db
+        .weir(&["slot", "drop", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("in use by process"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(unsafe_kill(weir.id() as i32, libc::SIGTERM), 0);
+    assert!(wait_with_timeout(&mut weir, Duration::from_secs(30)).success());
+
+    let dropped = db
+        .weir(&["slot", "drop", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(dropped.status.success(), "{}", stderr(&dropped));
+    assert!(String::from_utf8_lossy(&dropped.stdout).contains("dropped replication slot"));
+    assert!(!list(&db).iter().any(|s| s["name"] == db.name.as_str()));
+}
+
+#[test]
+fn max_slot_lag_alerts_or_stops_as_configured() {
+    let db = TestDb::new("slot_lag");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let config = db.config(&["public.t"]);
+    db.catch_up(&config);
+    let base = std::fs::read_to_string(&config).unwrap();
+    // Any slot holds some WAL: one byte is always too much.
+    let with = |policy: &str| {
+        base.replace(
+            "[batch]",
+            &format!("max_slot_lag = 1\nslot_lag_policy = \"{policy}\"\n\n[batch]"),
+        )
+    };
+    std::fs::write(&config, with("stop")).unwrap();
+    let started = Instant::now();
+    let out = db
+        .weir(&["run", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "policy stop ends the run");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let err = stderr(&out);
+    assert!(
+        err.contains("over max_slot_lag")
+            && err.lines().last().unwrap().starts_with("error: stopped"),
+        "{err}"
+    );
+
+    std::fs::write(&config, with("alert")).unwrap();
+    let mut weir = db.spawn(&config);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(weir.try_wait().unwrap().is_none(), "policy alert goes on");
+    assert_eq!(unsafe_kill(weir.id() as i32, libc::SIGTERM), 0);
+    let out = weir.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("slot_lag_policy = \"alert\": weir goes on")
+    );
+}
