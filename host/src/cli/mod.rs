@@ -359,7 +359,10 @@ async fn run(path: &std::path::Path, until_caught_up: bool) -> anyhow::Result<()
         Some(m) => Some(crate::metrics::serve(m, &config, stats.clone()).await?),
         None => None,
     };
-    let result = run_with_retries(&config, &options, &stats).await;
+    // Every line of the run carries the pipeline and its slot (a `span` in JSON logs).
+    let span = tracing::info_span!("pipeline", name = %config.name(), slot = %config.source.slot);
+    let result =
+        tracing::Instrument::instrument(run_with_retries(&config, &options, &stats), span).await;
     drop(metrics);
     watch.abort();
     if let Some(reason) = over_limit.lock().unwrap_or_else(|e| e.into_inner()).take() {
