@@ -5,6 +5,18 @@ use crate::config::{PipelineConfig, SinkConfig};
 use crate::sink::{get_state, object_store_for};
 use serde_json::{Value, json};
 
+/// A byte count from a JSON number, in IEC units (`-` when absent).
+fn size(v: &Value) -> String {
+    v.as_i64()
+        .map(|b| {
+            bytesize::ByteSize(b.max(0) as u64)
+                .display()
+                .iec()
+                .to_string()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
 pub async fn status(path: &std::path::Path, as_json: bool) -> anyhow::Result<()> {
     let config = PipelineConfig::load(path)?;
     let slot = &config.source.slot;
@@ -92,16 +104,6 @@ pub async fn status(path: &std::path::Path, as_json: bool) -> anyhow::Result<()>
     if s["exists"] == false {
         println!("slot        {slot}: does not exist (the first run creates it)");
     } else {
-        let size = |v: &Value| {
-            v.as_i64()
-                .map(|b| {
-                    bytesize::ByteSize(b.max(0) as u64)
-                        .display()
-                        .iec()
-                        .to_string()
-                })
-                .unwrap_or_else(|| "-".into())
-        };
         let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
         let state = match (s["active"].as_bool(), s["active_pid"].as_i64()) {
             (Some(true), Some(pid)) => format!("active (walsender pid {pid})"),
@@ -201,16 +203,6 @@ pub async fn slot_list(path: &std::path::Path, as_json: bool) -> anyhow::Result<
         println!("{}", serde_json::to_string_pretty(&slots)?);
         return Ok(());
     }
-    let size = |v: &Value| {
-        v.as_i64()
-            .map(|b| {
-                bytesize::ByteSize(b.max(0) as u64)
-                    .display()
-                    .iec()
-                    .to_string()
-            })
-            .unwrap_or_else(|| "-".into())
-    };
     println!(
         "{:<24} {:<9} {:<8} {:<14} {:>12} {:>12}  wal_status",
         "slot", "plugin", "active", "confirmed", "lag", "retained"

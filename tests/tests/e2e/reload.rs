@@ -24,18 +24,23 @@ fn pipeline(base: &str, plugin_dir: &Path, method: &str) -> String {
     )
 }
 
+/// The mask plugin installed under `<dir>/<sub>/` with its manifest at `version`.
+fn mask_version(db: &TestDb, sub: &str, version: &str) -> std::path::PathBuf {
+    install_plugin(
+        &db.dir.path().join(sub),
+        "weir-plugin-mask",
+        "plugins/mask/weir-plugin.toml",
+        |m| m.replace("version = \"0.1.0\"", &format!("version = \"{version}\"")),
+    )
+}
+
 #[test]
 fn a_transform_swapped_mid_stream_processes_each_change_once_and_a_broken_one_changes_nothing() {
     let db = TestDb::new("reload");
     db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
     let config = db.config_with(&["public.t"], "", "max_events = 50", "");
     let base = std::fs::read_to_string(&config).unwrap();
-    let v1 = install_plugin(
-        &db.dir.path().join("v1"),
-        "weir-plugin-mask",
-        "plugins/mask/weir-plugin.toml",
-        |m| m,
-    );
+    let v1 = mask_version(&db, "v1", "0.1.0");
     replace_atomically(&config, &pipeline(&base, &v1, "redact"));
     db.catch_up(&config);
 
@@ -51,12 +56,7 @@ fn a_transform_swapped_mid_stream_processes_each_change_once_and_a_broken_one_ch
 
     // A new version: another component file and manifest, and a new config, in place
     // in one rename of the pipeline file.
-    let v2 = install_plugin(
-        &db.dir.path().join("v2"),
-        "weir-plugin-mask",
-        "plugins/mask/weir-plugin.toml",
-        |m| m.replace("version = \"0.1.0\"", "version = \"0.2.0\""),
-    );
+    let v2 = mask_version(&db, "v2", "0.2.0");
     let wasm = v2.join("mask.wasm");
     let mut bytes = std::fs::read(&wasm).unwrap();
     // A custom section: the same code in a different build of the component.
@@ -66,12 +66,7 @@ fn a_transform_swapped_mid_stream_processes_each_change_once_and_a_broken_one_ch
     std::thread::sleep(Duration::from_secs(2));
 
     // A broken replacement: its component does not compile.
-    let v3 = install_plugin(
-        &db.dir.path().join("v3"),
-        "weir-plugin-mask",
-        "plugins/mask/weir-plugin.toml",
-        |m| m.replace("version = \"0.1.0\"", "version = \"0.3.0\""),
-    );
+    let v3 = mask_version(&db, "v3", "0.3.0");
     std::fs::write(v3.join("mask.wasm"), b"not a component").unwrap();
     replace_atomically(&config, &pipeline(&base, &v3, "null"));
     std::thread::sleep(Duration::from_secs(2));
@@ -151,12 +146,7 @@ fn weir_reload_and_sighup_trigger_a_reload_without_file_watching() {
     db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
     let config = db.config_with(&["public.t"], "", "", "");
     let base = std::fs::read_to_string(&config).unwrap();
-    let v1 = install_plugin(
-        &db.dir.path().join("v1"),
-        "weir-plugin-mask",
-        "plugins/mask/weir-plugin.toml",
-        |m| m,
-    );
+    let v1 = mask_version(&db, "v1", "0.1.0");
     let unwatched = |dir: &Path, method: &str| {
         pipeline(&base, dir, method).replace("[reload]\n", "[reload]\nwatch = false\n")
     };
@@ -170,12 +160,7 @@ fn weir_reload_and_sighup_trigger_a_reload_without_file_watching() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let v2 = install_plugin(
-        &db.dir.path().join("v2"),
-        "weir-plugin-mask",
-        "plugins/mask/weir-plugin.toml",
-        |m| m.replace("version = \"0.1.0\"", "version = \"0.2.0\""),
-    );
+    let v2 = mask_version(&db, "v2", "0.2.0");
     replace_atomically(&config, &unwatched(&v2, "hash"));
     std::thread::sleep(Duration::from_secs(1));
     db.sql("INSERT INTO t VALUES (1, 1, 'before')");
@@ -209,12 +194,7 @@ fn weir_reload_and_sighup_trigger_a_reload_without_file_watching() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let v3 = install_plugin(
-        &db.dir.path().join("v3"),
-        "weir-plugin-mask",
-        "plugins/mask/weir-plugin.toml",
-        |m| m.replace("version = \"0.1.0\"", "version = \"0.3.0\""),
-    );
+    let v3 = mask_version(&db, "v3", "0.3.0");
     replace_atomically(&config, &unwatched(&v3, "null"));
     assert_eq!(unsafe_kill(weir.id() as i32, libc::SIGHUP), 0);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
