@@ -19,6 +19,14 @@ export WEIR_TEST_PYTHON="$venv/bin/python"
 
 # ComponentizeJS, which builds the JavaScript example plugin (examples/plugins/route-js).
 # Installed from the example's lockfile, again only when the lockfile changes.
+if ! command -v npm >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+    else
+        echo "error: npm is missing: install Node.js and npm (apt-get install nodejs npm)" >&2
+        exit 1
+    fi
+fi
 jsenv="$CARGO_TARGET_DIR/jsenv"
 mkdir -p "$jsenv"
 if ! cmp -s examples/plugins/route-js/package-lock.json "$jsenv/package-lock.json" || [ ! -x "$jsenv/node_modules/.bin/componentize-js" ]; then

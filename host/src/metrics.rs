@@ -18,14 +18,12 @@ use std::time::Duration;
 
 /// The running endpoint; stops when dropped.
 pub struct Endpoint {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    server: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.server.abort();
     }
 }
 
@@ -68,9 +66,7 @@ pub async fn serve(
             });
         }
     });
-    Ok(Endpoint {
-        tasks: vec![server],
-    })
+    Ok(Endpoint { server })
 }
 
 fn respond(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {

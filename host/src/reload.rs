@@ -70,7 +70,6 @@ impl Reloader {
         let counts = Arc::new(ReloadCounts::default());
         let mut state = Watched::new(&pipeline_file, config);
         let task_counts = counts.clone();
-        let signals = triggers.clone();
         let task = tokio::spawn(async move {
             let mut hangup =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -84,7 +83,7 @@ impl Reloader {
                         }
                         Trigger::Files
                     }
-                    Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => Trigger::Signal,
+                    Some(()) = next_hangup(&mut hangup) => Trigger::Signal,
                     t = trigger_rx.recv() => match t {
                         Some(t) => t,
                         None => return,
@@ -94,7 +93,6 @@ impl Reloader {
             }
         });
 
-        drop(signals);
         Reloader {
             swaps,
             triggers,
@@ -111,6 +109,14 @@ impl Reloader {
     /// Asks for a reload check (from a `weir.reload` marker).
     pub fn request(&self, trigger: Trigger) {
         let _ = self.triggers.send(trigger);
+    }
+}
+
+/// The next SIGHUP (never, when the handler could not be installed).
+async fn next_hangup(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -260,6 +260,30 @@ pub struct Column {
     pub key: bool,
 }
 
+/// The OID of a common built-in PostgreSQL type, by its name (`int8`, `text`, ...):
+/// for building relations by hand, in tests and sample events.
+pub fn builtin_type_oid(name: &str) -> Option<u32> {
+    Some(match name {
+        "bool" => 16,
+        "bytea" => 17,
+        "int8" => 20,
+        "int2" => 21,
+        "int4" => 23,
+        "text" => 25,
+        "json" => 114,
+        "float4" => 700,
+        "float8" => 701,
+        "varchar" => 1043,
+        "date" => 1082,
+        "timestamp" => 1114,
+        "timestamptz" => 1184,
+        "numeric" => 1700,
+        "uuid" => 2950,
+        "jsonb" => 3802,
+        _ => return None,
+    })
+}
+
 impl Column {
     /// A column without a type modifier.
     pub fn new(name: &str, type_oid: u32, type_name: &str, key: bool) -> Column {

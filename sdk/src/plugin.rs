@@ -74,19 +74,9 @@ pub mod testing {
     use crate::{Column, Event, Op, Relation, Value};
 
     /// A relation for tests: columns as `(name, type name, key)`; common built-in type
-    /// names get their PostgreSQL OIDs, others OID 0.
+    /// names get their PostgreSQL OIDs ([`crate::builtin_type_oid`]), others OID 0.
     pub fn relation(schema: &str, table: &str, columns: &[(&str, &str, bool)]) -> Relation {
-        let oid = |t: &str| match t {
-            "bool" => 16,
-            "bytea" => 17,
-            "int8" => 20,
-            "int2" => 21,
-            "int4" => 23,
-            "text" => 25,
-            "float8" => 701,
-            "numeric" => 1700,
-            _ => 0,
-        };
+        let oid = |t: &str| crate::builtin_type_oid(t).unwrap_or(0);
         Relation {
             id: 1,
             schema: schema.into(),

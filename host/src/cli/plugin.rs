@@ -273,7 +273,7 @@ fn read_input(path: &Path) -> anyhow::Result<Batch> {
                 let ty = c["type"].as_str().unwrap_or("text");
                 Ok(Column::new(
                     name,
-                    type_oid(ty),
+                    weir_sdk::builtin_type_oid(ty).unwrap_or(25), // unknown: text
                     ty,
                     c["key"].as_bool().unwrap_or(false),
                 ))
@@ -334,28 +334,6 @@ fn read_input(path: &Path) -> anyhow::Result<Batch> {
     }
     batch.committed = batch.events.iter().map(|e| e.commit_lsn).max().unwrap_or(0);
     Ok(batch)
-}
-
-fn type_oid(name: &str) -> u32 {
-    match name {
-        "bool" => 16,
-        "bytea" => 17,
-        "int8" => 20,
-        "int2" => 21,
-        "int4" => 23,
-        "text" => 25,
-        "json" => 114,
-        "float4" => 700,
-        "float8" => 701,
-        "varchar" => 1043,
-        "date" => 1082,
-        "timestamp" => 1114,
-        "timestamptz" => 1184,
-        "numeric" => 1700,
-        "uuid" => 2950,
-        "jsonb" => 3802,
-        _ => 25,
-    }
 }
 
 fn to_value(v: Option<&Json>) -> Value {

@@ -337,6 +337,16 @@ impl PluginSink {
     }
 }
 
+/// Where the source resumes so that no sink misses a transaction: the lowest checkpoint,
+/// or none (the slot's own position) when any sink has none.
+fn resume_of(sinks: &[Sink]) -> Option<CommitPos> {
+    sinks
+        .iter()
+        .map(Sink::durable)
+        .collect::<Option<Vec<_>>>()
+        .and_then(|d| d.into_iter().min())
+}
+
 /// All sinks of a pipeline: every batch goes to each, in order.
 pub struct Sinks {
     sinks: Vec<Sink>,
@@ -370,11 +380,7 @@ impl Sinks {
             });
         }
         // Any sink without a checkpoint starts from the slot's own position.
-        let resume = sinks
-            .iter()
-            .map(Sink::durable)
-            .collect::<Option<Vec<_>>>()
-            .and_then(|d| d.into_iter().min());
+        let resume = resume_of(&sinks);
         Ok(Sinks { sinks, resume })
     }
 
@@ -455,12 +461,7 @@ impl Sinks {
                     .map_err(|e| (sink.name(), e))?;
             }
         }
-        self.resume = self
-            .sinks
-            .iter()
-            .map(Sink::durable)
-            .collect::<Option<Vec<_>>>()
-            .and_then(|d| d.into_iter().min());
+        self.resume = resume_of(&self.sinks);
         Ok(())
     }
 

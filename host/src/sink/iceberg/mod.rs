@@ -331,14 +331,21 @@ impl IcebergSink {
     /// Writes a batch's events; commits when the interval has passed at a transaction
     /// boundary.
     pub async fn write(&mut self, batch: &SourceBatch) -> Result<(), SinkError> {
+        // Table names once per batch, not per event.
+        let keys: Vec<String> = batch
+            .batch
+            .relations
+            .iter()
+            .map(Relation::qualified_name)
+            .collect();
         for event in &batch.batch.events {
             let relation = batch.batch.relation(event);
-            let key = relation.qualified_name();
-            if !self.tables.contains_key(&key) {
+            let key = &keys[event.rel as usize];
+            if !self.tables.contains_key(key) {
                 let table = self.open_table(relation).await?;
                 self.tables.insert(key.clone(), table);
             }
-            let table = self.tables.get_mut(&key).expect("inserted above");
+            let table = self.tables.get_mut(key).expect("inserted above");
             if event.commit_lsn <= table.skip_through {
                 continue;
             }
