@@ -1,8 +1,9 @@
 //! The operations endpoint: `/metrics` (Prometheus text format), `/healthz` (the process
-//! answers) and `/readyz` (streaming, and not falling behind).
+//! answers), `/readyz` (streaming, every sink and plugin healthy, and not falling behind)
+//! and `/status` (the live state as JSON, read by `weir status`).
 
 use crate::config::{MetricsConfig, PipelineConfig};
-use crate::stats::Stats;
+use crate::stats::{Component, Stats};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -86,6 +87,7 @@ fn respond(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
     };
     match req.uri().path() {
         "/metrics" => reply(StatusCode::OK, render(state)),
+        "/status" => reply(StatusCode::OK, status(state).to_string()),
         "/healthz" => reply(StatusCode::OK, "ok\n".into()),
         "/readyz" => match ready(state) {
             Ok(()) => reply(StatusCode::OK, "ready\n".into()),
@@ -96,7 +98,7 @@ fn respond(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
         },
         _ => reply(
             StatusCode::NOT_FOUND,
-            "weir serves /metrics, /healthz and /readyz\n".into(),
+            "weir serves /metrics, /healthz, /readyz and /status\n".into(),
         ),
     }
 }
@@ -113,7 +115,15 @@ fn lag_seconds(stats: &Stats) -> f64 {
 
 fn ready(state: &State) -> Result<(), String> {
     if !state.stats.connected() {
-        return Err("the replication stream is not connected".into());
+        return Err(match state.stats.retrying() {
+            Some(why) => format!("the replication stream is not connected (retrying after: {why})"),
+            None => "the replication stream is not connected".into(),
+        });
+    }
+    for (kind, name, calls) in state.stats.components() {
+        if let Some(error) = calls.failing() {
+            return Err(format!("{} {name} is failing: {error}", kind_name(kind)));
+        }
     }
     let lag = lag_seconds(&state.stats);
     if lag > state.ready_max_lag.as_secs_f64() {
@@ -123,6 +133,97 @@ fn ready(state: &State) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+fn kind_name(kind: Component) -> &'static str {
+    match kind {
+        Component::Plugin => "plugin",
+        Component::Sink => "sink",
+    }
+}
+
+/// A commit time (µs since the Unix epoch) in RFC 3339, or null.
+fn timestamp(micros: i64) -> serde_json::Value {
+    match chrono::DateTime::from_timestamp_micros(micros) {
+        Some(t) if micros > 0 => serde_json::Value::String(t.to_rfc3339()),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// The live state, for `weir status`.
+fn status(state: &State) -> serde_json::Value {
+    let stats = &state.stats;
+    let s = stats.snapshot();
+    let ready = ready(state);
+    let components: Vec<serde_json::Value> = stats
+        .components()
+        .into_iter()
+        .map(|(kind, name, c)| {
+            serde_json::json!({
+                "kind": kind_name(kind),
+                "name": name,
+                "calls": c.calls(),
+                "errors": c.errors(),
+                "seconds": c.seconds(),
+                "healthy": c.failing().is_none(),
+                "error": c.failing(),
+            })
+        })
+        .collect();
+    let total = |counts: Vec<((String, &str), u64)>| counts.iter().map(|(_, n)| n).sum::<u64>();
+    serde_json::json!({
+        "state": match (stats.connected(), stats.retrying()) {
+            (true, _) => "streaming",
+            (false, Some(_)) => "retrying",
+            (false, None) => "starting",
+        },
+        "retrying_after": stats.retrying(),
+        "ready": ready.is_ok(),
+        "not_ready": ready.err(),
+        "checkpoint_lsn": s.checkpoint.to_string(),
+        "server_wal_lsn": s.server_wal_end.to_string(),
+        "lag_bytes": s.lag_bytes(),
+        "lag_seconds": lag_seconds(stats),
+        "last_commit": timestamp(stats.last_commit_ts()),
+        "last_durable_commit": timestamp(s.durable_commit_ts),
+        "events_read": total(stats.read()),
+        "events_written": total(stats.written()),
+        "batches": s.batches,
+        "reconnects": stats.reconnects(),
+        "components": components,
+    })
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Registers, for the plugins or the sinks, their calls, time, errors and health.
+fn register_components(
+    registry: &mut Registry,
+    stats: &Stats,
+    kind: Component,
+    what: (&str, &str, &str, &str),
+) {
+    let label = kind_name(kind);
+    let calls: Family<Labels, Counter> = Family::default();
+    let seconds: Family<Labels, Counter<f64, AtomicU64>> = Family::default();
+    let errors: Family<Labels, Counter> = Family::default();
+    let healthy: Family<Labels, Gauge> = Family::default();
+    for (k, name, c) in stats.components() {
+        if k != kind {
+            continue;
+        }
+        let labels = vec![(label, name)];
+        calls.get_or_create(&labels).inc_by(c.calls());
+        seconds.get_or_create(&labels).inc_by(c.seconds());
+        errors.get_or_create(&labels).inc_by(c.errors());
+        healthy
+            .get_or_create(&labels)
+            .set(i64::from(c.failing().is_none()));
+    }
+    registry.register(format!("{label}_calls"), what.0, calls);
+    registry.register(format!("{label}_call_seconds"), what.1, seconds);
+    registry.register(format!("{label}_errors"), what.2, errors);
+    registry.register(format!("{label}_healthy"), what.3, healthy);
 }
 
 /// The metrics, read from the live counters at each scrape.
@@ -137,16 +238,51 @@ fn render(state: &State) -> String {
         )]
         .into_iter(),
     );
-    let events: Family<Vec<(String, String)>, Counter> = Family::default();
-    for ((table, op), n) in stats.written() {
-        events
-            .get_or_create(&vec![("table".into(), table), ("op".into(), op.into())])
-            .inc_by(n);
-    }
+    let per_table = |counts: Vec<((String, &'static str), u64)>| {
+        let family: Family<Labels, Counter> = Family::default();
+        for ((table, op), n) in counts {
+            family
+                .get_or_create(&vec![("table", table), ("op", op.into())])
+                .inc_by(n);
+        }
+        family
+    };
     registry.register(
         "events_written",
         "Change events written to the sinks, by table and op",
-        events,
+        per_table(stats.written()),
+    );
+    registry.register(
+        "events_read",
+        "Change events read from the source, by table and op",
+        per_table(stats.read()),
+    );
+    register_components(
+        &mut registry,
+        stats,
+        Component::Plugin,
+        (
+            "Calls into each plugin (transform batches, sink writes and flushes)",
+            "Time spent in each plugin's calls",
+            "Plugin calls that failed, in part (events set aside by on_error) or whole",
+            "1 unless the plugin's last call failed and stopped the pipeline",
+        ),
+    );
+    register_components(
+        &mut registry,
+        stats,
+        Component::Sink,
+        (
+            "Writes and flushes of each sink",
+            "Time spent writing and flushing each sink",
+            "Writes and flushes that failed",
+            "1 unless the sink's last write or flush failed",
+        ),
+    );
+    registry.register(
+        "batch_duration_seconds",
+        "Time from a batch's arrival from the source to its delivery to every sink",
+        stats.batch_seconds.0.clone(),
     );
     let counter = |v: u64| {
         let c: Counter<u64, AtomicU64> = Counter::default();
@@ -159,8 +295,8 @@ fn render(state: &State) -> String {
         g
     };
     registry.register(
-        "events_read",
-        "Change events read from the source",
+        "events_decoded",
+        "Change events decoded from the replication stream (ahead of the sinks by at most the queued batches)",
         counter(s.events),
     );
     registry.register(
@@ -190,6 +326,13 @@ fn render(state: &State) -> String {
         "checkpoint_lsn",
         "The checkpoint, as a number",
         gauge(s.checkpoint.0 as i64),
+    );
+    let durable: Gauge<f64, AtomicU64> = Gauge::default();
+    durable.set(s.durable_commit_ts as f64 / 1e6);
+    registry.register(
+        "durable_commit_timestamp_seconds",
+        "Commit time of the last change made durable (Unix seconds; 0 before the first)",
+        durable,
     );
     registry.register(
         "server_wal_lsn",

@@ -18,6 +18,7 @@ use crate::source::{Control, PgSource, SourceError, SourceInfo};
 use crate::stats::Stats;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Why a pipeline stopped.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,8 @@ pub struct RunOptions {
     pub shutdown: CancellationToken,
     /// The pipeline file, for hot reload of transforms (none: no reload).
     pub pipeline_file: Option<std::path::PathBuf>,
+    /// The slot is gone and the output holds a checkpoint: make a new slot anyway.
+    pub new_slot: bool,
 }
 
 /// What a run did.
@@ -114,7 +117,8 @@ pub async fn run(
         true => Some(CaughtUp::mark(&control, info.slot_exists).await?),
         false => None,
     };
-    let plugins = Plugins::setup(config)?;
+    let mut plugins = Plugins::setup(config)?;
+    plugins.stats = Some(stats.clone());
     let mut transforms = Transforms::load(config, &plugins).await?;
     if let (Some(file), Some(_)) = (&options.pipeline_file, &transforms.chain) {
         transforms.reloader = Some(Reloader::start(
@@ -137,13 +141,26 @@ pub async fn run(
         SinkError::LoadPlugin(e) => PipelineError::LoadPlugin(e),
         e => PipelineError::OpenSinks(e),
     })?;
+    sinks.count_in(&config.sinks, &stats);
 
     // The initial snapshot, when the slot is new: its rows first, then the stream from
     // the slot's consistent point.
     let mut resume = sinks.resume();
     let mut session = None;
     let mut snapshot_taken = false;
-    match InitialSnapshot::plan(config, &info, &sinks).await? {
+    let plan = InitialSnapshot::plan(config, &info, &sinks).await?;
+    let taking = matches!(plan, Some((_, Plan::Take { .. })));
+    if let (false, false, Some(at)) = (info.slot_exists, taking, sinks.lowest_checkpoint()) {
+        if !options.new_slot {
+            return Err(SourceError::SlotMissing {
+                slot: config.source.slot.clone(),
+                checkpoint: at.end_lsn,
+            }
+            .into());
+        }
+        tracing::warn!(slot = %config.source.slot, checkpoint = %at.end_lsn, "The slot is gone: creating a new one (--new-slot). Changes committed between the checkpoint and now are not captured.");
+    }
+    match plan {
         None => control.prepare(&config.source, &info).await?,
         Some((state, Plan::Skip)) | Some((state, Plan::MarkDone)) => {
             control.prepare(&config.source, &info).await?;
@@ -302,6 +319,7 @@ async fn stream(
             _ = options.shutdown.cancelled() => return Ok(position),
             b = source.next_batch() => b?.ok_or(PipelineError::StreamEnded)?,
         };
+        let started = std::time::Instant::now();
         if let Some(t) = target.as_mut() {
             t.observe(&batch.markers);
         }
@@ -310,13 +328,19 @@ async fn stream(
             Some(b) => b.process(batch).await?, // backfilled rows at their watermarks
             None => batch,
         };
+        let span = batch_span(&batch);
         if !batch.batch.events.is_empty() {
             stats.add_batch();
+            stats.add_read(&batch.batch);
         }
         stats.add_bytes_in(batch.bytes);
-        let batch = transforms.apply(batch).await?; // declared order
-        sinks.write_all(&batch).await?; // fan-out; all must succeed
+        let batch = transforms.apply(batch).instrument(span.clone()).await?; // declared order
+        sinks.write_all(&batch).instrument(span.clone()).await?; // fan-out; all must succeed
         stats.add_written(&batch.batch);
+        if !batch.batch.events.is_empty() {
+            stats.observe_batch(started.elapsed());
+            tracing::debug!(parent: &span, events = batch.batch.events.len(), "Batch written to every sink.");
+        }
         versions.save_if_changed().await?; // schema versions, for the next run
         position = batch.position;
         if let Some(lsn) = sinks.durable_lsn(&position) {
@@ -329,6 +353,34 @@ async fn stream(
             return Ok(position);
         }
     }
+}
+
+/// The span of one batch: every line logged while it is transformed and written says
+/// which tables and which commit LSNs it holds (besides the pipeline and slot).
+fn batch_span(batch: &SourceBatch) -> tracing::Span {
+    let events = &batch.batch.events;
+    if events.is_empty() {
+        return tracing::Span::none();
+    }
+    let relations = &batch.batch.relations;
+    let mut seen = vec![false; relations.len()];
+    let (mut first, mut last) = (u64::MAX, 0);
+    for e in events {
+        seen[e.rel as usize] = true;
+        first = first.min(e.commit_lsn);
+        last = last.max(e.commit_lsn);
+    }
+    let tables: Vec<String> = relations
+        .iter()
+        .zip(seen)
+        .filter(|(_, seen)| *seen)
+        .map(|(r, _)| r.qualified_name())
+        .collect();
+    let lsn = match first == last {
+        true => Lsn(first).to_string(),
+        false => format!("{}..{}", Lsn(first), Lsn(last)),
+    };
+    tracing::info_span!("batch", table = %tables.join(","), lsn = %lsn)
 }
 
 /// The tables' rows at the slot's creation, written before the stream starts.
@@ -472,6 +524,8 @@ impl CaughtUp {
 pub struct Plugins {
     pub engine: Option<PluginEngine>,
     pub dead_letters: Option<DeadLetters>,
+    /// Where plugins count their calls (none outside a pipeline run).
+    pub stats: Option<Arc<Stats>>,
 }
 
 impl Plugins {
@@ -503,6 +557,7 @@ impl Plugins {
         Ok(Plugins {
             engine,
             dead_letters,
+            stats: None,
         })
     }
 }
@@ -539,6 +594,9 @@ pub fn load_transform(
         .expect("an engine is made when a transform is configured");
     let t = &config.transforms[i];
     let mut plugin = TransformPlugin::load(engine, &t.plugin, &t.config)?;
+    if let Some(stats) = &plugins.stats {
+        plugin.set_call_stats(stats.component(crate::stats::Component::Plugin, plugin.name()));
+    }
     if plugin.on_error() == crate::plugin::OnError::DeadLetter {
         let Some(d) = &plugins.dead_letters else {
             return Err(LoadError::Invalid {
@@ -654,7 +712,9 @@ impl Transforms {
             return Ok(batch);
         }
         let events = std::mem::take(&mut batch.batch);
+        let span = tracing::Span::current();
         let (chain, result) = tokio::task::spawn_blocking(move || {
+            let _batch = span.enter();
             let result = chain.apply(events);
             (chain, result)
         })

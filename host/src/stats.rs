@@ -1,9 +1,73 @@
 //! Live counters shared by the stages, read by the status line.
 
 use crate::lsn::Lsn;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Calls into one plugin or sink: how many, how long, how many failed, and whether the
+/// last one failed (the component is unhealthy until a call succeeds again).
+#[derive(Debug, Default)]
+pub struct CallStats {
+    calls: AtomicU64,
+    nanos: AtomicU64,
+    errors: AtomicU64,
+    /// The error that stopped the pipeline at the last call, if it failed.
+    failing: Mutex<Option<String>>,
+}
+
+impl CallStats {
+    /// One call that took `took`; `errored` when any part of it failed (even if the
+    /// failure policy dealt with it), `stopped` with the error when the call failed as a
+    /// whole.
+    pub fn record(&self, took: Duration, errored: bool, stopped: Option<String>) {
+        self.calls.fetch_add(1, Relaxed);
+        self.nanos.fetch_add(took.as_nanos() as u64, Relaxed);
+        self.errors
+            .fetch_add(u64::from(errored || stopped.is_some()), Relaxed);
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = stopped;
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Relaxed)
+    }
+
+    pub fn seconds(&self) -> f64 {
+        self.nanos.load(Relaxed) as f64 / 1e9
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Relaxed)
+    }
+
+    /// The error of the last call, when it failed.
+    pub fn failing(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// What a [`CallStats`] counts: a plugin (transform or sink plugin, by name) or a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Component {
+    Plugin,
+    Sink,
+}
+
+/// Seconds from a batch's arrival from the source to its delivery to every sink.
+#[derive(Debug, Clone)]
+pub struct BatchSeconds(pub Histogram);
+
+impl Default for BatchSeconds {
+    fn default() -> BatchSeconds {
+        // 1 ms to about 33 s.
+        BatchSeconds(Histogram::new(exponential_buckets(0.001, 2.0, 16)))
+    }
+}
 
 /// Progress counters. Written by one stage each, read by anyone.
 #[derive(Debug, Default)]
@@ -27,6 +91,13 @@ pub struct Stats {
     written: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Bytes of row data read from the source.
     bytes_in: AtomicU64,
+    /// Events read from the source, per (table, op).
+    read: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Calls into each plugin and sink, kept across runs (and reloads) by name.
+    components: Mutex<BTreeMap<(Component, String), Arc<CallStats>>>,
+    pub batch_seconds: BatchSeconds,
+    /// Why the last run stopped, while weir waits to run again.
+    retrying: Mutex<Option<String>>,
 }
 
 /// A copy of the counters at one moment.
@@ -56,6 +127,7 @@ impl Stats {
     pub fn streaming_started(&self) {
         self.streaming_runs.fetch_add(1, Relaxed);
         self.connected.store(true, Relaxed);
+        self.set_retrying(None);
     }
 
     /// The stream stopped (a failure or a stop).
@@ -93,21 +165,52 @@ impl Stats {
 
     /// Counts a batch's events per table and op, once the sinks have them.
     pub fn add_written(&self, batch: &weir_sdk::Batch) {
-        let mut per_rel: BTreeMap<(u32, &'static str), u64> = BTreeMap::new();
-        for e in &batch.events {
-            *per_rel.entry((e.rel, e.op.code())).or_default() += 1;
-        }
-        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        for ((rel, op), n) in per_rel {
-            let table = batch.relations[rel as usize].qualified_name();
-            *written.entry((table, op)).or_default() += n;
-        }
+        count_per_table(&self.written, batch);
     }
 
     /// Events written per (table, op).
     pub fn written(&self) -> Vec<((String, &'static str), u64)> {
-        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        written.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        per_table(&self.written)
+    }
+
+    /// Counts a batch's events per table and op as they come from the source.
+    pub fn add_read(&self, batch: &weir_sdk::Batch) {
+        count_per_table(&self.read, batch);
+    }
+
+    /// Events read per (table, op).
+    pub fn read(&self) -> Vec<((String, &'static str), u64)> {
+        per_table(&self.read)
+    }
+
+    /// The call counters of one plugin or sink, made on first use.
+    pub fn component(&self, kind: Component, name: &str) -> Arc<CallStats> {
+        let mut all = self.components.lock().unwrap_or_else(|e| e.into_inner());
+        all.entry((kind, name.to_string())).or_default().clone()
+    }
+
+    /// Every plugin and sink seen, with its counters.
+    pub fn components(&self) -> Vec<(Component, String, Arc<CallStats>)> {
+        let all = self.components.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .map(|((kind, name), c)| (*kind, name.clone(), c.clone()))
+            .collect()
+    }
+
+    pub fn observe_batch(&self, took: Duration) {
+        self.batch_seconds.0.observe(took.as_secs_f64());
+    }
+
+    /// The run stopped on a transient failure; weir runs it again after a pause.
+    pub fn set_retrying(&self, why: Option<String>) {
+        *self.retrying.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    pub fn retrying(&self) -> Option<String> {
+        self.retrying
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// How many runs reached streaming.
@@ -138,6 +241,11 @@ impl Stats {
         }
     }
 
+    /// The commit time of the last change received (µs since the Unix epoch).
+    pub fn last_commit_ts(&self) -> i64 {
+        self.last_commit_ts.load(Relaxed) as i64
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             events: self.events.load(Relaxed),
@@ -147,4 +255,23 @@ impl Stats {
             durable_commit_ts: self.durable_commit_ts.load(Relaxed) as i64,
         }
     }
+}
+
+type PerTable = Mutex<BTreeMap<(String, &'static str), u64>>;
+
+fn count_per_table(counts: &PerTable, batch: &weir_sdk::Batch) {
+    let mut per_rel: BTreeMap<(u32, &'static str), u64> = BTreeMap::new();
+    for e in &batch.events {
+        *per_rel.entry((e.rel, e.op.code())).or_default() += 1;
+    }
+    let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+    for ((rel, op), n) in per_rel {
+        let table = batch.relations[rel as usize].qualified_name();
+        *counts.entry((table, op)).or_default() += n;
+    }
+}
+
+fn per_table(counts: &PerTable) -> Vec<((String, &'static str), u64)> {
+    let counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+    counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
 }

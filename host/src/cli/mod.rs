@@ -43,6 +43,10 @@ enum Command {
         /// Exit 0 once everything committed on the source before the start is durable.
         #[arg(long)]
         until_caught_up: bool,
+        /// When the slot is gone but the output holds a checkpoint: create a new slot and
+        /// stream from now on, accepting that changes committed in between are missing.
+        #[arg(long)]
+        new_slot: bool,
     },
     /// Check a pipeline file and print what it would do. Connects to PostgreSQL only to
     /// read (unless --offline); changes nothing.
@@ -162,7 +166,8 @@ pub fn main() -> ExitCode {
             Command::Run {
                 pipeline,
                 until_caught_up,
-            } => run(&pipeline, until_caught_up).await,
+                new_slot,
+            } => run(&pipeline, until_caught_up, new_slot).await,
             Command::Validate { pipeline, offline } => validate(&pipeline, offline).await,
             Command::DeadLetter(c) => dead_letter(c).await,
             Command::Reload { pipeline } => reload(&pipeline).await,
@@ -339,12 +344,13 @@ async fn dead_letter(command: DeadLetterCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn run(path: &std::path::Path, until_caught_up: bool) -> anyhow::Result<()> {
+async fn run(path: &std::path::Path, until_caught_up: bool, new_slot: bool) -> anyhow::Result<()> {
     let config = PipelineConfig::load(path)?;
     let stats = Arc::new(Stats::default());
     let reporter = status::spawn(stats.clone());
     let options = RunOptions {
         until_caught_up,
+        new_slot,
         shutdown: shutdown_on_signals(config.shutdown_timeout),
         pipeline_file: Some(path.to_path_buf()),
     };
@@ -484,6 +490,7 @@ async fn run_with_retries(
             return Err(error);
         }
         let delay = backoff(retry, failures);
+        stats.set_retrying(Some(error.to_string()));
         tracing::warn!(
             error = %error,
             attempt = failures,

@@ -1,4 +1,5 @@
-//! `weir status PIPELINE`: the slot on the server and each sink's checkpoint.
+//! `weir status PIPELINE`: the slot on the server, each sink's checkpoint, and (when the
+//! pipeline serves `[metrics]`) the running pipeline's own state and health.
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{PipelineConfig, SinkConfig};
@@ -15,6 +16,34 @@ fn size(v: &Value) -> String {
                 .to_string()
         })
         .unwrap_or_else(|| "-".into())
+}
+
+/// The running pipeline's `/status`, or why it could not be read.
+async fn live_status(listen: &str) -> Result<Value, String> {
+    use http_body_util::BodyExt;
+    let connect = tokio::net::TcpStream::connect(listen);
+    let stream = match tokio::time::timeout(std::time::Duration::from_secs(3), connect).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("nothing answers at {listen} ({e})")),
+        Err(_) => return Err(format!("nothing answers at {listen} (timed out)")),
+    };
+    let exchange = async {
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn);
+        let request = hyper::Request::get("/status")
+            .header("host", listen)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("a valid request");
+        let response = sender.send_request(request).await?;
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>(body)
+    };
+    let body = tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| format!("{listen} did not answer in 5s"))?
+        .map_err(|e| format!("{listen}: {e}"))?;
+    serde_json::from_slice(&body).map_err(|e| format!("{listen} is not a weir endpoint: {e}"))
 }
 
 pub async fn status(path: &std::path::Path, as_json: bool) -> anyhow::Result<()> {
@@ -94,13 +123,81 @@ pub async fn status(path: &std::path::Path, as_json: bool) -> anyhow::Result<()>
             }),
         });
     }
-    let doc = json!({ "pipeline": config.name(), "file": path.display().to_string(), "slot": slot_json, "sinks": sinks });
+    let live = match &config.metrics {
+        Some(m) => Some(live_status(&m.listen).await),
+        None => None,
+    };
+    let state = match (&live, slot_json["active"].as_bool()) {
+        (Some(Ok(l)), _) => l["state"].as_str().unwrap_or("running").to_string(),
+        (_, Some(true)) => "running".into(),
+        (Some(Err(_)), _) | (None, _) => "stopped".into(),
+    };
+    // The running pipeline's view of each sink and plugin.
+    if let Some(Ok(l)) = &live {
+        for (sink, c) in sinks.iter_mut().zip(config.sinks.iter()) {
+            let name = crate::sink::sink_name(c);
+            if let Some(found) = l["components"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| x["kind"] == "sink" && x["name"] == name.as_str())
+            {
+                sink["live"] = found.clone();
+            }
+        }
+    }
+    let plugins: Vec<Value> = match &live {
+        Some(Ok(l)) => l["components"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|x| x["kind"] == "plugin")
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    };
+    let live_json = match &live {
+        None => Value::Null,
+        Some(Ok(l)) => l.clone(),
+        Some(Err(e)) => json!({ "error": e }),
+    };
+    let doc = json!({ "pipeline": config.name(), "file": path.display().to_string(), "state": state, "live": live_json, "slot": slot_json, "sinks": sinks, "plugins": plugins });
     if as_json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     let s = &doc["slot"];
     println!("pipeline    {} ({})", config.name(), path.display());
+    let l = &doc["live"];
+    match (&live, state.as_str()) {
+        (Some(Ok(_)), _) => {
+            let mut line = state.clone();
+            if let Some(why) = l["retrying_after"].as_str() {
+                line.push_str(&format!(" (after: {why})"));
+            }
+            match l["not_ready"].as_str() {
+                None => line.push_str(", ready"),
+                Some(why) => line.push_str(&format!(", not ready: {why}")),
+            }
+            println!("state       {line}");
+            println!(
+                "last commit {} received, {} durable (lag {:.1}s, {})",
+                l["last_commit"].as_str().unwrap_or("none"),
+                l["last_durable_commit"].as_str().unwrap_or("none"),
+                l["lag_seconds"].as_f64().unwrap_or(0.0),
+                size(&l["lag_bytes"]),
+            );
+            println!(
+                "events      {} read, {} written in {} batches; {} reconnects",
+                l["events_read"], l["events_written"], l["batches"], l["reconnects"]
+            );
+        }
+        (Some(Err(e)), _) => println!("state       {state} ({e})"),
+        (None, "running") => {
+            println!("state       running (the slot is active; add [metrics] for its health)")
+        }
+        (None, _) => println!("state       {state}"),
+    }
     if s["exists"] == false {
         println!("slot        {slot}: does not exist (the first run creates it)");
     } else {
@@ -124,6 +221,15 @@ pub async fn status(path: &std::path::Path, as_json: bool) -> anyhow::Result<()>
             size(&s["retained_wal_bytes"])
         );
     }
+    let health = |x: &Value| match x["error"].as_str() {
+        Some(e) => format!("FAILING: {e}"),
+        None => format!(
+            "healthy, {} calls in {:.1}s, {} errors",
+            x["calls"],
+            x["seconds"].as_f64().unwrap_or(0.0),
+            x["errors"]
+        ),
+    };
     for sink in doc["sinks"].as_array().into_iter().flatten() {
         match sink["kind"].as_str() {
             Some("parquet") => {
@@ -165,6 +271,16 @@ pub async fn status(path: &std::path::Path, as_json: bool) -> anyhow::Result<()>
                 sink["plugin"].as_str().unwrap_or("")
             ),
         }
+        if sink["live"].is_object() {
+            println!("              {}", health(&sink["live"]));
+        }
+    }
+    for plugin in doc["plugins"].as_array().into_iter().flatten() {
+        println!(
+            "plugin      {}: {}",
+            plugin["name"].as_str().unwrap_or(""),
+            health(plugin)
+        );
     }
     Ok(())
 }
@@ -254,7 +370,7 @@ pub async fn slot_drop(path: &std::path::Path, name: Option<&str>) -> anyhow::Re
     println!("dropped replication slot `{slot}`: the server no longer keeps WAL for it");
     if slot == config.source.slot {
         println!(
-            "the next run creates a new slot and streams changes from then on; changes made before that are not captured (remove the output and its _weir state to start over with a full snapshot)"
+            "the output keeps its checkpoint: the next run stops and says how to go on (a fresh start with a full snapshot, or `weir run PIPELINE --new-slot` to capture from then on)"
         );
     }
     Ok(())

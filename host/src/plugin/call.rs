@@ -226,6 +226,7 @@ pub(crate) fn prepare(
             engine: engine.clone(),
             config_json,
             metrics: Arc::default(),
+            calls: Arc::default(),
             skipped: 0,
             dead_lettered: 0,
             dead_letters: None,
@@ -241,6 +242,8 @@ pub(crate) struct Common {
     pub engine: PluginEngine,
     pub config_json: String,
     pub metrics: Arc<Mutex<PluginMetrics>>,
+    /// Calls, their time and failures (shared with the metrics endpoint).
+    pub calls: Arc<crate::stats::CallStats>,
     /// Events dropped under `on_error = "skip"`.
     pub skipped: u64,
     /// Events written aside under `on_error = "dead-letter"`.

@@ -130,6 +130,16 @@ impl SinkPlugin {
         self.common.dead_letters = Some((dead_letters, stage));
     }
 
+    /// Where the plugin counts its calls (kept across runs by the pipeline's stats).
+    pub fn set_call_stats(&mut self, calls: std::sync::Arc<crate::stats::CallStats>) {
+        self.common.calls = calls;
+    }
+
+    /// The plugin's name, without its version.
+    pub fn name(&self) -> &str {
+        &self.common.manifest.name
+    }
+
     pub fn label(&self) -> String {
         self.common.label()
     }
@@ -261,7 +271,23 @@ impl SinkPlugin {
 
     /// Delivers a batch (blocking: call it off the async threads). Events the
     /// destination already held at start are left out.
-    pub fn write(&mut self, mut batch: Batch, position: &Position) -> Result<(), PluginFailure> {
+    pub fn write(&mut self, batch: Batch, position: &Position) -> Result<(), PluginFailure> {
+        let started = Instant::now();
+        let mut errored = false;
+        let result = self.write_counted(batch, position, &mut errored);
+        let stopped = result.as_ref().err().map(ToString::to_string);
+        self.common
+            .calls
+            .record(started.elapsed(), errored, stopped);
+        result
+    }
+
+    fn write_counted(
+        &mut self,
+        mut batch: Batch,
+        position: &Position,
+        errored: &mut bool,
+    ) -> Result<(), PluginFailure> {
         if batch
             .events
             .first()
@@ -277,6 +303,7 @@ impl SinkPlugin {
         if batch.events.is_empty() {
             self.settle();
         } else if let Err(e) = self.write_part(&batch) {
+            *errored = true;
             match (self.common.manifest.on_error, &e) {
                 (OnError::Fail, _) | (_, CallError::Lost(_)) => {
                     return Err(self.common.failure(&batch, &e));
@@ -310,16 +337,21 @@ impl SinkPlugin {
             return Ok(());
         }
         let (limits, label) = (self.common.manifest.limits.clone(), self.label());
+        let started = Instant::now();
         let result = call::retry_transient(&limits, &label, || self.call_flush())
             .and_then(|reported| self.advance(reported, 0));
-        result.map_err(|e| PluginFailure {
+        let took = started.elapsed();
+        let result = result.map_err(|e| PluginFailure {
             plugin: self.common.manifest.name.clone(),
             version: self.common.manifest.version.clone(),
             tables: "-".into(),
             first_lsn: self.pending.front().map_or(Lsn::ZERO, |p| p.commit_lsn),
             last_lsn: self.pending.back().map_or(Lsn::ZERO, |p| p.commit_lsn),
             message: format!("flush {}", e.describe(&limits)),
-        })
+        });
+        let stopped = result.as_ref().err().map(ToString::to_string);
+        self.common.calls.record(took, stopped.is_some(), stopped);
+        result
     }
 
     /// Delivers events set aside earlier (a dead-letter replay): no skipping of what the

@@ -71,6 +71,16 @@ impl TransformPlugin {
         self.common.dead_letters = Some((dead_letters, stage));
     }
 
+    /// Where the plugin counts its calls (kept across reloads by the pipeline's stats).
+    pub fn set_call_stats(&mut self, calls: std::sync::Arc<crate::stats::CallStats>) {
+        self.common.calls = calls;
+    }
+
+    /// The plugin's name, without its version.
+    pub fn name(&self) -> &str {
+        &self.common.manifest.name
+    }
+
     /// `name@version`.
     pub fn label(&self) -> String {
         self.common.label()
@@ -164,17 +174,24 @@ impl TransformPlugin {
 
     /// Runs a batch under the plugin's failure policy.
     pub fn apply(&mut self, batch: Batch) -> Result<Batch, PluginFailure> {
-        match self.process(&batch) {
+        let started = std::time::Instant::now();
+        let processed = self.process(&batch);
+        let errored = processed.is_err();
+        let result = match processed {
             Ok(out) => Ok(out),
             Err(e) => match self.common.manifest.on_error {
                 OnError::Fail => Err(self.common.failure(&batch, &e)),
                 OnError::Skip | OnError::DeadLetter => {
                     let mut out = Batch::default();
-                    call::isolate(self, batch, e, &mut out)?;
-                    Ok(out)
+                    call::isolate(self, batch, e, &mut out).map(|()| out)
                 }
             },
-        }
+        };
+        let stopped = result.as_ref().err().map(ToString::to_string);
+        self.common
+            .calls
+            .record(started.elapsed(), errored, stopped);
+        result
     }
 }
 

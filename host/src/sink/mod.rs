@@ -208,6 +208,15 @@ pub fn storage_message(text: &str) -> String {
     }
 }
 
+/// A sink's name in metrics and `weir status`: its kind and where it writes.
+pub fn sink_name(config: &SinkConfig) -> String {
+    match config {
+        SinkConfig::Parquet(c) => format!("parquet {}", c.url),
+        SinkConfig::Iceberg(c) => format!("iceberg {}", c.warehouse),
+        SinkConfig::Plugin(c) => format!("plugin {}", c.plugin.display()),
+    }
+}
+
 /// One configured sink.
 pub enum Sink {
     Parquet(parquet::ParquetSink),
@@ -314,7 +323,9 @@ impl PluginSink {
             path: self.label.clone(),
             message: "the plugin was lost in an earlier failure".into(),
         })?;
+        let span = tracing::Span::current();
         let (plugin, result) = tokio::task::spawn_blocking(move || {
+            let _batch = span.enter();
             let result = f(&mut plugin);
             (plugin, result)
         })
@@ -347,9 +358,20 @@ fn resume_of(sinks: &[Sink]) -> Option<CommitPos> {
         .and_then(|d| d.into_iter().min())
 }
 
+fn record(
+    calls: &crate::stats::CallStats,
+    started: std::time::Instant,
+    result: &Result<(), SinkError>,
+) {
+    let failed = result.as_ref().err().map(ToString::to_string);
+    calls.record(started.elapsed(), failed.is_some(), failed);
+}
+
 /// All sinks of a pipeline: every batch goes to each, in order.
 pub struct Sinks {
     sinks: Vec<Sink>,
+    /// Each sink's calls, their time and failures.
+    calls: Vec<Arc<crate::stats::CallStats>>,
     /// Where the source must resume so that no sink misses a transaction.
     resume: Option<CommitPos>,
 }
@@ -381,7 +403,28 @@ impl Sinks {
         }
         // Any sink without a checkpoint starts from the slot's own position.
         let resume = resume_of(&sinks);
-        Ok(Sinks { sinks, resume })
+        Ok(Sinks {
+            calls: sinks.iter().map(|_| Arc::default()).collect(),
+            sinks,
+            resume,
+        })
+    }
+
+    /// Counts each sink's writes and flushes (and each sink plugin's calls) in `stats`;
+    /// `configs` are the sinks' configurations, in order.
+    pub fn count_in(&mut self, configs: &[SinkConfig], stats: &crate::stats::Stats) {
+        use crate::stats::Component;
+        let sinks = self.sinks.iter_mut().zip(&mut self.calls).zip(configs);
+        for ((sink, calls), config) in sinks {
+            *calls = stats.component(Component::Sink, &sink_name(config));
+            if let Sink::Plugin(PluginSink {
+                plugin: Some(p), ..
+            }) = sink
+            {
+                let counted = stats.component(Component::Plugin, p.name());
+                p.set_call_stats(counted);
+            }
+        }
     }
 
     /// Whether any sink holds a checkpoint (output of an earlier run).
@@ -412,8 +455,11 @@ impl Sinks {
 
     /// Writes a batch to every sink; all must succeed.
     pub async fn write_all(&mut self, batch: &SourceBatch) -> Result<(), (String, SinkError)> {
-        for sink in &mut self.sinks {
-            sink.write(batch).await.map_err(|e| (sink.name(), e))?;
+        for (sink, calls) in self.sinks.iter_mut().zip(&self.calls) {
+            let started = std::time::Instant::now();
+            let result = sink.write(batch).await;
+            record(calls, started, &result);
+            result.map_err(|e| (sink.name(), e))?;
         }
         Ok(())
     }
@@ -422,9 +468,12 @@ impl Sinks {
     /// Plugin sinks first: a native checkpoint then proves every sink has flushed.
     pub async fn flush_all(&mut self, position: &Position) -> Result<(), (String, SinkError)> {
         for native in [false, true] {
-            for sink in &mut self.sinks {
+            for (sink, calls) in self.sinks.iter_mut().zip(&self.calls) {
                 if sink.native() == native {
-                    sink.flush(position).await.map_err(|e| (sink.name(), e))?;
+                    let started = std::time::Instant::now();
+                    let result = sink.flush(position).await;
+                    record(calls, started, &result);
+                    result.map_err(|e| (sink.name(), e))?;
                 }
             }
         }

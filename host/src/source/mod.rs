@@ -67,6 +67,12 @@ pub enum SourceError {
         "replication slot `{slot}` {problem}: weir needs a logical pgoutput slot in this database; choose another source.slot or drop it with SELECT pg_drop_replication_slot('{slot}')"
     )]
     SlotUnusable { slot: String, problem: String },
+    #[error(
+        "replication slot `{slot}` does not exist, but the output is checkpointed at {checkpoint}: the changes committed since then cannot be read any more (was the slot dropped, or did the server fail over to a standby without it?). \
+         To start over with a complete copy, move the output and its _weir state aside and run again (a new initial snapshot is taken). \
+         To accept the gap and capture changes from now on, run `weir run PIPELINE --new-slot`"
+    )]
+    SlotMissing { slot: String, checkpoint: Lsn },
     #[error("{context}: {message}")]
     Sql { context: String, message: String },
     #[error("replication stream of slot `{slot}`: {message}")]
@@ -382,7 +388,7 @@ impl Control {
             } else if db != database {
                 Some(format!("belongs to database `{db}`"))
             } else if wal_status.as_deref() == Some("lost") {
-                Some("has been invalidated (the WAL it needed was removed)".to_string())
+                Some("has been invalidated: the server removed WAL it still needed (max_slot_wal_keep_size), so changes since its position are lost. Drop it with `weir slot drop PIPELINE`; the next run then says how to go on".to_string())
             } else {
                 None
             };

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 /// A plain HTTP GET on the loopback endpoint: (status code, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
+pub(crate) fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
@@ -20,6 +20,44 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
     Some((code, body))
+}
+
+/// A loopback port nothing listens on.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (up to 30 s) until `/readyz` answers 200.
+pub(crate) fn wait_ready(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(port, "/readyz").is_none_or(|(code, _)| code != 200) {
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {:?}",
+            get(port, "/readyz")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The `/metrics` text.
+pub(crate) fn scrape(port: u16) -> String {
+    let (code, body) = get(port, "/metrics").expect("the metrics endpoint answers");
+    assert_eq!(code, 200);
+    body
+}
+
+/// The value of the first sample whose line starts with `prefix` and has `label`.
+fn labelled(metrics: &str, prefix: &str, label: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// The value of the first sample whose line starts with `prefix`.
@@ -35,29 +73,22 @@ fn sample(metrics: &str, prefix: &str) -> Option<f64> {
 fn metrics_and_health_are_served_during_a_run_and_counters_move() {
     let db = TestDb::new("metrics");
     db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
+    let mask = db.plugin("weir-plugin-mask", "plugins/mask/weir-plugin.toml", |m| m);
     let config = db.config(&["public.t"]);
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
-        format!("{text}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        format!(
+            "{text}\n[[transform]]\nplugin = \"{}\"\nconfig = {{ rules = [ {{ columns = [\"t.v\"], method = \"redact\" }} ] }}\n\n\
+             [metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            mask.display()
+        ),
     )
     .unwrap();
     db.catch_up(&config);
     let mut weir = db.spawn(&config);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get(port, "/readyz").is_none_or(|(code, _)| code != 200) {
-        assert!(
-            Instant::now() < deadline,
-            "never ready: {:?}",
-            get(port, "/readyz")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_ready(port);
     assert_eq!(get(port, "/healthz").unwrap().0, 200);
 
     let written = |port| {
@@ -82,9 +113,58 @@ fn metrics_and_health_are_served_during_a_run_and_counters_move() {
         "weir_slot_retained_wal_bytes{",
         "weir_connected{",
         "weir_batches_total{",
+        "weir_durable_commit_timestamp_seconds{",
+        "weir_sink_call_seconds_total{",
+        "weir_plugin_call_seconds_total{",
+        "weir_plugin_errors_total{",
     ] {
         assert!(sample(&first, family).is_some(), "{family} in\n{first}");
     }
+    // Read and written per table and op; each sink and plugin counted and healthy.
+    let read = first
+        .lines()
+        .find(|l| l.starts_with("weir_events_read_total{") && l.contains("op=\"c\""));
+    assert!(
+        read.is_some_and(|l| l.contains("table=\"public.t\"") && l.ends_with(" 300")),
+        "{first}"
+    );
+    assert!(sample(&first, "weir_events_decoded_total{").unwrap() >= 300.0);
+    assert!(sample(&first, "weir_sink_calls_total{").unwrap() >= 1.0);
+    assert_eq!(sample(&first, "weir_sink_errors_total{"), Some(0.0));
+    assert_eq!(sample(&first, "weir_sink_healthy{"), Some(1.0));
+    assert!(
+        first.contains("sink=\"parquet file://"),
+        "sinks are named by kind and place: {first}"
+    );
+    let calls = labelled(&first, "weir_plugin_calls_total{", "plugin=\"mask\"");
+    assert!(calls.is_some_and(|n| n >= 1.0), "{first}");
+    assert_eq!(
+        labelled(&first, "weir_plugin_healthy{", "plugin=\"mask\""),
+        Some(1.0)
+    );
+    assert!(sample(&first, "weir_batch_duration_seconds_count{").unwrap() >= 1.0);
+
+    // The live state, as `weir status` shows it.
+    let (code, live) = get(port, "/status").unwrap();
+    assert_eq!(code, 200);
+    let live: Value = serde_json::from_str(&live).unwrap();
+    assert_eq!(
+        (live["state"].as_str(), live["ready"].as_bool()),
+        (Some("streaming"), Some(true)),
+        "{live}"
+    );
+    let status = db
+        .weir(&["status", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        text.contains("state       streaming, ready")
+            && text.contains("plugin      mask: healthy")
+            && text.contains("last commit ")
+            && text.lines().any(|l| l.trim_start().starts_with("healthy,")),
+        "{text}"
+    );
     assert!(
         first.contains("table=\"public.t\"") && first.contains("op=\"c\""),
         "{first}"
@@ -172,6 +252,7 @@ fn weir_status_shows_the_slot_and_each_sinks_checkpoint() {
 fn weir_slot_lists_and_drops_only_an_inactive_slot() {
     let db = TestDb::new("slots");
     db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    db.sql("INSERT INTO t VALUES (0, 'before')");
     let config = db.config(&["public.t"]);
     db.catch_up(&config);
     let list = |db: &TestDb| -> Vec<Value> {
@@ -221,6 +302,50 @@ fn weir_slot_lists_and_drops_only_an_inactive_slot() {
     assert!(dropped.status.success(), "{}", stderr(&dropped));
     assert!(String::from_utf8_lossy(&dropped.stdout).contains("dropped replication slot"));
     assert!(!list(&db).iter().any(|s| s["name"] == db.name.as_str()));
+
+    // The slot is gone but the output holds a checkpoint: weir stops and says what to do,
+    // rather than silently skipping what was committed in between.
+    db.sql("INSERT INTO t VALUES (1, 'lost with the slot')");
+    let refused = db
+        .weir(&["run", config.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(
+        err.contains("does not exist, but the output is checkpointed at")
+            && err.contains("--new-slot")
+            && err.contains("move the output and its _weir state aside"),
+        "{err}"
+    );
+    assert!(
+        !list(&db).iter().any(|s| s["name"] == db.name.as_str()),
+        "no slot made"
+    );
+    let accepted = db
+        .weir(&[
+            "run",
+            config.to_str().unwrap(),
+            "--until-caught-up",
+            "--new-slot",
+        ])
+        .output()
+        .unwrap();
+    assert!(accepted.status.success(), "{}", stderr(&accepted));
+    assert!(
+        stderr(&accepted)
+            .contains("Changes committed between the checkpoint and now are not captured")
+    );
+    db.sql("INSERT INTO t VALUES (2, 'after the new slot')");
+    db.catch_up(&config);
+    let log = db.changelog("public.t", "id");
+    let ids: Vec<i64> = log.rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(
+        ids,
+        vec![0, 2],
+        "changes from the new slot on: {:?}",
+        log.rows
+    );
 }
 
 #[test]

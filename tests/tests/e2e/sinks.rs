@@ -11,7 +11,7 @@ use std::process::{Child, Output};
 use std::time::Duration;
 
 const WEBHOOK: (&str, &str) = ("weir-plugin-webhook", "plugins/webhook/weir-plugin.toml");
-const RECORDER: (&str, &str) = (
+pub(crate) const RECORDER: (&str, &str) = (
     "weir-test-recorder",
     "tests/plugins/recorder/weir-plugin.toml",
 );
@@ -198,7 +198,12 @@ fn a_webhook_to_a_host_its_manifest_does_not_grant_is_refused() {
 }
 
 /// Installs the recorder sink writing into `<dir>/recorder` and adds it to `config`.
-fn with_recorder(db: &TestDb, config: &Path, on_error: &str, plugin_config: &str) -> PathBuf {
+pub(crate) fn with_recorder(
+    db: &TestDb,
+    config: &Path,
+    on_error: &str,
+    plugin_config: &str,
+) -> PathBuf {
     let dir = db.dir.path().join("recorder");
     std::fs::create_dir_all(&dir).unwrap();
     let plugin = db.plugin(RECORDER.0, RECORDER.1, |m| {
@@ -216,7 +221,7 @@ fn with_recorder(db: &TestDb, config: &Path, on_error: &str, plugin_config: &str
 }
 
 /// The recorder's lines: (lsn, seq, op, row).
-fn recorded(dir: &Path) -> Vec<Value> {
+pub(crate) fn recorded(dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(dir.join("events.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -229,7 +234,7 @@ fn op_counts(lines: &[Value]) -> (u64, u64, u64) {
     (n("c"), n("u"), n("d"))
 }
 
-fn assert_unique(lines: &[Value]) {
+pub(crate) fn assert_unique(lines: &[Value]) {
     let keys: BTreeSet<(u64, u64)> = lines
         .iter()
         .map(|l| (l["lsn"].as_u64().unwrap(), l["seq"].as_u64().unwrap()))

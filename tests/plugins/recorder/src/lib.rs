@@ -6,7 +6,8 @@
 //! position and tells weir (from the first `flush`) what it already holds. Without, it
 //! appends whatever it is given (at least once). With
 //! `buffer = true` it holds events in memory until `flush`. `reject` makes any event
-//! with that text value a bad event; `trap` makes the component panic on it.
+//! with that text value a bad event; `trap` makes the component panic on it. `delay_ms`
+//! makes every write that long (a slow destination).
 
 use serde::Deserialize;
 use std::fs::{self, OpenOptions};
@@ -24,6 +25,8 @@ pub struct Config {
     pub reject: Option<String>,
     #[serde(default)]
     pub trap: Option<String>,
+    #[serde(default)]
+    pub delay_ms: u64,
 }
 
 pub struct Recorder {
@@ -71,6 +74,9 @@ impl Sink for Recorder {
     }
 
     fn write(&mut self, batch: Batch) -> Result<u64, PluginError> {
+        if self.config.delay_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(self.config.delay_ms));
+        }
         // All or nothing: a failed write must not have taken any of the batch.
         let mut lines = Vec::with_capacity(batch.events.len());
         for (i, (rel, e)) in batch.events().enumerate() {
