@@ -339,7 +339,12 @@ async fn stream(
         stats.add_written(&batch.batch);
         if !batch.batch.events.is_empty() {
             stats.observe_batch(started.elapsed());
-            tracing::debug!(parent: &span, events = batch.batch.events.len(), "Batch written to every sink.");
+            span.in_scope(|| {
+                tracing::debug!(
+                    events = batch.batch.events.len(),
+                    "Batch written to every sink."
+                )
+            });
         }
         versions.save_if_changed().await?; // schema versions, for the next run
         position = batch.position;

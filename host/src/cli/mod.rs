@@ -366,7 +366,7 @@ async fn run(path: &std::path::Path, until_caught_up: bool, new_slot: bool) -> a
         None => None,
     };
     // Every line of the run carries the pipeline and its slot (a `span` in JSON logs).
-    let span = tracing::info_span!("pipeline", name = %config.name(), slot = %config.source.slot);
+    let span = tracing::info_span!("run", pipeline = %config.name(), slot = %config.source.slot);
     let result =
         tracing::Instrument::instrument(run_with_retries(&config, &options, &stats), span).await;
     drop(metrics);

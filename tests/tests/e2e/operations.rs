@@ -388,3 +388,56 @@ fn max_slot_lag_alerts_or_stops_as_configured() {
         String::from_utf8_lossy(&out.stderr).contains("slot_lag_policy = \"alert\": weir goes on")
     );
 }
+
+#[test]
+fn json_log_lines_about_a_batch_carry_pipeline_table_and_lsn() {
+    let db = TestDb::new("batch_logs");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let mask = db.plugin("weir-plugin-mask", "plugins/mask/weir-plugin.toml", |m| m);
+    let config = db.config(&["public.t"]);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n[[transform]]\nplugin = \"{}\"\nconfig = {{ rules = [ {{ columns = [\"t.v\"], method = \"redact\" }} ] }}\n",
+            mask.display()
+        ),
+    )
+    .unwrap();
+    db.catch_up(&config);
+    db.sql("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 20) g");
+    let out = db
+        .weir(&[
+            "--log-format",
+            "json",
+            "run",
+            config.to_str().unwrap(),
+            "--until-caught-up",
+        ])
+        .env("WEIR_LOG", "weir=debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<Value> = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let about_batches: Vec<&Value> = lines
+        .iter()
+        .filter(|l| {
+            let m = l["fields"]["message"].as_str().unwrap_or("");
+            m == "Batch written to every sink." || m == "Transform call."
+        })
+        .collect();
+    assert!(about_batches.len() >= 2, "{lines:#?}");
+    let expected_lsn = db.confirmed_flush().unwrap();
+    for line in about_batches {
+        let spans = line["spans"].as_array().expect("the line's spans");
+        let field = |name: &str| spans.iter().find_map(|s| s.get(name).cloned());
+        assert_eq!(field("pipeline"), Some(Value::from("pipeline")), "{line}");
+        assert_eq!(field("slot"), Some(Value::from(db.name.as_str())), "{line}");
+        assert_eq!(field("table"), Some(Value::from("public.t")), "{line}");
+        let lsn: weir::Lsn = field("lsn").unwrap().as_str().unwrap().parse().unwrap();
+        assert!(lsn > weir::Lsn(0) && lsn <= expected_lsn, "{line}");
+    }
+}
