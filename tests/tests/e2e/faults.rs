@@ -21,13 +21,7 @@ fn the_replication_connection_cut_three_times_is_resumed_without_loss() {
     .unwrap();
     db.catch_up(&config);
     let writer = Writer::start(db.url());
-    let log_path = db.dir.path().join("weir.log");
-    let mut weir = db
-        .weir(&["run", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let (mut weir, log_path) = db.spawn_logged(&config);
     let mut cuts = 0;
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(1500));
@@ -44,8 +38,7 @@ fn the_replication_connection_cut_three_times_is_resumed_without_loss() {
         "weir is still running after the cuts: {}",
         std::fs::read_to_string(&log_path).unwrap()
     );
-    assert_eq!(unsafe_kill(weir.id() as i32, libc::SIGTERM), 0);
-    assert!(wait_with_timeout(&mut weir, Duration::from_secs(30)).success());
+    stop_cleanly(&mut weir);
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(cuts >= 2, "the connection was cut: {cuts}");
     assert!(
@@ -53,13 +46,7 @@ fn the_replication_connection_cut_three_times_is_resumed_without_loss() {
         "{log}"
     );
 
-    db.catch_up(&config);
-    let t = assert_same_state(&db, "public.t", "id");
-    assert_eq!(
-        (t.op("c"), t.op("u"), t.op("d")),
-        (inserts, updates, deletes),
-        "every change once"
-    );
+    assert_every_change_once(&db, &config, [inserts, updates, deletes]);
 }
 
 #[test]
@@ -121,8 +108,7 @@ fn a_server_restart_mid_stream_is_resumed_without_loss() {
         "weir is still running after the restart: {}",
         std::fs::read_to_string(&log_path).unwrap()
     );
-    assert_eq!(unsafe_kill(weir.id() as i32, libc::SIGTERM), 0);
-    assert!(wait_with_timeout(&mut weir, Duration::from_secs(30)).success());
+    stop_cleanly(&mut weir);
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
         log.contains("reconnecting and resuming from the checkpoint"),
@@ -152,6 +138,24 @@ fn a_server_restart_mid_stream_is_resumed_without_loss() {
         .unwrap();
     let source: Vec<serde_json::Value> = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(changes.rows, source, "the rebuilt state equals the source");
+}
+
+/// SIGTERM, and a clean exit within 30 s.
+fn stop_cleanly(weir: &mut std::process::Child) {
+    assert_eq!(unsafe_kill(weir.id() as i32, libc::SIGTERM), 0);
+    assert!(wait_with_timeout(weir, Duration::from_secs(30)).success());
+}
+
+/// After catching up, table `t` rebuilt from the output equals the source, with each of
+/// the writer's inserts, updates and deletes once.
+fn assert_every_change_once(db: &TestDb, config: &std::path::Path, [c, u, d]: [u64; 3]) {
+    db.catch_up(config);
+    let t = assert_same_state(db, "public.t", "id");
+    assert_eq!(
+        (t.op("c"), t.op("u"), t.op("d")),
+        (c, u, d),
+        "every change once"
+    );
 }
 
 /// Makes a directory tree unwritable, even for root (`chattr +i`), until dropped.
@@ -205,13 +209,7 @@ fn output_made_unwritable_then_writable_again_loses_and_doubles_nothing() {
     db.catch_up(&config);
     let out = db.out();
     let writer = Writer::start(db.url());
-    let log_path = db.dir.path().join("weir.log");
-    let mut weir = db
-        .weir(&["run", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let (mut weir, log_path) = db.spawn_logged(&config);
 
     // Retried without limit: weir waits for the output to come back, holding the
     // checkpoint where the output last was durable.
@@ -241,30 +239,18 @@ fn output_made_unwritable_then_writable_again_loses_and_doubles_nothing() {
         db.confirmed_flush() > held,
         "the checkpoint moves again once the output is writable"
     );
-    assert_eq!(unsafe_kill(weir.id() as i32, libc::SIGTERM), 0);
-    assert!(wait_with_timeout(&mut weir, Duration::from_secs(30)).success());
+    stop_cleanly(&mut weir);
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
         log.contains("Transient failure") && log.contains("Operation not permitted"),
         "the failure is logged with its cause:\n{log}"
     );
-    db.catch_up(&config);
-    let t = assert_same_state(&db, "public.t", "id");
-    assert_eq!(
-        (t.op("c"), t.op("u"), t.op("d")),
-        (inserts, updates, deletes),
-        "every change once"
-    );
+    assert_every_change_once(&db, &config, [inserts, updates, deletes]);
 
     // With a limit: weir gives up after that many attempts in a row, exits non-zero, and
     // the checkpoint stays at what is durable; the next run delivers the rest once.
     with_retry(2);
-    let mut weir = db
-        .weir(&["run", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let (mut weir, _) = db.spawn_logged(&config);
     std::thread::sleep(Duration::from_secs(1));
     let locked = Unwritable::set(&out);
     db.sql(
@@ -332,13 +318,7 @@ fn a_slow_sink_slows_the_stream_instead_of_growing_memory() {
     // 100 ms per write, 500 rows at most per batch: at most 5,000 rows a second.
     let recorder = crate::sinks::with_recorder(&db, &config, "fail", "{ delay_ms = 100 }");
     db.catch_up(&config);
-    let log_path = db.dir.path().join("weir.log");
-    let mut weir = db
-        .weir(&["run", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let (mut weir, log_path) = db.spawn_logged(&config);
     crate::operations::wait_ready(port);
     let baseline = peak_rss_kib(weir.id());
 
@@ -384,8 +364,7 @@ fn a_slow_sink_slows_the_stream_instead_of_growing_memory() {
         std::thread::sleep(Duration::from_millis(250));
     }
     let peak = peak_rss_kib(weir.id());
-    assert_eq!(unsafe_kill(weir.id() as i32, libc::SIGTERM), 0);
-    assert!(wait_with_timeout(&mut weir, Duration::from_secs(30)).success());
+    stop_cleanly(&mut weir);
 
     // Backpressure: what weir had decoded but not yet written never exceeded the batch
     // being built, the two queued and the one being written (inside a transaction, a

@@ -130,6 +130,18 @@ impl TestDb {
             .unwrap()
     }
 
+    /// `weir run CONFIG` in the background, its log in `<dir>/weir.log` (made anew).
+    pub fn spawn_logged(&self, config: &Path) -> (Child, PathBuf) {
+        let log = self.dir.path().join("weir.log");
+        let child = self
+            .weir(&["run", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (child, log)
+    }
+
     /// The table's rows as JSON objects, ordered by `order_by`.
     pub fn rows(&self, table: &str, order_by: &str) -> Vec<Value> {
         let json = self.sql(&format!(

@@ -51,6 +51,23 @@ pub(crate) fn scrape(port: u16) -> String {
     body
 }
 
+/// A pipeline of table `t` whose column `v` the `mask` transform redacts, with `extra`
+/// TOML at the end.
+fn masked_config(db: &TestDb, extra: &str) -> std::path::PathBuf {
+    let mask = db.plugin("weir-plugin-mask", "plugins/mask/weir-plugin.toml", |m| m);
+    let config = db.config(&["public.t"]);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n[[transform]]\nplugin = \"{}\"\nconfig = {{ rules = [ {{ columns = [\"t.v\"], method = \"redact\" }} ] }}\n\n{extra}",
+            mask.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// The value of the first sample whose line starts with `prefix` and has `label`.
 fn labelled(metrics: &str, prefix: &str, label: &str) -> Option<f64> {
     metrics
@@ -74,18 +91,7 @@ fn metrics_and_health_are_served_during_a_run_and_counters_move() {
     let db = TestDb::new("metrics");
     db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
     let port = free_port();
-    let mask = db.plugin("weir-plugin-mask", "plugins/mask/weir-plugin.toml", |m| m);
-    let config = db.config(&["public.t"]);
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "{text}\n[[transform]]\nplugin = \"{}\"\nconfig = {{ rules = [ {{ columns = [\"t.v\"], method = \"redact\" }} ] }}\n\n\
-             [metrics]\nlisten = \"127.0.0.1:{port}\"\n",
-            mask.display()
-        ),
-    )
-    .unwrap();
+    let config = masked_config(&db, &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     db.catch_up(&config);
     let mut weir = db.spawn(&config);
     wait_ready(port);
@@ -393,17 +399,7 @@ fn max_slot_lag_alerts_or_stops_as_configured() {
 fn json_log_lines_about_a_batch_carry_pipeline_table_and_lsn() {
     let db = TestDb::new("batch_logs");
     db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
-    let mask = db.plugin("weir-plugin-mask", "plugins/mask/weir-plugin.toml", |m| m);
-    let config = db.config(&["public.t"]);
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "{text}\n[[transform]]\nplugin = \"{}\"\nconfig = {{ rules = [ {{ columns = [\"t.v\"], method = \"redact\" }} ] }}\n",
-            mask.display()
-        ),
-    )
-    .unwrap();
+    let config = masked_config(&db, "");
     db.catch_up(&config);
     db.sql("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 20) g");
     let out = db

@@ -6,7 +6,6 @@ use crate::harness::{TestDb, install_plugin, read_changelog};
 use crate::recovery::{Writer, unsafe_kill, wait_with_timeout};
 use serde_json::Value;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 /// Replaces the pipeline file in one step (a reader never sees half of it).
@@ -45,13 +44,7 @@ fn a_transform_swapped_mid_stream_processes_each_change_once_and_a_broken_one_ch
     db.catch_up(&config);
 
     let writer = Writer::start(db.url());
-    let log_path = db.dir.path().join("weir.log");
-    let mut weir = db
-        .weir(&["run", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let (mut weir, log_path) = db.spawn_logged(&config);
     std::thread::sleep(Duration::from_secs(2));
 
     // A new version: another component file and manifest, and a new config, in place
@@ -152,13 +145,7 @@ fn weir_reload_and_sighup_trigger_a_reload_without_file_watching() {
     };
     replace_atomically(&config, &unwatched(&v1, "redact"));
     db.catch_up(&config);
-    let log_path = db.dir.path().join("weir.log");
-    let mut weir = db
-        .weir(&["run", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let (mut weir, log_path) = db.spawn_logged(&config);
     std::thread::sleep(Duration::from_secs(2));
     let v2 = mask_version(&db, "v2", "0.2.0");
     replace_atomically(&config, &unwatched(&v2, "hash"));
