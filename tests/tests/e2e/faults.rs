@@ -401,3 +401,82 @@ fn a_slow_sink_slows_the_stream_instead_of_growing_memory() {
     assert_eq!(lines.len() as u64, rows, "the slow sink got every row");
     crate::sinks::assert_unique(&lines);
 }
+
+#[test]
+fn an_invalidated_slot_stops_the_run_and_says_what_to_do() {
+    // A server of its own: it invalidates any slot more than 1 MB of WAL behind.
+    let pg = TempPostgres::start_with("max_slot_wal_keep_size = 1MB").unwrap();
+    pg.psql("postgres", "CREATE DATABASE app").unwrap();
+    pg.psql("app", "CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{}\"\ntables = [\"public.t\"]\n\n\
+             [[sink]]\ntype = \"parquet\"\nurl = \"file://{}\"\n",
+            pg.url("app"),
+            dir.path().join("out").display()
+        ),
+    )
+    .unwrap();
+    let weir = |args: &[&str]| {
+        std::process::Command::new(crate::harness::weir_bin())
+            .args(args)
+            .arg(&config)
+            .env("WEIR_LOG", "info")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    pg.psql("app", "INSERT INTO t VALUES (1, 'captured')")
+        .unwrap();
+    let first = weir(&["run", "--until-caught-up"]);
+    assert!(first.status.success(), "{}", crate::harness::stderr(&first));
+
+    // While weir is stopped, the server moves several WAL segments on and checkpoints.
+    for i in 0..4 {
+        pg.psql(
+            "app",
+            &format!(
+                "INSERT INTO t VALUES ({}, 'lost'); SELECT pg_switch_wal()",
+                i + 2
+            ),
+        )
+        .unwrap();
+    }
+    pg.psql("app", "CHECKPOINT").unwrap();
+    let wal_status = pg
+        .psql("app", "SELECT wal_status FROM pg_replication_slots")
+        .unwrap();
+    assert_eq!(wal_status.trim(), "lost", "the server invalidated the slot");
+
+    let refused = weir(&["run", "--until-caught-up"]);
+    assert!(!refused.status.success());
+    let err = crate::harness::stderr(&refused);
+    assert!(
+        err.contains("has been invalidated") && err.contains("weir slot drop"),
+        "{err}"
+    );
+    let status = weir(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("wal_status lost"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    let dropped = weir(&["slot", "drop"]);
+    assert!(
+        dropped.status.success(),
+        "{}",
+        crate::harness::stderr(&dropped)
+    );
+    // The slot is gone and the output holds a checkpoint: the run says how to go on.
+    let refused = weir(&["run", "--until-caught-up"]);
+    assert!(!refused.status.success());
+    assert!(
+        crate::harness::stderr(&refused).contains("--new-slot"),
+        "{}",
+        crate::harness::stderr(&refused)
+    );
+}
