@@ -585,15 +585,14 @@ impl PipelineConfig {
             key: key.into(),
             message,
         };
-        self.source
-            .url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| {
-                invalid(
-                    "source.url",
-                    format!("not a PostgreSQL URL ({e}); write postgres://user@host:5432/db"),
-                )
-            })?;
+        let (url, _) =
+            crate::source::tls::split(&self.source.url).map_err(|e| invalid("source.url", e))?;
+        url.parse::<tokio_postgres::Config>().map_err(|e| {
+            invalid(
+                "source.url",
+                format!("not a PostgreSQL URL ({e}); write postgres://user@host:5432/db"),
+            )
+        })?;
         for (key, name) in [
             ("source.slot", &self.source.slot),
             ("source.publication", &self.source.publication),

@@ -146,6 +146,27 @@ impl TempPostgres {
         self.start_server()
     }
 
+    /// Turns TLS on with this certificate and key (PEM), and reloads.
+    pub fn enable_ssl(&self, cert: &str, key: &str) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+            let path = self.data().join(name);
+            std::fs::write(&path, pem)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            if let Some(user) = &self.run_as {
+                chown_to(&path, user)?;
+            }
+        }
+        let conf = self.data().join("postgresql.conf");
+        let text = std::fs::read_to_string(&conf)?;
+        std::fs::write(&conf, format!("{text}\nssl = on\n"))?;
+        self.command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .arg("reload")
+            .checked()
+    }
+
     /// Puts `lines` in front of `pg_hba.conf` (first match wins) and reloads.
     pub fn prepend_hba(&self, lines: &str) -> io::Result<()> {
         let path = self.data().join("pg_hba.conf");

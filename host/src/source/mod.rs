@@ -5,6 +5,7 @@ pub mod decoder;
 pub mod pgoutput;
 pub mod schemas;
 pub mod snapshot;
+pub mod tls;
 
 use crate::batch::{Batcher, SourceBatch};
 use crate::checkpoint::CommitPos;
@@ -12,7 +13,7 @@ use crate::config::{BatchConfig, SourceConfig, TableName};
 use crate::lsn::Lsn;
 use crate::stats::Stats;
 use decoder::{Decoder, DecoderError};
-use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
+use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,6 +119,7 @@ pub struct SourceInfo {
 pub struct Control {
     pub client: tokio_postgres::Client,
     config: tokio_postgres::Config,
+    tls: TlsConfig,
     _conn: JoinHandle<()>,
 }
 
@@ -139,12 +141,24 @@ fn describe_target(config: &tokio_postgres::Config) -> String {
     format!("{}:{}", host_of(config), port_of(config))
 }
 
-/// The URL parsed, with `PGPASSWORD` filled in when the URL has no password.
+/// The URL parsed, with `PGPASSWORD` filled in when the URL has no password (its TLS
+/// parameters are left out: see [`tls::split`]).
 pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, SourceError> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| SourceError::Connect {
+    Ok(pg_target(url)?.0)
+}
+
+/// The URL parsed, and its TLS settings.
+pub fn pg_target(url: &str) -> Result<(tokio_postgres::Config, TlsConfig), SourceError> {
+    let malformed = |message: String| SourceError::Connect {
         target: "source.url".into(),
-        message: format!("malformed URL: {e}"),
-    })?;
+        message,
+    };
+    let (url, tls) = tls::split(url).map_err(malformed)?;
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| malformed(format!("malformed URL: {e}")))?;
+    // weir negotiates TLS itself, before tokio-postgres speaks.
+    config.ssl_mode(tokio_postgres::config::SslMode::Disable);
     if config.get_password().is_none()
         && let Ok(pw) = std::env::var("PGPASSWORD")
     {
@@ -160,7 +174,52 @@ pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, SourceError> {
     if config.get_hosts().is_empty() {
         config.host("localhost");
     }
-    Ok(config)
+    Ok((config, tls))
+}
+
+/// Opens a SQL connection: over a Unix socket as it is, over TCP through the TLS the
+/// settings ask for. The connection runs in a task of its own.
+async fn open(
+    config: &tokio_postgres::Config,
+    tls: &TlsConfig,
+) -> Result<(tokio_postgres::Client, JoinHandle<()>), String> {
+    fn run<S>(
+        conn: tokio_postgres::Connection<S, tokio_postgres::tls::NoTlsStream>,
+    ) -> JoinHandle<()>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "Control connection closed.");
+            }
+        })
+    }
+    if let Some(tokio_postgres::config::Host::Unix(_)) = config.get_hosts().first() {
+        let (client, conn) = config.connect(NoTls).await.map_err(|e| pg_error(&e))?;
+        return Ok((client, run(conn)));
+    }
+    let (host, port) = (host_of(config), port_of(config));
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("{e}; check that PostgreSQL is running and source.url is right"))?;
+    let _ = tcp.set_nodelay(true);
+    let stream = pgwire_replication::tls::rustls::maybe_upgrade_to_tls(tcp, tls, &host)
+        .await
+        .map_err(|e| format!("{e} (sslmode and sslrootcert in source.url)"))?;
+    let (client, conn) = config
+        .connect_raw(stream, NoTls)
+        .await
+        .map_err(|e| pg_error(&e))?;
+    Ok((client, run(conn)))
+}
+
+/// A connection error as weir reports it: the server's message, or the client's.
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(_) => pg_message(e),
+        None => format!("{e}; check that PostgreSQL is running and source.url is right"),
+    }
 }
 
 fn sql_err(context: &str) -> impl FnOnce(tokio_postgres::Error) -> SourceError + '_ {
@@ -188,10 +247,10 @@ pub(crate) fn quote_table(t: &TableName) -> String {
 impl Control {
     /// Connects for SQL, turning the common failures into clear errors.
     pub async fn connect(url: &str) -> Result<Control, SourceError> {
-        let config = pg_config(url)?;
+        let (config, tls) = pg_target(url)?;
         let target = describe_target(&config);
         let user = config.get_user().unwrap_or_default().to_owned();
-        let connect = tokio::time::timeout(Duration::from_secs(15), config.connect(NoTls));
+        let connect = tokio::time::timeout(Duration::from_secs(15), open(&config, &tls));
         let (client, conn) = match connect.await {
             Err(_) => {
                 return Err(SourceError::Connect {
@@ -199,34 +258,20 @@ impl Control {
                     message: "no answer within 15 s; check host, port and firewalls".into(),
                 });
             }
-            Ok(Err(e)) => {
-                let code = e.as_db_error().map(|d| d.code().code().to_owned());
-                return Err(match code.as_deref() {
-                    Some("28P01") | Some("28000") if pg_message(&e).contains("authentication") => {
-                        SourceError::Auth { user }
-                    }
-                    Some(_) => SourceError::Connect {
-                        target,
-                        message: pg_message(&e),
-                    },
-                    None => SourceError::Connect {
-                        target,
-                        message: format!(
-                            "{e}; check that PostgreSQL is running and source.url is right"
-                        ),
-                    },
-                });
+            // 28P01 invalid_password, 28000 invalid_authorization_specification.
+            Ok(Err(message))
+                if message.contains("authentication")
+                    && (message.contains("28P01") || message.contains("28000")) =>
+            {
+                return Err(SourceError::Auth { user });
             }
+            Ok(Err(message)) => return Err(SourceError::Connect { target, message }),
             Ok(Ok(pair)) => pair,
         };
-        let conn = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "Control connection closed.");
-            }
-        });
         Ok(Control {
             client,
             config,
+            tls,
             _conn: conn,
         })
     }
@@ -574,6 +619,7 @@ impl Control {
         .with_status_interval(Duration::from_millis(200))
         .with_wakeup_interval(Duration::from_secs(5))
         .with_buffer_size(4096)
+        .with_tls(self.tls.clone())
     }
 }
 

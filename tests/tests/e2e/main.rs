@@ -38,5 +38,6 @@ mod s3;
 mod sinks;
 mod snapshot;
 mod streaming;
+mod tls;
 mod tooling;
 mod types;
