@@ -418,9 +418,13 @@ pub struct ParquetSinkConfig {
     /// Default `10s`.
     #[serde(default = "default_flush_interval", deserialize_with = "de_duration")]
     pub flush_interval: Duration,
-    /// Rows per Parquet row group (bounds the memory of each open file). Default 65536.
+    /// Rows per Parquet row group. Default 65536.
     #[serde(default = "default_row_group_rows")]
     pub row_group_rows: usize,
+    /// A row group ends once it holds this much in memory, whatever its rows: the bound
+    /// on each open file's memory with wide rows. Default `32MiB`.
+    #[serde(default = "default_row_group_size", deserialize_with = "de_size")]
+    pub row_group_size: u64,
 }
 
 fn default_target_file_size() -> u64 {
@@ -431,6 +435,9 @@ fn default_flush_interval() -> Duration {
 }
 fn default_row_group_rows() -> usize {
     65_536
+}
+fn default_row_group_size() -> u64 {
+    32 << 20
 }
 
 /// Partition window of Parquet output.
@@ -646,12 +653,13 @@ impl PipelineConfig {
                     crate::sink::object_store_for(&p.url)
                         .map_err(|e| invalid(&format!("sink[{i}].url"), e.to_string()))?;
                     if p.row_group_rows == 0
+                        || p.row_group_size == 0
                         || p.target_file_size == 0
                         || p.flush_interval.is_zero()
                     {
                         return Err(invalid(
                             &format!("sink[{i}]"),
-                            "row_group_rows, target_file_size and flush_interval must be greater than zero".into(),
+                            "row_group_rows, row_group_size, target_file_size and flush_interval must be greater than zero".into(),
                         ));
                     }
                 }

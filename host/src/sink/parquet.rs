@@ -289,11 +289,19 @@ impl ParquetSink {
             let file = self.open.get_mut(&key).expect("inserted above");
             file.rows.append(event, relation);
             if file.rows.len() >= CHUNK_ROWS.min(self.config.row_group_rows) {
-                file.write_chunk().await?;
-                if file.size() as u64 >= self.config.target_file_size {
-                    self.roll(&key).await?;
-                }
+                self.bound(&key).await?;
             }
+        }
+        // No rows wait outside the Parquet writers between batches: what an open file
+        // holds is its row group, bounded by row_group_size.
+        let pending: Vec<FileKey> = self
+            .open
+            .iter()
+            .filter(|(_, f)| !f.rows.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        for key in pending {
+            self.bound(&key).await?;
         }
         let position = &batch.position;
         if !position.in_tx {
@@ -339,6 +347,21 @@ impl ParquetSink {
 
     /// Completes a file that reached the target size. It becomes visible now, so the
     /// intent of the coming flush lists it first.
+    /// Hands a file's buffered rows to its writer, ends the row group when it holds
+    /// `row_group_size`, and completes the file at `target_file_size`.
+    async fn bound(&mut self, key: &FileKey) -> Result<(), SinkError> {
+        let file = self.open.get_mut(key).expect("an open file");
+        file.write_chunk().await?;
+        if file.writer.memory_size() as u64 >= self.config.row_group_size {
+            let path = file.path.clone();
+            file.writer.flush().await.map_err(|e| write_err(&path, e))?;
+        }
+        if file.size() as u64 >= self.config.target_file_size {
+            self.roll(key).await?;
+        }
+        Ok(())
+    }
+
     async fn roll(&mut self, key: &FileKey) -> Result<(), SinkError> {
         let file = self.open.remove(key).expect("rolled file is open");
         self.rolled.push(file.path.clone());
@@ -423,6 +446,7 @@ mod tests {
             target_file_size: 128 << 20,
             flush_interval: Duration::from_secs(3600),
             row_group_rows: 1000,
+            row_group_size: 32 << 20,
         }
     }
 
@@ -480,6 +504,85 @@ mod tests {
         }
         found.sort();
         found
+    }
+
+    #[tokio::test]
+    async fn row_groups_end_at_row_group_size_with_wide_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), Partitioning::Daily, Compression::Zstd);
+        cfg.row_group_rows = 65_536;
+        cfg.row_group_size = 64 << 10;
+        let mut sink = ParquetSink::open(cfg, "s").await.unwrap();
+        // One transaction of 500 rows of 2 KiB that do not compress, 50 rows a batch.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = || {
+            (0..2048)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    char::from(b'!' + (seed % 90) as u8)
+                })
+                .collect::<String>()
+        };
+        let mut last = None;
+        for b in 0..10u64 {
+            let mut batch = Batch::default();
+            let rel = batch.push_relation(Relation {
+                id: 1,
+                schema: "public".into(),
+                table: "t".into(),
+                version: 1,
+                columns: vec![
+                    Column::new("id", 20, "int8", true),
+                    Column::new("v", 25, "text", false),
+                ],
+            });
+            for i in 0..50 {
+                batch.events.push(Event {
+                    op: Op::Insert,
+                    rel,
+                    commit_lsn: 100,
+                    seq: (b * 50 + i) as u32,
+                    xid: 1,
+                    commit_ts: 0,
+                    before: None,
+                    after: Some(vec![Value::Int((b * 50 + i) as i64), Value::Text(noise())]),
+                    unchanged: vec![],
+                });
+            }
+            let position = Position {
+                in_tx: b < 9,
+                last_commit: (b == 9).then_some(CommitPos {
+                    commit_lsn: Lsn(100),
+                    end_lsn: Lsn(200),
+                }),
+                ..Default::default()
+            };
+            let batch = SourceBatch {
+                batch,
+                position,
+                bytes: 0,
+                markers: vec![],
+                transforms: None,
+            };
+            sink.write(&batch).await.unwrap();
+            last = Some(batch.position);
+        }
+        sink.flush(&last.unwrap()).await.unwrap();
+        let found = files(dir.path());
+        assert_eq!(found.len(), 1);
+        let reader = SerializedFileReader::new(std::fs::File::open(&found[0]).unwrap()).unwrap();
+        let meta = reader.metadata();
+        assert_eq!(meta.file_metadata().num_rows(), 500);
+        assert!(
+            meta.num_row_groups() >= 5,
+            "{} row groups",
+            meta.num_row_groups()
+        );
+        for g in meta.row_groups() {
+            assert!(g.num_rows() <= 100, "a row group of {} rows", g.num_rows());
+        }
     }
 
     #[tokio::test]
