@@ -632,11 +632,21 @@ async fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
     }
     if info.slot_exists {
         println!("uses      replication slot `{}`", config.source.slot);
-    } else {
-        println!(
-            "would     create replication slot `{}` (pgoutput)",
-            config.source.slot
-        );
+        return Ok(());
     }
+    for sink in &config.sinks {
+        if let Some(lsn) = pipeline_status::held_position(sink, &config.source.slot).await {
+            anyhow::bail!(
+                "replication slot `{}` does not exist, but sink {} holds output up to {lsn}: a run stops here (changes since then cannot be read); start over with the output moved aside, or accept the gap with `weir run {} --new-slot`",
+                config.source.slot,
+                crate::sink::sink_name(sink),
+                path.display()
+            );
+        }
+    }
+    println!(
+        "would     create replication slot `{}` (pgoutput)",
+        config.source.slot
+    );
     Ok(())
 }

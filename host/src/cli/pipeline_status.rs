@@ -18,6 +18,34 @@ fn size(v: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// The highest position a sink holds for `slot` (Parquet: its checkpoint; Iceberg: its
+/// tables' commits), when it can be read; plugin sinks keep theirs to themselves.
+pub(crate) async fn held_position(sink: &SinkConfig, slot: &str) -> Option<crate::Lsn> {
+    match sink {
+        SinkConfig::Parquet(p) => {
+            let (store, base) = object_store_for(&p.url).ok()?;
+            let file = base.join("_weir").join(slot).join("checkpoint.json");
+            let c = get_state::<Checkpoint>(store.as_ref(), &file)
+                .await
+                .ok()??;
+            Some(c.end_lsn)
+        }
+        SinkConfig::Iceberg(c) => {
+            let catalog = crate::sink::iceberg::connect(c).await.ok()?;
+            let tables =
+                crate::sink::iceberg::slot_tables(catalog.as_ref(), c.namespace.as_deref(), slot)
+                    .await
+                    .ok()?;
+            tables
+                .iter()
+                .filter_map(|t| crate::sink::iceberg::table_position(t, slot))
+                .map(|p| p.end_lsn)
+                .max()
+        }
+        SinkConfig::Plugin(_) => None,
+    }
+}
+
 /// The running pipeline's `/status`, or why it could not be read.
 async fn live_status(listen: &str) -> Result<Value, String> {
     use http_body_util::BodyExt;

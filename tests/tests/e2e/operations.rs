@@ -328,6 +328,16 @@ fn weir_slot_lists_and_drops_only_an_inactive_slot() {
         !list(&db).iter().any(|s| s["name"] == db.name.as_str()),
         "no slot made"
     );
+    let validated = db
+        .weir(&["validate", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!validated.status.success(), "validate says so too");
+    assert!(
+        stderr(&validated).contains("does not exist, but sink parquet file://"),
+        "{}",
+        stderr(&validated)
+    );
     let accepted = db
         .weir(&[
             "run",
