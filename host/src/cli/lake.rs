@@ -47,6 +47,19 @@ pub enum LakeCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         older_than: std::time::Duration,
     },
+    /// Delete files under the table's location that no snapshot or metadata refers to
+    /// (data files of expired snapshots, files of runs killed before their commit).
+    RemoveOrphans {
+        #[command(flatten)]
+        table: TableArgs,
+        /// Keep files younger than this, for example `3d` (a running pipeline's files
+        /// wait that long for their commit at most).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "3d")]
+        older_than: std::time::Duration,
+        /// Print what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Rewrite small data files into target-size files in one `replace` commit (same
     /// rows; the SQL catalog only). Safe beside a running pipeline.
     Compact {
@@ -103,6 +116,7 @@ pub async fn lake(command: LakeCommand) -> anyhow::Result<()> {
         | LakeCommand::Query { table, .. }
         | LakeCommand::Rollback { table, .. }
         | LakeCommand::ExpireSnapshots { table, .. }
+        | LakeCommand::RemoveOrphans { table, .. }
         | LakeCommand::Compact { table, .. } => table,
     };
     let config = args.sink()?;
@@ -182,6 +196,39 @@ pub async fn lake(command: LakeCommand) -> anyhow::Result<()> {
                 "{expired} snapshots expired; {} kept",
                 table.metadata().snapshots().count()
             );
+        }
+        LakeCommand::RemoveOrphans {
+            older_than,
+            dry_run,
+            ..
+        } => {
+            let orphans = lake::find_orphans(&table, older_than)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let bytes: u64 = orphans.files.iter().map(|(_, size)| size).sum();
+            let size = bytesize::ByteSize(bytes).display().iec().to_string();
+            let age = humantime::format_duration(older_than);
+            if dry_run {
+                for (path, size) in &orphans.files {
+                    println!("{path}  {}", bytesize::ByteSize(*size).display().iec());
+                }
+                println!(
+                    "{} files ({size}) would be deleted: referenced by nothing {ident} keeps, older than {age} ({} referenced, {} younger kept)",
+                    orphans.files.len(),
+                    orphans.referenced,
+                    orphans.recent
+                );
+            } else {
+                lake::remove_orphans(&table, &orphans)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                println!(
+                    "{} files ({size}) deleted: referenced by nothing {ident} keeps, older than {age} ({} referenced, {} younger kept)",
+                    orphans.files.len(),
+                    orphans.referenced,
+                    orphans.recent
+                );
+            }
         }
         LakeCommand::Compact { target_size, .. } => {
             let target = target_size.unwrap_or(config.target_file_size);

@@ -656,3 +656,118 @@ fn iceberg_on_s3_with_credentials_from_the_environment() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// The files below `dir`, recursively.
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_below(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn orphan_files_are_removed_and_every_kept_snapshot_still_reads() {
+    let db = TestDb::new("ice_orphans");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)");
+    db.sql("INSERT INTO t SELECT g, 0 FROM generate_series(1, 10) g");
+    let config = iceberg_config(&db, &["public.t"], None, "");
+    db.catch_up(&config);
+    db.sql("INSERT INTO t SELECT g, 1 FROM generate_series(11, 15) g");
+    db.catch_up(&config);
+    db.sql("UPDATE t SET v = v + 10");
+    db.catch_up(&config);
+
+    // The table's location: where its metadata directory is.
+    let metadata_file = files_below(&db.out())
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".metadata.json"))
+        .unwrap();
+    let location = metadata_file.parent().unwrap().parent().unwrap();
+    let data = location.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let (old, fresh) = (
+        data.join("orphan-old.parquet"),
+        data.join("orphan-new.parquet"),
+    );
+    for f in [&old, &fresh] {
+        std::fs::write(f, b"left behind by a run killed before its commit").unwrap();
+    }
+    let ten_days = std::time::SystemTime::now() - Duration::from_secs(10 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(ten_days)
+        .unwrap();
+
+    let dry = lake(
+        &db,
+        &config,
+        &[
+            "remove-orphans",
+            "public.t",
+            "--older-than",
+            "1d",
+            "--dry-run",
+        ],
+    );
+    assert!(
+        dry.contains("orphan-old.parquet")
+            && !dry.contains("orphan-new.parquet")
+            && dry.contains("1 files (")
+            && dry.contains("would be deleted"),
+        "{dry}"
+    );
+    assert!(old.exists() && fresh.exists(), "a dry run deletes nothing");
+    let removed = lake(&db, &config, &["remove-orphans", "public.t"]);
+    assert!(
+        removed.contains("1 files ("),
+        "the default keeps 3 days: {removed}"
+    );
+    assert!(!old.exists() && fresh.exists());
+
+    // Every snapshot the table keeps still reads in full.
+    let listed: Vec<Value> =
+        serde_json::from_str(&lake(&db, &config, &["snapshots", "public.t", "--json"])).unwrap();
+    assert_eq!(listed.len(), 3);
+    for s in &listed {
+        let (log, _) = read_iceberg(&catalog(&db), "public.t", "id", s["id"].as_i64(), &[]);
+        assert_eq!(
+            log.op("r") + log.op("c") + log.op("u"),
+            s["total_records"].as_u64().unwrap(),
+            "snapshot {s}"
+        );
+    }
+
+    // Expired snapshots leave their manifest lists behind: removed too, and the current
+    // state still equals the source.
+    lake(
+        &db,
+        &config,
+        &["expire-snapshots", "public.t", "--older-than", "1ms"],
+    );
+    let removed = lake(
+        &db,
+        &config,
+        &["remove-orphans", "public.t", "--older-than", "0s"],
+    );
+    let count: usize = removed.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(
+        count >= 3,
+        "two manifest lists and the fresh orphan: {removed}"
+    );
+    assert!(!fresh.exists());
+    let (log, _) = read_iceberg(&catalog(&db), "public.t", "id", None, &[]);
+    assert_eq!(
+        log.rows,
+        db.rows("t", "id"),
+        "the current state equals the source"
+    );
+    assert_eq!(log.duplicates, 0);
+}

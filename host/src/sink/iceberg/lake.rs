@@ -515,6 +515,94 @@ pub async fn compact(
     })
 }
 
+/// Files under a table's location that no snapshot, manifest or metadata file the
+/// table keeps refers to, and that are older than a cutoff.
+#[derive(Debug, Default)]
+pub struct Orphans {
+    /// Path in the store and size, oldest first.
+    pub files: Vec<(object_store::path::Path, u64)>,
+    /// Files the table refers to (metadata, manifest lists, manifests, data files).
+    pub referenced: usize,
+    /// Unreferenced files kept because they are younger than the cutoff.
+    pub recent: usize,
+}
+
+/// The object path of a file URI (`file:///…`, `s3://bucket/…`) in its store.
+fn object_path(uri: &str) -> Result<object_store::path::Path, String> {
+    let url = url::Url::parse(uri).map_err(|e| format!("{uri}: {e}"))?;
+    object_store::path::Path::from_url_path(url.path()).map_err(|e| format!("{uri}: {e}"))
+}
+
+/// Finds the files under the table's location that nothing the table keeps refers to
+/// (data files of expired snapshots, files of a run killed before its commit, of a
+/// failed compaction), leaving those younger than `older_than`: a running pipeline's
+/// files wait for their commit that long at most.
+pub async fn find_orphans(table: &Table, older_than: Duration) -> Result<Orphans, String> {
+    use std::collections::HashSet;
+    let e = |e: iceberg::Error| e.to_string();
+    let metadata = table.metadata();
+    let mut referenced: HashSet<object_store::path::Path> = HashSet::new();
+    if let Some(location) = table.metadata_location() {
+        referenced.insert(object_path(location)?);
+    }
+    for log in metadata.metadata_log() {
+        referenced.insert(object_path(&log.metadata_file)?);
+    }
+    for snapshot in metadata.snapshots() {
+        referenced.insert(object_path(snapshot.manifest_list())?);
+        let list = table
+            .manifest_list_reader(snapshot)
+            .load()
+            .await
+            .map_err(e)?;
+        for manifest_file in list.entries() {
+            referenced.insert(object_path(&manifest_file.manifest_path)?);
+            let manifest = manifest_file
+                .load_manifest(table.file_io())
+                .await
+                .map_err(e)?;
+            // Every entry, deleted ones too: an older snapshot may still read the file.
+            for entry in manifest.entries() {
+                referenced.insert(object_path(entry.file_path())?);
+            }
+        }
+    }
+    let (store, base) =
+        crate::sink::object_store_for(metadata.location()).map_err(|e| e.to_string())?;
+    let cutoff =
+        chrono::Utc::now() - chrono::Duration::from_std(older_than).map_err(|e| e.to_string())?;
+    let mut orphans = Orphans {
+        referenced: referenced.len(),
+        ..Orphans::default()
+    };
+    let mut listed = store.list(Some(&base));
+    let mut found = Vec::new();
+    while let Some(object) = listed.try_next().await.map_err(|e| e.to_string())? {
+        if referenced.contains(&object.location) {
+            continue;
+        }
+        match object.last_modified <= cutoff {
+            true => found.push((object.last_modified, object.location, object.size)),
+            false => orphans.recent += 1,
+        }
+    }
+    found.sort();
+    orphans.files = found.into_iter().map(|(_, p, size)| (p, size)).collect();
+    Ok(orphans)
+}
+
+/// Deletes the files [`find_orphans`] found.
+pub async fn remove_orphans(table: &Table, orphans: &Orphans) -> Result<(), String> {
+    let (store, _) =
+        crate::sink::object_store_for(table.metadata().location()).map_err(|e| e.to_string())?;
+    for (path, _) in &orphans.files {
+        object_store::ObjectStoreExt::delete(&store, path)
+            .await
+            .map_err(|e| format!("deleting {path}: {e}"))?;
+    }
+    Ok(())
+}
+
 fn sql_only(config: &IcebergSinkConfig) -> Result<(), String> {
     match config.catalog {
         CatalogConfig::Sql { .. } => Ok(()),
