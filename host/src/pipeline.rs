@@ -150,7 +150,7 @@ pub async fn run(
     let mut snapshot_taken = false;
     let plan = InitialSnapshot::plan(config, &info, &sinks).await?;
     let taking = matches!(plan, Some((_, Plan::Take { .. })));
-    if let (false, false, Some(at)) = (info.slot_exists, taking, sinks.lowest_checkpoint()) {
+    if let (false, false, Some(at)) = (info.slot_exists, taking, sinks.held_position()) {
         if !options.new_slot {
             return Err(SourceError::SlotMissing {
                 slot: config.source.slot.clone(),

@@ -464,9 +464,13 @@ async fn run_with_retries(
     let retry = &config.retry;
     let mut failures = 0u32;
     let mut events = 0;
+    let mut options = options.clone();
     loop {
         let streamed_before = stats.streaming_runs();
         let result = pipeline::run(config, options.clone(), stats.clone()).await;
+        // --new-slot accepts the gap it was given for, once: a run retried (only after
+        // streaming, so with its new slot made) stops again at a slot lost later.
+        options.new_slot = false;
         stats.disconnected();
         let streamed = stats.streaming_runs() > streamed_before;
         let error = match result {

@@ -443,6 +443,18 @@ impl Sinks {
         }
     }
 
+    /// The furthest position any sink (or any Iceberg table) holds output up to: where a
+    /// slot that has gone missing left the output.
+    pub fn held_position(&self) -> Option<CommitPos> {
+        self.sinks
+            .iter()
+            .filter_map(|s| match s {
+                Sink::Iceberg(s) => s.held(),
+                s => s.durable(),
+            })
+            .max()
+    }
+
     /// The lowest checkpoint among the sinks that have one.
     pub fn lowest_checkpoint(&self) -> Option<CommitPos> {
         self.sinks.iter().filter_map(Sink::durable).min()

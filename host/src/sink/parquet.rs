@@ -345,8 +345,6 @@ impl ParquetSink {
         Ok(written)
     }
 
-    /// Completes a file that reached the target size. It becomes visible now, so the
-    /// intent of the coming flush lists it first.
     /// Hands a file's buffered rows to its writer, ends the row group when it holds
     /// `row_group_size`, and completes the file at `target_file_size`.
     async fn bound(&mut self, key: &FileKey) -> Result<(), SinkError> {
@@ -362,6 +360,8 @@ impl ParquetSink {
         Ok(())
     }
 
+    /// Completes a file that reached the target size. It becomes visible now, so the
+    /// intent of the coming flush lists it first.
     async fn roll(&mut self, key: &FileKey) -> Result<(), SinkError> {
         let file = self.open.remove(key).expect("rolled file is open");
         self.rolled.push(file.path.clone());

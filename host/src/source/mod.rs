@@ -157,6 +157,13 @@ pub fn pg_target(url: &str) -> Result<(tokio_postgres::Config, TlsConfig), Sourc
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| malformed(format!("malformed URL: {e}")))?;
+    // An sslmode weir did not take out would be ignored below: refuse it rather than
+    // connect with less protection than asked for.
+    if config.get_ssl_mode() != tokio_postgres::config::SslMode::Prefer {
+        return Err(malformed(
+            "sslmode is written in a way weir cannot read: write ?sslmode=… in a URL, or sslmode=… in key=value form".into(),
+        ));
+    }
     // weir negotiates TLS itself, before tokio-postgres speaks.
     config.ssl_mode(tokio_postgres::config::SslMode::Disable);
     if config.get_password().is_none()
@@ -178,8 +185,25 @@ pub fn pg_target(url: &str) -> Result<(tokio_postgres::Config, TlsConfig), Sourc
 }
 
 /// Opens a SQL connection: over a Unix socket as it is, over TCP through the TLS the
-/// settings ask for. The connection runs in a task of its own.
+/// settings ask for; under `prefer`, a failed TLS attempt is tried again without, as libpq
+/// does. Returns the TLS settings that worked, for the replication connection.
 async fn open(
+    config: &tokio_postgres::Config,
+    tls: &TlsConfig,
+) -> Result<(tokio_postgres::Client, JoinHandle<()>, TlsConfig), String> {
+    match open_with(config, tls).await {
+        Ok((client, conn)) => Ok((client, conn, tls.clone())),
+        Err(e) if tls.mode == pgwire_replication::SslMode::Prefer => {
+            tracing::debug!(error = %e, "The TLS attempt failed; trying without TLS (sslmode=prefer).");
+            let plain = TlsConfig::disabled();
+            let (client, conn) = open_with(config, &plain).await?;
+            Ok((client, conn, plain))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn open_with(
     config: &tokio_postgres::Config,
     tls: &TlsConfig,
 ) -> Result<(tokio_postgres::Client, JoinHandle<()>), String> {
@@ -251,7 +275,7 @@ impl Control {
         let target = describe_target(&config);
         let user = config.get_user().unwrap_or_default().to_owned();
         let connect = tokio::time::timeout(Duration::from_secs(15), open(&config, &tls));
-        let (client, conn) = match connect.await {
+        let (client, conn, tls) = match connect.await {
             Err(_) => {
                 return Err(SourceError::Connect {
                     target,
@@ -266,7 +290,7 @@ impl Control {
                 return Err(SourceError::Auth { user });
             }
             Ok(Err(message)) => return Err(SourceError::Connect { target, message }),
-            Ok(Ok(pair)) => pair,
+            Ok(Ok(opened)) => opened,
         };
         Ok(Control {
             client,

@@ -6,46 +6,37 @@
 use pgwire_replication::{SslMode, TlsConfig};
 use std::path::PathBuf;
 
-/// The parameters weir takes out of a connection string before tokio-postgres reads it.
-const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+/// The parameters weir takes out of a connection string before tokio-postgres reads it,
+/// and the environment variables libpq reads for them.
+const TLS_KEYS: [(&str, &str); 4] = [
+    ("sslmode", "PGSSLMODE"),
+    ("sslrootcert", "PGSSLROOTCERT"),
+    ("sslcert", "PGSSLCERT"),
+    ("sslkey", "PGSSLKEY"),
+];
+
+fn is_tls_key(key: &str) -> bool {
+    TLS_KEYS.iter().any(|(k, _)| *k == key)
+}
 
 /// Splits the TLS parameters off `url` (a `postgres://` URL or `key=value` pairs): the
-/// connection string without them, and the TLS settings they make. The default is
-/// libpq's, `prefer`: TLS when the server offers it, without checking its certificate.
+/// connection string without them, and the TLS settings they make, with libpq's
+/// `PGSSL*` variables for what the string leaves out. The default is libpq's, `prefer`:
+/// TLS when the server offers it, without checking its certificate.
 pub fn split(url: &str) -> Result<(String, TlsConfig), String> {
     let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
-    let (rest, pairs): (String, Vec<(String, String)>) = if is_url {
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let mut kept = Vec::new();
-        let mut taken = Vec::new();
-        for part in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = url::form_urlencoded::parse(part.as_bytes())
-                .next()
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .unwrap_or_default();
-            match TLS_KEYS.contains(&k.as_str()) {
-                true => taken.push((k, v)),
-                false => kept.push(part),
-            }
-        }
-        let rest = match kept.is_empty() {
-            true => base.to_string(),
-            false => format!("{base}?{}", kept.join("&")),
-        };
-        (rest, taken)
-    } else {
-        let mut kept = Vec::new();
-        let mut taken = Vec::new();
-        for token in url.split_whitespace() {
-            match token.split_once('=') {
-                Some((k, v)) if TLS_KEYS.contains(&k) => {
-                    taken.push((k.to_string(), v.trim_matches('\'').to_string()))
-                }
-                _ => kept.push(token),
-            }
-        }
-        (kept.join(" "), taken)
+    let (rest, mut pairs) = match is_url {
+        true => split_url(url),
+        false => split_pairs(url)?,
     };
+    for (key, var) in TLS_KEYS {
+        if !pairs.iter().any(|(k, _)| k == key)
+            && let Ok(value) = std::env::var(var)
+            && !value.is_empty()
+        {
+            pairs.push((key.to_string(), value));
+        }
+    }
     let get = |key: &str| {
         pairs
             .iter()
@@ -53,7 +44,7 @@ pub fn split(url: &str) -> Result<(String, TlsConfig), String> {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.clone())
     };
-    let root = get("sslrootcert").map(PathBuf::from);
+    let root = get("sslrootcert");
     let mode = match get("sslmode").as_deref() {
         None | Some("prefer") | Some("allow") => SslMode::Prefer,
         Some("disable") => SslMode::Disable,
@@ -68,21 +59,148 @@ pub fn split(url: &str) -> Result<(String, TlsConfig), String> {
             ));
         }
     };
+    let verifying = matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull);
+    let ca = match (root.as_deref(), mode) {
+        // The public roots (Mozilla's), only where the host name is checked too.
+        (Some("system"), SslMode::VerifyFull) => None,
+        (Some("system"), _) => {
+            return Err("sslrootcert=system trusts every public authority: it goes with sslmode=verify-full only".into());
+        }
+        (Some(path), _) => {
+            let path = PathBuf::from(path);
+            if !path.exists() {
+                return Err(format!("sslrootcert {}: no such file", path.display()));
+            }
+            Some(path)
+        }
+        (None, _) if verifying => {
+            // libpq's default place for the authority's certificate.
+            let default = std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".postgresql").join("root.crt"))
+                .filter(|p| p.exists());
+            if default.is_none() {
+                return Err(
+                    "sslmode=verify-ca and verify-full check the server against a certificate authority: \
+                     name its certificate with sslrootcert=/path/ca.pem (or put it in ~/.postgresql/root.crt; \
+                     sslrootcert=system with verify-full trusts the public authorities)"
+                        .into(),
+                );
+            }
+            default
+        }
+        (None, _) => None,
+    };
     let (cert, key) = (get("sslcert"), get("sslkey"));
     if cert.is_some() != key.is_some() {
         return Err("sslcert and sslkey go together (a client certificate and its key)".into());
     }
-    for path in [&root].into_iter().flatten() {
-        if !path.exists() {
-            return Err(format!("sslrootcert {}: no such file", path.display()));
-        }
-    }
     let mut tls = TlsConfig::disabled();
     tls.mode = mode;
-    tls.ca_pem_path = root;
+    tls.ca_pem_path = ca;
     tls.client_cert_pem_path = cert.map(PathBuf::from);
     tls.client_key_pem_path = key.map(PathBuf::from);
     Ok((rest, tls))
+}
+
+/// A URL's TLS parameters, and the URL without them. The query starts at the first `?`
+/// after the first `@` (where tokio-postgres looks for it: a password may hold a `?`).
+fn split_url(url: &str) -> (String, Vec<(String, String)>) {
+    let start = url.find('@').unwrap_or(0);
+    let Some(at) = url[start..].find('?').map(|i| start + i) else {
+        return (url.to_string(), Vec::new());
+    };
+    let (base, query) = (&url[..at], &url[at + 1..]);
+    let mut kept = Vec::new();
+    let mut taken = Vec::new();
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let decode = |s: &str| {
+            // Percent-decoding only, as tokio-postgres and libpq do: a `+` stays a `+`.
+            url::form_urlencoded::parse(s.replace('+', "%2B").as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default()
+        };
+        let key = decode(k);
+        match is_tls_key(&key) {
+            true => taken.push((key, decode(v))),
+            false => kept.push(part),
+        }
+    }
+    let rest = match kept.is_empty() {
+        true => base.to_string(),
+        false => format!("{base}?{}", kept.join("&")),
+    };
+    (rest, taken)
+}
+
+/// `key = value` pairs (values optionally in single quotes, with `\'` and `\\`), the
+/// TLS ones taken out and the others kept as written.
+fn split_pairs(text: &str) -> Result<(String, Vec<(String, String)>), String> {
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let mut i = 0;
+    let skip_space = |i: &mut usize| {
+        while *i < chars.len() && chars[*i].1.is_whitespace() {
+            *i += 1;
+        }
+    };
+    let offset = |i: usize| chars.get(i).map_or(text.len(), |c| c.0);
+    let mut kept = Vec::new();
+    let mut taken = Vec::new();
+    loop {
+        skip_space(&mut i);
+        if i >= chars.len() {
+            break;
+        }
+        let start = i;
+        while i < chars.len() && chars[i].1 != '=' && !chars[i].1.is_whitespace() {
+            i += 1;
+        }
+        let key: String = chars[start..i].iter().map(|c| c.1).collect();
+        skip_space(&mut i);
+        if chars.get(i).map(|c| c.1) != Some('=') {
+            return Err(format!(
+                "`{key}` in source.url has no value (write key=value)"
+            ));
+        }
+        i += 1;
+        skip_space(&mut i);
+        let mut value = String::new();
+        if chars.get(i).map(|c| c.1) == Some('\'') {
+            i += 1;
+            loop {
+                match chars.get(i).map(|c| c.1) {
+                    None => {
+                        return Err(format!(
+                            "the value of `{key}` in source.url has no closing quote"
+                        ));
+                    }
+                    Some('\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some('\\') if i + 1 < chars.len() => {
+                        value.push(chars[i + 1].1);
+                        i += 2;
+                    }
+                    Some(c) => {
+                        value.push(c);
+                        i += 1;
+                    }
+                }
+            }
+        } else {
+            while i < chars.len() && !chars[i].1.is_whitespace() {
+                value.push(chars[i].1);
+                i += 1;
+            }
+        }
+        match is_tls_key(&key) {
+            true => taken.push((key, value)),
+            false => kept.push(&text[offset(start)..offset(i)]),
+        }
+    }
+    Ok((kept.join(" "), taken))
 }
 
 #[cfg(test)]
@@ -91,12 +209,32 @@ mod tests {
 
     #[test]
     fn takes_the_tls_parameters_out_of_a_url() {
-        let (rest, tls) =
-            split("postgres://u:p@db:5432/app?sslmode=verify-full&application_name=x&sslrootcert=Cargo.toml")
-                .unwrap();
+        let (rest, tls) = split(
+            "postgres://u:p@db:5432/app?sslmode=verify-full&application_name=x&sslrootcert=Cargo.toml",
+        )
+        .unwrap();
         assert_eq!(rest, "postgres://u:p@db:5432/app?application_name=x");
         assert_eq!(tls.mode, SslMode::VerifyFull);
         assert_eq!(tls.ca_pem_path, Some(PathBuf::from("Cargo.toml")));
+    }
+
+    #[test]
+    fn a_question_mark_in_the_password_is_not_the_query() {
+        let (rest, tls) = split("postgres://u:p?x@db/app?sslmode=require").unwrap();
+        assert_eq!(
+            (rest.as_str(), tls.mode),
+            ("postgres://u:p?x@db/app", SslMode::Require)
+        );
+    }
+
+    #[test]
+    fn key_value_strings_with_spaces_and_quotes() {
+        let (rest, tls) =
+            split("host=db  password='a sslmode=disable'  sslmode = require dbname=app").unwrap();
+        assert_eq!(rest, "host=db password='a sslmode=disable' dbname=app");
+        assert_eq!(tls.mode, SslMode::Require);
+        assert!(split("host=db sslmode").is_err());
+        assert!(split("host=db password='open").is_err());
     }
 
     #[test]
@@ -117,6 +255,13 @@ mod tests {
     fn require_with_a_root_certificate_checks_the_chain() {
         let (_, tls) = split("postgres://db/app?sslmode=require&sslrootcert=Cargo.toml").unwrap();
         assert_eq!(tls.mode, SslMode::VerifyCa);
+    }
+
+    #[test]
+    fn verifying_needs_an_authority_and_system_roots_need_the_host_checked() {
+        let (_, tls) = split("postgres://db/app?sslmode=verify-full&sslrootcert=system").unwrap();
+        assert_eq!((tls.mode, tls.ca_pem_path), (SslMode::VerifyFull, None));
+        assert!(split("postgres://db/app?sslmode=verify-ca&sslrootcert=system").is_err());
     }
 
     #[test]

@@ -101,7 +101,35 @@ fn weir_streams_over_verified_tls_and_refuses_an_unknown_certificate() {
     // `require` encrypts without checking the certificate, as libpq's does.
     let required = run("?sslmode=require");
     assert!(required.status.success(), "{}", stderr(&required));
+
+    // A certificate of the right authority for another host: verify-full refuses it,
+    // verify-ca (the chain only) takes it.
+    let elsewhere_key = KeyPair::generate().unwrap();
+    let elsewhere = CertificateParams::new(vec!["db.example".to_string()])
+        .unwrap()
+        .signed_by(&elsewhere_key, &ca)
+        .unwrap();
+    pg.enable_ssl(&elsewhere.pem(), &elsewhere_key.serialize_pem())
+        .unwrap();
+    let mismatch = run(&format!(
+        "?sslmode=verify-full&sslrootcert={}",
+        ca_file.display()
+    ));
+    assert!(!mismatch.status.success());
+    assert!(
+        stderr(&mismatch).contains("certificate not valid for name \"localhost\""),
+        "the host name is checked: {}",
+        stderr(&mismatch)
+    );
+    pg.psql("app", "INSERT INTO t VALUES (21, 'chain only')")
+        .unwrap();
+    let chain_only = run(&format!(
+        "?sslmode=verify-ca&sslrootcert={}",
+        ca_file.display()
+    ));
+    assert!(chain_only.status.success(), "{}", stderr(&chain_only));
+
     let changes = read_changelog(&out.join("public").join("t"), "id");
-    assert_eq!((changes.op("r"), changes.op("c")), (10, 10));
+    assert_eq!((changes.op("r"), changes.op("c")), (10, 11));
     assert_eq!(changes.duplicates, 0);
 }

@@ -328,6 +328,14 @@ impl IcebergSink {
         self.durable
     }
 
+    /// The last transaction any table holds: output exists up to there.
+    pub fn held(&self) -> Option<CommitPos> {
+        self.tables
+            .values()
+            .filter_map(|t| table_position(&t.table, &self.slot))
+            .max()
+    }
+
     /// Writes a batch's events; commits when the interval has passed at a transaction
     /// boundary.
     pub async fn write(&mut self, batch: &SourceBatch) -> Result<(), SinkError> {
