@@ -160,6 +160,11 @@ impl TempPostgres {
         let conf = self.data().join("postgresql.conf");
         let text = std::fs::read_to_string(&conf)?;
         std::fs::write(&conf, format!("{text}\nssl = on\n"))?;
+        self.reload()
+    }
+
+    /// Makes the server read its configuration files again.
+    fn reload(&self) -> io::Result<()> {
         self.command("pg_ctl")
             .arg("-D")
             .arg(self.data())
@@ -172,11 +177,7 @@ impl TempPostgres {
         let path = self.data().join("pg_hba.conf");
         let old = std::fs::read_to_string(&path)?;
         std::fs::write(&path, format!("{lines}\n{old}"))?;
-        self.command("pg_ctl")
-            .arg("-D")
-            .arg(self.data())
-            .arg("reload")
-            .checked()
+        self.reload()
     }
 
     fn spawn_watchdog(&self) -> io::Result<()> {

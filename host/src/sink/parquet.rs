@@ -450,16 +450,21 @@ mod tests {
         }
     }
 
-    /// One insert per commit time, each its own transaction.
-    fn batch(commit_times: &[i64]) -> SourceBatch {
-        let mut batch = Batch::default();
-        let rel = batch.push_relation(Relation {
+    /// Table `public.t` with these columns.
+    fn table_t(columns: Vec<Column>) -> Relation {
+        Relation {
             id: 1,
             schema: "public".into(),
             table: "t".into(),
             version: 1,
-            columns: vec![Column::new("id", 20, "int8", true)],
-        });
+            columns,
+        }
+    }
+
+    /// One insert per commit time, each its own transaction.
+    fn batch(commit_times: &[i64]) -> SourceBatch {
+        let mut batch = Batch::default();
+        let rel = batch.push_relation(table_t(vec![Column::new("id", 20, "int8", true)]));
         for (i, ts) in commit_times.iter().enumerate() {
             batch.events.push(Event {
                 op: Op::Insert,
@@ -528,16 +533,10 @@ mod tests {
         let mut last = None;
         for b in 0..10u64 {
             let mut batch = Batch::default();
-            let rel = batch.push_relation(Relation {
-                id: 1,
-                schema: "public".into(),
-                table: "t".into(),
-                version: 1,
-                columns: vec![
-                    Column::new("id", 20, "int8", true),
-                    Column::new("v", 25, "text", false),
-                ],
-            });
+            let rel = batch.push_relation(table_t(vec![
+                Column::new("id", 20, "int8", true),
+                Column::new("v", 25, "text", false),
+            ]));
             for i in 0..50 {
                 batch.events.push(Event {
                     op: Op::Insert,
