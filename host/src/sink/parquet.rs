@@ -152,6 +152,8 @@ impl ParquetSink {
         let properties = WriterProperties::builder()
             .set_compression(compression)
             .set_max_row_group_row_count(Some(config.row_group_rows))
+            // Wide rows: a row group also ends at this size (the memory of an open file).
+            .set_max_row_group_bytes(Some(config.row_group_size as usize))
             .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
             .build();
         Ok(ParquetSink {
@@ -345,15 +347,12 @@ impl ParquetSink {
         Ok(written)
     }
 
-    /// Hands a file's buffered rows to its writer, ends the row group when it holds
-    /// `row_group_size`, and completes the file at `target_file_size`.
+    /// Hands a file's buffered rows to its writer (which ends a row group at
+    /// `row_group_rows` or `row_group_size`), and completes the file at
+    /// `target_file_size`.
     async fn bound(&mut self, key: &FileKey) -> Result<(), SinkError> {
         let file = self.open.get_mut(key).expect("an open file");
         file.write_chunk().await?;
-        if file.writer.memory_size() as u64 >= self.config.row_group_size {
-            let path = file.path.clone();
-            file.writer.flush().await.map_err(|e| write_err(&path, e))?;
-        }
         if file.size() as u64 >= self.config.target_file_size {
             self.roll(key).await?;
         }

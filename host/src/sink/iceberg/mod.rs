@@ -59,8 +59,9 @@ pub const PROP_CREATED_AFTER: &str = "weir.created-after";
 /// Rows gathered before they are handed to the data file writer (at most).
 const CHUNK_ROWS: usize = 8192;
 
-/// Rows per Parquet row group of a data file.
+/// A data file's Parquet row groups end at this many rows or this size.
 const ROW_GROUP_ROWS: usize = 65_536;
+const ROW_GROUP_BYTES: usize = 32 << 20;
 
 fn iceberg_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> SinkError {
     SinkError::Write {
@@ -300,6 +301,8 @@ impl IcebergSink {
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             // Bounds the memory of each open data file, as for Parquet output.
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            // Wide rows: a row group also ends at this size.
+            .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
             .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
             .build();
         let now = std::time::SystemTime::now()
@@ -379,6 +382,13 @@ impl IcebergSink {
             let writer = table.writer.as_mut().expect("made above");
             writer.rows.append(event, relation);
             if writer.rows.len() >= CHUNK_ROWS {
+                writer.write_chunk(&table.ident).await?;
+            }
+        }
+        // No rows wait outside the data file writers between batches: what a table holds
+        // in memory is its open row groups, bounded by ROW_GROUP_BYTES.
+        for table in self.tables.values_mut() {
+            if let Some(writer) = table.writer.as_mut() {
                 writer.write_chunk(&table.ident).await?;
             }
         }
