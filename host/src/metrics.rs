@@ -165,6 +165,7 @@ fn status(state: &State) -> serde_json::Value {
                 "calls": c.calls(),
                 "errors": c.errors(),
                 "seconds": c.seconds(),
+                "bytes": c.bytes(),
                 "healthy": c.failing().is_none(),
                 "error": c.failing(),
             })
@@ -278,6 +279,17 @@ fn render(state: &State) -> String {
             "Writes and flushes that failed",
             "1 unless the sink's last write or flush failed",
         ),
+    );
+    let bytes: Family<Labels, Counter> = Family::default();
+    for (kind, name, c) in stats.components() {
+        if kind == Component::Sink {
+            bytes.get_or_create(&vec![("sink", name)]).inc_by(c.bytes());
+        }
+    }
+    registry.register(
+        "sink_bytes_written",
+        "Bytes of output each sink completed (Parquet and Iceberg files; for plugin sinks, the MessagePack batches they accepted)",
+        bytes,
     );
     registry.register(
         "batch_duration_seconds",

@@ -45,6 +45,8 @@ pub struct SinkPlugin {
     reported: u64,
     flush_interval: Duration,
     last_flush: Instant,
+    /// Bytes of the batches the plugin accepted (MessagePack).
+    bytes_out: u64,
 }
 
 impl SinkPlugin {
@@ -88,6 +90,7 @@ impl SinkPlugin {
             reported: 0,
             flush_interval,
             last_flush: Instant::now(),
+            bytes_out: 0,
         })
     }
 
@@ -266,7 +269,13 @@ impl SinkPlugin {
         let upto = part.events.iter().map(|e| e.commit_lsn).max().unwrap_or(0);
         let (limits, label) = (self.common.manifest.limits.clone(), self.label());
         let reported = call::retry_transient(&limits, &label, || self.call_write(&input))?;
+        self.bytes_out += input.len() as u64;
         self.advance(reported, upto)
+    }
+
+    /// Bytes of the batches the plugin accepted (MessagePack).
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out
     }
 
     /// Delivers a batch (blocking: call it off the async threads). Events the

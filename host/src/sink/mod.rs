@@ -257,6 +257,15 @@ impl Sink {
         }
     }
 
+    /// Bytes of output this sink completed (for plugin sinks: handed over).
+    fn bytes_written(&self) -> u64 {
+        match self {
+            Sink::Parquet(s) => s.bytes_written(),
+            Sink::Iceberg(s) => s.bytes_written(),
+            Sink::Plugin(s) => s.plugin.as_ref().map_or(0, SinkPlugin::bytes_out),
+        }
+    }
+
     fn durable(&self) -> Option<CommitPos> {
         match self {
             Sink::Parquet(s) => s.durable(),
@@ -417,6 +426,7 @@ impl Sinks {
         let sinks = self.sinks.iter_mut().zip(&mut self.calls).zip(configs);
         for ((sink, calls), config) in sinks {
             *calls = stats.component(Component::Sink, &sink_name(config));
+            calls.new_run();
             if let Sink::Plugin(PluginSink {
                 plugin: Some(p), ..
             }) = sink
@@ -471,6 +481,7 @@ impl Sinks {
             let started = std::time::Instant::now();
             let result = sink.write(batch).await;
             record(calls, started, &result);
+            calls.set_bytes(sink.bytes_written());
             result.map_err(|e| (sink.name(), e))?;
         }
         Ok(())
@@ -485,6 +496,7 @@ impl Sinks {
                     let started = std::time::Instant::now();
                     let result = sink.flush(position).await;
                     record(calls, started, &result);
+                    calls.set_bytes(sink.bytes_written());
                     result.map_err(|e| (sink.name(), e))?;
                 }
             }

@@ -59,13 +59,15 @@ impl OpenFile {
         self.writer.bytes_written() + self.writer.in_progress_size()
     }
 
-    async fn complete(mut self) -> Result<Path, SinkError> {
+    /// Writes the footer; returns the file's size (about: before the footer).
+    async fn complete(mut self) -> Result<u64, SinkError> {
         self.write_chunk().await?;
+        let size = self.size() as u64;
         self.writer
             .close()
             .await
             .map_err(|e| write_err(&self.path, e))?;
-        Ok(self.path)
+        Ok(size)
     }
 
     async fn abort(self) {
@@ -109,6 +111,8 @@ pub struct ParquetSink {
     rolled: Vec<Path>,
     files_in_flush: u32,
     last_flush: Instant,
+    /// Bytes of the files completed by this sink (for the metrics).
+    bytes_written: u64,
 }
 
 impl ParquetSink {
@@ -168,6 +172,7 @@ impl ParquetSink {
             properties,
             open: HashMap::new(),
             rolled: Vec::new(),
+            bytes_written: 0,
             files_in_flush: 0,
             last_flush: Instant::now(),
         })
@@ -175,6 +180,11 @@ impl ParquetSink {
 
     pub fn url(&self) -> &str {
         &self.config.url
+    }
+
+    /// Bytes of the files this sink completed.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
     }
 
     /// The last transaction whose rows are all in complete, checkpointed files.
@@ -342,7 +352,7 @@ impl ParquetSink {
         let mut written = Vec::new();
         for (_, file) in files {
             written.push(file.path.to_string());
-            file.complete().await?;
+            self.bytes_written += file.complete().await?;
         }
         Ok(written)
     }
@@ -367,7 +377,7 @@ impl ParquetSink {
         self.checkpoints
             .write_intent(self.seq + 1, &self.rolled)
             .await?;
-        file.complete().await?;
+        self.bytes_written += file.complete().await?;
         Ok(())
     }
 
@@ -393,7 +403,7 @@ impl ParquetSink {
         self.checkpoints.write_intent(seq, &files).await?;
         let open: Vec<OpenFile> = self.open.drain().map(|(_, f)| f).collect();
         for file in open {
-            file.complete().await?;
+            self.bytes_written += file.complete().await?;
         }
         if let Some(local) = &self.local {
             // On disk before the checkpoint that lists them.

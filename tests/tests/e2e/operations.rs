@@ -192,6 +192,13 @@ fn metrics_and_health_are_served_during_a_run_and_counters_move() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The Parquet files completed by the flushes are counted.
+    let written = labelled(
+        &scrape(port),
+        "weir_sink_bytes_written_total{",
+        "sink=\"parquet",
+    );
+    assert!(written.is_some_and(|b| b > 500.0), "{written:?}");
     assert_eq!(get(port, "/nope").unwrap().0, 404);
     assert_eq!(unsafe_kill(weir.id() as i32, libc::SIGTERM), 0);
     assert!(wait_with_timeout(&mut weir, Duration::from_secs(30)).success());

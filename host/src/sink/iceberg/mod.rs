@@ -240,6 +240,8 @@ struct ChangeTable {
     writer: Option<TableWriter>,
     /// Data files complete and awaiting the next commit.
     files: Vec<DataFile>,
+    /// Bytes of the data files completed in this run (for the metrics).
+    bytes_written: u64,
 }
 
 /// Writes changelog tables and commits them through the catalog.
@@ -281,6 +283,7 @@ impl IcebergSink {
                     table,
                     writer: None,
                     files: Vec::new(),
+                    bytes_written: 0,
                 },
             );
         }
@@ -324,6 +327,11 @@ impl IcebergSink {
 
     pub fn warehouse(&self) -> &str {
         &self.config.warehouse
+    }
+
+    /// Bytes of the data files this sink completed.
+    pub fn bytes_written(&self) -> u64 {
+        self.tables.values().map(|t| t.bytes_written).sum()
     }
 
     /// The last transaction every table holds.
@@ -461,6 +469,7 @@ impl IcebergSink {
             table,
             writer: None,
             files: Vec::new(),
+            bytes_written: 0,
         })
     }
 
@@ -817,6 +826,7 @@ impl ChangeTable {
             .close()
             .await
             .map_err(|e| iceberg_err(&self.ident, e))?;
+        self.bytes_written += files.iter().map(|f| f.file_size_in_bytes()).sum::<u64>();
         self.files.extend(files);
         Ok(())
     }
