@@ -14,9 +14,8 @@ pub struct CallStats {
     calls: AtomicU64,
     nanos: AtomicU64,
     errors: AtomicU64,
-    /// Bytes written over earlier runs, and by the current run's sink so far.
-    bytes_before: AtomicU64,
-    bytes_run: AtomicU64,
+    /// Bytes of output written.
+    bytes: AtomicU64,
     /// The error that stopped the pipeline at the last call, if it failed.
     failing: Mutex<Option<String>>,
 }
@@ -33,19 +32,12 @@ impl CallStats {
         *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = stopped;
     }
 
-    /// The current run's sink has written `total` bytes so far.
-    pub fn set_bytes(&self, total: u64) {
-        self.bytes_run.store(total, Relaxed);
-    }
-
-    /// A new run starts its own count: what the last one wrote is kept.
-    pub fn new_run(&self) {
-        let run = self.bytes_run.swap(0, Relaxed);
-        self.bytes_before.fetch_add(run, Relaxed);
+    pub fn add_bytes(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Relaxed);
     }
 
     pub fn bytes(&self) -> u64 {
-        self.bytes_before.load(Relaxed) + self.bytes_run.load(Relaxed)
+        self.bytes.load(Relaxed)
     }
 
     pub fn calls(&self) -> u64 {

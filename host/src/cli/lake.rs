@@ -47,15 +47,20 @@ pub enum LakeCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         older_than: std::time::Duration,
     },
-    /// Delete files under the table's location that no snapshot or metadata refers to
-    /// (data files of expired snapshots, files of runs killed before their commit).
+    /// Delete files in the table's data/ and metadata/ that no snapshot or metadata
+    /// refers to (data files of expired snapshots, files of runs killed before their
+    /// commit).
     RemoveOrphans {
         #[command(flatten)]
         table: TableArgs,
-        /// Keep files younger than this, for example `3d` (a running pipeline's files
-        /// wait that long for their commit at most).
+        /// Keep files younger than this (at least 1d without --force). A commit still in
+        /// progress, such as a long initial snapshot or a long source transaction, has
+        /// files as old as it: keep the cutoff past the longest, or stop the pipeline.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "3d")]
         older_than: std::time::Duration,
+        /// Allow a cutoff under one day.
+        #[arg(long)]
+        force: bool,
         /// Print what would be deleted, delete nothing.
         #[arg(long)]
         dry_run: bool,
@@ -199,9 +204,16 @@ pub async fn lake(command: LakeCommand) -> anyhow::Result<()> {
         }
         LakeCommand::RemoveOrphans {
             older_than,
+            force,
             dry_run,
             ..
         } => {
+            if older_than < std::time::Duration::from_secs(86_400) && !force {
+                bail!(
+                    "--older-than {} could delete files of a commit still in progress (a long initial snapshot or transaction): use at least 1d, or add --force with the pipeline stopped",
+                    humantime::format_duration(older_than)
+                );
+            }
             let orphans = lake::find_orphans(&table, older_than)
                 .await
                 .map_err(anyhow::Error::msg)?;

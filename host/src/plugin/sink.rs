@@ -273,9 +273,9 @@ impl SinkPlugin {
         self.advance(reported, upto)
     }
 
-    /// Bytes of the batches the plugin accepted (MessagePack).
-    pub fn bytes_out(&self) -> u64 {
-        self.bytes_out
+    /// Bytes of the batches the plugin accepted (MessagePack) since the last call.
+    pub fn take_bytes_out(&mut self) -> u64 {
+        std::mem::take(&mut self.bytes_out)
     }
 
     /// Delivers a batch (blocking: call it off the async threads). Events the

@@ -257,12 +257,13 @@ impl Sink {
         }
     }
 
-    /// Bytes of output this sink completed (for plugin sinks: handed over).
-    fn bytes_written(&self) -> u64 {
+    /// Bytes of output this sink completed (for plugin sinks: handed over) since the
+    /// last call.
+    fn take_new_bytes(&mut self) -> u64 {
         match self {
-            Sink::Parquet(s) => s.bytes_written(),
-            Sink::Iceberg(s) => s.bytes_written(),
-            Sink::Plugin(s) => s.plugin.as_ref().map_or(0, SinkPlugin::bytes_out),
+            Sink::Parquet(s) => s.take_bytes_written(),
+            Sink::Iceberg(s) => s.take_bytes_written(),
+            Sink::Plugin(s) => s.plugin.as_mut().map_or(0, SinkPlugin::take_bytes_out),
         }
     }
 
@@ -426,7 +427,6 @@ impl Sinks {
         let sinks = self.sinks.iter_mut().zip(&mut self.calls).zip(configs);
         for ((sink, calls), config) in sinks {
             *calls = stats.component(Component::Sink, &sink_name(config));
-            calls.new_run();
             if let Sink::Plugin(PluginSink {
                 plugin: Some(p), ..
             }) = sink
@@ -481,7 +481,7 @@ impl Sinks {
             let started = std::time::Instant::now();
             let result = sink.write(batch).await;
             record(calls, started, &result);
-            calls.set_bytes(sink.bytes_written());
+            calls.add_bytes(sink.take_new_bytes());
             result.map_err(|e| (sink.name(), e))?;
         }
         Ok(())
@@ -496,7 +496,7 @@ impl Sinks {
                     let started = std::time::Instant::now();
                     let result = sink.flush(position).await;
                     record(calls, started, &result);
-                    calls.set_bytes(sink.bytes_written());
+                    calls.add_bytes(sink.take_new_bytes());
                     result.map_err(|e| (sink.name(), e))?;
                 }
             }

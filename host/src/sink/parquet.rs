@@ -182,9 +182,9 @@ impl ParquetSink {
         &self.config.url
     }
 
-    /// Bytes of the files this sink completed.
-    pub fn bytes_written(&self) -> u64 {
-        self.bytes_written
+    /// Bytes of the files this sink completed since the last call.
+    pub fn take_bytes_written(&mut self) -> u64 {
+        std::mem::take(&mut self.bytes_written)
     }
 
     /// The last transaction whose rows are all in complete, checkpointed files.

@@ -196,7 +196,9 @@ async fn open(
         Err(e) if tls.mode == pgwire_replication::SslMode::Prefer => {
             tracing::debug!(error = %e, "The TLS attempt failed; trying without TLS (sslmode=prefer).");
             let plain = TlsConfig::disabled();
-            let (client, conn) = open_with(config, &plain).await?;
+            let (client, conn) = open_with(config, &plain)
+                .await
+                .map_err(|plain| format!("{plain} (and with TLS: {e})"))?;
             Ok((client, conn, plain))
         }
         Err(e) => Err(e),

@@ -44,7 +44,16 @@ pub fn split(url: &str) -> Result<(String, TlsConfig), String> {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.clone())
     };
-    let root = get("sslrootcert");
+    // libpq's default place for the authority's certificate.
+    let default_root = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".postgresql").join("root.crt"))
+        .filter(|p| p.exists());
+    let root = get("sslrootcert").or_else(|| {
+        // As libpq: with that file present, `require` checks the chain too.
+        (get("sslmode").as_deref() == Some("require"))
+            .then(|| default_root.as_ref().map(|p| p.display().to_string()))
+            .flatten()
+    });
     let mode = match get("sslmode").as_deref() {
         None | Some("prefer") | Some("allow") => SslMode::Prefer,
         Some("disable") => SslMode::Disable,
@@ -74,10 +83,7 @@ pub fn split(url: &str) -> Result<(String, TlsConfig), String> {
             Some(path)
         }
         (None, _) if verifying => {
-            // libpq's default place for the authority's certificate.
-            let default = std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".postgresql").join("root.crt"))
-                .filter(|p| p.exists());
+            let default = default_root;
             if default.is_none() {
                 return Err(
                     "sslmode=verify-ca and verify-full check the server against a certificate authority: \

@@ -706,6 +706,17 @@ fn orphan_files_are_removed_and_every_kept_snapshot_still_reads() {
         .set_modified(ten_days)
         .unwrap();
 
+    // Beside data/ and metadata/ (a table nested below this one, say): never touched.
+    let beside = location.join("nested").join("data").join("old.parquet");
+    std::fs::create_dir_all(beside.parent().unwrap()).unwrap();
+    std::fs::write(&beside, b"another table's").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&beside)
+        .unwrap()
+        .set_modified(ten_days)
+        .unwrap();
+
     let dry = lake(
         &db,
         &config,
@@ -752,10 +763,29 @@ fn orphan_files_are_removed_and_every_kept_snapshot_still_reads() {
         &config,
         &["expire-snapshots", "public.t", "--older-than", "1ms"],
     );
+    let out = db
+        .weir(&[
+            "lake",
+            "remove-orphans",
+            config.to_str().unwrap(),
+            "public.t",
+            "--older-than",
+            "1h",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "under a day needs --force");
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
     let removed = lake(
         &db,
         &config,
-        &["remove-orphans", "public.t", "--older-than", "0s"],
+        &[
+            "remove-orphans",
+            "public.t",
+            "--older-than",
+            "0s",
+            "--force",
+        ],
     );
     let count: usize = removed.split_whitespace().next().unwrap().parse().unwrap();
     assert!(
@@ -763,6 +793,10 @@ fn orphan_files_are_removed_and_every_kept_snapshot_still_reads() {
         "two manifest lists and the fresh orphan: {removed}"
     );
     assert!(!fresh.exists());
+    assert!(
+        beside.exists(),
+        "only the table's own data/ and metadata/ are swept"
+    );
     let (log, _) = read_iceberg(&catalog(&db), "public.t", "id", None, &[]);
     assert_eq!(
         log.rows,
@@ -770,4 +804,27 @@ fn orphan_files_are_removed_and_every_kept_snapshot_still_reads() {
         "the current state equals the source"
     );
     assert_eq!(log.duplicates, 0);
+
+    // A file the table needs, missing from the listing: the paths cannot be trusted to
+    // compare, so nothing is deleted.
+    let live = files_below(&data)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .unwrap();
+    std::fs::remove_file(&live).unwrap();
+    let out = db
+        .weir(&[
+            "lake",
+            "remove-orphans",
+            config.to_str().unwrap(),
+            "public.t",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("nothing is deleted"),
+        "{}",
+        stderr(&out)
+    );
 }

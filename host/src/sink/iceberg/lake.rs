@@ -533,40 +533,62 @@ fn object_path(uri: &str) -> Result<object_store::path::Path, String> {
     object_store::path::Path::from_url_path(url.path()).map_err(|e| format!("{uri}: {e}"))
 }
 
-/// Finds the files under the table's location that nothing the table keeps refers to
-/// (data files of expired snapshots, files of a run killed before its commit, of a
-/// failed compaction), leaving those younger than `older_than`: a running pipeline's
-/// files wait for their commit that long at most.
+/// Finds the files under the table's `data/` and `metadata/` that nothing the table keeps
+/// refers to (data files of expired snapshots, files of a run killed before its commit,
+/// of a failed compaction), leaving those younger than `older_than`.
+///
+/// Refuses when a file the table needs (its metadata, a kept snapshot's manifest list, a
+/// manifest, a live data file) is not among the files listed: the two sides would not be
+/// comparable (another URI form, another encoding), so nothing could be deleted safely.
 pub async fn find_orphans(table: &Table, older_than: Duration) -> Result<Orphans, String> {
     use std::collections::HashSet;
     let e = |e: iceberg::Error| e.to_string();
     let metadata = table.metadata();
+    // Everything the table refers to, and what of it must exist.
     let mut referenced: HashSet<object_store::path::Path> = HashSet::new();
+    let mut needed: HashSet<object_store::path::Path> = HashSet::new();
     if let Some(location) = table.metadata_location() {
-        referenced.insert(object_path(location)?);
+        needed.insert(object_path(location)?);
     }
     for log in metadata.metadata_log() {
         referenced.insert(object_path(&log.metadata_file)?);
     }
+    for stats in metadata.statistics_iter() {
+        referenced.insert(object_path(&stats.statistics_path)?);
+    }
+    for stats in metadata.partition_statistics_iter() {
+        referenced.insert(object_path(&stats.statistics_path)?);
+    }
+    let mut manifests_read: HashSet<String> = HashSet::new();
     for snapshot in metadata.snapshots() {
-        referenced.insert(object_path(snapshot.manifest_list())?);
+        needed.insert(object_path(snapshot.manifest_list())?);
         let list = table
             .manifest_list_reader(snapshot)
             .load()
             .await
             .map_err(e)?;
         for manifest_file in list.entries() {
-            referenced.insert(object_path(&manifest_file.manifest_path)?);
+            // Manifests never change: each is read once, however many lists name it.
+            if !manifests_read.insert(manifest_file.manifest_path.clone()) {
+                continue;
+            }
+            needed.insert(object_path(&manifest_file.manifest_path)?);
             let manifest = manifest_file
                 .load_manifest(table.file_io())
                 .await
                 .map_err(e)?;
             // Every entry, deleted ones too: an older snapshot may still read the file.
             for entry in manifest.entries() {
-                referenced.insert(object_path(entry.file_path())?);
+                let path = object_path(entry.file_path())?;
+                match entry.is_alive() {
+                    true => needed.insert(path),
+                    false => referenced.insert(path),
+                };
             }
         }
     }
+    referenced.extend(needed.iter().cloned());
+
     let (store, base) =
         crate::sink::object_store_for(metadata.location()).map_err(|e| e.to_string())?;
     let cutoff =
@@ -575,16 +597,37 @@ pub async fn find_orphans(table: &Table, older_than: Duration) -> Result<Orphans
         referenced: referenced.len(),
         ..Orphans::default()
     };
-    let mut listed = store.list(Some(&base));
     let mut found = Vec::new();
-    while let Some(object) = listed.try_next().await.map_err(|e| e.to_string())? {
-        if referenced.contains(&object.location) {
-            continue;
+    let mut listed: HashSet<object_store::path::Path> = HashSet::new();
+    // Only the table's own directories: a table nested below this one keeps its files.
+    for dir in ["data", "metadata"] {
+        let mut objects = store.list(Some(&base.clone().join(dir)));
+        while let Some(object) = objects.try_next().await.map_err(|e| e.to_string())? {
+            listed.insert(object.location.clone());
+            if referenced.contains(&object.location) {
+                continue;
+            }
+            match object.last_modified <= cutoff {
+                true => found.push((object.last_modified, object.location, object.size)),
+                false => orphans.recent += 1,
+            }
         }
-        match object.last_modified <= cutoff {
-            true => found.push((object.last_modified, object.location, object.size)),
-            false => orphans.recent += 1,
-        }
+    }
+    let under = |p: &object_store::path::Path| {
+        p.prefix_matches(&base.clone().join("data"))
+            || p.prefix_matches(&base.clone().join("metadata"))
+    };
+    let unmatched: Vec<String> = needed
+        .iter()
+        .filter(|p| under(p) && !listed.contains(*p))
+        .map(ToString::to_string)
+        .take(3)
+        .collect();
+    if !unmatched.is_empty() {
+        return Err(format!(
+            "files the table refers to were not found by listing its location (for example {}): their paths do not compare with the listing, so nothing is deleted",
+            unmatched.join(", ")
+        ));
     }
     found.sort();
     orphans.files = found.into_iter().map(|(_, p, size)| (p, size)).collect();

@@ -329,9 +329,12 @@ impl IcebergSink {
         &self.config.warehouse
     }
 
-    /// Bytes of the data files this sink completed.
-    pub fn bytes_written(&self) -> u64 {
-        self.tables.values().map(|t| t.bytes_written).sum()
+    /// Bytes of the data files this sink completed since the last call.
+    pub fn take_bytes_written(&mut self) -> u64 {
+        self.tables
+            .values_mut()
+            .map(|t| std::mem::take(&mut t.bytes_written))
+            .sum()
     }
 
     /// The last transaction every table holds.
