@@ -230,6 +230,12 @@ async fn open_with(
         .await
         .map_err(|e| format!("{e}; check that PostgreSQL is running and source.url is right"))?;
     let _ = tcp.set_nodelay(true);
+    // A dead peer (a failed-over server, a dropped NAT entry) is noticed in minutes,
+    // not the hours of the system default.
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
     let stream = pgwire_replication::tls::rustls::maybe_upgrade_to_tls(tcp, tls, &host)
         .await
         .map_err(|e| format!("{e} (sslmode and sslrootcert in source.url)"))?;
