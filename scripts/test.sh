@@ -1,32 +1,53 @@
 #!/usr/bin/env bash
 # Runs weir's whole test suite against a real PostgreSQL (started by the tests).
 # Installs what it needs: the wasm32-wasip2 target; in a Python venv, DuckDB, PyIceberg,
-# moto, boto3 and componentize-py (tests/py/requirements.txt); and ComponentizeJS (npm).
+# moto, boto3 and componentize-py (tests/py/requirements.txt); ComponentizeJS (npm); and,
+# as root from Debian packages when missing, python3-venv, Node.js, npm and e2fsprogs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/weir-target}"
+
+# A Debian package, installed when missing and running as root; otherwise a clear stop.
+need_package() { # command package
+    command -v "$1" >/dev/null && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq "$2" >/dev/null
+    else
+        echo "error: $1 is missing: install it (apt-get install $2)" >&2
+        exit 1
+    fi
+}
+
 if command -v rustup >/dev/null; then
-    rustup target add wasm32-wasip2 >/dev/null 2>&1 || echo "warning: could not add the wasm32-wasip2 target" >&2
+    rustup target add wasm32-wasip2 >/dev/null
+elif [ ! -d "$(rustc --print sysroot)/lib/rustlib/wasm32-wasip2" ]; then
+    echo "error: the wasm32-wasip2 target is missing and rustup is not there to add it" >&2
+    exit 1
 fi
+
+# chattr makes the output unwritable in a fault test (root ignores permissions).
+need_package chattr e2fsprogs
 
 venv="$CARGO_TARGET_DIR/pyenv"
 if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+        # Debian splits venv support out of python3.
+        rm -rf "$venv"
+        pyver="$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            apt-get update -qq && apt-get install -y -qq "python$pyver-venv" >/dev/null
+        fi
+        python3 -m venv "$venv"
+    fi
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/py/requirements.txt
 export WEIR_TEST_PYTHON="$venv/bin/python"
 
 # ComponentizeJS, which builds the JavaScript example plugin (examples/plugins/route-js).
 # Installed from the example's lockfile, again only when the lockfile changes.
-if ! command -v npm >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
-    else
-        echo "error: npm is missing: install Node.js and npm (apt-get install nodejs npm)" >&2
-        exit 1
-    fi
-fi
+need_package node nodejs
+need_package npm npm
 jsenv="$CARGO_TARGET_DIR/jsenv"
 mkdir -p "$jsenv"
 if ! cmp -s examples/plugins/route-js/package-lock.json "$jsenv/package-lock.json" || [ ! -x "$jsenv/node_modules/.bin/componentize-js" ]; then

@@ -146,6 +146,11 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// Reads the checkpoint as it is (for `weir status`: nothing is undone).
+    pub async fn read(&self) -> Result<Option<Checkpoint>, CheckpointError> {
+        self.read_json(&self.checkpoint).await
+    }
+
     /// Reads the checkpoint and undoes a flush that did not finish: files listed by an
     /// intent newer than the checkpoint are deleted. Returns the checkpoint, if any.
     pub async fn recover(&self) -> Result<Option<Checkpoint>, CheckpointError> {

@@ -197,18 +197,21 @@ fn status(state: &State) -> serde_json::Value {
 
 type Labels = Vec<(&'static str, String)>;
 
-/// Registers, for the plugins or the sinks, their calls, time, errors and health.
+/// Registers, for the plugins or the sinks, their calls, time, errors and health, and
+/// (with a help text for it) the bytes they wrote.
 fn register_components(
     registry: &mut Registry,
     stats: &Stats,
     kind: Component,
     what: (&str, &str, &str, &str),
+    bytes_written: Option<&str>,
 ) {
     let label = kind_name(kind);
     let calls: Family<Labels, Counter> = Family::default();
     let seconds: Family<Labels, Counter<f64, AtomicU64>> = Family::default();
     let errors: Family<Labels, Counter> = Family::default();
     let healthy: Family<Labels, Gauge> = Family::default();
+    let bytes: Family<Labels, Counter> = Family::default();
     for (k, name, c) in stats.components() {
         if k != kind {
             continue;
@@ -220,11 +223,15 @@ fn register_components(
         healthy
             .get_or_create(&labels)
             .set(i64::from(c.failing().is_none()));
+        bytes.get_or_create(&labels).inc_by(c.bytes());
     }
     registry.register(format!("{label}_calls"), what.0, calls);
     registry.register(format!("{label}_call_seconds"), what.1, seconds);
     registry.register(format!("{label}_errors"), what.2, errors);
     registry.register(format!("{label}_healthy"), what.3, healthy);
+    if let Some(help) = bytes_written {
+        registry.register(format!("{label}_bytes_written"), help, bytes);
+    }
 }
 
 /// The metrics, read from the live counters at each scrape.
@@ -268,6 +275,7 @@ fn render(state: &State) -> String {
             "Plugin calls that failed, in part (events set aside by on_error) or whole",
             "1 unless the plugin's last call failed and stopped the pipeline",
         ),
+        None,
     );
     register_components(
         &mut registry,
@@ -279,17 +287,9 @@ fn render(state: &State) -> String {
             "Writes and flushes that failed",
             "1 unless the sink's last write or flush failed",
         ),
-    );
-    let bytes: Family<Labels, Counter> = Family::default();
-    for (kind, name, c) in stats.components() {
-        if kind == Component::Sink {
-            bytes.get_or_create(&vec![("sink", name)]).inc_by(c.bytes());
-        }
-    }
-    registry.register(
-        "sink_bytes_written",
-        "Bytes of output each sink completed (Parquet and Iceberg files; for plugin sinks, the MessagePack batches they accepted)",
-        bytes,
+        Some(
+            "Bytes of output each sink completed (Parquet and Iceberg files; for plugin sinks, the MessagePack batches they accepted)",
+        ),
     );
     registry.register(
         "batch_duration_seconds",

@@ -21,12 +21,18 @@ pub struct CallStats {
 }
 
 impl CallStats {
-    /// One call that took `took`; `errored` when any part of it failed (even if the
-    /// failure policy dealt with it), `stopped` with the error when the call failed as a
-    /// whole.
-    pub fn record(&self, took: Duration, errored: bool, stopped: Option<String>) {
+    /// One call, started at `started`, that ended in `result`; `errored` when part of it
+    /// failed even though the failure policy dealt with it.
+    pub fn record<T, E: std::fmt::Display>(
+        &self,
+        started: std::time::Instant,
+        errored: bool,
+        result: &Result<T, E>,
+    ) {
+        let stopped = result.as_ref().err().map(ToString::to_string);
         self.calls.fetch_add(1, Relaxed);
-        self.nanos.fetch_add(took.as_nanos() as u64, Relaxed);
+        self.nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
         self.errors
             .fetch_add(u64::from(errored || stopped.is_some()), Relaxed);
         *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = stopped;
@@ -98,11 +104,11 @@ pub struct Stats {
     /// WAL the slot keeps on the server (bytes), as last read.
     retained_wal: AtomicU64,
     /// Events written to the sinks, per (table, op).
-    written: Mutex<BTreeMap<(String, &'static str), u64>>,
+    written: PerTable,
     /// Bytes of row data read from the source.
     bytes_in: AtomicU64,
     /// Events read from the source, per (table, op).
-    read: Mutex<BTreeMap<(String, &'static str), u64>>,
+    read: PerTable,
     /// Calls into each plugin and sink, kept across runs (and reloads) by name.
     components: Mutex<BTreeMap<(Component, String), Arc<CallStats>>>,
     pub batch_seconds: BatchSeconds,

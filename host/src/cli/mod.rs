@@ -371,11 +371,10 @@ async fn run(path: &std::path::Path, until_caught_up: bool, new_slot: bool) -> a
         tracing::Instrument::instrument(run_with_retries(&config, &options, &stats), span).await;
     drop(metrics);
     watch.abort();
+    reporter.finish();
     if let Some(reason) = over_limit.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        reporter.finish();
         anyhow::bail!("{reason}");
     }
-    reporter.finish();
     let summary = result?;
     tracing::info!(
         events = summary.events,
@@ -404,19 +403,11 @@ fn slot_watch(
                 control = crate::source::Control::connect(&url).await.ok();
             }
             if let Some(c) = &control {
-                let row = c
-                    .client
-                    .query_opt(
-                        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
-                        &[&slot],
-                    )
-                    .await;
-                match row {
-                    Ok(Some(r)) => {
-                        let retained = r.get::<_, Option<i64>>(0).unwrap_or(0).max(0) as u64;
+                match retained_wal(c, &slot).await {
+                    Ok(Some(retained)) => {
                         stats.set_retained_wal(retained);
-                        match limit {
-                            Some(max) if retained > max => {
+                        match limit.filter(|max| retained > *max) {
+                            Some(max) => {
                                 let text =
                                     |b: u64| bytesize::ByteSize(b).display().iec().to_string();
                                 let reason = format!(
@@ -440,7 +431,7 @@ fn slot_watch(
                                     alerted = true;
                                 }
                             }
-                            _ => alerted = false,
+                            None => alerted = false,
                         }
                     }
                     Ok(None) => {}
@@ -450,6 +441,21 @@ fn slot_watch(
             tokio::time::sleep(std::time::Duration::from_secs(10)).await;
         }
     })
+}
+
+/// The WAL `slot` retains on the server, in bytes (none: no such slot).
+async fn retained_wal(
+    control: &crate::source::Control,
+    slot: &str,
+) -> Result<Option<u64>, tokio_postgres::Error> {
+    let row = control
+        .client
+        .query_opt(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    Ok(row.map(|r| r.get::<_, Option<i64>>(0).unwrap_or(0).max(0) as u64))
 }
 
 /// Runs the pipeline; once it has streamed, a transient failure (see
@@ -638,14 +644,14 @@ async fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
         println!("uses      replication slot `{}`", config.source.slot);
         return Ok(());
     }
+    // As the run would: output that exists without its slot is a gap, not a new start.
     for sink in &config.sinks {
-        if let Some(lsn) = pipeline_status::held_position(sink, &config.source.slot).await {
-            anyhow::bail!(
-                "replication slot `{}` does not exist, but sink {} holds output up to {lsn}: a run stops here (changes since then cannot be read); start over with the output moved aside, or accept the gap with `weir run {} --new-slot`",
-                config.source.slot,
-                crate::sink::sink_name(sink),
-                path.display()
-            );
+        if let Some(checkpoint) = pipeline_status::held_position(sink, &config.source.slot).await {
+            return Err(crate::source::SourceError::SlotMissing {
+                slot: config.source.slot.clone(),
+                checkpoint,
+            }
+            .into());
         }
     }
     println!(

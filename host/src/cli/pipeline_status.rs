@@ -1,9 +1,9 @@
 //! `weir status PIPELINE`: the slot on the server, each sink's checkpoint, and (when the
 //! pipeline serves `[metrics]`) the running pipeline's own state and health.
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, CheckpointStore, CommitPos};
 use crate::config::{PipelineConfig, SinkConfig};
-use crate::sink::{get_state, object_store_for};
+use crate::sink::{iceberg, object_store_for};
 use serde_json::{Value, json};
 
 /// A byte count from a JSON number, in IEC units (`-` when absent).
@@ -18,32 +18,108 @@ fn size(v: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// The highest position a sink holds for `slot` (Parquet: its checkpoint; Iceberg: its
-/// tables' commits), when it can be read; plugin sinks keep theirs to themselves.
-pub(crate) async fn held_position(sink: &SinkConfig, slot: &str) -> Option<crate::Lsn> {
-    match sink {
-        SinkConfig::Parquet(p) => {
-            let (store, base) = object_store_for(&p.url).ok()?;
-            let file = base.join("_weir").join(slot).join("checkpoint.json");
-            let c = get_state::<Checkpoint>(store.as_ref(), &file)
-                .await
-                .ok()??;
-            Some(c.end_lsn)
+/// What a sink holds for a slot, as read from its storage or catalog.
+enum Holds {
+    Parquet(Result<Option<Checkpoint>, String>),
+    /// Each changelog table: its name, position and number of snapshots.
+    Iceberg(Result<Vec<(String, Option<CommitPos>, usize)>, String>),
+    /// A plugin keeps its position to itself.
+    Plugin,
+}
+
+impl Holds {
+    async fn read(sink: &SinkConfig, slot: &str) -> Holds {
+        match sink {
+            SinkConfig::Parquet(p) => Holds::Parquet(
+                async {
+                    let (store, base) = object_store_for(&p.url).map_err(|e| e.to_string())?;
+                    CheckpointStore::new(store, &base, slot)
+                        .read()
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                .await,
+            ),
+            SinkConfig::Iceberg(c) => Holds::Iceberg(
+                async {
+                    let catalog = iceberg::connect(c).await.map_err(|e| e.to_string())?;
+                    let tables =
+                        iceberg::slot_tables(catalog.as_ref(), c.namespace.as_deref(), slot)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    Ok(tables
+                        .iter()
+                        .map(|t| {
+                            let position = iceberg::table_position(t, slot);
+                            (
+                                t.identifier().to_string(),
+                                position,
+                                t.metadata().snapshots().count(),
+                            )
+                        })
+                        .collect())
+                }
+                .await,
+            ),
+            SinkConfig::Plugin(_) => Holds::Plugin,
         }
-        SinkConfig::Iceberg(c) => {
-            let catalog = crate::sink::iceberg::connect(c).await.ok()?;
-            let tables =
-                crate::sink::iceberg::slot_tables(catalog.as_ref(), c.namespace.as_deref(), slot)
-                    .await
-                    .ok()?;
-            tables
-                .iter()
-                .filter_map(|t| crate::sink::iceberg::table_position(t, slot))
-                .map(|p| p.end_lsn)
-                .max()
-        }
-        SinkConfig::Plugin(_) => None,
     }
+
+    /// The furthest position held (Iceberg: over its tables).
+    fn position(&self) -> Option<crate::Lsn> {
+        match self {
+            Holds::Parquet(Ok(Some(c))) => Some(c.end_lsn),
+            Holds::Iceberg(Ok(tables)) => {
+                tables.iter().filter_map(|t| t.1).map(|p| p.end_lsn).max()
+            }
+            _ => None,
+        }
+    }
+
+    fn to_json(&self, sink: &SinkConfig) -> Value {
+        match (self, sink) {
+            (Holds::Parquet(read), SinkConfig::Parquet(p)) => {
+                let checkpoint = match read {
+                    Ok(Some(c)) => {
+                        json!({ "commit_lsn": c.commit_lsn.to_string(), "end_lsn": c.end_lsn.to_string(), "seq": c.seq })
+                    }
+                    Ok(None) => json!(null),
+                    Err(e) => json!({ "error": e }),
+                };
+                json!({ "kind": "parquet", "url": p.url, "checkpoint": checkpoint })
+            }
+            (Holds::Iceberg(read), SinkConfig::Iceberg(c)) => {
+                let state = match read {
+                    Ok(tables) => {
+                        let tables: Vec<Value> = tables
+                            .iter()
+                            .map(|(table, position, snapshots)| {
+                                json!({
+                                    "table": table,
+                                    "commit_lsn": position.map(|p| p.commit_lsn.to_string()),
+                                    "snapshots": snapshots,
+                                })
+                            })
+                            .collect();
+                        json!({ "tables": tables })
+                    }
+                    Err(e) => json!({ "error": e }),
+                };
+                json!({ "kind": "iceberg", "warehouse": c.warehouse, "state": state })
+            }
+            (Holds::Plugin, SinkConfig::Plugin(p)) => json!({
+                "kind": "plugin",
+                "plugin": p.plugin.display().to_string(),
+                "checkpoint": "reported by the plugin at its first flush",
+            }),
+            _ => unreachable!("Holds::read reads each sink as its kind"),
+        }
+    }
+}
+
+/// The furthest position a sink holds for `slot`, when it can be read.
+pub(crate) async fn held_position(sink: &SinkConfig, slot: &str) -> Option<crate::Lsn> {
+    Holds::read(sink, slot).await.position()
 }
 
 /// The running pipeline's `/status`, or why it could not be read.
@@ -106,50 +182,7 @@ pub async fn status(path: &std::path::Path, as_json: bool) -> anyhow::Result<()>
     };
     let mut sinks = Vec::new();
     for sink in &config.sinks {
-        sinks.push(match sink {
-            SinkConfig::Parquet(p) => {
-                let checkpoint = match object_store_for(&p.url) {
-                    Ok((store, base)) => {
-                        let file = base.clone().join("_weir").join(slot.as_str()).join("checkpoint.json");
-                        match get_state::<Checkpoint>(store.as_ref(), &file).await {
-                            Ok(Some(c)) => json!({ "commit_lsn": c.commit_lsn.to_string(), "end_lsn": c.end_lsn.to_string(), "seq": c.seq }),
-                            Ok(None) => json!(null),
-                            Err(e) => json!({ "error": e }),
-                        }
-                    }
-                    Err(e) => json!({ "error": e.to_string() }),
-                };
-                json!({ "kind": "parquet", "url": p.url, "checkpoint": checkpoint })
-            }
-            SinkConfig::Iceberg(c) => {
-                let state = match crate::sink::iceberg::connect(c).await {
-                    Ok(catalog) => match crate::sink::iceberg::slot_tables(catalog.as_ref(), c.namespace.as_deref(), slot).await {
-                        Ok(tables) => {
-                            let positions: Vec<Value> = tables
-                                .iter()
-                                .map(|t| {
-                                    let p = crate::sink::iceberg::table_position(t, slot);
-                                    json!({
-                                        "table": t.identifier().to_string(),
-                                        "commit_lsn": p.map(|p| p.commit_lsn.to_string()),
-                                        "snapshots": t.metadata().snapshots().count(),
-                                    })
-                                })
-                                .collect();
-                            json!({ "tables": positions })
-                        }
-                        Err(e) => json!({ "error": e.to_string() }),
-                    },
-                    Err(e) => json!({ "error": e.to_string() }),
-                };
-                json!({ "kind": "iceberg", "warehouse": c.warehouse, "state": state })
-            }
-            SinkConfig::Plugin(p) => json!({
-                "kind": "plugin",
-                "plugin": p.plugin.display().to_string(),
-                "checkpoint": "reported by the plugin at its first flush",
-            }),
-        });
+        sinks.push(Holds::read(sink, slot).await.to_json(sink));
     }
     let live = match &config.metrics {
         Some(m) => Some(live_status(&m.listen).await),

@@ -284,10 +284,7 @@ impl SinkPlugin {
         let started = Instant::now();
         let mut errored = false;
         let result = self.write_counted(batch, position, &mut errored);
-        let stopped = result.as_ref().err().map(ToString::to_string);
-        self.common
-            .calls
-            .record(started.elapsed(), errored, stopped);
+        self.common.calls.record(started, errored, &result);
         result
     }
 
@@ -349,7 +346,6 @@ impl SinkPlugin {
         let started = Instant::now();
         let result = call::retry_transient(&limits, &label, || self.call_flush())
             .and_then(|reported| self.advance(reported, 0));
-        let took = started.elapsed();
         let result = result.map_err(|e| PluginFailure {
             plugin: self.common.manifest.name.clone(),
             version: self.common.manifest.version.clone(),
@@ -358,8 +354,7 @@ impl SinkPlugin {
             last_lsn: self.pending.back().map_or(Lsn::ZERO, |p| p.commit_lsn),
             message: format!("flush {}", e.describe(&limits)),
         });
-        let stopped = result.as_ref().err().map(ToString::to_string);
-        self.common.calls.record(took, stopped.is_some(), stopped);
+        self.common.calls.record(started, false, &result);
         result
     }
 

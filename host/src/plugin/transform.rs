@@ -187,10 +187,7 @@ impl TransformPlugin {
                 }
             },
         };
-        let stopped = result.as_ref().err().map(ToString::to_string);
-        self.common
-            .calls
-            .record(started.elapsed(), errored, stopped);
+        self.common.calls.record(started, errored, &result);
         result
     }
 }

@@ -368,15 +368,6 @@ fn resume_of(sinks: &[Sink]) -> Option<CommitPos> {
         .and_then(|d| d.into_iter().min())
 }
 
-fn record(
-    calls: &crate::stats::CallStats,
-    started: std::time::Instant,
-    result: &Result<(), SinkError>,
-) {
-    let failed = result.as_ref().err().map(ToString::to_string);
-    calls.record(started.elapsed(), failed.is_some(), failed);
-}
-
 /// All sinks of a pipeline: every batch goes to each, in order.
 pub struct Sinks {
     sinks: Vec<Sink>,
@@ -480,7 +471,7 @@ impl Sinks {
         for (sink, calls) in self.sinks.iter_mut().zip(&self.calls) {
             let started = std::time::Instant::now();
             let result = sink.write(batch).await;
-            record(calls, started, &result);
+            calls.record(started, false, &result);
             calls.add_bytes(sink.take_new_bytes());
             result.map_err(|e| (sink.name(), e))?;
         }
@@ -495,7 +486,7 @@ impl Sinks {
                 if sink.native() == native {
                     let started = std::time::Instant::now();
                     let result = sink.flush(position).await;
-                    record(calls, started, &result);
+                    calls.record(started, false, &result);
                     calls.add_bytes(sink.take_new_bytes());
                     result.map_err(|e| (sink.name(), e))?;
                 }

@@ -33,18 +33,8 @@ fn the_replication_connection_cut_three_times_is_resumed_without_loss() {
     }
     std::thread::sleep(Duration::from_millis(1500));
     let [inserts, updates, deletes] = writer.finish();
-    assert!(
-        weir.try_wait().unwrap().is_none(),
-        "weir is still running after the cuts: {}",
-        std::fs::read_to_string(&log_path).unwrap()
-    );
-    stop_cleanly(&mut weir);
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    stop_after_reconnecting(&mut weir, &log_path);
     assert!(cuts >= 2, "the connection was cut: {cuts}");
-    assert!(
-        log.contains("reconnecting and resuming from the checkpoint"),
-        "{log}"
-    );
 
     assert_every_change_once(&db, &config, [inserts, updates, deletes]);
 }
@@ -103,17 +93,7 @@ fn a_server_restart_mid_stream_is_resumed_without_loss() {
     std::thread::sleep(Duration::from_secs(3));
     let [i2, u2, d2] = after.finish();
     std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        weir.try_wait().unwrap().is_none(),
-        "weir is still running after the restart: {}",
-        std::fs::read_to_string(&log_path).unwrap()
-    );
-    stop_cleanly(&mut weir);
-    let log = std::fs::read_to_string(&log_path).unwrap();
-    assert!(
-        log.contains("reconnecting and resuming from the checkpoint"),
-        "{log}"
-    );
+    stop_after_reconnecting(&mut weir, &log_path);
 
     let caught_up = weir_cmd(&["run", config.to_str().unwrap(), "--until-caught-up"])
         .output()
@@ -144,6 +124,23 @@ fn a_server_restart_mid_stream_is_resumed_without_loss() {
 fn stop_cleanly(weir: &mut std::process::Child) {
     assert_eq!(unsafe_kill(weir.id() as i32, libc::SIGTERM), 0);
     assert!(wait_with_timeout(weir, Duration::from_secs(30)).success());
+}
+
+/// weir is still running after the fault, having reconnected by itself; then a clean
+/// stop.
+fn stop_after_reconnecting(weir: &mut std::process::Child, log_path: &std::path::Path) {
+    let log = || std::fs::read_to_string(log_path).unwrap();
+    assert!(
+        weir.try_wait().unwrap().is_none(),
+        "weir is still running: {}",
+        log()
+    );
+    stop_cleanly(weir);
+    assert!(
+        log().contains("reconnecting and resuming from the checkpoint"),
+        "{}",
+        log()
+    );
 }
 
 /// After catching up, table `t` rebuilt from the output equals the source, with each of

@@ -341,7 +341,7 @@ fn weir_slot_lists_and_drops_only_an_inactive_slot() {
         .unwrap();
     assert!(!validated.status.success(), "validate says so too");
     assert!(
-        stderr(&validated).contains("does not exist, but sink parquet file://"),
+        stderr(&validated).contains("does not exist, but the output is checkpointed at"),
         "{}",
         stderr(&validated)
     );
