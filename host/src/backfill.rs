@@ -16,26 +16,19 @@
 //! the backfill goes on after the last of them; watermarks from before the restart are
 //! ignored.
 
-use crate::batch::{Marker, SourceBatch};
-use crate::checkpoint::CommitPos;
+use crate::batch::CommitPos;
+use crate::batch::{Edge, Marker, Signal, SourceBatch};
 use crate::config::TableName;
 use crate::lsn::Lsn;
-use crate::sink::object_store_for;
 use crate::source::decoder::{Kind, kind};
 use crate::source::snapshot::{row_values, select_list, table_relation};
-use crate::source::{Control, SourceError, SourceInfo};
-use object_store::ObjectStore;
-use object_store::path::Path;
+use crate::source::{Control, SourceError, SourceInfo, sql_err};
+use crate::storage::StateFile;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use weir_sdk::{Event, Op, Relation, Value};
-
-/// The prefix of a request (content: `schema.table`).
-pub const REQUEST: &str = "weir.backfill";
-/// The prefix of a watermark (content: `low:<id>` or `high:<id>`).
-pub const WATERMARK: &str = "weir.watermark";
 
 /// Progress of one table, as stored.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -71,10 +64,13 @@ struct Active {
 }
 
 /// A chunk between its watermarks.
+/// A row read in a chunk: its key values and all its values.
+type ChunkRow = (Vec<Value>, Vec<Value>);
+
 struct Chunk {
     id: String,
     /// Rows by key, in key order of reading.
-    rows: Vec<(Vec<Value>, Vec<Value>)>,
+    rows: Vec<ChunkRow>,
     last_key: Option<Vec<Option<String>>>,
     open: bool,
 }
@@ -85,8 +81,7 @@ pub struct Backfills {
     info: SourceInfo,
     tables: Vec<TableName>,
     chunk_rows: usize,
-    store: Arc<dyn ObjectStore>,
-    path: Path,
+    file: StateFile<Record>,
     record: Record,
     queue: VecDeque<TableName>,
     active: Option<Active>,
@@ -95,7 +90,6 @@ pub struct Backfills {
     run: String,
     /// The last chunk's position: later batches do not report an earlier one.
     floor: Option<CommitPos>,
-    local: Option<crate::sink::LocalSync>,
 }
 
 impl Backfills {
@@ -110,15 +104,8 @@ impl Backfills {
         chunk_rows: usize,
         resume: Option<CommitPos>,
     ) -> Result<Backfills, SourceError> {
-        let (store, base) = object_store_for(state_url).map_err(|e| SourceError::Sql {
-            context: "opening the backfill progress".into(),
-            message: e.to_string(),
-        })?;
-        let path = base.join("_weir").join(slot).join("backfill.json");
-        let mut record: Record = crate::sink::get_state(store.as_ref(), &path)
-            .await
-            .map_err(|e| io_err(&path, e))?
-            .unwrap_or_default();
+        let file = StateFile::open(state_url, slot, "backfill.json")?;
+        let mut record: Record = file.read().await?.unwrap_or_default();
         let durable = resume.map_or(0, |r| r.commit_lsn.0);
         let mut queue = VecDeque::new();
         for (name, progress) in &mut record.tables {
@@ -137,24 +124,19 @@ impl Backfills {
             .client
             .batch_execute(crate::source::READ_SESSION_SETTINGS)
             .await
-            .map_err(|e| SourceError::Sql {
-                context: "setting up the backfill session".into(),
-                message: e.to_string(),
-            })?;
+            .map_err(sql_err("setting up the backfill session"))?;
         Ok(Backfills {
             control,
             info,
             tables,
             chunk_rows: chunk_rows.max(1),
-            store,
-            path,
+            file,
             record,
             queue,
             active: None,
             chunk: None,
             next_id: 0,
             floor: None,
-            local: crate::sink::LocalSync::for_url(state_url),
             run: format!("{:x}", chrono::Utc::now().timestamp_micros()),
         })
     }
@@ -193,66 +175,20 @@ impl Backfills {
             let Some(table) = self.queue.pop_front() else {
                 return Ok(());
             };
-            let relation = table_relation(&self.control.client, &self.info, &table).await?;
-            let key: Vec<usize> = relation
-                .columns
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.key)
-                .map(|(i, _)| i)
-                .collect();
-            if key.is_empty() {
-                tracing::warn!(table = %table, "Backfill needs a primary key to read in chunks; skipped.");
+            let Some(active) = self.start(table).await? else {
                 return Ok(());
-            }
-            let progress = self.record.tables.entry(table.to_string()).or_default();
-            let last_key = progress.chunks.last().map(|c| c.1.clone());
-            let until = match &progress.until {
-                Some(until) => Some(until.clone()),
-                None => {
-                    let key_list = key_columns(&relation, &key);
-                    let desc: Vec<String> =
-                        key_list.split(", ").map(|k| format!("{k} DESC")).collect();
-                    let sql = format!(
-                        "SELECT {key_list} FROM ONLY {} ORDER BY {} LIMIT 1",
-                        crate::source::quote_table(&table),
-                        desc.join(", ")
-                    );
-                    let rows = simple_rows(&self.control.client, &sql, &table).await?;
-                    let until: Option<Vec<Option<String>>> = rows.first().map(|r| {
-                        (0..key.len())
-                            .map(|i| r.get(i).map(str::to_owned))
-                            .collect()
-                    });
-                    progress.until = until.clone();
-                    until
-                }
             };
-            tracing::info!(table = %table, resumed = last_key.is_some(), "Backfill started.");
-            self.active = Some(Active {
-                until,
-                kinds: relation.columns.iter().map(|c| kind(c.type_oid)).collect(),
-                relation: Arc::new(relation),
-                key,
-                last_key,
-                table,
-                rows: 0,
-                started: std::time::Instant::now(),
-                last_report: std::time::Instant::now(),
-            });
+            self.active = Some(active);
         }
-        // The table's columns as they are now (an ALTER TABLE may have run since).
-        let table = self.active.as_ref().expect("set above").table.clone();
-        let relation = table_relation(&self.control.client, &self.info, &table).await?;
-        let active = self.active.as_mut().expect("set above");
-        if relation.columns != active.relation.columns {
-            active.kinds = relation.columns.iter().map(|c| kind(c.type_oid)).collect();
-            active.relation = Arc::new(relation);
-        }
-        let active = self.active.as_ref().expect("set above");
+        self.refresh_columns().await?;
         self.next_id += 1;
         let id = format!("{}-{}", self.run, self.next_id);
-        self.emit(WATERMARK, &format!("low:{id}")).await?;
+        self.control
+            .emit(&Signal::Watermark {
+                edge: Edge::Low,
+                chunk: id.clone(),
+            })
+            .await?;
         // A transaction may have written its commit record before the low watermark yet
         // not be visible to a query (it waits on a synchronous standby, or has not left
         // the process array): its change is then before the window and not in the chunk,
@@ -261,11 +197,79 @@ impl Backfills {
         // a second (a long transaction), this attempt is dropped (its watermark is
         // ignored) and the next loop tries again.
         if !self.in_progress_ended(Duration::from_secs(1)).await? {
-            tracing::debug!(table = %active.table, "Backfill chunk waits for open transactions to end.");
+            let table = &self.active.as_ref().expect("set above").table;
+            tracing::debug!(table = %table, "Backfill chunk waits for open transactions to end.");
             return Ok(());
         }
+        let (rows, last_key) = self.read_chunk().await?;
+        self.control
+            .emit(&Signal::Watermark {
+                edge: Edge::High,
+                chunk: id.clone(),
+            })
+            .await?;
+        self.chunk = Some(Chunk {
+            id,
+            rows,
+            last_key,
+            open: false,
+        });
+        Ok(())
+    }
+
+    /// The backfill of `table`, from where its progress record left it (`None`: it has
+    /// no key to read it in chunks by).
+    async fn start(&mut self, table: TableName) -> Result<Option<Active>, SourceError> {
+        let relation = table_relation(&self.control.client, &self.info, &table).await?;
+        let key: Vec<usize> = relation
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.key)
+            .map(|(i, _)| i)
+            .collect();
+        if key.is_empty() {
+            tracing::warn!(table = %table, "Backfill needs a primary key to read in chunks; skipped.");
+            return Ok(None);
+        }
+        let progress = self.record.tables.entry(table.to_string()).or_default();
+        let last_key = progress.chunks.last().map(|c| c.1.clone());
+        if progress.until.is_none() {
+            progress.until = largest_key(&self.control.client, &table, &relation, &key).await?;
+        }
+        tracing::info!(table = %table, resumed = last_key.is_some(), "Backfill started.");
+        Ok(Some(Active {
+            until: progress.until.clone(),
+            kinds: relation.columns.iter().map(|c| kind(c.type_oid)).collect(),
+            relation: Arc::new(relation),
+            key,
+            last_key,
+            table,
+            rows: 0,
+            started: std::time::Instant::now(),
+            last_report: std::time::Instant::now(),
+        }))
+    }
+
+    /// Takes the table's columns as they are now (an ALTER TABLE may have run since).
+    async fn refresh_columns(&mut self) -> Result<(), SourceError> {
+        let table = self.active.as_ref().expect("set above").table.clone();
+        let relation = table_relation(&self.control.client, &self.info, &table).await?;
+        let active = self.active.as_mut().expect("set above");
+        if relation.columns != active.relation.columns {
+            active.kinds = relation.columns.iter().map(|c| kind(c.type_oid)).collect();
+            active.relation = Arc::new(relation);
+        }
+        Ok(())
+    }
+
+    /// The next chunk's rows after the last key read, up to the key the backfill ends at,
+    /// with the chunk's last key.
+    async fn read_chunk(
+        &self,
+    ) -> Result<(Vec<ChunkRow>, Option<Vec<Option<String>>>), SourceError> {
         let active = self.active.as_ref().expect("set above");
-        let key_list = key_columns(&active.relation, &active.key);
+        let key_list = key_columns(&active.relation, &active.key).join(", ");
         let mut bounds = Vec::new();
         if let Some(k) = &active.last_key {
             bounds.push(format!("({key_list}) > ({})", literals(k)));
@@ -297,22 +301,12 @@ impl Backfills {
                 (key, values)
             })
             .collect();
-        self.emit(WATERMARK, &format!("high:{id}")).await?;
-        self.chunk = Some(Chunk {
-            id,
-            rows,
-            last_key,
-            open: false,
-        });
-        Ok(())
+        Ok((rows, last_key))
     }
 
     /// Waits up to `limit` for the transactions in progress now to end.
     async fn in_progress_ended(&self, limit: Duration) -> Result<bool, SourceError> {
-        let err = |e: tokio_postgres::Error| SourceError::Sql {
-            context: "waiting for open transactions before a backfill chunk".into(),
-            message: e.to_string(),
-        };
+        let err = sql_err("waiting for open transactions before a backfill chunk");
         let xids: Vec<i64> = self
             .control
             .client
@@ -321,7 +315,7 @@ impl Backfills {
                 &[],
             )
             .await
-            .map_err(err)?
+            .map_err(&err)?
             .iter()
             .map(|r| r.get(0))
             .collect();
@@ -338,7 +332,7 @@ impl Backfills {
                     &[&xids],
                 )
                 .await
-                .map_err(err)?
+                .map_err(&err)?
                 .get(0);
             if open == 0 {
                 return Ok(true);
@@ -348,21 +342,6 @@ impl Backfills {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
-
-    async fn emit(&self, prefix: &str, content: &str) -> Result<(), SourceError> {
-        self.control
-            .client
-            .execute(
-                "SELECT pg_logical_emit_message(false, $1, $2)",
-                &[&prefix, &content],
-            )
-            .await
-            .map_err(|e| SourceError::Sql {
-                context: "writing a backfill watermark".into(),
-                message: e.to_string(),
-            })?;
-        Ok(())
     }
 
     /// Applies a batch's markers: requests are queued; between a chunk's watermarks the
@@ -386,19 +365,14 @@ impl Backfills {
             }
             next = until;
             let Some(marker) = marker else { break };
-            match marker.prefix.as_str() {
-                REQUEST => match marker.content.parse::<TableName>() {
-                    Ok(t) => requests.push(t),
-                    Err(_) => {
-                        tracing::warn!(content = %marker.content, "Malformed backfill request; ignored.")
-                    }
-                },
-                WATERMARK => {
-                    if let Some(inserted) = self.watermark(marker, &mut batch) {
+            match &marker.signal {
+                Signal::BackfillRequest(table) => requests.push(table.clone()),
+                Signal::Watermark { edge, chunk } => {
+                    if let Some(inserted) = self.watermark((*edge, chunk, marker.lsn), &mut batch) {
                         out.extend(inserted);
                     }
                 }
-                _ => {}
+                Signal::Reload { .. } | Signal::CaughtUp { .. } => {}
             }
         }
         batch.batch.events = out;
@@ -456,10 +430,13 @@ impl Backfills {
     }
 
     /// A watermark: opens the chunk, or closes it and returns its rows as events.
-    fn watermark(&mut self, marker: &Marker, batch: &mut SourceBatch) -> Option<Vec<Event>> {
-        let (kind, id) = marker.content.split_once(':')?;
+    fn watermark(
+        &mut self,
+        (edge, id, lsn): (Edge, &str, Lsn),
+        batch: &mut SourceBatch,
+    ) -> Option<Vec<Event>> {
         let chunk = self.chunk.as_mut().filter(|c| c.id == id)?;
-        if kind == "low" {
+        if edge == Edge::Low {
             chunk.open = true;
             return None;
         }
@@ -468,7 +445,7 @@ impl Backfills {
         let rel = batch.batch.push_relation((*active.relation).clone());
         // A message's LSN is the end of its WAL record, which can be where the next
         // transaction's commit record starts: the rows go just before it.
-        let h = marker.lsn.0 - 1;
+        let h = lsn.0 - 1;
         let mut events = Vec::with_capacity(chunk.rows.len());
         for (_, values) in chunk.rows {
             events.push(Event {
@@ -488,7 +465,7 @@ impl Backfills {
         // name it, so a restart does not read the chunk again.
         let at = CommitPos {
             commit_lsn: Lsn(h),
-            end_lsn: marker.lsn,
+            end_lsn: lsn,
         };
         batch.position.last_commit = batch.position.last_commit.max(Some(at));
         self.floor = self.floor.max(Some(at));
@@ -517,24 +494,23 @@ impl Backfills {
     }
 
     async fn save_if_changed(&self, markers: &[Marker]) -> Result<(), SourceError> {
-        if markers
-            .iter()
-            .any(|m| m.prefix == WATERMARK && m.content.starts_with("high:"))
-        {
+        let high = |m: &Marker| {
+            matches!(
+                m.signal,
+                Signal::Watermark {
+                    edge: Edge::High,
+                    ..
+                }
+            )
+        };
+        if markers.iter().any(high) {
             self.save().await?;
         }
         Ok(())
     }
 
     async fn save(&self) -> Result<(), SourceError> {
-        crate::sink::put_state(
-            self.store.as_ref(),
-            &self.path,
-            &self.record,
-            self.local.as_ref(),
-        )
-        .await
-        .map_err(|e| io_err(&self.path, e))
+        Ok(self.file.write(&self.record).await?)
     }
 
     /// The tables that still have to be backfilled, by name (for logs).
@@ -547,12 +523,34 @@ impl Backfills {
     }
 }
 
-/// The key columns, quoted, comma-separated.
-fn key_columns(relation: &Relation, key: &[usize]) -> String {
+/// The key columns, quoted.
+fn key_columns(relation: &Relation, key: &[usize]) -> Vec<String> {
     key.iter()
         .map(|&i| crate::source::quote_ident(&relation.columns[i].name))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect()
+}
+
+/// The table's largest key now, as text: later rows come from the stream.
+async fn largest_key(
+    client: &tokio_postgres::Client,
+    table: &TableName,
+    relation: &Relation,
+    key: &[usize],
+) -> Result<Option<Vec<Option<String>>>, SourceError> {
+    let columns = key_columns(relation, key);
+    let desc: Vec<String> = columns.iter().map(|k| format!("{k} DESC")).collect();
+    let sql = format!(
+        "SELECT {} FROM ONLY {} ORDER BY {} LIMIT 1",
+        columns.join(", "),
+        crate::source::quote_table(table),
+        desc.join(", ")
+    );
+    let rows = simple_rows(client, &sql, table).await?;
+    Ok(rows.first().map(|r| {
+        (0..key.len())
+            .map(|i| r.get(i).map(str::to_owned))
+            .collect()
+    }))
 }
 
 /// Key values as SQL literals (PostgreSQL infers their types from the columns).
@@ -575,21 +573,11 @@ async fn simple_rows(
     Ok(client
         .simple_query(sql)
         .await
-        .map_err(|e| SourceError::Sql {
-            context: format!("backfilling {table}"),
-            message: e.to_string(),
-        })?
+        .map_err(sql_err(&format!("backfilling {table}")))?
         .into_iter()
         .filter_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
             _ => None,
         })
         .collect())
-}
-
-fn io_err(path: &Path, e: impl std::fmt::Display) -> SourceError {
-    SourceError::Sql {
-        context: format!("backfill progress {path}"),
-        message: e.to_string(),
-    }
 }

@@ -8,13 +8,23 @@
 //! ([`Position::in_tx`]) and no checkpoint is taken until its last batch. Batches of a huge
 //! transaction are therefore no larger than any other.
 
-use crate::checkpoint::CommitPos;
-use crate::config::BatchConfig;
+use crate::config::{BatchConfig, TableName};
 use crate::lsn::Lsn;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::time::Instant;
 use weir_sdk::{Batch, Event, Relation};
+
+/// A transaction's position: its commit record and the end of that record.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct CommitPos {
+    /// LSN of the commit record (the events' `commit_lsn`).
+    pub commit_lsn: Lsn,
+    /// LSN just past the commit record: where streaming resumes.
+    pub end_lsn: Lsn,
+}
 
 /// Where the stream stands after a batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,6 +39,17 @@ pub struct Position {
 }
 
 impl Position {
+    /// The transaction a flush may make durable up to, given what is durable already:
+    /// none inside a transaction or before any commit (a checkpoint names whole
+    /// transactions only), and never behind `durable` (a backfill chunk may have moved
+    /// it past the stream's commits).
+    pub fn flush_point(&self, durable: Option<CommitPos>) -> Option<CommitPos> {
+        match (self.in_tx, self.last_commit) {
+            (false, Some(last)) => Some(last.max(durable.unwrap_or(last))),
+            _ => None,
+        }
+    }
+
     /// The position from which nothing delivered so far remains unsent by the server.
     pub fn delivered_through(&self) -> Lsn {
         let commit = self.last_commit.map_or(Lsn::ZERO, |c| c.end_lsn);
@@ -54,12 +75,92 @@ pub struct SourceBatch {
     pub transforms: Option<std::sync::Arc<str>>,
 }
 
-/// A non-transactional logical message with a `weir.` prefix, between transactions.
+/// One of weir's own non-transactional logical messages, between transactions, at its
+/// place among the batch's events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Marker {
     /// Index in `batch.events` of the first event after it.
     pub at: usize,
     pub lsn: Lsn,
+    pub signal: Signal,
+}
+
+/// What weir tells a running pipeline through the WAL (a logical message with a `weir.`
+/// prefix), parsed once where the source decodes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// `weir snapshot --table`: backfill this table's rows.
+    BackfillRequest(TableName),
+    /// A backfill chunk's low or high watermark.
+    Watermark { edge: Edge, chunk: String },
+    /// `weir reload` for the pipeline of this slot.
+    Reload { slot: String },
+    /// The mark `--until-caught-up` waits for.
+    CaughtUp { id: String },
+}
+
+/// Which end of a backfill chunk a watermark is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edge {
+    Low,
+    High,
+}
+
+impl Signal {
+    const BACKFILL: &str = "weir.backfill";
+    const WATERMARK: &str = "weir.watermark";
+    const RELOAD: &str = "weir.reload";
+    const CAUGHT_UP: &str = "weir.caught-up";
+
+    /// The message's prefix and content, as written into the WAL.
+    pub fn message(&self) -> (&'static str, String) {
+        match self {
+            Signal::BackfillRequest(table) => (Self::BACKFILL, table.to_string()),
+            Signal::Watermark { edge, chunk } => {
+                let edge = match edge {
+                    Edge::Low => "low",
+                    Edge::High => "high",
+                };
+                (Self::WATERMARK, format!("{edge}:{chunk}"))
+            }
+            Signal::Reload { slot } => (Self::RELOAD, slot.clone()),
+            Signal::CaughtUp { id } => (Self::CAUGHT_UP, id.clone()),
+        }
+    }
+
+    /// The signal a message carries: `None` for a prefix that is not weir's, `Err` for
+    /// one of weir's prefixes with content it cannot read.
+    pub fn parse(prefix: &str, content: &str) -> Option<Result<Signal, MalformedSignal>> {
+        let signal = match prefix {
+            Self::BACKFILL => content.parse().map(Signal::BackfillRequest).ok(),
+            Self::WATERMARK => match content.split_once(':') {
+                Some(("low", chunk)) => Some((Edge::Low, chunk)),
+                Some(("high", chunk)) => Some((Edge::High, chunk)),
+                _ => None,
+            }
+            .map(|(edge, chunk)| Signal::Watermark {
+                edge,
+                chunk: chunk.to_owned(),
+            }),
+            Self::RELOAD => Some(Signal::Reload {
+                slot: content.to_owned(),
+            }),
+            Self::CAUGHT_UP => Some(Signal::CaughtUp {
+                id: content.to_owned(),
+            }),
+            _ => return None,
+        };
+        Some(signal.ok_or_else(|| MalformedSignal {
+            prefix: prefix.to_owned(),
+            content: content.to_owned(),
+        }))
+    }
+}
+
+/// A message with one of weir's prefixes whose content weir cannot read.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("malformed {prefix} message `{content}`")]
+pub struct MalformedSignal {
     pub prefix: String,
     pub content: String,
 }
@@ -94,12 +195,11 @@ impl Batcher {
     }
 
     /// Records one of weir's logical messages at the current place in the batch.
-    pub fn marker(&mut self, lsn: Lsn, prefix: &str, content: &str) {
+    pub fn marker(&mut self, lsn: Lsn, signal: Signal) {
         self.markers.push(Marker {
             at: self.current.events.len(),
             lsn,
-            prefix: prefix.to_owned(),
-            content: content.to_owned(),
+            signal,
         });
         self.started.get_or_insert_with(Instant::now);
     }

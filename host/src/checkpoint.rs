@@ -16,20 +16,13 @@
 //! position was never moved past the checkpoint. Each object write is atomic (a rename on
 //! a local filesystem, a single PUT or a completed multipart upload on S3).
 
+use crate::batch::CommitPos;
 use crate::lsn::Lsn;
+use crate::storage::{LocalSync, StateFile, StorageError};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-
-/// A transaction's position: its commit record and the end of that record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct CommitPos {
-    /// LSN of the commit record (the events' `commit_lsn`).
-    pub commit_lsn: Lsn,
-    /// LSN just past the commit record: where streaming resumes.
-    pub end_lsn: Lsn,
-}
 
 /// What `checkpoint.json` holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,110 +52,49 @@ struct Intent {
     files: Vec<String>,
 }
 
-/// Failure to read or write checkpoint state.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    #[error("checkpoint store {location}: {source}")]
-    Store {
-        location: String,
-        source: object_store::Error,
-    },
-    #[error(
-        "checkpoint {location} is corrupt ({message}); move it away only if you mean to start over"
-    )]
-    Corrupt { location: String, message: String },
-}
-
 /// Checkpoint state of one sink for one slot.
 pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
-    checkpoint: Path,
-    intent: Path,
-    /// fsync after each write (local outputs).
-    local: Option<crate::sink::LocalSync>,
+    checkpoint: StateFile<Checkpoint>,
+    intent: StateFile<Intent>,
 }
 
 impl CheckpointStore {
     /// The store under `<prefix>/_weir/<slot>/`.
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &Path, slot: &str) -> CheckpointStore {
-        let dir = prefix.clone().join("_weir").join(slot);
         CheckpointStore {
+            checkpoint: StateFile::at(store.clone(), prefix, slot, "checkpoint.json"),
+            intent: StateFile::at(store.clone(), prefix, slot, "intent.json"),
             store,
-            checkpoint: dir.clone().join("checkpoint.json"),
-            intent: dir.join("intent.json"),
-            local: None,
         }
     }
 
     /// fsyncs each state file after writing it (for local outputs).
-    pub fn with_local_sync(mut self, local: Option<crate::sink::LocalSync>) -> CheckpointStore {
-        self.local = local;
-        self
-    }
-
-    fn store_err(&self, location: &Path) -> impl FnOnce(object_store::Error) -> CheckpointError {
-        let location = location.to_string();
-        move |source| CheckpointError::Store { location, source }
-    }
-
-    async fn read_json<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &Path,
-    ) -> Result<Option<T>, CheckpointError> {
-        match self.store.get(path).await {
-            Ok(got) => {
-                let bytes = got.bytes().await.map_err(self.store_err(path))?;
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| CheckpointError::Corrupt {
-                        location: path.to_string(),
-                        message: e.to_string(),
-                    })
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.store_err(path)(e)),
+    pub fn with_local_sync(self, local: Option<LocalSync>) -> CheckpointStore {
+        CheckpointStore {
+            checkpoint: self.checkpoint.with_local_sync(local.clone()),
+            intent: self.intent.with_local_sync(local),
+            store: self.store,
         }
-    }
-
-    async fn write_json<T: Serialize>(
-        &self,
-        path: &Path,
-        value: &T,
-    ) -> Result<(), CheckpointError> {
-        let bytes = serde_json::to_vec_pretty(value).expect("checkpoint state serializes");
-        self.store
-            .put(path, PutPayload::from(bytes))
-            .await
-            .map_err(self.store_err(path))?;
-        if let Some(local) = &self.local {
-            local
-                .sync(vec![path.clone()])
-                .await
-                .map_err(|e| CheckpointError::Corrupt {
-                    location: path.to_string(),
-                    message: e.to_string(),
-                })?;
-        }
-        Ok(())
     }
 
     /// Reads the checkpoint as it is (for `weir status`: nothing is undone).
-    pub async fn read(&self) -> Result<Option<Checkpoint>, CheckpointError> {
-        self.read_json(&self.checkpoint).await
+    pub async fn read(&self) -> Result<Option<Checkpoint>, StorageError> {
+        self.checkpoint.read().await
     }
 
     /// Reads the checkpoint and undoes a flush that did not finish: files listed by an
     /// intent newer than the checkpoint are deleted. Returns the checkpoint, if any.
-    pub async fn recover(&self) -> Result<Option<Checkpoint>, CheckpointError> {
-        let checkpoint: Option<Checkpoint> = self.read_json(&self.checkpoint).await?;
-        if let Some(intent) = self.read_json::<Intent>(&self.intent).await? {
+    pub async fn recover(&self) -> Result<Option<Checkpoint>, StorageError> {
+        let checkpoint = self.checkpoint.read().await?;
+        if let Some(intent) = self.intent.read().await? {
             let committed = checkpoint.as_ref().map_or(0, |c| c.seq);
             if intent.seq > committed {
                 for file in &intent.files {
                     let path = Path::from(file.as_str());
                     match self.store.delete(&path).await {
                         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                        Err(e) => return Err(self.store_err(&path)(e)),
+                        Err(e) => return Err(StorageError::store("deleting", &path)(e)),
                     }
                 }
                 tracing::info!(
@@ -171,42 +103,38 @@ impl CheckpointStore {
                     "Removed the files of a flush that did not reach its checkpoint."
                 );
             }
-            self.store
-                .delete(&self.intent)
-                .await
-                .map_err(self.store_err(&self.intent))?;
+            self.intent.remove().await?;
         }
         Ok(checkpoint)
     }
 
     /// Records that the files of flush `seq` are about to become visible.
-    pub async fn write_intent(&self, seq: u64, files: &[Path]) -> Result<(), CheckpointError> {
+    pub async fn write_intent(&self, seq: u64, files: &[Path]) -> Result<(), StorageError> {
         let intent = Intent {
             seq,
             files: files.iter().map(|p| p.to_string()).collect(),
         };
-        self.write_json(&self.intent, &intent).await
+        self.intent.write(&intent).await
     }
 
     /// Commits flush `seq`: its files are all complete.
-    pub async fn commit(&self, seq: u64, pos: CommitPos) -> Result<Checkpoint, CheckpointError> {
+    pub async fn commit(&self, seq: u64, pos: CommitPos) -> Result<Checkpoint, StorageError> {
         let checkpoint = Checkpoint {
             seq,
             commit_lsn: pos.commit_lsn,
             end_lsn: pos.end_lsn,
             written_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         };
-        self.write_json(&self.checkpoint, &checkpoint).await?;
-        match self.store.delete(&self.intent).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(checkpoint),
-            Err(e) => Err(self.store_err(&self.intent)(e)),
-        }
+        self.checkpoint.write(&checkpoint).await?;
+        self.intent.remove().await?;
+        Ok(checkpoint)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use object_store::PutPayload;
     use object_store::memory::InMemory;
 
     fn pos(c: u64) -> CommitPos {
@@ -243,7 +171,7 @@ mod tests {
             "uncommitted file removed"
         );
         assert!(matches!(
-            store.head(&cp.intent).await,
+            store.head(cp.intent.path()).await,
             Err(object_store::Error::NotFound { .. })
         ));
     }
@@ -253,7 +181,7 @@ mod tests {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let cp = CheckpointStore::new(store.clone(), &Path::from("out"), "s");
         store
-            .put(&cp.checkpoint, PutPayload::from_static(b"{not json"))
+            .put(cp.checkpoint.path(), PutPayload::from_static(b"{not json"))
             .await
             .unwrap();
         let err = cp.recover().await.unwrap_err().to_string();

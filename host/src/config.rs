@@ -264,7 +264,16 @@ pub enum SinkConfig {
     Plugin(PluginSinkConfig),
     /// Apache Iceberg changelog tables, committed through a catalog.
     Iceberg(IcebergSinkConfig),
+    /// One JSON line per change on standard output, for `jq` or another program.
+    Stdout(StdoutSinkConfig),
 }
+
+/// `[[sink]] type = "stdout"`: each change as one line of JSON on standard output (the
+/// webhook's event JSON), flushed at the end of every batch. At least once: after a
+/// crash, changes since the slot's last confirmed position are printed again.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {}
 
 /// `[[sink]] type = "iceberg"`: one Iceberg changelog table per source table.
 #[derive(Debug, Clone, Deserialize)]
@@ -473,15 +482,50 @@ impl fmt::Display for TableName {
     }
 }
 
+impl TableName {
+    /// Whether the name holds `*` wildcards (`public.*`, `sales.order_*`).
+    pub fn is_pattern(&self) -> bool {
+        self.schema.contains('*') || self.table.contains('*')
+    }
+
+    /// Whether `table` is this table, or matches this pattern.
+    pub fn matches(&self, table: &TableName) -> bool {
+        glob(&self.schema, &table.schema) && glob(&self.table, &table.table)
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Text that is not a table name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a table name: write schema.table, for example public.orders")]
+pub struct TableNameError(pub String);
+
 impl FromStr for TableName {
-    type Err = String;
-    fn from_str(s: &str) -> Result<TableName, String> {
+    type Err = TableNameError;
+    fn from_str(s: &str) -> Result<TableName, TableNameError> {
         let (schema, table) = s.split_once('.').unwrap_or(("public", s));
         let valid = |p: &str| !p.is_empty() && !p.contains('.') && !p.contains('"');
         if !valid(schema) || !valid(table) {
-            return Err(format!(
-                "`{s}` is not a table name: write schema.table, for example public.orders"
-            ));
+            return Err(TableNameError(s.to_string()));
         }
         Ok(TableName {
             schema: schema.into(),
@@ -527,7 +571,26 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
+impl SourceConfig {
+    /// Whether any of `tables` is a pattern.
+    pub fn has_patterns(&self) -> bool {
+        self.tables.iter().any(TableName::is_pattern)
+    }
+
+    /// Whether `table` is one of `tables` or matches one of their patterns.
+    pub fn selects(&self, table: &TableName) -> bool {
+        self.tables.iter().any(|t| t.matches(table))
+    }
+}
+
 impl PipelineConfig {
+    /// The same pipeline capturing `tables` (the patterns of `source.tables` resolved).
+    pub fn with_tables(&self, tables: Vec<TableName>) -> PipelineConfig {
+        let mut config = self.clone();
+        config.source.tables = tables;
+        config
+    }
+
     /// Reads, interpolates, parses and validates a pipeline file.
     pub fn load(path: &Path) -> Result<PipelineConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -554,15 +617,15 @@ impl PipelineConfig {
                     message: e.to_string(),
                 })?;
         interpolate_table(&mut table, "", path, env)?;
+        let sinks = table.get("sink").cloned();
         let mut config: PipelineConfig =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
-                let message = e.inner().to_string();
-                unknown_key_error(path, &key, &message).unwrap_or(ConfigError::Invalid {
-                    path: path.into(),
-                    key,
-                    message,
-                })
+                let index = key.strip_prefix("sink[").and_then(|k| k.strip_suffix(']'));
+                match index.and_then(|i| sink_error(sinks.as_ref()?, path, i.parse().ok()?)) {
+                    Some(precise) => precise,
+                    None => value_error(path, key, &e.inner().to_string()),
+                }
             })?;
         config.validate(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -587,13 +650,26 @@ impl PipelineConfig {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
+        self.validate_source(path)?;
+        self.validate_limits(path)?;
+        self.validate_sinks(path)?;
+        self.validate_state(path)
+    }
+
+    /// Makes the error for a `key` of the file at `path` that holds a wrong value.
+    fn invalid(path: &Path) -> impl Fn(&str, String) -> ConfigError + '_ {
+        move |key: &str, message: String| ConfigError::Invalid {
             path: path.into(),
             key: key.into(),
             message,
-        };
-        let (url, _) =
-            crate::source::tls::split(&self.source.url).map_err(|e| invalid("source.url", e))?;
+        }
+    }
+
+    /// The source's URL, slot and publication names, and tables.
+    fn validate_source(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = Self::invalid(path);
+        let (url, _) = crate::source::tls::split(&self.source.url)
+            .map_err(|e| invalid("source.url", e.to_string()))?;
         url.parse::<tokio_postgres::Config>().map_err(|e| {
             invalid(
                 "source.url",
@@ -622,6 +698,12 @@ impl PipelineConfig {
                 "lists no table; name at least one, for example [\"public.orders\"]".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Batch limits and intervals: none may be zero.
+    fn validate_limits(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = Self::invalid(path);
         if self.batch.max_events == 0 || self.batch.max_bytes == 0 || self.batch.max_delay.is_zero()
         {
             return Err(invalid(
@@ -641,71 +723,91 @@ impl PipelineConfig {
                 "must be greater than zero".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// At least one sink, and each one usable.
+    fn validate_sinks(&self, path: &Path) -> Result<(), ConfigError> {
         if self.sinks.is_empty() {
-            return Err(invalid(
+            return Err(Self::invalid(path)(
                 "sink",
                 "no [[sink]] is configured; add one, for example type = \"parquet\"".into(),
             ));
         }
         for (i, sink) in self.sinks.iter().enumerate() {
-            match sink {
-                SinkConfig::Parquet(p) => {
-                    crate::sink::object_store_for(&p.url)
-                        .map_err(|e| invalid(&format!("sink[{i}].url"), e.to_string()))?;
-                    if p.row_group_rows == 0
-                        || p.row_group_size == 0
-                        || p.target_file_size == 0
-                        || p.flush_interval.is_zero()
-                    {
-                        return Err(invalid(
-                            &format!("sink[{i}]"),
-                            "row_group_rows, row_group_size, target_file_size and flush_interval must be greater than zero".into(),
-                        ));
-                    }
+            Self::validate_sink(path, i, sink)?;
+        }
+        Ok(())
+    }
+
+    /// Sink number `i`: its place, sizes and intervals.
+    fn validate_sink(path: &Path, i: usize, sink: &SinkConfig) -> Result<(), ConfigError> {
+        let invalid = Self::invalid(path);
+        match sink {
+            SinkConfig::Parquet(p) => {
+                crate::storage::object_store_for(&p.url)
+                    .map_err(|e| invalid(&format!("sink[{i}].url"), e.to_string()))?;
+                if p.row_group_rows == 0
+                    || p.row_group_size == 0
+                    || p.target_file_size == 0
+                    || p.flush_interval.is_zero()
+                {
+                    return Err(invalid(
+                        &format!("sink[{i}]"),
+                        "row_group_rows, row_group_size, target_file_size and flush_interval must be greater than zero".into(),
+                    ));
                 }
-                SinkConfig::Iceberg(c) => {
-                    let key = format!("sink[{i}]");
-                    crate::sink::object_store_for(&c.warehouse)
-                        .map_err(|e| invalid(&format!("{key}.warehouse"), e.to_string()))?;
-                    if c.target_file_size == 0 || c.commit_interval.is_zero() {
-                        return Err(invalid(
-                            &key,
-                            "target_file_size and commit_interval must be greater than zero".into(),
-                        ));
-                    }
-                    if matches!(c.catalog, CatalogConfig::Sql { path: None, .. })
-                        && !c.warehouse.starts_with("file:")
-                    {
-                        return Err(invalid(
-                            &format!("{key}.catalog"),
-                            "the SQLite catalog file cannot live in object storage: set [sink.catalog] path = \"/var/lib/weir/catalog.db\", or use type = \"rest\"".into(),
-                        ));
-                    }
-                    if let Some(m) = &c.maintenance {
-                        if m.every.is_zero() || m.expire_older_than.is_zero() {
-                            return Err(invalid(
-                                &format!("{key}.maintenance"),
-                                "every and expire_older_than must be greater than zero".into(),
-                            ));
-                        }
-                        if m.compact && matches!(c.catalog, CatalogConfig::Rest { .. }) {
-                            return Err(invalid(
-                                &format!("{key}.maintenance.compact"),
-                                "compaction commits through the SQL catalog only; iceberg 0.10.1 cannot send it to a REST catalog".into(),
-                            ));
-                        }
-                    }
+            }
+            SinkConfig::Iceberg(c) => {
+                let key = format!("sink[{i}]");
+                crate::storage::object_store_for(&c.warehouse)
+                    .map_err(|e| invalid(&format!("{key}.warehouse"), e.to_string()))?;
+                if c.target_file_size == 0 || c.commit_interval.is_zero() {
+                    return Err(invalid(
+                        &key,
+                        "target_file_size and commit_interval must be greater than zero".into(),
+                    ));
                 }
-                SinkConfig::Plugin(p) => {
-                    if p.flush_interval.is_zero() {
+                if matches!(c.catalog, CatalogConfig::Sql { path: None, .. })
+                    && !c.warehouse.starts_with("file:")
+                {
+                    return Err(invalid(
+                        &format!("{key}.catalog"),
+                        "the SQLite catalog file cannot live in object storage: set [sink.catalog] path = \"/var/lib/weir/catalog.db\", or use type = \"rest\"".into(),
+                    ));
+                }
+                if let Some(m) = &c.maintenance {
+                    if m.every.is_zero() || m.expire_older_than.is_zero() {
                         return Err(invalid(
-                            &format!("sink[{i}].flush_interval"),
-                            "must be greater than zero".into(),
+                            &format!("{key}.maintenance"),
+                            "every and expire_older_than must be greater than zero".into(),
+                        ));
+                    }
+                    if m.compact && matches!(c.catalog, CatalogConfig::Rest { .. }) {
+                        return Err(invalid(
+                            &format!("{key}.maintenance.compact"),
+                            "compaction commits through the SQL catalog only; iceberg 0.10.1 cannot send it to a REST catalog".into(),
                         ));
                     }
                 }
             }
+            SinkConfig::Plugin(p) => {
+                if p.flush_interval.is_zero() {
+                    return Err(invalid(
+                        &format!("sink[{i}].flush_interval"),
+                        "must be greater than zero".into(),
+                    ));
+                }
+            }
+            SinkConfig::Stdout(_) => {}
         }
+        Ok(())
+    }
+
+    /// Where state is kept: somewhere when the initial snapshot needs it, and a usable
+    /// URL when one is given.
+    fn validate_state(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = Self::invalid(path);
         if self.source.snapshot == SnapshotMode::Initial && self.state_url().is_none() {
             return Err(invalid(
                 "source.snapshot",
@@ -713,7 +815,7 @@ impl PipelineConfig {
             ));
         }
         if let Some(d) = &self.state {
-            crate::sink::object_store_for(&d.url)
+            crate::storage::object_store_for(&d.url)
                 .map_err(|e| invalid("state.url", e.to_string()))?;
         }
         Ok(())
@@ -737,6 +839,32 @@ impl PipelineConfig {
             .or(iceberg)
     }
 
+    /// Every location weir writes output or state to: the state location, each Parquet
+    /// sink's URL and each Iceberg warehouse, once each.
+    pub fn output_urls(&self) -> Vec<&str> {
+        let sinks = self.sinks.iter().filter_map(|s| match s {
+            SinkConfig::Parquet(p) => Some(p.url.as_str()),
+            SinkConfig::Iceberg(c) => Some(c.warehouse.as_str()),
+            SinkConfig::Plugin(_) | SinkConfig::Stdout(_) => None,
+        });
+        let mut urls: Vec<&str> = Vec::new();
+        for url in self.state_url().into_iter().chain(sinks) {
+            if !urls.contains(&url) {
+                urls.push(url);
+            }
+        }
+        urls
+    }
+
+    /// Checks that weir can write to every output location, by writing and removing a
+    /// probe object in each (before anything is created in the database).
+    pub async fn check_outputs_writable(&self) -> Result<(), crate::storage::StorageError> {
+        for url in self.output_urls() {
+            crate::storage::probe_writable(url, &self.source.slot).await?;
+        }
+        Ok(())
+    }
+
     /// The pipeline's name.
     pub fn name(&self) -> &str {
         self.name.as_deref().unwrap_or("weir")
@@ -744,6 +872,44 @@ impl PipelineConfig {
 }
 
 /// Recognizes serde's unknown-field message and adds the closest known key.
+/// The error for a wrong value or an unknown key at `key` (serde's message, its first
+/// line: toml adds where it was on the next).
+fn value_error(path: &Path, key: String, message: &str) -> ConfigError {
+    let message = message.lines().next().unwrap_or(message).to_string();
+    unknown_key_error(path, &key, &message).unwrap_or(ConfigError::Invalid {
+        path: path.into(),
+        key,
+        message,
+    })
+}
+
+/// serde reports any error inside an internally tagged `[[sink]]` at the sink itself,
+/// without the key (or, for an unknown key, the keys it knows); reading the sink's own
+/// table again as its kind says which.
+fn sink_error(sinks: &toml::Value, path: &Path, index: usize) -> Option<ConfigError> {
+    let mut sink = sinks.as_array()?.get(index)?.as_table()?.clone();
+    let kind = sink.remove("type")?.as_str()?.to_owned();
+    let value = toml::Value::Table(sink);
+    fn check<T: serde::de::DeserializeOwned>(
+        value: toml::Value,
+    ) -> Result<(), serde_path_to_error::Error<toml::de::Error>> {
+        serde_path_to_error::deserialize::<_, T>(value).map(drop)
+    }
+    let result = match kind.as_str() {
+        "parquet" => check::<ParquetSinkConfig>(value),
+        "iceberg" => check::<IcebergSinkConfig>(value),
+        "plugin" => check::<PluginSinkConfig>(value),
+        "stdout" => check::<StdoutSinkConfig>(value),
+        _ => return None,
+    };
+    let e = result.err()?;
+    let key = match e.path().to_string().as_str() {
+        "." => format!("sink[{index}]"),
+        inner => format!("sink[{index}].{inner}"),
+    };
+    Some(value_error(path, key, &e.inner().to_string()))
+}
+
 fn unknown_key_error(path: &Path, key_path: &str, message: &str) -> Option<ConfigError> {
     let rest = message.strip_prefix("unknown field `")?;
     let (field, rest) = rest.split_once('`')?;
@@ -860,6 +1026,21 @@ fn interpolate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_patterns_match_by_schema_and_name() {
+        let t = |s: &str| s.parse::<TableName>().unwrap();
+        assert!(t("public.*").matches(&t("public.orders")));
+        assert!(!t("public.*").matches(&t("sales.orders")));
+        assert!(t("sales.order_*").matches(&t("sales.order_items")));
+        assert!(t("sales.order_*").matches(&t("sales.order_")));
+        assert!(!t("sales.order_*").matches(&t("sales.orders")));
+        assert!(t("*.a*b").matches(&t("x.a_long_b")));
+        assert!(!t("*.a*b").matches(&t("x.ab_c")));
+        assert!(t("public.orders").matches(&t("public.orders")));
+        assert!(!t("public.orders").matches(&t("public.orders2")));
+        assert!(t("public.*").is_pattern() && !t("public.orders").is_pattern());
+    }
 
     const MINIMAL: &str = r#"
 [source]

@@ -1,15 +1,19 @@
-//! weir: PostgreSQL change data capture into Parquet.
+//! weir: PostgreSQL change data capture into Parquet and Iceberg.
 //!
 //! The data flow, one module per stage:
 //!
 //! ```text
 //! source      replication slot (pgoutput) -> canonical change events   source/
 //! batch       events -> bounded MessagePack-ready batches               batch.rs
+//! stages      one path for every batch: transforms, then every sink     stages.rs
 //! transforms  sandboxed WebAssembly components, in declared order        plugin/
-//! sinks       batches -> Parquet changelog files and sink components    sink/
+//! sinks       batches -> Parquet, Iceberg and sink components           sink/
 //! checkpoint  durable position, stored with the output                  checkpoint.rs
+//! storage     object stores, fsync, weir's state files                  storage.rs
 //! pipeline    the loop that ties them together                          pipeline.rs
 //! ```
+//!
+//! See `docs/ARCHITECTURE.md` for the rule each stage keeps.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,15 +30,17 @@ pub mod batch;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
-pub mod dead_letters;
+pub mod error;
 pub mod lsn;
 pub mod metrics;
 pub mod pgtemp;
 pub mod pipeline;
 pub mod plugin;
-pub mod reload;
 pub mod sink;
 pub mod source;
+pub mod stages;
 pub mod stats;
+pub mod storage;
+pub mod supervisor;
 
 pub use lsn::Lsn;

@@ -3,7 +3,7 @@
 //! and `/status` (the live state as JSON, read by `weir status`).
 
 use crate::config::{MetricsConfig, PipelineConfig};
-use crate::stats::{Component, Stats};
+use crate::stats::{Component, Snapshot, Stats};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -28,10 +29,76 @@ impl Drop for Endpoint {
     }
 }
 
+/// The live state `/status` serves and `weir status` reads: one shape for both sides.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// `streaming`, `retrying` or `starting`.
+    pub state: String,
+    /// Why the last run stopped, while weir waits to run again.
+    pub retrying_after: Option<String>,
+    pub ready: bool,
+    /// Why `/readyz` answers 503.
+    pub not_ready: Option<String>,
+    pub checkpoint_lsn: String,
+    pub server_wal_lsn: String,
+    pub lag_bytes: u64,
+    pub lag_seconds: f64,
+    /// Commit time (RFC 3339) of the last change read.
+    pub last_commit: Option<String>,
+    /// Commit time (RFC 3339) of the last change made durable.
+    pub last_durable_commit: Option<String>,
+    pub events_read: u64,
+    pub events_written: u64,
+    pub batches: u64,
+    pub reconnects: u64,
+    pub components: Vec<ComponentStatus>,
+}
+
+/// The calls of one plugin or sink, and its health.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComponentStatus {
+    /// `plugin` or `sink`.
+    pub kind: String,
+    pub name: String,
+    pub calls: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub bytes: u64,
+    pub healthy: bool,
+    /// Why its last call failed, while it is failing.
+    pub error: Option<String>,
+}
+
+/// Why the pipeline is not ready (`/readyz` answers 503).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NotReady {
+    #[error("the replication stream is not connected")]
+    Disconnected,
+    #[error("the replication stream is not connected (retrying after: {0})")]
+    Retrying(String),
+    #[error("{kind} {name} is failing: {error}")]
+    Failing {
+        kind: &'static str,
+        name: String,
+        error: String,
+    },
+    #[error("the oldest change not yet durable is {lag:.0}s old (ready_max_lag {max}s)")]
+    Behind { lag: f64, max: u64 },
+}
+
 struct State {
     stats: Arc<Stats>,
     slot: String,
     ready_max_lag: Duration,
+}
+
+/// The metrics address cannot be listened on.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics.listen {listen}: {source}")]
+pub struct ListenError {
+    pub listen: String,
+    #[source]
+    source: std::io::Error,
 }
 
 /// Starts listening (an address already in use is an error now, not later).
@@ -39,10 +106,13 @@ pub async fn serve(
     config: &MetricsConfig,
     pipeline: &PipelineConfig,
     stats: Arc<Stats>,
-) -> anyhow::Result<Endpoint> {
+) -> Result<Endpoint, ListenError> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("metrics.listen {}: {e}", config.listen))?;
+        .map_err(|source| ListenError {
+            listen: config.listen.clone(),
+            source,
+        })?;
     tracing::info!(listen = %config.listen, "Metrics at /metrics, health at /healthz and /readyz.");
     let state = Arc::new(State {
         stats,
@@ -87,7 +157,10 @@ fn respond(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
     };
     match req.uri().path() {
         "/metrics" => reply(StatusCode::OK, render(state)),
-        "/status" => reply(StatusCode::OK, status(state).to_string()),
+        "/status" => reply(
+            StatusCode::OK,
+            serde_json::to_string(&status(state)).expect("a status report serializes"),
+        ),
         "/healthz" => reply(StatusCode::OK, "ok\n".into()),
         "/readyz" => match ready(state) {
             Ok(()) => reply(StatusCode::OK, "ready\n".into()),
@@ -103,34 +176,33 @@ fn respond(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
     }
 }
 
-/// Seconds between now and the commit of the last durable change (0 when nothing waits).
+/// The age of the oldest change read but not yet durable (0 when nothing waits).
 fn lag_seconds(stats: &Stats) -> f64 {
-    let s = stats.snapshot();
-    if s.lag_bytes() == 0 || s.durable_commit_ts == 0 {
-        return 0.0;
-    }
-    let now = chrono::Utc::now().timestamp_micros();
-    ((now - s.durable_commit_ts).max(0) as f64) / 1e6
+    stats.lag_seconds()
 }
 
-fn ready(state: &State) -> Result<(), String> {
+fn ready(state: &State) -> Result<(), NotReady> {
     if !state.stats.connected() {
         return Err(match state.stats.retrying() {
-            Some(why) => format!("the replication stream is not connected (retrying after: {why})"),
-            None => "the replication stream is not connected".into(),
+            Some(why) => NotReady::Retrying(why),
+            None => NotReady::Disconnected,
         });
     }
     for (kind, name, calls) in state.stats.components() {
         if let Some(error) = calls.failing() {
-            return Err(format!("{} {name} is failing: {error}", kind_name(kind)));
+            return Err(NotReady::Failing {
+                kind: kind_name(kind),
+                name,
+                error,
+            });
         }
     }
     let lag = lag_seconds(&state.stats);
     if lag > state.ready_max_lag.as_secs_f64() {
-        return Err(format!(
-            "the last durable change is {lag:.0}s old (ready_max_lag {}s)",
-            state.ready_max_lag.as_secs()
-        ));
+        return Err(NotReady::Behind {
+            lag,
+            max: state.ready_max_lag.as_secs(),
+        });
     }
     Ok(())
 }
@@ -142,57 +214,56 @@ fn kind_name(kind: Component) -> &'static str {
     }
 }
 
-/// A commit time (µs since the Unix epoch) in RFC 3339, or null.
-fn timestamp(micros: i64) -> serde_json::Value {
+/// A commit time (µs since the Unix epoch) in RFC 3339, or none.
+fn timestamp(micros: i64) -> Option<String> {
     match chrono::DateTime::from_timestamp_micros(micros) {
-        Some(t) if micros > 0 => serde_json::Value::String(t.to_rfc3339()),
-        _ => serde_json::Value::Null,
+        Some(t) if micros > 0 => Some(t.to_rfc3339()),
+        _ => None,
     }
 }
 
 /// The live state, for `weir status`.
-fn status(state: &State) -> serde_json::Value {
+fn status(state: &State) -> StatusReport {
     let stats = &state.stats;
     let s = stats.snapshot();
     let ready = ready(state);
-    let components: Vec<serde_json::Value> = stats
+    let components = stats
         .components()
         .into_iter()
-        .map(|(kind, name, c)| {
-            serde_json::json!({
-                "kind": kind_name(kind),
-                "name": name,
-                "calls": c.calls(),
-                "errors": c.errors(),
-                "seconds": c.seconds(),
-                "bytes": c.bytes(),
-                "healthy": c.failing().is_none(),
-                "error": c.failing(),
-            })
+        .map(|(kind, name, c)| ComponentStatus {
+            kind: kind_name(kind).to_string(),
+            name,
+            calls: c.calls(),
+            errors: c.errors(),
+            seconds: c.seconds(),
+            bytes: c.bytes(),
+            healthy: c.failing().is_none(),
+            error: c.failing(),
         })
         .collect();
     let total = |counts: Vec<((String, &str), u64)>| counts.iter().map(|(_, n)| n).sum::<u64>();
-    serde_json::json!({
-        "state": match (stats.connected(), stats.retrying()) {
+    StatusReport {
+        state: match (stats.connected(), stats.retrying()) {
             (true, _) => "streaming",
             (false, Some(_)) => "retrying",
             (false, None) => "starting",
-        },
-        "retrying_after": stats.retrying(),
-        "ready": ready.is_ok(),
-        "not_ready": ready.err(),
-        "checkpoint_lsn": s.checkpoint.to_string(),
-        "server_wal_lsn": s.server_wal_end.to_string(),
-        "lag_bytes": s.lag_bytes(),
-        "lag_seconds": lag_seconds(stats),
-        "last_commit": timestamp(stats.last_commit_ts()),
-        "last_durable_commit": timestamp(s.durable_commit_ts),
-        "events_read": total(stats.read()),
-        "events_written": total(stats.written()),
-        "batches": s.batches,
-        "reconnects": stats.reconnects(),
-        "components": components,
-    })
+        }
+        .to_string(),
+        retrying_after: stats.retrying(),
+        ready: ready.is_ok(),
+        not_ready: ready.err().map(|e| e.to_string()),
+        checkpoint_lsn: s.checkpoint.to_string(),
+        server_wal_lsn: s.server_wal_end.to_string(),
+        lag_bytes: s.lag_bytes(),
+        lag_seconds: lag_seconds(stats),
+        last_commit: timestamp(stats.last_commit_ts()),
+        last_durable_commit: timestamp(s.durable_commit_ts),
+        events_read: total(stats.read()),
+        events_written: total(stats.written()),
+        batches: s.batches,
+        reconnects: stats.reconnects(),
+        components,
+    }
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -246,25 +317,7 @@ fn render(state: &State) -> String {
         )]
         .into_iter(),
     );
-    let per_table = |counts: Vec<((String, &'static str), u64)>| {
-        let family: Family<Labels, Counter> = Family::default();
-        for ((table, op), n) in counts {
-            family
-                .get_or_create(&vec![("table", table), ("op", op.into())])
-                .inc_by(n);
-        }
-        family
-    };
-    registry.register(
-        "events_written",
-        "Change events written to the sinks, by table and op",
-        per_table(stats.written()),
-    );
-    registry.register(
-        "events_read",
-        "Change events read from the source, by table and op",
-        per_table(stats.read()),
-    );
+    register_events(&mut registry, stats);
     register_components(
         &mut registry,
         stats,
@@ -296,16 +349,50 @@ fn render(state: &State) -> String {
         "Time from a batch's arrival from the source to its delivery to every sink",
         stats.batch_seconds.0.clone(),
     );
-    let counter = |v: u64| {
-        let c: Counter<u64, AtomicU64> = Counter::default();
-        c.inc_by(v);
-        c
+    register_throughput(&mut registry, stats, &s);
+    register_replication(&mut registry, stats, &s);
+    let mut out = String::new();
+    encode(&mut out, &registry).expect("writing to a String does not fail");
+    out
+}
+
+fn counter(v: u64) -> Counter<u64, AtomicU64> {
+    let c: Counter<u64, AtomicU64> = Counter::default();
+    c.inc_by(v);
+    c
+}
+
+fn gauge(v: i64) -> Gauge {
+    let g: Gauge = Gauge::default();
+    g.set(v);
+    g
+}
+
+/// Change events written and read, by table and op.
+fn register_events(registry: &mut Registry, stats: &Stats) {
+    let per_table = |counts: Vec<((String, &'static str), u64)>| {
+        let family: Family<Labels, Counter> = Family::default();
+        for ((table, op), n) in counts {
+            family
+                .get_or_create(&vec![("table", table), ("op", op.into())])
+                .inc_by(n);
+        }
+        family
     };
-    let gauge = |v: i64| {
-        let g: Gauge = Gauge::default();
-        g.set(v);
-        g
-    };
+    registry.register(
+        "events_written",
+        "Change events written to the sinks, by table and op",
+        per_table(stats.written()),
+    );
+    registry.register(
+        "events_read",
+        "Change events read from the source, by table and op",
+        per_table(stats.read()),
+    );
+}
+
+/// Events decoded, bytes read, batches and reconnects.
+fn register_throughput(registry: &mut Registry, stats: &Stats, s: &Snapshot) {
     registry.register(
         "events_decoded",
         "Change events decoded from the replication stream (ahead of the sinks by at most the queued batches)",
@@ -322,6 +409,10 @@ fn render(state: &State) -> String {
         "Runs started again after a transient failure",
         counter(stats.reconnects()),
     );
+}
+
+/// Where replication stands: lag, positions, retained WAL and the connection.
+fn register_replication(registry: &mut Registry, stats: &Stats, s: &Snapshot) {
     registry.register(
         "replication_lag_bytes",
         "Server WAL position minus the checkpoint (the confirmed flush position)",
@@ -361,7 +452,4 @@ fn render(state: &State) -> String {
         "1 while the replication stream is up",
         gauge(stats.connected() as i64),
     );
-    let mut out = String::new();
-    encode(&mut out, &registry).expect("writing to a String does not fail");
-    out
 }

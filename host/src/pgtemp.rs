@@ -10,12 +10,15 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// A running throwaway server; stopped on drop.
+/// A running throwaway server; stopped on drop. Or a server someone else runs
+/// ([`external`](TempPostgres::external)), used as it is and left running.
 pub struct TempPostgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
     run_as: Option<String>,
+    /// The given server's URL (its database part is replaced per database).
+    external: Option<url::Url>,
 }
 
 fn find_bin(name: &str) -> io::Result<PathBuf> {
@@ -75,6 +78,7 @@ impl TempPostgres {
             bin,
             port,
             run_as,
+            external: None,
         };
         pg.command("initdb")
             .args(["-D"])
@@ -108,6 +112,46 @@ impl TempPostgres {
         Ok(pg)
     }
 
+    /// The server `url` names (`WEIR_TEST_PG_URL`), as a superuser with `wal_level =
+    /// logical`: nothing is started, and nothing is stopped on drop. Restarting it,
+    /// TLS and `pg_hba.conf` changes are not available.
+    pub fn external(url: &str) -> io::Result<TempPostgres> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{url}: {e}")))?;
+        Ok(TempPostgres {
+            dir: tempfile::Builder::new().prefix("weir-pg-").tempdir()?,
+            bin: find_bin("psql")?
+                .parent()
+                .expect("binary has a directory")
+                .to_path_buf(),
+            port: parsed.port().unwrap_or(5432),
+            run_as: None,
+            external: Some(parsed),
+        })
+    }
+
+    /// `WEIR_TEST_PG_URL`'s server when it is set, else a throwaway one.
+    pub fn from_env_or_start() -> io::Result<TempPostgres> {
+        match std::env::var("WEIR_TEST_PG_URL") {
+            Ok(url) if !url.is_empty() => TempPostgres::external(&url),
+            _ => TempPostgres::start(),
+        }
+    }
+
+    /// Whether this is a server weir's tests did not start.
+    pub fn is_external(&self) -> bool {
+        self.external.is_some()
+    }
+
+    fn managed(&self, what: &str) -> io::Result<()> {
+        match &self.external {
+            Some(_) => Err(io::Error::other(format!(
+                "{what} needs a server the tests start themselves, not WEIR_TEST_PG_URL"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -137,6 +181,7 @@ impl TempPostgres {
     /// Stops the server (`fast`: connections are closed, as in an orderly restart), waits
     /// `down`, and starts it again on the same port.
     pub fn restart(&self, down: std::time::Duration) -> io::Result<()> {
+        self.managed("restarting the server")?;
         self.command("pg_ctl")
             .arg("-D")
             .arg(self.data())
@@ -148,6 +193,7 @@ impl TempPostgres {
 
     /// Turns TLS on with this certificate and key (PEM), and reloads.
     pub fn enable_ssl(&self, cert: &str, key: &str) -> io::Result<()> {
+        self.managed("enabling TLS")?;
         use std::os::unix::fs::PermissionsExt;
         for (name, pem) in [("server.crt", cert), ("server.key", key)] {
             let path = self.data().join(name);
@@ -174,6 +220,7 @@ impl TempPostgres {
 
     /// Puts `lines` in front of `pg_hba.conf` (first match wins) and reloads.
     pub fn prepend_hba(&self, lines: &str) -> io::Result<()> {
+        self.managed("changing pg_hba.conf")?;
         let path = self.data().join("pg_hba.conf");
         let old = std::fs::read_to_string(&path)?;
         std::fs::write(&path, format!("{lines}\n{old}"))?;
@@ -215,7 +262,14 @@ impl TempPostgres {
 
     /// A URL for database `db` as the superuser `postgres`.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+        match &self.external {
+            Some(url) => {
+                let mut url = url.clone();
+                url.set_path(db);
+                url.to_string()
+            }
+            None => format!("postgres://postgres@127.0.0.1:{}/{db}", self.port),
+        }
     }
 
     /// Runs SQL through `psql` (for setup steps that are easier as a script).
@@ -246,6 +300,9 @@ impl TempPostgres {
 
 impl Drop for TempPostgres {
     fn drop(&mut self) {
+        if self.external.is_some() {
+            return;
+        }
         let _ = self
             .command("pg_ctl")
             .arg("-D")

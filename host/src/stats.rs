@@ -2,7 +2,7 @@
 
 use crate::lsn::Lsn;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -94,6 +94,8 @@ pub struct Stats {
     last_commit_ts: AtomicU64,
     checkpoint: AtomicU64,
     durable_commit_ts: AtomicU64,
+    /// Commits read but not yet durable, oldest first: (end LSN, commit time µs).
+    pending: Mutex<VecDeque<(u64, i64)>>,
     batches: AtomicU64,
     /// Runs of the pipeline that reached streaming.
     streaming_runs: AtomicU64,
@@ -246,15 +248,33 @@ impl Stats {
         self.received_commit_end.fetch_max(end_lsn.0, Relaxed);
         self.server_wal_end.fetch_max(end_lsn.0, Relaxed);
         self.last_commit_ts.store(commit_ts as u64, Relaxed);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        // A commit resent after a reconnect is pending already.
+        if pending.back().is_none_or(|(end, _)| *end < end_lsn.0) {
+            pending.push_back((end_lsn.0, commit_ts));
+        }
     }
 
     pub fn set_checkpoint(&self, lsn: Lsn) {
         self.checkpoint.fetch_max(lsn.0, Relaxed);
-        // Once durable up to the last commit received, that commit's time is durable too.
-        if lsn.0 >= self.received_commit_end.load(Relaxed) {
-            self.durable_commit_ts
-                .store(self.last_commit_ts.load(Relaxed), Relaxed);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(&(end, commit_ts)) = pending.front()
+            && end <= lsn.0
+        {
+            self.durable_commit_ts.store(commit_ts as u64, Relaxed);
+            pending.pop_front();
         }
+    }
+
+    /// The age of the oldest change read but not yet durable, in seconds: 0 when
+    /// nothing waits, however long ago the last change was.
+    pub fn lag_seconds(&self) -> f64 {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(&(_, oldest)) = pending.front() else {
+            return 0.0;
+        };
+        let now = chrono::Utc::now().timestamp_micros();
+        ((now - oldest).max(0) as f64) / 1e6
     }
 
     /// The commit time of the last change received (µs since the Unix epoch).
@@ -290,4 +310,38 @@ fn count_per_table(counts: &PerTable, batch: &weir_sdk::Batch) {
 fn per_table(counts: &PerTable) -> Vec<((String, &'static str), u64)> {
     let counts = counts.lock().unwrap_or_else(|e| e.into_inner());
     counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn micros_ago(seconds: i64) -> i64 {
+        chrono::Utc::now().timestamp_micros() - seconds * 1_000_000
+    }
+
+    #[test]
+    fn lag_is_the_age_of_the_oldest_change_not_yet_durable() {
+        let stats = Stats::default();
+        assert_eq!(stats.lag_seconds(), 0.0, "nothing read");
+        stats.observe_commit(Lsn(100), micros_ago(40));
+        stats.observe_commit(Lsn(200), micros_ago(20));
+        let lag = stats.lag_seconds();
+        assert!((39.0..45.0).contains(&lag), "the older one counts: {lag}");
+        // A commit resent after a reconnect does not count twice or out of order.
+        stats.observe_commit(Lsn(100), micros_ago(40));
+        stats.set_checkpoint(Lsn(150));
+        let lag = stats.lag_seconds();
+        assert!((19.0..25.0).contains(&lag), "{lag}");
+        assert!(
+            stats.snapshot().durable_commit_ts > 0,
+            "the durable one's time is known"
+        );
+        stats.set_checkpoint(Lsn(200));
+        assert_eq!(
+            stats.lag_seconds(),
+            0.0,
+            "nothing waits, however old it was"
+        );
+    }
 }

@@ -97,6 +97,7 @@
 
 #[cfg(feature = "guest")]
 pub mod guest;
+pub mod json;
 pub mod plugin;
 
 pub use plugin::{PluginError, Sink, Transform};
@@ -260,26 +261,50 @@ pub struct Column {
     pub key: bool,
 }
 
+/// The OIDs of the built-in PostgreSQL types weir treats specially.
+pub mod oid {
+    pub const BOOL: u32 = 16;
+    pub const BYTEA: u32 = 17;
+    pub const NAME: u32 = 19;
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const TEXT: u32 = 25;
+    pub const OID: u32 = 26;
+    pub const JSON: u32 = 114;
+    pub const FLOAT4: u32 = 700;
+    pub const FLOAT8: u32 = 701;
+    pub const BPCHAR: u32 = 1042;
+    pub const VARCHAR: u32 = 1043;
+    pub const DATE: u32 = 1082;
+    pub const TIME: u32 = 1083;
+    pub const TIMESTAMP: u32 = 1114;
+    pub const TIMESTAMPTZ: u32 = 1184;
+    pub const NUMERIC: u32 = 1700;
+    pub const UUID: u32 = 2950;
+    pub const JSONB: u32 = 3802;
+}
+
 /// The OID of a common built-in PostgreSQL type, by its name (`int8`, `text`, ...):
 /// for building relations by hand, in tests and sample events.
 pub fn builtin_type_oid(name: &str) -> Option<u32> {
     Some(match name {
-        "bool" => 16,
-        "bytea" => 17,
-        "int8" => 20,
-        "int2" => 21,
-        "int4" => 23,
-        "text" => 25,
-        "json" => 114,
-        "float4" => 700,
-        "float8" => 701,
-        "varchar" => 1043,
-        "date" => 1082,
-        "timestamp" => 1114,
-        "timestamptz" => 1184,
-        "numeric" => 1700,
-        "uuid" => 2950,
-        "jsonb" => 3802,
+        "bool" => oid::BOOL,
+        "bytea" => oid::BYTEA,
+        "int8" => oid::INT8,
+        "int2" => oid::INT2,
+        "int4" => oid::INT4,
+        "text" => oid::TEXT,
+        "json" => oid::JSON,
+        "float4" => oid::FLOAT4,
+        "float8" => oid::FLOAT8,
+        "varchar" => oid::VARCHAR,
+        "date" => oid::DATE,
+        "timestamp" => oid::TIMESTAMP,
+        "timestamptz" => oid::TIMESTAMPTZ,
+        "numeric" => oid::NUMERIC,
+        "uuid" => oid::UUID,
+        "jsonb" => oid::JSONB,
         _ => return None,
     })
 }

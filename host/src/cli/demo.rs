@@ -29,11 +29,47 @@ pub async fn demo(out: &Path, rows: u32) -> anyhow::Result<()> {
     let pg = tokio::task::spawn_blocking(TempPostgres::start).await??;
     pg.psql("postgres", "CREATE DATABASE shop")?;
     pg.psql("shop", SCHEMA)?;
-
     let config_path = out.join("pipeline.toml");
     let data = out.join("data");
+    let config = write_config(&pg, &config_path, &data)?;
+
+    println!("2/5 Creating the publication and replication slot...");
+    run_until_caught_up(&config).await?;
+
+    println!(
+        "3/5 Generating changes: {rows} orders, updates, deletes, and a rolled-back transaction..."
+    );
+    generate_changes(&pg, rows)?;
+
+    println!("4/5 Running the pipeline until it has caught up...");
+    let summary = run_until_caught_up(&config).await?;
+
+    println!("5/5 What landed in {}:\n", data.display());
+    print_landed(&pg, &data)?;
+    println!(
+        "\n{} change events, checkpoint {}. The pipeline is in {}.",
+        summary.events,
+        summary
+            .checkpoint
+            .map(|l| l.to_string())
+            .unwrap_or_default(),
+        config_path.display()
+    );
+    println!(
+        "Rebuild a table's current state with DuckDB (the last change per key, without deletes; see README, \"Reading the changelog\"):"
+    );
+    println!(
+        "  duckdb -c \"SELECT * EXCLUDE (_rn) FROM (SELECT *, row_number() OVER (PARTITION BY id ORDER BY _cdc_commit_lsn DESC, _cdc_seq DESC) AS _rn FROM read_parquet('{}/public/orders/**/*.parquet', union_by_name = true, hive_partitioning = false)) WHERE _rn = 1 AND _cdc_op <> 'd' ORDER BY id\"",
+        data.display()
+    );
+    Ok(())
+}
+
+/// Writes the demo's pipeline file (the database's two tables into Parquet under
+/// `data`) and loads it.
+fn write_config(pg: &TempPostgres, path: &Path, data: &Path) -> anyhow::Result<PipelineConfig> {
     std::fs::write(
-        &config_path,
+        path,
         format!(
             "# Written by `weir demo`.\n[source]\nurl = \"{}\"\nslot = \"weir_demo\"\npublication = \"weir_demo\"\n\
              tables = [\"public.customers\", \"public.orders\"]\n\n[[sink]]\ntype = \"parquet\"\nurl = \"file://{}\"\n\
@@ -42,14 +78,12 @@ pub async fn demo(out: &Path, rows: u32) -> anyhow::Result<()> {
             data.display()
         ),
     )?;
-    let config = PipelineConfig::load(&config_path)?;
+    Ok(PipelineConfig::load(path)?)
+}
 
-    println!("2/5 Creating the publication and replication slot...");
-    run_until_caught_up(&config).await?;
-
-    println!(
-        "3/5 Generating changes: {rows} orders, updates, deletes, and a rolled-back transaction..."
-    );
+/// Customers, then `rows` orders in transactions of a thousand, then updates, deletes
+/// and a transaction rolled back (whose changes must not land).
+fn generate_changes(pg: &TempPostgres, rows: u32) -> anyhow::Result<()> {
     let customers = (rows / 100).max(10);
     pg.psql(
         "shop",
@@ -80,12 +114,13 @@ pub async fn demo(out: &Path, rows: u32) -> anyhow::Result<()> {
         "UPDATE customers SET email = NULL WHERE id % 3 = 0;",
     )?;
     pg.psql("shop", "BEGIN; DELETE FROM orders; ROLLBACK;")?;
+    Ok(())
+}
 
-    println!("4/5 Running the pipeline until it has caught up...");
-    let summary = run_until_caught_up(&config).await?;
-
-    println!("5/5 What landed in {}:\n", data.display());
-    let landed = summarize(&data)?;
+/// A line per table: its files and operations, and its rebuilt rows against the
+/// source's.
+fn print_landed(pg: &TempPostgres, data: &Path) -> anyhow::Result<()> {
+    let landed = summarize(data)?;
     println!(
         "{:<18} {:>6} {:>9} {:>9} {:>9} {:>9}",
         "table", "files", "inserts", "updates", "deletes", "rebuilt"
@@ -110,22 +145,6 @@ pub async fn demo(out: &Path, rows: u32) -> anyhow::Result<()> {
             }
         );
     }
-    println!(
-        "\n{} change events, checkpoint {}. The pipeline is in {}.",
-        summary.events,
-        summary
-            .checkpoint
-            .map(|l| l.to_string())
-            .unwrap_or_default(),
-        config_path.display()
-    );
-    println!(
-        "Rebuild a table's current state with DuckDB (see README, \"Reading the changelog\"):"
-    );
-    println!(
-        "  duckdb -c \"SELECT count(*) FROM read_parquet('{}/public/orders/**/*.parquet')\"",
-        data.display()
-    );
     Ok(())
 }
 

@@ -2,9 +2,12 @@
 
 use crate::config::{IcebergSinkConfig, PipelineConfig, SinkConfig};
 use crate::sink::iceberg::{self, lake};
+use ::iceberg::TableIdent;
+use ::iceberg::table::Table;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Subcommand)]
 pub enum LakeCommand {
@@ -16,7 +19,8 @@ pub enum LakeCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print a table's rows, now or as of an earlier snapshot (time travel).
+    /// Print a changelog table's change rows (not the current state), now or as of an
+    /// earlier snapshot (time travel), in file order.
     Query {
         #[command(flatten)]
         table: TableArgs,
@@ -38,6 +42,10 @@ pub enum LakeCommand {
         /// The snapshot to return to.
         #[arg(long)]
         snapshot: i64,
+        /// Roll back even while the pipeline runs (its next commit may build on the
+        /// rolled-back state).
+        #[arg(long)]
+        force: bool,
     },
     /// Remove snapshots older than a duration (the current one always stays).
     ExpireSnapshots {
@@ -87,10 +95,10 @@ pub struct TableArgs {
     sink: usize,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+fn parse_size(s: &str) -> anyhow::Result<u64> {
     s.parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
-        .map_err(|e| e.to_string())
+        .map_err(anyhow::Error::msg)
 }
 
 impl TableArgs {
@@ -127,71 +135,41 @@ pub async fn lake(command: LakeCommand) -> anyhow::Result<()> {
     let config = args.sink()?;
     let catalog = iceberg::connect(&config).await?;
     let ident = iceberg::named_table(&config, &args.table);
+    if !catalog.table_exists(&ident).await.unwrap_or(true) {
+        bail!(
+            "there is no Iceberg table {ident} (of source table {}) in {}: is the table in the pipeline's source.tables, and has the pipeline run since it was added?",
+            args.table,
+            config.warehouse
+        );
+    }
     let table = catalog
         .load_table(&ident)
         .await
         .with_context(|| format!("Iceberg table {ident} (of source table {})", args.table))?;
     match command {
-        LakeCommand::Snapshots { json: true, .. } => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&lake::snapshots(&table))?
-            );
-        }
-        LakeCommand::Snapshots { json: false, .. } => {
-            println!(
-                "{:<20} {:<24} {:<9} {:>10} {:>10}  weir",
-                "snapshot", "committed (UTC)", "operation", "added", "total"
-            );
-            for s in lake::snapshots(&table) {
-                let when = chrono::DateTime::from_timestamp_millis(s.timestamp_ms)
-                    .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
-                    .unwrap_or_default();
-                let n = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
-                println!(
-                    "{:<20} {:<24} {:<9} {:>10} {:>10}  {}{}",
-                    s.id,
-                    when,
-                    s.operation,
-                    n(s.added_records),
-                    n(s.total_records),
-                    s.weir.unwrap_or_default(),
-                    if s.current { "  (current)" } else { "" }
-                );
-            }
-        }
+        LakeCommand::Snapshots { json, .. } => show_snapshots(&table, json)?,
         LakeCommand::Query {
             snapshot,
             as_of,
             limit,
             ..
+        } => show_rows(&table, &ident, snapshot, as_of, limit).await?,
+        LakeCommand::Rollback {
+            snapshot, force, ..
         } => {
-            let at = match (snapshot, as_of) {
-                (Some(id), _) => lake::At::Snapshot(id),
-                (None, Some(t)) => {
-                    let t = chrono::DateTime::parse_from_rfc3339(&t).with_context(|| {
-                        format!("--as-of `{t}`: write RFC 3339, like 2026-11-22T08:00:00Z")
-                    })?;
-                    lake::At::Time(t.timestamp_millis())
-                }
-                (None, None) => lake::At::Current,
-            };
-            let id = lake::resolve(&table, at).map_err(anyhow::Error::msg)?;
-            let batches = lake::query(&table, at, limit)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-            println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
-            match id {
-                Some(id) => println!("{rows} rows (limit {limit}) of {ident} at snapshot {id}"),
-                None => println!("{ident} has no snapshot yet"),
+            if !force {
+                ensure_stopped(&args.pipeline).await?;
             }
-        }
-        LakeCommand::Rollback { snapshot, .. } => {
             lake::rollback(&config, &ident, &table, snapshot)
                 .await
                 .map_err(anyhow::Error::msg)?;
             println!("{ident} is at snapshot {snapshot} again");
+            println!(
+                "The changes of {} committed after that snapshot are no longer in the table, and the pipeline will not read them again. To have its current rows in the table again, run: weir snapshot {} --table {}",
+                args.table,
+                args.pipeline.display(),
+                args.table
+            );
         }
         LakeCommand::ExpireSnapshots { older_than, .. } => {
             let (table, expired) = lake::expire_snapshots(catalog.as_ref(), &ident, older_than)
@@ -207,57 +185,149 @@ pub async fn lake(command: LakeCommand) -> anyhow::Result<()> {
             force,
             dry_run,
             ..
-        } => {
-            if older_than < std::time::Duration::from_secs(86_400) && !force {
-                bail!(
-                    "--older-than {} could delete files of a commit still in progress (a long initial snapshot or transaction): use at least 1d, or add --force with the pipeline stopped",
-                    humantime::format_duration(older_than)
-                );
-            }
-            let orphans = lake::find_orphans(&table, older_than)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            let bytes: u64 = orphans.files.iter().map(|(_, size)| size).sum();
-            let size = bytesize::ByteSize(bytes).display().iec().to_string();
-            let age = humantime::format_duration(older_than);
-            if dry_run {
-                for (path, size) in &orphans.files {
-                    println!("{path}  {}", bytesize::ByteSize(*size).display().iec());
-                }
-                println!(
-                    "{} files ({size}) would be deleted: referenced by nothing {ident} keeps, older than {age} ({} referenced, {} younger kept)",
-                    orphans.files.len(),
-                    orphans.referenced,
-                    orphans.recent
-                );
-            } else {
-                lake::remove_orphans(&table, &orphans)
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                println!(
-                    "{} files ({size}) deleted: referenced by nothing {ident} keeps, older than {age} ({} referenced, {} younger kept)",
-                    orphans.files.len(),
-                    orphans.referenced,
-                    orphans.recent
-                );
-            }
-        }
+        } => remove_orphans(&table, &ident, older_than, force, dry_run).await?,
         LakeCommand::Compact { target_size, .. } => {
             let target = target_size.unwrap_or(config.target_file_size);
-            let done = lake::compact(&config, &table, target)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            match done.snapshot {
-                Some(id) => println!(
-                    "{} small files rewritten into {} ({} rows) in snapshot {id}",
-                    done.removed_files, done.added_files, done.rows
-                ),
-                None => println!(
-                    "nothing to compact: no partition has two files under 3/4 of {}",
-                    bytesize::ByteSize(target).display().iec()
-                ),
-            }
+            compact(&config, &table, target).await?;
         }
+    }
+    Ok(())
+}
+
+/// `weir lake snapshots`: as JSON, or a line per snapshot.
+fn show_snapshots(table: &Table, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&lake::snapshots(table))?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<24} {:<9} {:>10} {:>10}  weir",
+        "snapshot", "committed (UTC)", "operation", "added", "total"
+    );
+    for s in lake::snapshots(table) {
+        let when = chrono::DateTime::from_timestamp_millis(s.timestamp_ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+            .unwrap_or_default();
+        let n = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+        println!(
+            "{:<20} {:<24} {:<9} {:>10} {:>10}  {}{}",
+            s.id,
+            when,
+            s.operation,
+            n(s.added_records),
+            n(s.total_records),
+            s.weir.unwrap_or_default(),
+            if s.current { "  (current)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// `weir lake query`: the rows as of a snapshot, or of the time `as_of` names.
+async fn show_rows(
+    table: &Table,
+    ident: &TableIdent,
+    snapshot: Option<i64>,
+    as_of: Option<String>,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let at = match (snapshot, as_of) {
+        (Some(id), _) => lake::At::Snapshot(id),
+        (None, Some(t)) => {
+            let t = chrono::DateTime::parse_from_rfc3339(&t).with_context(|| {
+                format!("--as-of `{t}`: write RFC 3339, like 2026-11-22T08:00:00Z")
+            })?;
+            lake::At::Time(t.timestamp_millis())
+        }
+        (None, None) => lake::At::Current,
+    };
+    let id = lake::resolve(table, at).map_err(anyhow::Error::msg)?;
+    let batches = lake::query(table, at, limit)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+    match id {
+        Some(id) => println!(
+            "{rows} change rows (limit {limit}) of the changelog {ident} at snapshot {id}, in file order; order by _cdc_commit_lsn, _cdc_seq and apply them by key for the current state"
+        ),
+        None => println!("{ident} has no snapshot yet"),
+    }
+    Ok(())
+}
+
+/// `weir lake remove-orphans`: lists, or deletes, the files nothing refers to.
+async fn remove_orphans(
+    table: &Table,
+    ident: &TableIdent,
+    older_than: Duration,
+    force: bool,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    if older_than < Duration::from_secs(86_400) && !force {
+        bail!(
+            "--older-than {} could delete files of a commit still in progress (a long initial snapshot or transaction): use at least 1d, or add --force with the pipeline stopped",
+            humantime::format_duration(older_than)
+        );
+    }
+    let orphans = lake::find_orphans(table, older_than)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let bytes: u64 = orphans.files.iter().map(|(_, size)| size).sum();
+    let size = bytesize::ByteSize(bytes).display().iec().to_string();
+    let age = humantime::format_duration(older_than);
+    if dry_run {
+        for (path, size) in &orphans.files {
+            println!("{path}  {}", bytesize::ByteSize(*size).display().iec());
+        }
+        println!(
+            "{} files ({size}) would be deleted: referenced by nothing {ident} keeps, older than {age} ({} referenced, {} younger kept)",
+            orphans.files.len(),
+            orphans.referenced,
+            orphans.recent
+        );
+    } else {
+        lake::remove_orphans(table, &orphans)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        println!(
+            "{} files ({size}) deleted: referenced by nothing {ident} keeps, older than {age} ({} referenced, {} younger kept)",
+            orphans.files.len(),
+            orphans.referenced,
+            orphans.recent
+        );
+    }
+    Ok(())
+}
+
+/// `weir lake compact`, into files of up to `target` bytes.
+async fn compact(config: &IcebergSinkConfig, table: &Table, target: u64) -> anyhow::Result<()> {
+    let done = lake::compact(config, table, target)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    match done.snapshot {
+        Some(id) => println!(
+            "{} small files rewritten into {} ({} rows) in snapshot {id}",
+            done.removed_files, done.added_files, done.rows
+        ),
+        None => println!(
+            "nothing to compact: no partition has two files under 3/4 of {}",
+            bytesize::ByteSize(target).display().iec()
+        ),
+    }
+    Ok(())
+}
+
+/// Refuses to roll a table back under a running pipeline: its next commit would build on
+/// a state it did not write.
+async fn ensure_stopped(pipeline: &std::path::Path) -> anyhow::Result<()> {
+    let config = PipelineConfig::load(pipeline)?;
+    let control = crate::source::Control::connect(&config.source.url).await?;
+    if control.slot_active(&config.source.slot).await? {
+        bail!(
+            "the slot `{}` is in use: stop the pipeline before rolling its table back (or give --force)",
+            config.source.slot
+        );
     }
     Ok(())
 }

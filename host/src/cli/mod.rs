@@ -1,5 +1,6 @@
 //! The `weir` command line.
 
+mod dead_letter;
 mod demo;
 mod lake;
 mod pipeline_status;
@@ -7,7 +8,8 @@ mod plugin;
 mod status;
 
 use crate::config::{PipelineConfig, SinkConfig};
-use crate::pipeline::{self, RunOptions};
+use crate::pipeline::RunOptions;
+use crate::plugin::Instance;
 use crate::stats::Stats;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
@@ -124,6 +126,10 @@ enum SlotCommand {
         /// Another slot of the same database.
         #[arg(long)]
         slot: Option<String>,
+        /// Drop the pipeline's publication too (teardown: nothing of weir's stays on the
+        /// server; the output is left as it is).
+        #[arg(long)]
+        publication: bool,
     },
 }
 
@@ -142,7 +148,7 @@ enum DeadLetterCommand {
         pipeline: PathBuf,
         /// Only the letters of one stage, as `list` prints it (`transform-0`, `sink-1`).
         #[arg(long)]
-        stage: Option<String>,
+        stage: Option<crate::plugin::Stage>,
     },
 }
 
@@ -150,6 +156,9 @@ enum DeadLetterCommand {
 pub fn main() -> ExitCode {
     limit_heap_fragmentation();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. } | Command::Demo { .. }) {
+        exit_quietly_on_closed_pipe();
+    }
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -175,9 +184,11 @@ pub fn main() -> ExitCode {
             Command::Slot(SlotCommand::List { pipeline, json }) => {
                 pipeline_status::slot_list(&pipeline, json).await
             }
-            Command::Slot(SlotCommand::Drop { pipeline, slot }) => {
-                pipeline_status::slot_drop(&pipeline, slot.as_deref()).await
-            }
+            Command::Slot(SlotCommand::Drop {
+                pipeline,
+                slot,
+                publication,
+            }) => pipeline_status::slot_drop(&pipeline, slot.as_deref(), publication).await,
             Command::Lake(c) => lake::lake(c).await,
             Command::Plugin(c) => plugin::plugin(c).await,
             Command::Snapshot { pipeline, table } => snapshot(&pipeline, &table).await,
@@ -187,10 +198,23 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: typed errors name their
+/// source in their own message already.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    line
 }
 
 /// glibc raises its mmap threshold each time a large block is freed, after which large
@@ -203,6 +227,18 @@ fn limit_heap_fragmentation() {
     // thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
+/// `weir status | head -4`: a reader that stops early ends a command that prints, as
+/// it ends any Unix tool, instead of a panic on the next line printed. Not for `run`:
+/// a closed socket there is an error to handle, not a reason to die.
+#[allow(unsafe_code)]
+fn exit_quietly_on_closed_pipe() {
+    // SAFETY: sets the signal's disposition back to the default before any thread
+    // exists; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -269,14 +305,11 @@ async fn reload(path: &std::path::Path) -> anyhow::Result<()> {
         anyhow::bail!("the pipeline has no [[transform]] to reload");
     }
     let control = crate::source::Control::connect(&config.source.url).await?;
-    let row = control
-        .client
-        .query_one(
-            "SELECT pg_logical_emit_message(false, $1, $2)::text",
-            &[&crate::reload::RELOAD_MARKER, &config.source.slot],
-        )
+    let lsn = control
+        .emit(&crate::batch::Signal::Reload {
+            slot: config.source.slot.clone(),
+        })
         .await?;
-    let lsn: String = row.get(0);
     println!(
         "reload requested at {lsn}: the running pipeline of slot {} loads changed transforms when its stream reaches it",
         config.source.slot
@@ -286,7 +319,7 @@ async fn reload(path: &std::path::Path) -> anyhow::Result<()> {
 
 async fn snapshot(path: &std::path::Path, table: &crate::config::TableName) -> anyhow::Result<()> {
     let config = PipelineConfig::load(path)?;
-    if !config.source.tables.contains(table) {
+    if !config.source.selects(table) {
         anyhow::bail!(
             "{table} is not one of the pipeline's tables ({}): add it to source.tables first",
             config
@@ -304,14 +337,15 @@ async fn snapshot(path: &std::path::Path, table: &crate::config::TableName) -> a
         );
     }
     let control = crate::source::Control::connect(&config.source.url).await?;
-    let row = control
-        .client
-        .query_one(
-            "SELECT pg_logical_emit_message(false, $1, $2)::text",
-            &[&crate::backfill::REQUEST, &table.to_string()],
-        )
+    if !control.has_primary_key(table).await? {
+        return Err(crate::source::SourceError::NoKeyToBackfill {
+            table: table.clone(),
+        }
+        .into());
+    }
+    let lsn = control
+        .emit(&crate::batch::Signal::BackfillRequest(table.clone()))
         .await?;
-    let lsn: String = row.get(0);
     println!(
         "backfill of {table} requested at {lsn}: the running pipeline (or its next run) reads its rows in chunks while it streams"
     );
@@ -322,16 +356,16 @@ async fn dead_letter(command: DeadLetterCommand) -> anyhow::Result<()> {
     match command {
         DeadLetterCommand::List { pipeline } => {
             let config = PipelineConfig::load(&pipeline)?;
-            let letters = crate::dead_letters::list(&config).await?;
+            let letters = dead_letter::list(&config).await?;
             for letter in &letters {
-                println!("{}", crate::dead_letters::describe(letter));
+                println!("{}", dead_letter::describe(letter));
             }
             println!("{} dead letter(s)", letters.len());
             Ok(())
         }
         DeadLetterCommand::Replay { pipeline, stage } => {
             let config = PipelineConfig::load(&pipeline)?;
-            let done = crate::dead_letters::replay(&config, stage.as_deref()).await?;
+            let done = dead_letter::replay(&config, stage).await?;
             println!("{} replayed, {} still failing", done.delivered, done.failed);
             if done.failed > 0 {
                 anyhow::bail!(
@@ -346,6 +380,19 @@ async fn dead_letter(command: DeadLetterCommand) -> anyhow::Result<()> {
 
 async fn run(path: &std::path::Path, until_caught_up: bool, new_slot: bool) -> anyhow::Result<()> {
     let config = PipelineConfig::load(path)?;
+    // Every line of the run carries the pipeline and its slot (a `span` in JSON logs),
+    // those of the tasks beside it too.
+    let span = tracing::info_span!("run", pipeline = %config.name(), slot = %config.source.slot);
+    tracing::Instrument::instrument(run_in_span(path, &config, until_caught_up, new_slot), span)
+        .await
+}
+
+async fn run_in_span(
+    path: &std::path::Path,
+    config: &PipelineConfig,
+    until_caught_up: bool,
+    new_slot: bool,
+) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
     let reporter = status::spawn(stats.clone());
     let options = RunOptions {
@@ -355,20 +402,17 @@ async fn run(path: &std::path::Path, until_caught_up: bool, new_slot: bool) -> a
         pipeline_file: Some(path.to_path_buf()),
     };
     let over_limit = Arc::new(std::sync::Mutex::new(None));
-    let watch = slot_watch(
-        &config,
+    let watch = crate::supervisor::slot_watch(
+        config,
         stats.clone(),
         options.shutdown.clone(),
         over_limit.clone(),
     );
     let metrics = match &config.metrics {
-        Some(m) => Some(crate::metrics::serve(m, &config, stats.clone()).await?),
+        Some(m) => Some(crate::metrics::serve(m, config, stats.clone()).await?),
         None => None,
     };
-    // Every line of the run carries the pipeline and its slot (a `span` in JSON logs).
-    let span = tracing::info_span!("run", pipeline = %config.name(), slot = %config.source.slot);
-    let result =
-        tracing::Instrument::instrument(run_with_retries(&config, &options, &stats), span).await;
+    let result = crate::supervisor::run_with_retries(config, &options, &stats).await;
     drop(metrics);
     watch.abort();
     reporter.finish();
@@ -384,152 +428,23 @@ async fn run(path: &std::path::Path, until_caught_up: bool, new_slot: bool) -> a
     Ok(())
 }
 
-/// Every 10 s, reads the WAL the slot retains (for `weir_slot_retained_wal_bytes`) and
-/// applies `max_slot_lag`: an error in the log, or (policy `stop`) a clean stop whose
-/// reason goes in `over_limit`.
-fn slot_watch(
-    config: &PipelineConfig,
-    stats: Arc<Stats>,
-    shutdown: CancellationToken,
-    over_limit: Arc<std::sync::Mutex<Option<String>>>,
-) -> tokio::task::JoinHandle<()> {
-    let (url, slot) = (config.source.url.clone(), config.source.slot.clone());
-    let (limit, policy) = (config.source.max_slot_lag, config.source.slot_lag_policy);
-    tokio::spawn(async move {
-        let mut control = None;
-        let mut alerted = false;
-        loop {
-            if control.is_none() {
-                control = crate::source::Control::connect(&url).await.ok();
-            }
-            if let Some(c) = &control {
-                match retained_wal(c, &slot).await {
-                    Ok(Some(retained)) => {
-                        stats.set_retained_wal(retained);
-                        match limit.filter(|max| retained > *max) {
-                            Some(max) => {
-                                let text =
-                                    |b: u64| bytesize::ByteSize(b).display().iec().to_string();
-                                let reason = format!(
-                                    "replication slot `{slot}` retains {} of WAL, over max_slot_lag {}: the server keeps that WAL until weir confirms it",
-                                    text(retained),
-                                    text(max)
-                                );
-                                if policy == crate::config::SlotLagPolicy::Stop {
-                                    tracing::error!(
-                                        "{reason}; stopping (slot_lag_policy = \"stop\"). Find what holds weir back (weir status, /metrics), or drop the slot with `weir slot drop` to free the WAL and take a new snapshot."
-                                    );
-                                    *over_limit.lock().unwrap_or_else(|e| e.into_inner()) =
-                                        Some(format!("stopped: {reason}"));
-                                    shutdown.cancel();
-                                    return;
-                                }
-                                if !alerted {
-                                    tracing::error!(
-                                        "{reason} (slot_lag_policy = \"alert\": weir goes on)"
-                                    );
-                                    alerted = true;
-                                }
-                            }
-                            None => alerted = false,
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(_) => control = None,
-                }
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-        }
-    })
-}
-
-/// The WAL `slot` retains on the server, in bytes (none: no such slot).
-async fn retained_wal(
-    control: &crate::source::Control,
-    slot: &str,
-) -> Result<Option<u64>, tokio_postgres::Error> {
-    let row = control
-        .client
-        .query_opt(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await?;
-    Ok(row.map(|r| r.get::<_, Option<i64>>(0).unwrap_or(0).max(0) as u64))
-}
-
-/// Runs the pipeline; once it has streamed, a transient failure (see
-/// [`pipeline::PipelineError::is_transient`]) makes it wait and run again from its
-/// checkpoint, with exponential backoff and jitter, up to `[retry] attempts` failures in
-/// a row. A first run that fails stops at once with its error: that is a setup problem.
-async fn run_with_retries(
-    config: &PipelineConfig,
-    options: &RunOptions,
-    stats: &Arc<Stats>,
-) -> Result<pipeline::RunSummary, pipeline::PipelineError> {
-    let retry = &config.retry;
-    let mut failures = 0u32;
-    let mut events = 0;
-    let mut options = options.clone();
-    loop {
-        let streamed_before = stats.streaming_runs();
-        let result = pipeline::run(config, options.clone(), stats.clone()).await;
-        // --new-slot accepts the gap it was given for, once: a run retried (only after
-        // streaming, so with its new slot made) stops again at a slot lost later.
-        options.new_slot = false;
-        stats.disconnected();
-        let streamed = stats.streaming_runs() > streamed_before;
-        let error = match result {
-            Ok(mut summary) => {
-                summary.events += events;
-                return Ok(summary);
-            }
-            Err(e) => e,
-        };
-        events = stats.snapshot().events;
-        let ever_streamed = stats.streaming_runs() > 0;
-        if !error.is_transient() || !ever_streamed || options.shutdown.is_cancelled() {
-            return Err(error);
-        }
-        failures = if streamed { 1 } else { failures + 1 };
-        if retry.attempts > 0 && failures > retry.attempts {
-            tracing::error!(
-                attempts = retry.attempts,
-                "Giving up after failed attempts in a row."
-            );
-            return Err(error);
-        }
-        let delay = backoff(retry, failures);
-        stats.set_retrying(Some(error.to_string()));
-        tracing::warn!(
-            error = %error,
-            attempt = failures,
-            max_attempts = retry.attempts,
-            retry_in_ms = delay.as_millis() as u64,
-            "Transient failure: reconnecting and resuming from the checkpoint (nothing past it was acknowledged)."
-        );
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = options.shutdown.cancelled() => return Err(error),
-        }
-        stats.add_reconnect();
-    }
-}
-
-/// `initial_backoff * 2^(attempt-1)`, capped at `max_backoff`, minus up to a quarter of
-/// it at random (so pipelines that lost the same server do not return in step).
-fn backoff(retry: &crate::config::RetryConfig, attempt: u32) -> std::time::Duration {
-    let base = retry
-        .initial_backoff
-        .saturating_mul(1u32 << (attempt - 1).min(16))
-        .min(retry.max_backoff);
-    let jitter = rand::random::<f64>() * 0.25;
-    base.mul_f64(1.0 - jitter)
-}
-
 async fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
     let config = PipelineConfig::load(path)?;
     println!("pipeline  {} ({})", config.name(), path.display());
+    print_source(&config)?;
+    load_transforms(&config).await?;
+    for sink in &config.sinks {
+        describe_sink(sink).await?;
+    }
+    if offline {
+        println!("valid (file and plugins checked; --offline: the database was not)");
+        return Ok(());
+    }
+    check_database(&config).await
+}
+
+/// The source, its tables and the batch limits, as the file sets them.
+fn print_source(config: &PipelineConfig) -> anyhow::Result<()> {
     let pg = crate::source::pg_config(&config.source.url)?;
     println!(
         "source    postgres://{}@{}:{}/{} slot `{}` publication `{}`",
@@ -540,8 +455,7 @@ async fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
         config.source.slot,
         config.source.publication
     );
-    let tables: Vec<String> = config.source.tables.iter().map(|t| t.to_string()).collect();
-    println!("tables    {}", tables.join(", "));
+    println!("tables    {}", table_list(config));
     let b = &config.batch;
     println!(
         "batches   up to {} events, {}, {}",
@@ -549,86 +463,115 @@ async fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
         bytesize::ByteSize(b.max_bytes).display().iec(),
         humantime::format_duration(b.max_delay)
     );
-    if !config.transforms.is_empty() {
-        let specs = config.transforms.clone();
-        let lines = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-            let engine =
-                crate::plugin::PluginEngine::new(crate::plugin::PluginEngine::default_cache_dir())?;
-            specs
-                .iter()
-                .map(|t| {
-                    // Compiles the component and calls its init with the configuration.
-                    let plugin =
-                        crate::plugin::TransformPlugin::load(&engine, &t.plugin, &t.config)?;
-                    Ok(format!("transform {}", plugin.describe()))
-                })
-                .collect()
-        })
-        .await??;
-        for line in lines {
-            println!("{line}");
-        }
-    }
-    for sink in &config.sinks {
-        match sink {
-            SinkConfig::Parquet(p) => println!(
-                "sink      parquet {} ({:?} partitions, {:?}, files up to {}, flushed every {})",
-                p.url,
-                p.partition,
-                p.compression,
-                bytesize::ByteSize(p.target_file_size).display().iec(),
-                humantime::format_duration(p.flush_interval)
-            ),
-            SinkConfig::Iceberg(c) => println!(
-                "sink      iceberg {} ({} catalog, {:?} partitions, files up to {}, committed every {})",
-                c.warehouse,
-                match &c.catalog {
-                    crate::config::CatalogConfig::Sql { .. } => "sql",
-                    crate::config::CatalogConfig::Rest { .. } => "rest",
-                },
-                c.partition,
-                bytesize::ByteSize(c.target_file_size).display().iec(),
-                humantime::format_duration(c.commit_interval)
-            ),
-            SinkConfig::Plugin(p) => {
-                let (config, engine) = (
-                    p.clone(),
-                    crate::plugin::PluginEngine::new(
-                        crate::plugin::PluginEngine::default_cache_dir(),
-                    )?,
-                );
-                let plugin = tokio::task::spawn_blocking(move || {
-                    // Compiled and linked, not started: a sink's init may reach its destination.
-                    crate::plugin::SinkPlugin::prepare(
-                        &engine,
-                        &config.plugin,
-                        &config.config,
-                        config.flush_interval,
-                    )
-                })
-                .await??;
-                println!(
-                    "sink      plugin {} (init not called: it may reach its destination)",
-                    plugin.describe()
-                );
-            }
-        }
-    }
-    if offline {
-        println!("valid (file and plugins checked; --offline: the database was not)");
+    Ok(())
+}
+
+fn table_list(config: &PipelineConfig) -> String {
+    let tables: Vec<String> = config.source.tables.iter().map(|t| t.to_string()).collect();
+    tables.join(", ")
+}
+
+/// Compiles each transform and calls its init with its configuration.
+async fn load_transforms(config: &PipelineConfig) -> anyhow::Result<()> {
+    if config.transforms.is_empty() {
         return Ok(());
     }
+    let specs = config.transforms.clone();
+    let lines = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+        let engine =
+            crate::plugin::PluginEngine::new(crate::plugin::PluginEngine::default_cache_dir())?;
+        specs
+            .iter()
+            .map(|t| {
+                let plugin = crate::plugin::TransformPlugin::load(&engine, &t.plugin, &t.config)?;
+                Ok(format!("transform {}", plugin.describe()))
+            })
+            .collect()
+    })
+    .await??;
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// A line for the sink; a plugin sink is compiled and linked but not started, since its
+/// init may reach its destination.
+async fn describe_sink(sink: &SinkConfig) -> anyhow::Result<()> {
+    match sink {
+        SinkConfig::Parquet(p) => println!(
+            "sink      parquet {} ({:?} partitions, {:?}, files up to {}, flushed every {})",
+            p.url,
+            p.partition,
+            p.compression,
+            bytesize::ByteSize(p.target_file_size).display().iec(),
+            humantime::format_duration(p.flush_interval)
+        ),
+        SinkConfig::Iceberg(c) => println!(
+            "sink      iceberg {} ({} catalog, {:?} partitions, files up to {}, committed every {})",
+            c.warehouse,
+            match &c.catalog {
+                crate::config::CatalogConfig::Sql { .. } => "sql",
+                crate::config::CatalogConfig::Rest { .. } => "rest",
+            },
+            c.partition,
+            bytesize::ByteSize(c.target_file_size).display().iec(),
+            humantime::format_duration(c.commit_interval)
+        ),
+        SinkConfig::Stdout(_) => println!("sink      stdout (one JSON line per change)"),
+        SinkConfig::Plugin(p) => {
+            let (config, engine) = (
+                p.clone(),
+                crate::plugin::PluginEngine::new(crate::plugin::PluginEngine::default_cache_dir())?,
+            );
+            let plugin = tokio::task::spawn_blocking(move || {
+                crate::plugin::SinkPlugin::prepare(
+                    &engine,
+                    &config.plugin,
+                    &config.config,
+                    config.flush_interval,
+                )
+            })
+            .await??;
+            println!(
+                "sink      plugin {} (init not called: it may reach its destination)",
+                plugin.describe()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What a run would find and do in the database: the preflight checks, then the
+/// publication and the slot it would create or use.
+async fn check_database(config: &PipelineConfig) -> anyhow::Result<()> {
     let control = crate::source::Control::connect(&config.source.url).await?;
+    let selected = control.resolve_tables(&config.source.tables).await?;
+    if config.source.has_patterns() {
+        let names: Vec<String> = selected.tables.iter().map(|t| t.to_string()).collect();
+        println!("selects   {}", names.join(", "));
+        for table in &selected.left_out {
+            println!(
+                "leaves    {table} out: no primary key, and REPLICA IDENTITY DEFAULT or NOTHING"
+            );
+        }
+    }
+    let config = &config.with_tables(selected.tables);
     let info = control.preflight(&config.source).await?;
     println!(
-        "database  `{}` as `{}`: wal_level logical, replication allowed, tables found",
+        "database  `{}` as `{}`: wal_level logical, replication allowed, tables found and readable, may create or extend the publication",
         info.database, info.user
+    );
+    config.check_outputs_writable().await?;
+    println!(
+        "output    writable: {} (probed with a temporary file or object, removed again)",
+        config.output_urls().join(", ")
     );
     match &info.publication_missing {
         None => println!(
             "would     create publication `{}` for {}",
             config.source.publication,
-            tables.join(", ")
+            table_list(config)
         ),
         Some(m) if !m.is_empty() => {
             let m: Vec<String> = m.iter().map(|t| t.to_string()).collect();
@@ -639,6 +582,18 @@ async fn validate(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
             )
         }
         Some(_) => println!("uses      publication `{}`", config.source.publication),
+    }
+    if !info.publication_extra.is_empty() {
+        let extra: Vec<String> = info
+            .publication_extra
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        println!(
+            "would     remove {} from publication `{}` (no longer in source.tables)",
+            extra.join(", "),
+            config.source.publication
+        );
     }
     if info.slot_exists {
         println!("uses      replication slot `{}`", config.source.slot);

@@ -1,14 +1,17 @@
 //! `weir status PIPELINE`: the slot on the server, each sink's checkpoint, and (when the
 //! pipeline serves `[metrics]`) the running pipeline's own state and health.
 
-use crate::checkpoint::{Checkpoint, CheckpointStore, CommitPos};
+use crate::batch::CommitPos;
+use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::config::{PipelineConfig, SinkConfig};
-use crate::sink::{iceberg, object_store_for};
+use crate::metrics::{ComponentStatus, StatusReport};
+use crate::sink::iceberg;
+use crate::storage::object_store_for;
 use serde_json::{Value, json};
 
-/// A byte count from a JSON number, in IEC units (`-` when absent).
-fn size(v: &Value) -> String {
-    v.as_i64()
+/// A byte count in IEC units (`-` when absent).
+fn size(bytes: Option<i64>) -> String {
+    bytes
         .map(|b| {
             bytesize::ByteSize(b.max(0) as u64)
                 .display()
@@ -20,9 +23,9 @@ fn size(v: &Value) -> String {
 
 /// What a sink holds for a slot, as read from its storage or catalog.
 enum Holds {
-    Parquet(Result<Option<Checkpoint>, String>),
+    Parquet(anyhow::Result<Option<Checkpoint>>),
     /// Each changelog table: its name, position and number of snapshots.
-    Iceberg(Result<Vec<(String, Option<CommitPos>, usize)>, String>),
+    Iceberg(anyhow::Result<Vec<(String, Option<CommitPos>, usize)>>),
     /// A plugin keeps its position to itself.
     Plugin,
 }
@@ -32,22 +35,22 @@ impl Holds {
         match sink {
             SinkConfig::Parquet(p) => Holds::Parquet(
                 async {
-                    let (store, base) = object_store_for(&p.url).map_err(|e| e.to_string())?;
-                    CheckpointStore::new(store, &base, slot)
-                        .read()
-                        .await
-                        .map_err(|e| e.to_string())
+                    let (store, base) = object_store_for(&p.url)?;
+                    let checkpoint = CheckpointStore::new(store, &base, slot).read().await?;
+                    Ok::<_, anyhow::Error>(checkpoint)
                 }
                 .await,
             ),
             SinkConfig::Iceberg(c) => Holds::Iceberg(
                 async {
-                    let catalog = iceberg::connect(c).await.map_err(|e| e.to_string())?;
+                    // Reading changes nothing: a SQL catalog not made yet holds nothing.
+                    let Some(catalog) = iceberg::connect_existing(c).await? else {
+                        return Ok(Vec::new());
+                    };
                     let tables =
                         iceberg::slot_tables(catalog.as_ref(), c.namespace.as_deref(), slot)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    Ok(tables
+                            .await?;
+                    let held = tables
                         .iter()
                         .map(|t| {
                             let position = iceberg::table_position(t, slot);
@@ -57,11 +60,12 @@ impl Holds {
                                 t.metadata().snapshots().count(),
                             )
                         })
-                        .collect())
+                        .collect();
+                    Ok::<_, anyhow::Error>(held)
                 }
                 .await,
             ),
-            SinkConfig::Plugin(_) => Holds::Plugin,
+            SinkConfig::Plugin(_) | SinkConfig::Stdout(_) => Holds::Plugin,
         }
     }
 
@@ -84,7 +88,7 @@ impl Holds {
                         json!({ "commit_lsn": c.commit_lsn.to_string(), "end_lsn": c.end_lsn.to_string(), "seq": c.seq })
                     }
                     Ok(None) => json!(null),
-                    Err(e) => json!({ "error": e }),
+                    Err(e) => json!({ "error": e.to_string() }),
                 };
                 json!({ "kind": "parquet", "url": p.url, "checkpoint": checkpoint })
             }
@@ -103,7 +107,7 @@ impl Holds {
                             .collect();
                         json!({ "tables": tables })
                     }
-                    Err(e) => json!({ "error": e }),
+                    Err(e) => json!({ "error": e.to_string() }),
                 };
                 json!({ "kind": "iceberg", "warehouse": c.warehouse, "state": state })
             }
@@ -112,6 +116,56 @@ impl Holds {
                 "plugin": p.plugin.display().to_string(),
                 "checkpoint": "reported by the plugin at its first flush",
             }),
+            (Holds::Plugin, SinkConfig::Stdout(_)) => json!({
+                "kind": "stdout",
+                "checkpoint": "none: at least once, from the slot's position",
+            }),
+            _ => unreachable!("Holds::read reads each sink as its kind"),
+        }
+    }
+
+    /// The sink's lines of `weir status`. An error is quoted as `--json` shows it.
+    fn print(&self, sink: &SinkConfig) {
+        match (self, sink) {
+            (Holds::Parquet(read), SinkConfig::Parquet(p)) => {
+                let line = match read {
+                    Ok(Some(c)) => format!(
+                        "checkpoint {} (last commit {}, flush {})",
+                        c.end_lsn, c.commit_lsn, c.seq
+                    ),
+                    Ok(None) => "no checkpoint yet".into(),
+                    Err(e) => format!("unreadable: {}", Value::String(e.to_string())),
+                };
+                println!("sink        parquet {}: {line}", p.url);
+            }
+            (Holds::Iceberg(read), SinkConfig::Iceberg(c)) => {
+                println!("sink        iceberg {}", c.warehouse);
+                match read {
+                    Ok(tables) => {
+                        for (table, position, snapshots) in tables {
+                            println!(
+                                "              {table}: commit {} ({snapshots} snapshots)",
+                                position.map_or_else(
+                                    || "none yet".to_string(),
+                                    |p| p.commit_lsn.to_string()
+                                ),
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        println!("              unreadable: {}", Value::String(e.to_string()))
+                    }
+                }
+            }
+            (Holds::Plugin, SinkConfig::Plugin(p)) => println!(
+                "sink        plugin {}: position kept by the plugin",
+                p.plugin.display()
+            ),
+            (Holds::Plugin, SinkConfig::Stdout(_)) => {
+                println!(
+                    "sink        stdout: no checkpoint (at least once, from the slot's position)"
+                )
+            }
             _ => unreachable!("Holds::read reads each sink as its kind"),
         }
     }
@@ -123,13 +177,13 @@ pub(crate) async fn held_position(sink: &SinkConfig, slot: &str) -> Option<crate
 }
 
 /// The running pipeline's `/status`, or why it could not be read.
-async fn live_status(listen: &str) -> Result<Value, String> {
+async fn live_status(listen: &str) -> anyhow::Result<StatusReport> {
     use http_body_util::BodyExt;
     let connect = tokio::net::TcpStream::connect(listen);
     let stream = match tokio::time::timeout(std::time::Duration::from_secs(3), connect).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("nothing answers at {listen} ({e})")),
-        Err(_) => return Err(format!("nothing answers at {listen} (timed out)")),
+        Ok(Err(e)) => anyhow::bail!("nothing answers at {listen} ({e})"),
+        Err(_) => anyhow::bail!("nothing answers at {listen} (timed out)"),
     };
     let exchange = async {
         let io = hyper_util::rt::TokioIo::new(stream);
@@ -145,14 +199,27 @@ async fn live_status(listen: &str) -> Result<Value, String> {
     };
     let body = tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
         .await
-        .map_err(|_| format!("{listen} did not answer in 5s"))?
-        .map_err(|e| format!("{listen}: {e}"))?;
-    serde_json::from_slice(&body).map_err(|e| format!("{listen} is not a weir endpoint: {e}"))
+        .map_err(|_| anyhow::anyhow!("{listen} did not answer in 5s"))?
+        .map_err(|e| anyhow::anyhow!("{listen}: {e}"))?;
+    serde_json::from_slice(&body)
+        .map_err(|e| anyhow::anyhow!("{listen} is not a weir endpoint: {e}"))
 }
 
-pub async fn status(path: &std::path::Path, as_json: bool) -> anyhow::Result<()> {
-    let config = PipelineConfig::load(path)?;
-    let slot = &config.source.slot;
+/// The slot's row in `pg_replication_slots`, with the WAL it keeps and how far its
+/// confirmed position is behind the server's.
+struct SlotRow {
+    active: bool,
+    active_pid: Option<i32>,
+    restart_lsn: Option<String>,
+    confirmed_flush_lsn: Option<String>,
+    wal_status: Option<String>,
+    retained_wal_bytes: Option<i64>,
+    lag_bytes: Option<i64>,
+    server_wal_lsn: Option<String>,
+}
+
+/// The pipeline's slot, or `None` when it does not exist.
+async fn read_slot(config: &PipelineConfig) -> anyhow::Result<Option<SlotRow>> {
     let control = crate::source::Control::connect(&config.source.url).await?;
     let row = control
         .client
@@ -162,188 +229,223 @@ pub async fn status(path: &std::path::Path, as_json: bool) -> anyhow::Result<()>
              pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8, \
              pg_current_wal_lsn()::text \
              FROM pg_replication_slots WHERE slot_name = $1",
-            &[slot],
+            &[&config.source.slot],
         )
         .await?;
-    let slot_json = match &row {
-        None => json!({ "name": slot, "exists": false }),
+    Ok(row.map(|r| SlotRow {
+        active: r.get(0),
+        active_pid: r.get(1),
+        restart_lsn: r.get(2),
+        confirmed_flush_lsn: r.get(3),
+        wal_status: r.get(4),
+        retained_wal_bytes: r.get(5),
+        lag_bytes: r.get(6),
+        server_wal_lsn: r.get(7),
+    }))
+}
+
+fn slot_json(name: &str, row: Option<&SlotRow>) -> Value {
+    match row {
+        None => json!({ "name": name, "exists": false }),
         Some(r) => json!({
-            "name": slot,
+            "name": name,
             "exists": true,
-            "active": r.get::<_, bool>(0),
-            "active_pid": r.get::<_, Option<i32>>(1),
-            "restart_lsn": r.get::<_, Option<String>>(2),
-            "confirmed_flush_lsn": r.get::<_, Option<String>>(3),
-            "wal_status": r.get::<_, Option<String>>(4),
-            "retained_wal_bytes": r.get::<_, Option<i64>>(5),
-            "lag_bytes": r.get::<_, Option<i64>>(6),
-            "server_wal_lsn": r.get::<_, Option<String>>(7),
+            "active": r.active,
+            "active_pid": r.active_pid,
+            "restart_lsn": r.restart_lsn,
+            "confirmed_flush_lsn": r.confirmed_flush_lsn,
+            "wal_status": r.wal_status,
+            "retained_wal_bytes": r.retained_wal_bytes,
+            "lag_bytes": r.lag_bytes,
+            "server_wal_lsn": r.server_wal_lsn,
         }),
-    };
-    let mut sinks = Vec::new();
+    }
+}
+
+pub async fn status(path: &std::path::Path, as_json: bool) -> anyhow::Result<()> {
+    let config = PipelineConfig::load(path)?;
+    let slot = read_slot(&config).await?;
+    let mut holds = Vec::new();
     for sink in &config.sinks {
-        sinks.push(Holds::read(sink, slot).await.to_json(sink));
+        holds.push(Holds::read(sink, &config.source.slot).await);
     }
     let live = match &config.metrics {
         Some(m) => Some(live_status(&m.listen).await),
         None => None,
     };
-    let state = match (&live, slot_json["active"].as_bool()) {
-        (Some(Ok(l)), _) => l["state"].as_str().unwrap_or("running").to_string(),
+    let state = match (&live, slot.as_ref().map(|s| s.active)) {
+        (Some(Ok(l)), _) => l.state.clone(),
         (_, Some(true)) => "running".into(),
         (Some(Err(_)), _) | (None, _) => "stopped".into(),
     };
-    // The running pipeline's view of each sink and plugin.
-    if let Some(Ok(l)) = &live {
-        for (sink, c) in sinks.iter_mut().zip(config.sinks.iter()) {
-            let name = crate::sink::sink_name(c);
-            if let Some(found) = l["components"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|x| x["kind"] == "sink" && x["name"] == name.as_str())
-            {
-                sink["live"] = found.clone();
-            }
-        }
-    }
-    let plugins: Vec<Value> = match &live {
-        Some(Ok(l)) => l["components"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|x| x["kind"] == "plugin")
-            .cloned()
-            .collect(),
-        _ => Vec::new(),
+    let report = Report {
+        config: &config,
+        path,
+        state,
+        live: live.as_ref(),
+        slot: slot.as_ref(),
+        holds: &holds,
     };
-    let live_json = match &live {
-        None => Value::Null,
-        Some(Ok(l)) => l.clone(),
-        Some(Err(e)) => json!({ "error": e }),
-    };
-    let doc = json!({ "pipeline": config.name(), "file": path.display().to_string(), "state": state, "live": live_json, "slot": slot_json, "sinks": sinks, "plugins": plugins });
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", serde_json::to_string_pretty(&report.to_json()?)?);
         return Ok(());
     }
-    let s = &doc["slot"];
-    println!("pipeline    {} ({})", config.name(), path.display());
-    let l = &doc["live"];
-    match (&live, state.as_str()) {
-        (Some(Ok(_)), _) => {
-            let mut line = state.clone();
-            if let Some(why) = l["retrying_after"].as_str() {
-                line.push_str(&format!(" (after: {why})"));
-            }
-            match l["not_ready"].as_str() {
-                None => line.push_str(", ready"),
-                Some(why) => line.push_str(&format!(", not ready: {why}")),
-            }
-            println!("state       {line}");
-            println!(
-                "last commit {} received, {} durable (lag {:.1}s, {})",
-                l["last_commit"].as_str().unwrap_or("none"),
-                l["last_durable_commit"].as_str().unwrap_or("none"),
-                l["lag_seconds"].as_f64().unwrap_or(0.0),
-                size(&l["lag_bytes"]),
-            );
-            println!(
-                "events      {} read, {} written in {} batches; {} reconnects",
-                l["events_read"], l["events_written"], l["batches"], l["reconnects"]
-            );
+    report.print();
+    Ok(())
+}
+
+/// What `weir status` found, to print as text or JSON.
+struct Report<'a> {
+    config: &'a PipelineConfig,
+    path: &'a std::path::Path,
+    /// `stopped`, `running`, or the running pipeline's own state.
+    state: String,
+    live: Option<&'a anyhow::Result<StatusReport>>,
+    slot: Option<&'a SlotRow>,
+    /// What each sink holds, in the order of `config.sinks`.
+    holds: &'a [Holds],
+}
+
+impl Report<'_> {
+    /// The running pipeline's plugins and sinks, when it answered.
+    fn components(&self) -> &[ComponentStatus] {
+        match self.live {
+            Some(Ok(l)) => &l.components,
+            _ => &[],
         }
-        (Some(Err(e)), _) => println!("state       {state} ({e})"),
-        (None, "running") => {
-            println!("state       running (the slot is active; add [metrics] for its health)")
-        }
-        (None, _) => println!("state       {state}"),
     }
-    if s["exists"] == false {
-        println!("slot        {slot}: does not exist (the first run creates it)");
-    } else {
-        let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
-        let state = match (s["active"].as_bool(), s["active_pid"].as_i64()) {
-            (Some(true), Some(pid)) => format!("active (walsender pid {pid})"),
+
+    /// The running pipeline's view of `sink`.
+    fn live_sink(&self, sink: &SinkConfig) -> Option<&ComponentStatus> {
+        let name = crate::sink::sink_name(sink);
+        self.components()
+            .iter()
+            .find(|c| c.kind == "sink" && c.name == name)
+    }
+
+    fn plugins(&self) -> impl Iterator<Item = &ComponentStatus> {
+        self.components().iter().filter(|c| c.kind == "plugin")
+    }
+
+    fn to_json(&self) -> anyhow::Result<Value> {
+        let mut sinks = Vec::new();
+        for (holds, sink) in self.holds.iter().zip(&self.config.sinks) {
+            let mut json = holds.to_json(sink);
+            if let Some(live) = self.live_sink(sink) {
+                json["live"] = serde_json::to_value(live)?;
+            }
+            sinks.push(json);
+        }
+        let plugins = self
+            .plugins()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()?;
+        let live = match self.live {
+            None => Value::Null,
+            Some(Ok(l)) => serde_json::to_value(l)?,
+            Some(Err(e)) => json!({ "error": e.to_string() }),
+        };
+        let slot = slot_json(&self.config.source.slot, self.slot);
+        Ok(
+            json!({ "pipeline": self.config.name(), "file": self.path.display().to_string(), "state": self.state, "live": live, "slot": slot, "sinks": sinks, "plugins": plugins }),
+        )
+    }
+
+    fn print(&self) {
+        println!(
+            "pipeline    {} ({})",
+            self.config.name(),
+            self.path.display()
+        );
+        self.print_state();
+        self.print_slot();
+        for (holds, sink) in self.holds.iter().zip(&self.config.sinks) {
+            holds.print(sink);
+            if let Some(live) = self.live_sink(sink) {
+                println!("              {}", health(live));
+            }
+        }
+        for plugin in self.plugins() {
+            println!("plugin      {}: {}", plugin.name, health(plugin));
+        }
+    }
+
+    fn print_state(&self) {
+        let state = &self.state;
+        match (self.live, state.as_str()) {
+            (Some(Ok(l)), _) => {
+                let mut line = state.clone();
+                if let Some(why) = &l.retrying_after {
+                    line.push_str(&format!(" (after: {why})"));
+                }
+                match &l.not_ready {
+                    None => line.push_str(", ready"),
+                    Some(why) => line.push_str(&format!(", not ready: {why}")),
+                }
+                println!("state       {line}");
+                println!(
+                    "last commit {} received, {} durable (lag {:.1}s, {})",
+                    l.last_commit.as_deref().unwrap_or("none"),
+                    l.last_durable_commit.as_deref().unwrap_or("none"),
+                    l.lag_seconds,
+                    size(i64::try_from(l.lag_bytes).ok()),
+                );
+                println!(
+                    "events      {} read, {} written in {} batches; {} reconnects",
+                    l.events_read, l.events_written, l.batches, l.reconnects
+                );
+            }
+            (Some(Err(e)), _) => println!("state       {state} ({e})"),
+            (None, "running") => {
+                println!("state       running (the slot is active; add [metrics] for its health)")
+            }
+            (None, _) => println!("state       {state}"),
+        }
+    }
+
+    fn print_slot(&self) {
+        let slot = &self.config.source.slot;
+        let Some(s) = self.slot else {
+            match self.holds.iter().filter_map(Holds::position).max() {
+                None => println!("slot        {slot}: does not exist (the first run creates it)"),
+                Some(at) => println!(
+                    "slot        {slot}: does not exist, but the output holds changes up to {at}: `weir run` refuses, since the changes committed since then cannot be read any more. Move the output and its _weir state aside to start over with a new snapshot, or run `weir run {} --new-slot` to accept the gap",
+                    self.path.display()
+                ),
+            }
+            return;
+        };
+        let text = |v: &Option<String>| v.as_deref().unwrap_or("-").to_string();
+        let state = match (s.active, s.active_pid) {
+            (true, Some(pid)) => format!("active (walsender pid {pid})"),
             _ => "inactive (no pipeline streaming)".into(),
         };
         println!(
             "slot        {slot}: {state}, wal_status {}",
-            text(&s["wal_status"])
+            text(&s.wal_status)
         );
-        println!("server WAL  {}", text(&s["server_wal_lsn"]));
+        println!("server WAL  {}", text(&s.server_wal_lsn));
         println!(
             "confirmed   {} (lag {})",
-            text(&s["confirmed_flush_lsn"]),
-            size(&s["lag_bytes"])
+            text(&s.confirmed_flush_lsn),
+            size(s.lag_bytes)
         );
         println!(
             "retained    {} of WAL kept for the slot",
-            size(&s["retained_wal_bytes"])
+            size(s.retained_wal_bytes)
         );
     }
-    let health = |x: &Value| match x["error"].as_str() {
+}
+
+/// A plugin's or sink's health as the running pipeline reports it.
+fn health(c: &ComponentStatus) -> String {
+    match &c.error {
         Some(e) => format!("FAILING: {e}"),
         None => format!(
             "healthy, {} calls in {:.1}s, {} errors",
-            x["calls"],
-            x["seconds"].as_f64().unwrap_or(0.0),
-            x["errors"]
+            c.calls, c.seconds, c.errors
         ),
-    };
-    for sink in doc["sinks"].as_array().into_iter().flatten() {
-        match sink["kind"].as_str() {
-            Some("parquet") => {
-                let c = &sink["checkpoint"];
-                let line = match c.get("end_lsn") {
-                    Some(end) => format!(
-                        "checkpoint {} (last commit {}, flush {})",
-                        end.as_str().unwrap_or("-"),
-                        c["commit_lsn"].as_str().unwrap_or("-"),
-                        c["seq"]
-                    ),
-                    None if c.is_null() => "no checkpoint yet".into(),
-                    None => format!("unreadable: {}", c["error"]),
-                };
-                println!(
-                    "sink        parquet {}: {line}",
-                    sink["url"].as_str().unwrap_or("")
-                );
-            }
-            Some("iceberg") => {
-                println!(
-                    "sink        iceberg {}",
-                    sink["warehouse"].as_str().unwrap_or("")
-                );
-                for t in sink["state"]["tables"].as_array().into_iter().flatten() {
-                    println!(
-                        "              {}: commit {} ({} snapshots)",
-                        t["table"].as_str().unwrap_or(""),
-                        t["commit_lsn"].as_str().unwrap_or("none yet"),
-                        t["snapshots"]
-                    );
-                }
-                if let Some(e) = sink["state"].get("error") {
-                    println!("              unreadable: {e}");
-                }
-            }
-            _ => println!(
-                "sink        plugin {}: position kept by the plugin",
-                sink["plugin"].as_str().unwrap_or("")
-            ),
-        }
-        if sink["live"].is_object() {
-            println!("              {}", health(&sink["live"]));
-        }
     }
-    for plugin in doc["plugins"].as_array().into_iter().flatten() {
-        println!(
-            "plugin      {}: {}",
-            plugin["name"].as_str().unwrap_or(""),
-            health(plugin)
-        );
-    }
-    Ok(())
 }
 
 /// `weir slot list`: the logical slots of the pipeline's database.
@@ -391,8 +493,8 @@ pub async fn slot_list(path: &std::path::Path, as_json: bool) -> anyhow::Result<
             s["plugin"].as_str().unwrap_or("-"),
             if s["active"] == true { "yes" } else { "no" },
             s["confirmed_flush_lsn"].as_str().unwrap_or("-"),
-            size(&s["lag_bytes"]),
-            size(&s["retained_wal_bytes"]),
+            size(s["lag_bytes"].as_i64()),
+            size(s["retained_wal_bytes"].as_i64()),
             s["wal_status"].as_str().unwrap_or("-"),
             if s["this_pipeline"] == true {
                 "  (this pipeline)"
@@ -405,7 +507,11 @@ pub async fn slot_list(path: &std::path::Path, as_json: bool) -> anyhow::Result<
 }
 
 /// `weir slot drop`: drops an inactive slot (default: the pipeline's own).
-pub async fn slot_drop(path: &std::path::Path, name: Option<&str>) -> anyhow::Result<()> {
+pub async fn slot_drop(
+    path: &std::path::Path,
+    name: Option<&str>,
+    publication: bool,
+) -> anyhow::Result<()> {
     let config = PipelineConfig::load(path)?;
     let slot = name.unwrap_or(&config.source.slot);
     let control = crate::source::Control::connect(&config.source.url).await?;
@@ -417,19 +523,40 @@ pub async fn slot_drop(path: &std::path::Path, name: Option<&str>) -> anyhow::Re
         )
         .await?;
     match row {
-        None => anyhow::bail!("there is no replication slot `{slot}` (weir slot list shows them)"),
         Some(r) if r.get::<_, bool>(0) => anyhow::bail!(
             "replication slot `{slot}` is in use by process {}: stop that pipeline first",
             r.get::<_, Option<i32>>(1).unwrap_or_default()
         ),
-        Some(_) => {}
+        None if !publication => {
+            anyhow::bail!("there is no replication slot `{slot}` (weir slot list shows them)")
+        }
+        None => println!("there is no replication slot `{slot}`"),
+        Some(_) => {
+            control
+                .client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await?;
+            println!("dropped replication slot `{slot}`: the server no longer keeps WAL for it");
+        }
     }
-    control
-        .client
-        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-        .await?;
-    println!("dropped replication slot `{slot}`: the server no longer keeps WAL for it");
-    if slot == config.source.slot {
+    if publication {
+        let name = &config.source.publication;
+        let exists = control
+            .client
+            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[name])
+            .await?
+            .is_some();
+        if exists {
+            let sql = format!("DROP PUBLICATION {}", crate::source::quote_ident(name));
+            control.client.batch_execute(&sql).await?;
+            println!("dropped publication `{name}`");
+        } else {
+            println!("there is no publication `{name}`");
+        }
+        println!(
+            "nothing of the pipeline stays on the server; its output and _weir state are left as they are"
+        );
+    } else if slot == config.source.slot {
         println!(
             "the output keeps its checkpoint: the next run stops and says how to go on (a fresh start with a full snapshot, or `weir run PIPELINE --new-slot` to capture from then on)"
         );

@@ -73,9 +73,12 @@ pub async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
             input,
             config,
             bench,
-        } => tokio::task::spawn_blocking(move || test(&plugin, &input, config.as_deref(), bench))
-            .await
-            .expect("plugin test does not panic"),
+        } => {
+            crate::error::blocking("weir plugin test", move || {
+                test(&plugin, &input, config.as_deref(), bench)
+            })
+            .await?
+        }
         PluginCommand::Inspect { plugin } => inspect(&plugin),
     }
 }
@@ -459,7 +462,7 @@ fn test(
             )?;
             let last = batch.events.iter().map(|e| e.commit_lsn).max().unwrap_or(0);
             let position = crate::batch::Position {
-                last_commit: Some(crate::checkpoint::CommitPos {
+                last_commit: Some(crate::batch::CommitPos {
                     commit_lsn: crate::Lsn(last),
                     end_lsn: crate::Lsn(last + 1),
                 }),

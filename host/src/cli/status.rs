@@ -32,7 +32,8 @@ pub fn spawn(stats: Arc<Stats>) -> Reporter {
     } else {
         Duration::from_secs(10)
     };
-    tokio::spawn(async move {
+    let span = tracing::Span::current();
+    let task = async move {
         let mut last = (Instant::now(), Snapshot::default());
         let mut ticker = tokio::time::interval(period);
         ticker.tick().await;
@@ -66,6 +67,7 @@ pub fn spawn(stats: Arc<Stats>) -> Reporter {
             }
             last = now;
         }
-    });
+    };
+    tokio::spawn(tracing::Instrument::instrument(task, span));
     Reporter { stop, terminal }
 }

@@ -3,11 +3,11 @@
 //! events a plugin cannot process and sets them aside.
 
 use super::bindings::v0_1_0::transformer::weir::plugin::types::PluginError as WitError;
-use super::dead_letter::{DeadLetter, DeadLetters};
+use super::dead_letter::{DeadLetter, DeadLetters, Stage};
 use super::engine::{EPOCH_TICK, PluginEngine};
+use super::error::{LoadError, PluginFailure};
 use super::manifest::{Limits, Manifest, OnError, PluginKind};
-use super::state::{PluginMetrics, PluginState};
-use super::{LoadError, PluginFailure};
+use super::state::{MemoryExhausted, PluginMetrics, PluginState};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -70,20 +70,17 @@ impl CallError {
 
 /// Sorts a wasmtime error into what the policy needs to know.
 pub(crate) fn classify(e: wasmtime::Error) -> CallError {
+    // Checked first: a growth the cap refused traps, and carries the cap's own error.
+    if e.downcast_ref::<MemoryExhausted>().is_some() {
+        return CallError::Memory;
+    }
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
         return match trap {
             wasmtime::Trap::Interrupt => CallError::Deadline,
             _ => CallError::Trap(format!("{trap}")),
         };
     }
-    let message = format!("{e:#}");
-    if message.contains("forcing trap when growing memory")
-        || message.contains("memory growth failure")
-    {
-        CallError::Memory
-    } else {
-        CallError::Trap(message)
-    }
+    CallError::Trap(format!("{e:#}"))
 }
 
 /// Runs `call` until it succeeds or fails with something other than `transient`,
@@ -152,7 +149,7 @@ pub(crate) fn prepare(
     export: &str,
     config: &toml::Table,
 ) -> Result<Prepared, LoadError> {
-    let (manifest, manifest_file) = super::Manifest::load(manifest_path)?;
+    let (manifest, manifest_file) = super::manifest::Manifest::load(manifest_path)?;
     let label = manifest.label();
     let invalid = |message: String| LoadError::Invalid {
         plugin: label.clone(),
@@ -237,7 +234,7 @@ pub(crate) fn prepare(
 }
 
 /// The state every plugin keeps beside its instance.
-pub(crate) struct Common {
+pub struct Common {
     pub manifest: Manifest,
     pub engine: PluginEngine,
     pub config_json: String,
@@ -249,7 +246,7 @@ pub(crate) struct Common {
     /// Events written aside under `on_error = "dead-letter"`.
     pub dead_lettered: u64,
     /// Where `dead-letter` writes, with this plugin's place in the pipeline.
-    pub dead_letters: Option<(DeadLetters, String)>,
+    pub dead_letters: Option<(DeadLetters, Stage)>,
 }
 
 impl Common {
@@ -306,7 +303,7 @@ impl Common {
                 let Some((dead_letters, stage)) = &self.dead_letters else {
                     return Err(self.failure(&event, error));
                 };
-                let letter = DeadLetter::new(&self.manifest, stage, &message, event.clone());
+                let letter = DeadLetter::new(&self.manifest, *stage, &message, event.clone());
                 let key = dead_letters
                     .write_blocking(&letter)
                     .map_err(|e| PluginFailure {
@@ -325,13 +322,76 @@ impl Common {
     }
 }
 
+/// What every loaded plugin answers, transform or sink: its identity, policy and
+/// counters, from the state they share.
+pub trait Instance {
+    fn common(&self) -> &Common;
+    fn common_mut(&mut self) -> &mut Common;
+
+    /// Gives `on_error = "dead-letter"` its location; `stage` names the plugin's place
+    /// in the pipeline (replay resumes there).
+    fn set_dead_letters(&mut self, dead_letters: DeadLetters, stage: Stage) {
+        self.common_mut().dead_letters = Some((dead_letters, stage));
+    }
+
+    /// Where the plugin counts its calls (kept across runs and reloads by the
+    /// pipeline's stats).
+    fn set_call_stats(&mut self, calls: Arc<crate::stats::CallStats>) {
+        self.common_mut().calls = calls;
+    }
+
+    /// The plugin's name, without its version.
+    fn name(&self) -> &str {
+        &self.common().manifest.name
+    }
+
+    /// `name@version`.
+    fn label(&self) -> String {
+        self.common().label()
+    }
+
+    /// One line: label, policy, limits and grants.
+    fn describe(&self) -> String {
+        describe(&self.common().manifest)
+    }
+
+    fn on_error(&self) -> OnError {
+        self.common().manifest.on_error
+    }
+
+    /// Events dropped so far under `on_error = "skip"`.
+    fn skipped(&self) -> u64 {
+        self.common().skipped
+    }
+
+    /// Events written so far to the dead-letter location.
+    fn dead_lettered(&self) -> u64 {
+        self.common().dead_lettered
+    }
+
+    /// What the plugin reported through the host's metrics interface.
+    fn metrics(&self) -> PluginMetrics {
+        let metrics = self.common().metrics.lock();
+        metrics.unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Logs what the plugin set aside during the run.
+    fn report(&self) {
+        if self.skipped() > 0 {
+            tracing::warn!(plugin = %self.label(), events = self.skipped(), "Events skipped by on_error = \"skip\" in this run.");
+        }
+        if self.dead_lettered() > 0 {
+            tracing::warn!(plugin = %self.label(), events = self.dead_lettered(), "Events written to the dead-letter location in this run; see `weir dead-letter list`.");
+        }
+    }
+}
+
 /// A plugin whose failing events can be isolated by calling it on parts of a batch.
-pub(crate) trait Isolate {
+pub(crate) trait Isolate: Instance {
     /// What the successful parts produce (a transform's output batch; nothing for a sink).
     type Out;
     /// Runs the plugin on `part` (with retries), adding its result to `out`.
     fn attempt(&mut self, part: &Batch, out: &mut Self::Out) -> Result<(), CallError>;
-    fn common(&mut self) -> &mut Common;
 }
 
 /// Finds the events of `batch` that fail by splitting it (at the reported bad event, or
@@ -347,10 +407,10 @@ pub(crate) fn isolate<P: Isolate>(
     }
     if let CallError::Lost(_) = error {
         // Changes a lost instance held are gone with it: only a restart resends them.
-        return Err(plugin.common().failure(&batch, &error));
+        return Err(plugin.common_mut().failure(&batch, &error));
     }
     if batch.events.len() == 1 {
-        return plugin.common().set_aside(batch, &error);
+        return plugin.common_mut().set_aside(batch, &error);
     }
     let committed = batch.committed;
     let parts = match &error {

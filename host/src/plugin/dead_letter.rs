@@ -8,7 +8,7 @@
 //! restart rewrites the same objects instead of adding copies.
 
 use super::manifest::Manifest;
-use crate::sink::{SinkError, object_store_for};
+use crate::storage::{StorageError, object_store_for};
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -22,9 +22,8 @@ pub struct DeadLetter {
     /// The plugin that failed, and its version.
     pub plugin: String,
     pub version: String,
-    /// Where in the pipeline: `transform-<n>` (the n-th transform, from 0) or
-    /// `sink-<n>` (the n-th sink). Replay starts there.
-    pub stage: String,
+    /// Where in the pipeline it failed. Replay starts there.
+    pub stage: Stage,
     /// What the plugin (or the host) reported.
     pub error: String,
     /// `schema.table`, commit LSN, ordinal in the transaction, transaction id.
@@ -40,7 +39,7 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    pub fn new(manifest: &Manifest, stage: &str, error: &str, event: Batch) -> DeadLetter {
+    pub fn new(manifest: &Manifest, stage: Stage, error: &str, event: Batch) -> DeadLetter {
         let (rel, e) = event
             .events()
             .next()
@@ -48,7 +47,7 @@ impl DeadLetter {
         DeadLetter {
             plugin: manifest.name.clone(),
             version: manifest.version.clone(),
-            stage: stage.to_owned(),
+            stage,
             error: error.to_owned(),
             table: rel.qualified_name(),
             commit_lsn: e.commit_lsn,
@@ -60,15 +59,81 @@ impl DeadLetter {
     }
 
     /// The event, as a one-event batch.
-    pub fn event(&self) -> Result<Batch, String> {
-        Batch::decode(&self.batch).map_err(|e| e.to_string())
+    pub fn event(&self) -> Result<Batch, DeadLetterError> {
+        Batch::decode(&self.batch).map_err(DeadLetterError::Event)
     }
+}
 
-    /// The stage kind and index: `("transform", 1)`.
-    pub fn stage_parts(&self) -> Option<(&str, usize)> {
-        let (kind, n) = self.stage.rsplit_once('-')?;
-        Some((kind, n.parse().ok()?))
+/// Where in the pipeline an event was set aside: written `transform-<n>` (the n-th
+/// transform, from 0) or `sink-<n>` (the n-th sink) in its key and in listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Stage {
+    Transform(usize),
+    Sink(usize),
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stage::Transform(i) => write!(f, "transform-{i}"),
+            Stage::Sink(i) => write!(f, "sink-{i}"),
+        }
     }
+}
+
+impl std::str::FromStr for Stage {
+    type Err = UnknownStage;
+
+    fn from_str(s: &str) -> Result<Stage, UnknownStage> {
+        let unknown = || UnknownStage(s.to_owned());
+        let (kind, n) = s.rsplit_once('-').ok_or_else(unknown)?;
+        let n = n.parse().map_err(|_| unknown())?;
+        match kind {
+            "transform" => Ok(Stage::Transform(n)),
+            "sink" => Ok(Stage::Sink(n)),
+            _ => Err(unknown()),
+        }
+    }
+}
+
+impl TryFrom<String> for Stage {
+    type Error = UnknownStage;
+    fn try_from(s: String) -> Result<Stage, UnknownStage> {
+        s.parse()
+    }
+}
+
+impl From<Stage> for String {
+    fn from(stage: Stage) -> String {
+        stage.to_string()
+    }
+}
+
+/// A stage name that is neither `transform-<n>` nor `sink-<n>`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "unknown stage `{0}`: write transform-<n> or sink-<n>, as `weir dead-letter list` prints it"
+)]
+pub struct UnknownStage(pub String);
+
+/// Reading or writing a dead letter failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("encoding a dead letter: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("{path}: not a dead letter: {source}")]
+    Decode {
+        path: String,
+        #[source]
+        source: rmp_serde::decode::Error,
+    },
+    #[error("the dead letter's event cannot be read: {0}")]
+    Event(#[source] weir_sdk::DecodeError),
+    #[error("writing a dead letter: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// A dead-letter location.
@@ -77,16 +142,16 @@ pub struct DeadLetters {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     url: String,
-    local: Option<crate::sink::LocalSync>,
+    local: Option<crate::storage::LocalSync>,
 }
 
 impl DeadLetters {
     /// The location for `slot` under the output `url`.
-    pub fn open(url: &str, slot: &str) -> Result<DeadLetters, SinkError> {
+    pub fn open(url: &str, slot: &str) -> Result<DeadLetters, StorageError> {
         let (store, base) = object_store_for(url)?;
         let prefix = base.join("_weir").join(slot).join("dead-letter");
         Ok(DeadLetters {
-            local: crate::sink::LocalSync::for_url(url),
+            local: crate::storage::LocalSync::for_url(url),
             store,
             prefix,
             url: format!("{}/_weir/{slot}/dead-letter", url.trim_end_matches('/')),
@@ -101,7 +166,7 @@ impl DeadLetters {
     fn key(&self, letter: &DeadLetter) -> Path {
         self.prefix
             .clone()
-            .join(letter.stage.as_str())
+            .join(letter.stage.to_string())
             .join(letter.table.as_str())
             .join(format!(
                 "{:016X}-{:010}.msgpack",
@@ -110,66 +175,67 @@ impl DeadLetters {
     }
 
     /// Writes one dead letter durably; returns its key.
-    pub async fn write(&self, letter: &DeadLetter) -> Result<String, String> {
+    pub async fn write(&self, letter: &DeadLetter) -> Result<String, DeadLetterError> {
         let key = self.key(letter);
-        let bytes = rmp_serde::to_vec_named(letter).map_err(|e| e.to_string())?;
+        let bytes = rmp_serde::to_vec_named(letter)?;
         self.store
             .put(&key, bytes.into())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(StorageError::store("writing", &key))?;
         if let Some(local) = &self.local {
             // On disk before the checkpoint can pass the event.
-            local
-                .sync(vec![key.clone()])
-                .await
-                .map_err(|e| e.to_string())?;
+            local.sync(vec![key.clone()]).await?;
         }
         Ok(key.to_string())
     }
 
     /// [`write`](Self::write) from a plugin's blocking thread.
-    pub fn write_blocking(&self, letter: &DeadLetter) -> Result<String, String> {
+    pub fn write_blocking(&self, letter: &DeadLetter) -> Result<String, DeadLetterError> {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => handle.block_on(self.write(letter)),
             Err(_) => tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| e.to_string())?
+                .map_err(DeadLetterError::Runtime)?
                 .block_on(self.write(letter)),
         }
     }
 
     /// Every dead letter, in stage then commit order, with its key.
-    pub async fn list(&self) -> Result<Vec<(Path, DeadLetter)>, String> {
+    pub async fn list(&self) -> Result<Vec<(Path, DeadLetter)>, DeadLetterError> {
         let mut metas: Vec<_> = self
             .store
             .list(Some(&self.prefix))
             .try_collect()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(StorageError::store("listing", &self.prefix))?;
         metas.sort_by(|a, b| a.location.cmp(&b.location));
         let mut letters = Vec::new();
         for meta in metas {
             if !meta.location.as_ref().ends_with(".msgpack") {
                 continue;
             }
-            let bytes = self
-                .store
-                .get(&meta.location)
-                .await
-                .map_err(|e| e.to_string())?
-                .bytes()
-                .await
-                .map_err(|e| e.to_string())?;
-            let letter: DeadLetter = rmp_serde::from_slice(&bytes)
-                .map_err(|e| format!("{}: not a dead letter: {e}", meta.location))?;
+            let read = StorageError::store("reading", &meta.location);
+            let bytes = match self.store.get(&meta.location).await {
+                Ok(got) => got.bytes().await.map_err(read)?,
+                Err(e) => return Err(read(e).into()),
+            };
+            let letter: DeadLetter =
+                rmp_serde::from_slice(&bytes).map_err(|source| DeadLetterError::Decode {
+                    path: meta.location.to_string(),
+                    source,
+                })?;
             letters.push((meta.location, letter));
         }
         Ok(letters)
     }
 
     /// Removes a dead letter once it has been delivered.
-    pub async fn remove(&self, key: &Path) -> Result<(), String> {
-        self.store.delete(key).await.map_err(|e| e.to_string())
+    pub async fn remove(&self, key: &Path) -> Result<(), DeadLetterError> {
+        Ok(self
+            .store
+            .delete(key)
+            .await
+            .map_err(StorageError::store("deleting", key))?)
     }
 }

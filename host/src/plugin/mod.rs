@@ -10,36 +10,21 @@ pub mod bindings;
 mod call;
 pub mod dead_letter;
 pub mod engine;
+mod error;
+pub mod loader;
 pub mod manifest;
+pub mod reload;
 pub mod sink;
 pub mod state;
 pub mod transform;
 
-pub use call::CallError;
 pub(crate) use call::describe as describe_manifest;
-pub use dead_letter::{DeadLetter, DeadLetters};
+pub use call::{CallError, Instance};
+pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetters, Stage};
 pub use engine::PluginEngine;
 pub use manifest::{Manifest, ManifestError, OnError};
 pub use sink::SinkPlugin;
 pub use transform::{TransformChain, TransformPlugin};
 
-/// A plugin that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
-    #[error("plugin {plugin} {message}")]
-    Invalid { plugin: String, message: String },
-}
-
-/// A batch a plugin could not process under its failure policy.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("plugin {plugin}@{version} {message} (tables {tables}, LSN {first_lsn} to {last_lsn})")]
-pub struct PluginFailure {
-    pub plugin: String,
-    pub version: String,
-    pub tables: String,
-    pub first_lsn: crate::Lsn,
-    pub last_lsn: crate::Lsn,
-    pub message: String,
-}
+pub use error::{LoadError, PluginFailure};
+pub use loader::{Plugins, load_chain, load_transform};

@@ -11,14 +11,13 @@
 use super::bindings::v0_1_0::sink::{SinkPlugin as SinkBindings, SinkPluginPre};
 use super::bindings::v0_1_0::transformer::weir::plugin::types::PluginError as WitError;
 use super::bindings::v0_1_0::{self, SINK_EXPORT};
-use super::call::{self, CallError, Common, Isolate, classify};
-use super::dead_letter::DeadLetters;
+use super::call::{self, CallError, Common, Instance, Isolate, classify};
 use super::engine::PluginEngine;
+use super::error::{LoadError, PluginFailure};
 use super::manifest::{OnError, PluginKind};
-use super::state::{PluginMetrics, PluginState};
-use super::{LoadError, PluginFailure};
+use super::state::PluginState;
+use crate::batch::CommitPos;
 use crate::batch::Position;
-use crate::checkpoint::CommitPos;
 use crate::lsn::Lsn;
 use std::collections::VecDeque;
 use std::path::Path;
@@ -126,49 +125,6 @@ impl SinkPlugin {
             });
         }
         Ok(())
-    }
-
-    /// Gives `on_error = "dead-letter"` its location; `stage` is `sink-<n>`.
-    pub fn set_dead_letters(&mut self, dead_letters: DeadLetters, stage: String) {
-        self.common.dead_letters = Some((dead_letters, stage));
-    }
-
-    /// Where the plugin counts its calls (kept across runs by the pipeline's stats).
-    pub fn set_call_stats(&mut self, calls: std::sync::Arc<crate::stats::CallStats>) {
-        self.common.calls = calls;
-    }
-
-    /// The plugin's name, without its version.
-    pub fn name(&self) -> &str {
-        &self.common.manifest.name
-    }
-
-    pub fn label(&self) -> String {
-        self.common.label()
-    }
-
-    pub fn describe(&self) -> String {
-        call::describe(&self.common.manifest)
-    }
-
-    pub fn on_error(&self) -> OnError {
-        self.common.manifest.on_error
-    }
-
-    pub fn skipped(&self) -> u64 {
-        self.common.skipped
-    }
-
-    pub fn dead_lettered(&self) -> u64 {
-        self.common.dead_lettered
-    }
-
-    pub fn metrics(&self) -> PluginMetrics {
-        self.common
-            .metrics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 
     /// The last transaction durable at the destination.
@@ -360,14 +316,24 @@ impl SinkPlugin {
 
     /// Delivers events set aside earlier (a dead-letter replay): no skipping of what the
     /// checkpoint covers, and a flush before it returns.
-    pub fn replay(&mut self, batch: &Batch) -> Result<(), String> {
+    pub fn replay(&mut self, batch: &Batch) -> Result<(), PluginFailure> {
         let limits = self.common.manifest.limits.clone();
         let label = self.label();
         let input = batch.encode();
         call::retry_transient(&limits, &label, || self.call_write(&input))
             .and_then(|_| call::retry_transient(&limits, &label, || self.call_flush()))
             .map(|_| ())
-            .map_err(|e| e.describe(&limits))
+            .map_err(|e| self.common.failure(batch, &e))
+    }
+}
+
+impl Instance for SinkPlugin {
+    fn common(&self) -> &Common {
+        &self.common
+    }
+
+    fn common_mut(&mut self) -> &mut Common {
+        &mut self.common
     }
 }
 
@@ -376,9 +342,5 @@ impl Isolate for SinkPlugin {
 
     fn attempt(&mut self, part: &Batch, _: &mut ()) -> Result<(), CallError> {
         self.write_part(part)
-    }
-
-    fn common(&mut self) -> &mut Common {
-        &mut self.common
     }
 }

@@ -22,13 +22,87 @@ pub struct PluginMetrics {
     pub histograms: BTreeMap<String, Vec<f64>>,
 }
 
+/// The instance's memory cap: growing past it, or a growth the system refuses, traps
+/// with [`MemoryExhausted`], which the host recognises by its type.
+pub struct MemoryCap {
+    limit: usize,
+    /// Tables, instances and memories: wasmtime's defaults.
+    others: StoreLimits,
+}
+
+impl MemoryCap {
+    fn new(limit: usize) -> MemoryCap {
+        MemoryCap {
+            limit,
+            others: StoreLimitsBuilder::new().trap_on_grow_failure(true).build(),
+        }
+    }
+}
+
+/// A plugin instance ran out of the memory it may use.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("memory exhausted (growing to {desired} bytes, cap {limit})")]
+pub struct MemoryExhausted {
+    pub desired: usize,
+    pub limit: usize,
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let limit = maximum.map_or(self.limit, |m| m.min(self.limit));
+        match desired > limit {
+            true => Err(MemoryExhausted { desired, limit }.into()),
+            false => Ok(true),
+        }
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        tracing::debug!(error = %error, "A plugin's memory could not grow.");
+        Err(MemoryExhausted {
+            desired: 0,
+            limit: self.limit,
+        }
+        .into())
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.others.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.others.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.others.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.others.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.others.memories()
+    }
+}
+
 /// The store data of one instance.
 pub struct PluginState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     http_grant: HttpGrant,
     table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: MemoryCap,
     label: Arc<str>,
     metrics: Arc<Mutex<PluginMetrics>>,
 }
@@ -75,10 +149,7 @@ impl PluginState {
                 timeout: manifest.limits.call_timeout,
             },
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(manifest.limits.memory as usize)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: MemoryCap::new(manifest.limits.memory as usize),
             label,
             metrics,
         })

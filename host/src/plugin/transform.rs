@@ -3,12 +3,11 @@
 use super::bindings::v0_1_0::transformer::weir::plugin::types::PluginError as WitError;
 use super::bindings::v0_1_0::transformer::{Transformer, TransformerPre};
 use super::bindings::v0_1_0::{self, TRANSFORM_EXPORT};
-use super::call::{self, CallError, Common, Isolate, classify};
-use super::dead_letter::DeadLetters;
+use super::call::{self, CallError, Common, Instance, Isolate, classify};
 use super::engine::PluginEngine;
+use super::error::{LoadError, PluginFailure};
 use super::manifest::{OnError, PluginKind};
-use super::state::{PluginMetrics, PluginState};
-use super::{LoadError, PluginFailure};
+use super::state::PluginState;
 use std::path::Path;
 use wasmtime::Store;
 use wasmtime::component::HasSelf;
@@ -63,55 +62,6 @@ impl TransformPlugin {
             other => invalid(format!("failed to initialize: {}", other.describe(&limits))),
         })?;
         Ok(plugin)
-    }
-
-    /// Gives `on_error = "dead-letter"` its location; `stage` names this transform's
-    /// place in the chain (replay resumes there).
-    pub fn set_dead_letters(&mut self, dead_letters: DeadLetters, stage: String) {
-        self.common.dead_letters = Some((dead_letters, stage));
-    }
-
-    /// Where the plugin counts its calls (kept across reloads by the pipeline's stats).
-    pub fn set_call_stats(&mut self, calls: std::sync::Arc<crate::stats::CallStats>) {
-        self.common.calls = calls;
-    }
-
-    /// The plugin's name, without its version.
-    pub fn name(&self) -> &str {
-        &self.common.manifest.name
-    }
-
-    /// `name@version`.
-    pub fn label(&self) -> String {
-        self.common.label()
-    }
-
-    /// One line: label, policy, limits and grants.
-    pub fn describe(&self) -> String {
-        call::describe(&self.common.manifest)
-    }
-
-    /// Events dropped so far under `on_error = "skip"`.
-    pub fn skipped(&self) -> u64 {
-        self.common.skipped
-    }
-
-    /// Events written so far to the dead-letter location.
-    pub fn dead_lettered(&self) -> u64 {
-        self.common.dead_lettered
-    }
-
-    pub fn on_error(&self) -> OnError {
-        self.common.manifest.on_error
-    }
-
-    /// What the plugin reported through the metrics host functions.
-    pub fn metrics(&self) -> PluginMetrics {
-        self.common
-            .metrics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 
     /// The live instance, made (and initialized) when there is none.
@@ -192,6 +142,16 @@ impl TransformPlugin {
     }
 }
 
+impl Instance for TransformPlugin {
+    fn common(&self) -> &Common {
+        &self.common
+    }
+
+    fn common_mut(&mut self) -> &mut Common {
+        &mut self.common
+    }
+}
+
 impl Isolate for TransformPlugin {
     type Out = Batch;
 
@@ -199,10 +159,6 @@ impl Isolate for TransformPlugin {
         let done = self.process(part)?;
         append(out, done);
         Ok(())
-    }
-
-    fn common(&mut self) -> &mut Common {
-        &mut self.common
     }
 }
 

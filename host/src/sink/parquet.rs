@@ -8,10 +8,11 @@
 //! storage as multipart uploads, so an open file costs a row group and an upload part of
 //! memory however large it grows, and a file is visible only once complete.
 
-use super::SinkError;
+use super::error::SinkError;
 use super::rows::ChangeRows;
+use crate::batch::CommitPos;
 use crate::batch::{Position, SourceBatch};
-use crate::checkpoint::{CheckpointStore, CommitPos};
+use crate::checkpoint::CheckpointStore;
 use crate::config::{Compression, ParquetSinkConfig, Partitioning};
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -101,7 +102,7 @@ pub struct ParquetSink {
     slot: String,
     checkpoints: CheckpointStore,
     /// fsync for local outputs.
-    local: Option<super::LocalSync>,
+    local: Option<crate::storage::LocalSync>,
     properties: WriterProperties,
     /// Sequence number of the last committed flush.
     seq: u64,
@@ -135,9 +136,9 @@ impl ParquetSink {
         slot: &str,
         recover: bool,
     ) -> Result<ParquetSink, SinkError> {
-        let (store, prefix) = super::object_store_for(&config.url)?;
-        super::check_reachable(store.as_ref(), &prefix, &config.url).await?;
-        let local = super::LocalSync::for_url(&config.url);
+        let (store, prefix) = crate::storage::object_store_for(&config.url)?;
+        crate::storage::check_reachable(store.as_ref(), &prefix, &config.url).await?;
+        let local = crate::storage::LocalSync::for_url(&config.url);
         let checkpoints =
             CheckpointStore::new(store.clone(), &prefix, slot).with_local_sync(local.clone());
         let checkpoint = match recover {
@@ -384,14 +385,9 @@ impl ParquetSink {
     /// Completes every open file and moves the checkpoint to `position`. Does nothing
     /// inside a transaction: a checkpoint may only name a whole transaction.
     pub async fn flush(&mut self, position: &Position) -> Result<(), SinkError> {
-        if position.in_tx {
-            return Ok(());
-        }
-        let Some(last_commit) = position.last_commit else {
+        let Some(last_commit) = position.flush_point(self.durable) else {
             return Ok(());
         };
-        // Never backwards (a backfill chunk may have moved it past the stream's commits).
-        let last_commit = last_commit.max(self.durable.unwrap_or(last_commit));
         if self.open.is_empty() && self.rolled.is_empty() {
             self.durable = self.durable.max(Some(last_commit));
             return Ok(());

@@ -5,12 +5,12 @@
 
 use super::pgoutput::{Datum, Message, RelationMessage, Tuple};
 use crate::batch::Batcher;
-use crate::checkpoint::CommitPos;
+use crate::batch::CommitPos;
 use crate::config::TableName;
 use crate::lsn::Lsn;
-use crate::sink::columns::oid;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use weir_sdk::oid;
 use weir_sdk::{Column, Event, Op, Relation, Value};
 
 /// A protocol violation: the stream cannot be trusted past this point.
@@ -147,92 +147,123 @@ impl Decoder {
                 oid,
                 namespace,
                 name,
-            } => {
-                let name = if namespace == "pg_catalog" {
-                    name.to_owned()
-                } else {
-                    format!("{namespace}.{name}")
-                };
-                self.type_names.insert(oid, name);
-            }
-            Message::Insert { rel, new } => {
-                if let Some(entry) = self.entry(rel)? {
-                    let (after, unchanged, bytes) = values(entry, &new)?;
-                    self.emit(
-                        rel,
-                        Op::Insert,
-                        None,
-                        Some(after),
-                        unchanged,
-                        bytes,
-                        batcher,
-                    )?;
-                }
-            }
-            Message::Update { rel, old, new } => {
-                if let Some(entry) = self.entry(rel)? {
-                    let (after, unchanged, bytes) = values(entry, &new)?;
-                    let before = old
-                        .map(|t| values(entry, &t).map(|v| (v.0, v.2)))
-                        .transpose()?;
-                    let key_changed = before.as_ref().is_some_and(|(b, _)| {
-                        entry
-                            .key_columns
-                            .iter()
-                            .any(|&i| b[i] != after[i] && !b[i].is_null())
-                    });
-                    match before {
-                        // The row moved to a new key: the old key is deleted, the new row
-                        // inserted, so a reader applying ops by key keeps no stale row.
-                        Some((before, before_bytes)) if key_changed => {
-                            self.emit(
-                                rel,
-                                Op::Delete,
-                                Some(before),
-                                None,
-                                vec![],
-                                before_bytes,
-                                batcher,
-                            )?;
-                            self.emit(
-                                rel,
-                                Op::Insert,
-                                None,
-                                Some(after),
-                                unchanged,
-                                bytes,
-                                batcher,
-                            )?;
-                        }
-                        before => {
-                            let before = before.map(|b| b.0);
-                            self.emit(
-                                rel,
-                                Op::Update,
-                                before,
-                                Some(after),
-                                unchanged,
-                                bytes,
-                                batcher,
-                            )?;
-                        }
-                    }
-                }
-            }
-            Message::Delete { rel, old } => {
-                if let Some(entry) = self.entry(rel)? {
-                    let (before, _, bytes) = values(entry, &old)?;
-                    self.emit(rel, Op::Delete, Some(before), None, vec![], bytes, batcher)?;
-                }
-            }
-            Message::Truncate { rels, .. } => {
-                for rel in rels {
-                    if self.entry(rel)?.is_some() {
-                        self.emit(rel, Op::Truncate, None, None, vec![], 0, batcher)?;
-                    }
-                }
-            }
+            } => self.type_name(oid, namespace, name),
+            Message::Insert { rel, new } => self.insert(rel, &new, batcher)?,
+            Message::Update { rel, old, new } => self.update(rel, old.as_ref(), &new, batcher)?,
+            Message::Delete { rel, old } => self.delete(rel, &old, batcher)?,
+            Message::Truncate { rels, .. } => self.truncate(&rels, batcher)?,
             Message::Origin { .. } | Message::Message { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Names a type as the catalog does: bare in `pg_catalog`, qualified elsewhere.
+    fn type_name(&mut self, oid: u32, namespace: &str, name: &str) {
+        let name = if namespace == "pg_catalog" {
+            name.to_owned()
+        } else {
+            format!("{namespace}.{name}")
+        };
+        self.type_names.insert(oid, name);
+    }
+
+    fn insert(
+        &mut self,
+        rel: u32,
+        new: &Tuple<'_>,
+        batcher: &mut Batcher,
+    ) -> Result<(), DecoderError> {
+        let Some(entry) = self.entry(rel)? else {
+            return Ok(());
+        };
+        let (after, unchanged, bytes) = values(entry, new)?;
+        self.emit(
+            rel,
+            Op::Insert,
+            None,
+            Some(after),
+            unchanged,
+            bytes,
+            batcher,
+        )
+    }
+
+    fn update(
+        &mut self,
+        rel: u32,
+        old: Option<&Tuple<'_>>,
+        new: &Tuple<'_>,
+        batcher: &mut Batcher,
+    ) -> Result<(), DecoderError> {
+        let Some(entry) = self.entry(rel)? else {
+            return Ok(());
+        };
+        let (after, unchanged, bytes) = values(entry, new)?;
+        let before = old
+            .map(|t| values(entry, t).map(|v| (v.0, v.2)))
+            .transpose()?;
+        let key_changed = before.as_ref().is_some_and(|(b, _)| {
+            entry
+                .key_columns
+                .iter()
+                .any(|&i| b[i] != after[i] && !b[i].is_null())
+        });
+        match before {
+            // The row moved to a new key: the old key is deleted, the new row
+            // inserted, so a reader applying ops by key keeps no stale row.
+            Some((before, before_bytes)) if key_changed => {
+                self.emit(
+                    rel,
+                    Op::Delete,
+                    Some(before),
+                    None,
+                    vec![],
+                    before_bytes,
+                    batcher,
+                )?;
+                self.emit(
+                    rel,
+                    Op::Insert,
+                    None,
+                    Some(after),
+                    unchanged,
+                    bytes,
+                    batcher,
+                )
+            }
+            before => {
+                let before = before.map(|b| b.0);
+                self.emit(
+                    rel,
+                    Op::Update,
+                    before,
+                    Some(after),
+                    unchanged,
+                    bytes,
+                    batcher,
+                )
+            }
+        }
+    }
+
+    fn delete(
+        &mut self,
+        rel: u32,
+        old: &Tuple<'_>,
+        batcher: &mut Batcher,
+    ) -> Result<(), DecoderError> {
+        let Some(entry) = self.entry(rel)? else {
+            return Ok(());
+        };
+        let (before, _, bytes) = values(entry, old)?;
+        self.emit(rel, Op::Delete, Some(before), None, vec![], bytes, batcher)
+    }
+
+    fn truncate(&mut self, rels: &[u32], batcher: &mut Batcher) -> Result<(), DecoderError> {
+        for &rel in rels {
+            if self.entry(rel)?.is_some() {
+                self.emit(rel, Op::Truncate, None, None, vec![], 0, batcher)?;
+            }
         }
         Ok(())
     }
@@ -305,9 +336,8 @@ impl Decoder {
                 }
             })
             .collect();
-        let version = self.versions.version_for(msg.id, &columns);
-        if let Some(old) = self.relations.get(&msg.id)
-            && old.relation.version != version
+        let (version, was) = self.versions.change(msg.id, &columns);
+        if let Some(was) = was
             && self.captured.contains(&table)
         {
             let names = |cols: &[Column]| {
@@ -320,7 +350,7 @@ impl Decoder {
                 table = %table,
                 version,
                 columns = %names(&columns),
-                was = %names(&old.relation.columns),
+                was = %names(&was),
                 "The table's columns changed: new files carry the new schema."
             );
         }

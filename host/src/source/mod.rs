@@ -7,9 +7,10 @@ pub mod schemas;
 pub mod snapshot;
 pub mod tls;
 
-use crate::batch::{Batcher, SourceBatch};
-use crate::checkpoint::CommitPos;
-use crate::config::{BatchConfig, SourceConfig, TableName};
+use crate::batch::CommitPos;
+use crate::batch::{Batcher, Signal, SourceBatch};
+use crate::config::{BatchConfig, SnapshotMode, SourceConfig, TableName};
+use crate::error::{ErrorKind, HostPanic};
 use crate::lsn::Lsn;
 use crate::stats::Stats;
 use decoder::{Decoder, DecoderError};
@@ -21,7 +22,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Session settings that make text output deterministic: UTC timestamps, ISO dates,
 /// floats with every digit.
@@ -38,6 +41,10 @@ pub enum SourceError {
     #[error("cannot connect to PostgreSQL at {target}: {message}")]
     Connect { target: String, message: String },
     #[error(
+        "PostgreSQL at {target} asks user `{user}` for a password and source.url has none: write it in the URL (postgres://{user}:PASSWORD@host/db), set PGPASSWORD, or use ${{VAR}} interpolation"
+    )]
+    PasswordMissing { user: String, target: String },
+    #[error(
         "authentication failed for user `{user}`: check the password in source.url (or PGPASSWORD) and pg_hba.conf"
     )]
     Auth { user: String },
@@ -49,6 +56,16 @@ pub enum SourceError {
         "role `{user}` may not start replication: run ALTER ROLE {user} WITH REPLICATION, or connect as a role that can"
     )]
     NoReplicationPrivilege { user: String },
+    #[error("role `{user}` may not {action}: {fix} (nothing was created)")]
+    NoPrivilege {
+        user: String,
+        action: String,
+        fix: String,
+    },
+    #[error(
+        "table {table} has no primary key, so weir cannot backfill its existing rows while streaming (backfills read in chunks by key): add a primary key and run again, or capture only its changes from now on with source.snapshot = \"never\""
+    )]
+    NoKeyToBackfill { table: TableName },
     #[error(
         "table {table} does not exist in database `{database}`: create it or remove it from source.tables"
     )]
@@ -74,8 +91,20 @@ pub enum SourceError {
          To accept the gap and capture changes from now on, run `weir run PIPELINE --new-slot`"
     )]
     SlotMissing { slot: String, checkpoint: Lsn },
+    /// A query failed; the server's SQLSTATE, if it answered, says why.
+    #[error("{context}: {}", pg_message(source))]
+    Query {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The server answered something weir cannot read.
     #[error("{context}: {message}")]
     Sql { context: String, message: String },
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error(transparent)]
+    Panic(#[from] HostPanic),
     #[error("replication stream of slot `{slot}`: {message}")]
     Stream { slot: String, message: String },
     #[error("replication stream of slot `{slot}`: {source}")]
@@ -84,6 +113,48 @@ pub enum SourceError {
         #[source]
         source: DecodeFailure,
     },
+}
+
+impl SourceError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SourceError::Connect { .. } | SourceError::Stream { .. } => ErrorKind::Connect,
+            // Another client holds the slot: it may let go of it.
+            SourceError::SlotInUse { .. } => ErrorKind::Connect,
+            SourceError::PasswordMissing { .. }
+            | SourceError::Auth { .. }
+            | SourceError::NoReplicationPrivilege { .. }
+            | SourceError::NoPrivilege { .. } => ErrorKind::Permission,
+            SourceError::WalLevel { .. }
+            | SourceError::TableMissing { .. }
+            | SourceError::NoReplicaIdentity { .. }
+            | SourceError::NoKeyToBackfill { .. }
+            | SourceError::SlotUnusable { .. }
+            | SourceError::SlotMissing { .. } => ErrorKind::Config,
+            SourceError::Query { source, .. } => query_kind(source),
+            SourceError::Sql { .. } | SourceError::Decode { .. } => ErrorKind::Data,
+            SourceError::Storage(e) => e.kind(),
+            SourceError::Panic(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// What a failed query means, by the class of its SQLSTATE: no answer, a server going
+/// away or short of resources is a connection problem; a refused right, a missing
+/// object or bad data is not helped by asking again.
+fn query_kind(e: &tokio_postgres::Error) -> ErrorKind {
+    let Some(code) = e.code() else {
+        return ErrorKind::Connect;
+    };
+    if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+        return ErrorKind::Permission;
+    }
+    match &code.code()[..2] {
+        "28" => ErrorKind::Permission,
+        "42" | "0A" => ErrorKind::Config,
+        "22" | "23" | "XX" => ErrorKind::Data,
+        _ => ErrorKind::Connect,
+    }
 }
 
 /// A message of the stream that could not be decoded.
@@ -113,6 +184,9 @@ pub struct SourceInfo {
     pub slot_exists: bool,
     /// Tables missing from an existing publication (`prepare` adds them).
     pub publication_missing: Option<Vec<TableName>>,
+    /// Tables in the publication that `source.tables` no longer names (`prepare`
+    /// removes them).
+    pub publication_extra: Vec<TableName>,
 }
 
 /// A connection for ordinary SQL (checks, setup, positions).
@@ -153,7 +227,7 @@ pub fn pg_target(url: &str) -> Result<(tokio_postgres::Config, TlsConfig), Sourc
         target: "source.url".into(),
         message,
     };
-    let (url, tls) = tls::split(url).map_err(malformed)?;
+    let (url, tls) = tls::split(url).map_err(|e| malformed(e.to_string()))?;
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| malformed(format!("malformed URL: {e}")))?;
@@ -172,16 +246,40 @@ pub fn pg_target(url: &str) -> Result<(tokio_postgres::Config, TlsConfig), Sourc
         config.password(pw);
     }
     if config.get_user().is_none() {
-        config.user(
-            std::env::var("PGUSER")
-                .or_else(|_| std::env::var("USER"))
-                .unwrap_or_else(|_| "postgres".into()),
-        );
+        config.user(default_user());
     }
     if config.get_hosts().is_empty() {
         config.host("localhost");
     }
     Ok((config, tls))
+}
+
+/// The role a URL without a user connects as, as libpq chooses it: `PGUSER`, else the
+/// operating-system user this process runs as.
+fn default_user() -> String {
+    std::env::var("PGUSER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(os_user)
+        .unwrap_or_else(|| "postgres".into())
+}
+
+/// The name of the effective user, from `/proc/self/status` and `/etc/passwd` (no
+/// unsafe code); `USER` where those cannot be read.
+fn os_user() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok();
+    let uid = status.as_deref().and_then(|s| {
+        let line = s.lines().find(|l| l.starts_with("Uid:"))?;
+        line.split_whitespace().nth(2).map(str::to_owned)
+    });
+    let from_passwd = uid.and_then(|uid| {
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        passwd.lines().find_map(|l| {
+            let fields: Vec<&str> = l.split(':').collect();
+            (fields.get(2) == Some(&uid.as_str())).then(|| fields[0].to_owned())
+        })
+    });
+    from_passwd.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
 }
 
 /// Opens a SQL connection: over a Unix socket as it is, over TCP through the TLS the
@@ -190,15 +288,19 @@ pub fn pg_target(url: &str) -> Result<(tokio_postgres::Config, TlsConfig), Sourc
 async fn open(
     config: &tokio_postgres::Config,
     tls: &TlsConfig,
-) -> Result<(tokio_postgres::Client, JoinHandle<()>, TlsConfig), String> {
+) -> Result<(tokio_postgres::Client, JoinHandle<()>, TlsConfig), ConnectFailure> {
     match open_with(config, tls).await {
         Ok((client, conn)) => Ok((client, conn, tls.clone())),
         Err(e) if tls.mode == pgwire_replication::SslMode::Prefer => {
             tracing::debug!(error = %e, "The TLS attempt failed; trying without TLS (sslmode=prefer).");
             let plain = TlsConfig::disabled();
-            let (client, conn) = open_with(config, &plain)
-                .await
-                .map_err(|plain| format!("{plain} (and with TLS: {e})"))?;
+            let (client, conn) =
+                open_with(config, &plain)
+                    .await
+                    .map_err(|plain| ConnectFailure::Both {
+                        plain: Box::new(plain),
+                        tls: Box::new(e),
+                    })?;
             Ok((client, conn, plain))
         }
         Err(e) => Err(e),
@@ -208,7 +310,7 @@ async fn open(
 async fn open_with(
     config: &tokio_postgres::Config,
     tls: &TlsConfig,
-) -> Result<(tokio_postgres::Client, JoinHandle<()>), String> {
+) -> Result<(tokio_postgres::Client, JoinHandle<()>), ConnectFailure> {
     fn run<S>(
         conn: tokio_postgres::Connection<S, tokio_postgres::tls::NoTlsStream>,
     ) -> JoinHandle<()>
@@ -222,13 +324,13 @@ async fn open_with(
         })
     }
     if let Some(tokio_postgres::config::Host::Unix(_)) = config.get_hosts().first() {
-        let (client, conn) = config.connect(NoTls).await.map_err(|e| pg_error(&e))?;
+        let (client, conn) = config.connect(NoTls).await?;
         return Ok((client, run(conn)));
     }
     let (host, port) = (host_of(config), port_of(config));
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
-        .map_err(|e| format!("{e}; check that PostgreSQL is running and source.url is right"))?;
+        .map_err(ConnectFailure::Tcp)?;
     let _ = tcp.set_nodelay(true);
     // A dead peer (a failed-over server, a dropped NAT entry) is noticed in minutes,
     // not the hours of the system default.
@@ -238,26 +340,76 @@ async fn open_with(
     let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
     let stream = pgwire_replication::tls::rustls::maybe_upgrade_to_tls(tcp, tls, &host)
         .await
-        .map_err(|e| format!("{e} (sslmode and sslrootcert in source.url)"))?;
-    let (client, conn) = config
-        .connect_raw(stream, NoTls)
-        .await
-        .map_err(|e| pg_error(&e))?;
+        .map_err(ConnectFailure::Tls)?;
+    let (client, conn) = config.connect_raw(stream, NoTls).await?;
     Ok((client, run(conn)))
 }
 
-/// A connection error as weir reports it: the server's message, or the client's.
-fn pg_error(e: &tokio_postgres::Error) -> String {
+/// Why a SQL connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectFailure {
+    #[error("{0}; check that PostgreSQL is running and source.url is right")]
+    Tcp(#[source] std::io::Error),
+    #[error("{0} (sslmode and sslrootcert in source.url)")]
+    Tls(#[source] pgwire_replication::PgWireError),
+    /// The server refused (its message and SQLSTATE), or the client gave up.
+    #[error("{}", postgres_failure(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// Under `sslmode=prefer`, both attempts failed (once when they failed alike).
+    #[error("{}", both_failed(plain, tls))]
+    Both {
+        plain: Box<ConnectFailure>,
+        tls: Box<ConnectFailure>,
+    },
+}
+
+impl ConnectFailure {
+    /// The server's SQLSTATE, when it refused.
+    fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            ConnectFailure::Postgres(e) => e.code(),
+            ConnectFailure::Both { plain, tls } => plain.sqlstate().or_else(|| tls.sqlstate()),
+            _ => None,
+        }
+    }
+
+    /// The server asked for a password and there was none to send.
+    fn password_missing(&self) -> bool {
+        match self {
+            // tokio-postgres has no public kind for it: a configuration error whose
+            // cause is its "password missing".
+            ConnectFailure::Postgres(e) => {
+                e.as_db_error().is_none()
+                    && std::error::Error::source(e)
+                        .is_some_and(|c| c.to_string() == "password missing")
+            }
+            ConnectFailure::Both { plain, tls } => {
+                plain.password_missing() || tls.password_missing()
+            }
+            _ => false,
+        }
+    }
+}
+
+fn postgres_failure(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(_) => pg_message(e),
         None => format!("{e}; check that PostgreSQL is running and source.url is right"),
     }
 }
 
-fn sql_err(context: &str) -> impl FnOnce(tokio_postgres::Error) -> SourceError + '_ {
-    move |e| SourceError::Sql {
+fn both_failed(plain: &ConnectFailure, tls: &ConnectFailure) -> String {
+    let (plain, tls) = (plain.to_string(), tls.to_string());
+    match plain == tls {
+        true => plain,
+        false => format!("{plain} (and with TLS: {tls})"),
+    }
+}
+
+pub(crate) fn sql_err(context: &str) -> impl Fn(tokio_postgres::Error) -> SourceError + '_ {
+    move |source| SourceError::Query {
         context: context.into(),
-        message: pg_message(&e),
+        source,
     }
 }
 
@@ -276,6 +428,32 @@ pub(crate) fn quote_table(t: &TableName) -> String {
     format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.table))
 }
 
+/// The tables `source.tables` selects now.
+#[derive(Debug, Clone, Default)]
+pub struct Resolved {
+    pub tables: Vec<TableName>,
+    /// Tables a pattern matches whose rows updates and deletes cannot name.
+    pub left_out: Vec<TableName>,
+}
+
+impl Resolved {
+    /// Warns of each table left out.
+    pub fn warn_left_out(&self) {
+        for table in &self.left_out {
+            tracing::warn!(table = %table, "A table matching source.tables has no primary key and REPLICA IDENTITY DEFAULT or NOTHING: left out (add a primary key, or set REPLICA IDENTITY FULL, to capture it).");
+        }
+    }
+}
+
+/// What a run changes in the publication.
+#[derive(Clone, Copy)]
+struct PublicationChanges<'a> {
+    /// `None`: the publication does not exist.
+    missing: Option<&'a [TableName]>,
+    /// Tables it holds that `source.tables` no longer names.
+    extra: &'a [TableName],
+}
+
 impl Control {
     /// Connects for SQL, turning the common failures into clear errors.
     pub async fn connect(url: &str) -> Result<Control, SourceError> {
@@ -290,14 +468,19 @@ impl Control {
                     message: "no answer within 15 s; check host, port and firewalls".into(),
                 });
             }
-            // 28P01 invalid_password, 28000 invalid_authorization_specification.
-            Ok(Err(message))
-                if message.contains("authentication")
-                    && (message.contains("28P01") || message.contains("28000")) =>
-            {
+            // 28P01; a refusal by pg_hba.conf (28000) says so itself in the server's words.
+            Ok(Err(e)) if e.sqlstate() == Some(&SqlState::INVALID_PASSWORD) => {
                 return Err(SourceError::Auth { user });
             }
-            Ok(Err(message)) => return Err(SourceError::Connect { target, message }),
+            Ok(Err(e)) if e.password_missing() && config.get_password().is_none() => {
+                return Err(SourceError::PasswordMissing { user, target });
+            }
+            Ok(Err(e)) => {
+                return Err(SourceError::Connect {
+                    target,
+                    message: e.to_string(),
+                });
+            }
             Ok(Ok(opened)) => opened,
         };
         Ok(Control {
@@ -323,8 +506,247 @@ impl Control {
             })
     }
 
+    /// The tables `wanted` names now: each exact name as it is (a missing one is
+    /// reported by `preflight`), then the tables each pattern matches, ordinary or
+    /// partitioned, in schema and name order. A matched table updates and deletes cannot
+    /// name rows of (no primary key, replica identity default or nothing) is left out.
+    pub async fn resolve_tables(&self, wanted: &[TableName]) -> Result<Resolved, SourceError> {
+        let mut tables: Vec<TableName> =
+            wanted.iter().filter(|t| !t.is_pattern()).cloned().collect();
+        let patterns: Vec<&TableName> = wanted.iter().filter(|t| t.is_pattern()).collect();
+        let mut left_out = Vec::new();
+        if patterns.is_empty() {
+            return Ok(Resolved { tables, left_out });
+        }
+        let rows = self
+            .client
+            .query(
+                "SELECT n.nspname::text, c.relname::text, \
+                 c.relreplident IN ('f', 'i') OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' \
+                 ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .map_err(sql_err("listing the tables source.tables selects"))?;
+        for row in rows {
+            let table = TableName {
+                schema: row.get(0),
+                table: row.get(1),
+            };
+            if tables.contains(&table) || !patterns.iter().any(|p| p.matches(&table)) {
+                continue;
+            }
+            match row.get::<_, bool>(2) {
+                true => tables.push(table),
+                false => left_out.push(table),
+            }
+        }
+        Ok(Resolved { tables, left_out })
+    }
+
+    /// Whether `table` has a primary key (a backfill reads it in chunks by key).
+    pub async fn has_primary_key(&self, table: &TableName) -> Result<bool, SourceError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::text::regclass AND indisprimary)",
+                &[&quote_table(table)],
+            )
+            .await
+            .map_err(sql_err("looking up the table's primary key"))?;
+        Ok(row.get(0))
+    }
+
+    /// Whether a replication client is connected to `slot` now (a running pipeline).
+    pub async fn slot_active(&self, slot: &str) -> Result<bool, SourceError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(sql_err("reading the slot's state"))?;
+        Ok(row.is_some_and(|row| row.get::<_, bool>(0)))
+    }
+
+    /// Writes `signal` into the WAL as a non-transactional logical message; returns
+    /// where it is.
+    pub async fn emit(&self, signal: &Signal) -> Result<Lsn, SourceError> {
+        let (prefix, content) = signal.message();
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_logical_emit_message(false, $1, $2)::text",
+                &[&prefix, &content],
+            )
+            .await
+            .map_err(sql_err("writing a message into the WAL"))?;
+        let text: String = row.get(0);
+        text.parse()
+            .map_err(|e: crate::lsn::ParseLsnError| SourceError::Sql {
+                context: "writing a message into the WAL".into(),
+                message: e.to_string(),
+            })
+    }
+
     /// Checks everything a pipeline needs, without changing anything.
     pub async fn preflight(&self, cfg: &SourceConfig) -> Result<SourceInfo, SourceError> {
+        let (user, database) = self.check_server().await?;
+        let (primary_keys, relids) = self.check_tables(&cfg.tables, &database).await?;
+        let type_names = self.type_names(&relids).await?;
+        let domains = self.domains().await?;
+        let slot_exists = self.check_slot(&cfg.slot, &database).await?;
+        let (publication_missing, publication_extra) = self.publication_missing(cfg).await?;
+        let changes = PublicationChanges {
+            missing: publication_missing.as_deref(),
+            extra: &publication_extra,
+        };
+        self.check_privileges(cfg, &relids, changes, &user, &database)
+            .await?;
+        if slot_exists && cfg.snapshot == SnapshotMode::Initial {
+            // Tables added to the publication are backfilled, in chunks by key.
+            let keyless = publication_missing.iter().flatten().find(|t| {
+                primary_keys
+                    .get(*t)
+                    .is_none_or(|pk: &Vec<String>| pk.is_empty())
+            });
+            if let Some(table) = keyless {
+                return Err(SourceError::NoKeyToBackfill {
+                    table: table.clone(),
+                });
+            }
+        }
+        Ok(SourceInfo {
+            database,
+            user,
+            primary_keys,
+            type_names,
+            domains,
+            versions: schemas::SchemaVersions::in_memory(),
+            slot_exists,
+            publication_missing,
+            publication_extra,
+        })
+    }
+
+    /// Checks that the role may do what a run will do: read the tables (the snapshot and
+    /// backfills), and create the publication or add tables to it.
+    async fn check_privileges(
+        &self,
+        cfg: &SourceConfig,
+        relids: &[u32],
+        changes: PublicationChanges<'_>,
+        user: &str,
+        database: &str,
+    ) -> Result<(), SourceError> {
+        let publication_missing = changes.missing;
+        let c = &self.client;
+        let unreadable: Vec<String> = c
+            .query(
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY($1) \
+                 AND NOT has_table_privilege(current_user, c.oid, 'SELECT') ORDER BY 1",
+                &[&relids],
+            )
+            .await
+            .map_err(sql_err("checking table privileges"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !unreadable.is_empty() {
+            return Err(SourceError::NoPrivilege {
+                user: user.into(),
+                action: format!("read {}", unreadable.join(", ")),
+                fix: format!("GRANT SELECT ON {} TO {user}", unreadable.join(", ")),
+            });
+        }
+        let adding: Vec<&TableName> = match publication_missing {
+            None => cfg.tables.iter().collect(),
+            Some(missing) => missing.iter().collect(),
+        };
+        if adding.is_empty() && changes.extra.is_empty() {
+            return Ok(());
+        }
+        let row = c
+            .query_one(
+                "SELECT has_database_privilege(current_user, current_database(), 'CREATE'), \
+                 coalesce((SELECT pg_has_role(current_user, pubowner, 'USAGE') FROM pg_publication WHERE pubname = $1), true)",
+                &[&cfg.publication],
+            )
+            .await
+            .map_err(sql_err("checking database privileges"))?;
+        let (may_create, owns_publication): (bool, bool) = (row.get(0), row.get(1));
+        let action = match (publication_missing, adding.is_empty()) {
+            (None, _) => format!("create publication `{}`", cfg.publication),
+            (Some(_), false) => format!("add tables to publication `{}`", cfg.publication),
+            (Some(_), true) => format!("remove tables from publication `{}`", cfg.publication),
+        };
+        let published = adding
+            .iter()
+            .map(|t| quote_table(t))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let name = quote_ident(&cfg.publication);
+        let as_owner = match (publication_missing, adding.is_empty()) {
+            (None, _) => format!("CREATE PUBLICATION {name} FOR TABLE {published}"),
+            (Some(_), false) => format!("ALTER PUBLICATION {name} ADD TABLE {published}"),
+            (Some(_), true) => {
+                let removed: Vec<String> = changes.extra.iter().map(quote_table).collect();
+                format!("ALTER PUBLICATION {name} DROP TABLE {}", removed.join(", "))
+            }
+        };
+        if publication_missing.is_none() && !may_create {
+            return Err(SourceError::NoPrivilege {
+                user: user.into(),
+                action,
+                fix: format!(
+                    "GRANT CREATE ON DATABASE {} TO {user}, or run as a superuser: {as_owner}",
+                    quote_ident(database)
+                ),
+            });
+        }
+        if !owns_publication {
+            return Err(SourceError::NoPrivilege {
+                user: user.into(),
+                action,
+                fix: format!("run as the publication's owner: {as_owner}"),
+            });
+        }
+        let not_owned: Vec<String> = c
+            .query(
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[])) \
+                 AND NOT pg_has_role(current_user, c.relowner, 'USAGE') ORDER BY 1",
+                &[
+                    &adding.iter().map(|t| t.schema.as_str()).collect::<Vec<_>>(),
+                    &adding.iter().map(|t| t.table.as_str()).collect::<Vec<_>>(),
+                ],
+            )
+            .await
+            .map_err(sql_err("checking table owners"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !not_owned.is_empty() {
+            return Err(SourceError::NoPrivilege {
+                user: user.into(),
+                action,
+                fix: format!(
+                    "a publication takes only tables its creator owns ({} not): run as their owner or a superuser: {as_owner}",
+                    not_owned.join(", ")
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that the server decodes logically and that the role may replicate; returns
+    /// the role's name and the database's.
+    async fn check_server(&self) -> Result<(String, String), SourceError> {
         let c = &self.client;
         let row = c
             .query_one(
@@ -348,10 +770,21 @@ impl Control {
         if !row.get::<_, bool>(0) {
             return Err(SourceError::NoReplicationPrivilege { user });
         }
+        Ok((user, database))
+    }
 
+    /// Checks that each table exists and that its changes name their row (a primary key,
+    /// or REPLICA IDENTITY FULL or USING INDEX). Returns each table's primary key
+    /// columns, and the tables' oids.
+    async fn check_tables(
+        &self,
+        tables: &[TableName],
+        database: &str,
+    ) -> Result<(HashMap<TableName, Vec<String>>, Vec<u32>), SourceError> {
+        let c = &self.client;
         let mut primary_keys = HashMap::new();
         let mut relids = Vec::new();
-        for table in &cfg.tables {
+        for table in tables {
             let row = c
                 .query_opt(
                     "SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -363,7 +796,7 @@ impl Control {
             let Some(row) = row else {
                 return Err(SourceError::TableMissing {
                     table: table.clone(),
-                    database: database.clone(),
+                    database: database.into(),
                 });
             };
             let (relid, identity): (u32, String) = (row.get(0), row.get(1));
@@ -396,8 +829,13 @@ impl Control {
             primary_keys.insert(table.clone(), pk);
             relids.push(relid);
         }
+        Ok((primary_keys, relids))
+    }
 
-        let type_names = c
+    /// The names of the types the tables' columns use.
+    async fn type_names(&self, relids: &[u32]) -> Result<HashMap<u32, String>, SourceError> {
+        Ok(self
+            .client
             .query(
                 "SELECT DISTINCT t.oid, CASE WHEN n.nspname = 'pg_catalog' THEN t.typname::text \
                  ELSE n.nspname || '.' || t.typname END \
@@ -409,10 +847,14 @@ impl Control {
             .map_err(sql_err("looking up column types"))?
             .iter()
             .map(|r| (r.get::<_, u32>(0), r.get::<_, String>(1)))
-            .collect();
+            .collect())
+    }
 
-        // Every domain of the database: few, and chains resolve without more queries.
-        let direct: HashMap<u32, (u32, i32)> = c
+    /// Every domain of the database, to its base type and typmod: domains are few, and
+    /// chains of them resolve here without more queries.
+    async fn domains(&self) -> Result<HashMap<u32, (u32, i32)>, SourceError> {
+        let direct: HashMap<u32, (u32, i32)> = self
+            .client
             .query(
                 "SELECT oid, typbasetype, typtypmod FROM pg_type WHERE typtype = 'd'",
                 &[],
@@ -440,59 +882,76 @@ impl Control {
                 (d, (base, typmod))
             })
             .collect();
+        Ok(domains)
+    }
 
-        let slot = c
+    /// Whether the slot exists. One that does must be a logical pgoutput slot of this
+    /// database that still has its WAL, and no other process may be using it.
+    async fn check_slot(&self, slot: &str, database: &str) -> Result<bool, SourceError> {
+        let row = self
+            .client
             .query_opt(
                 "SELECT slot_type::text, coalesce(plugin::text, ''), coalesce(database::text, ''), active_pid, \
                  wal_status::text FROM pg_replication_slots WHERE slot_name = $1",
-                &[&cfg.slot],
+                &[&slot],
             )
             .await
             .map_err(sql_err("looking up the replication slot"))?;
-        let slot_exists = slot.is_some();
-        if let Some(row) = slot {
-            let (kind, plugin, db, pid, wal_status): (
-                String,
-                String,
-                String,
-                Option<i32>,
-                Option<String>,
-            ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-            let problem = if kind != "logical" {
-                Some("is a physical slot".to_string())
-            } else if plugin != "pgoutput" {
-                Some(format!("uses the output plugin `{plugin}`"))
-            } else if db != database {
-                Some(format!("belongs to database `{db}`"))
-            } else if wal_status.as_deref() == Some("lost") {
-                Some("has been invalidated: the server removed WAL it still needed (max_slot_wal_keep_size), so changes since its position are lost. Drop it with `weir slot drop PIPELINE`; the next run then says how to go on".to_string())
-            } else {
-                None
-            };
-            if let Some(problem) = problem {
-                return Err(SourceError::SlotUnusable {
-                    slot: cfg.slot.clone(),
-                    problem,
-                });
-            }
-            if let Some(pid) = pid {
-                return Err(SourceError::SlotInUse {
-                    slot: cfg.slot.clone(),
-                    pid,
-                });
-            }
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let (kind, plugin, db, pid, wal_status): (
+            String,
+            String,
+            String,
+            Option<i32>,
+            Option<String>,
+        ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let problem = if kind != "logical" {
+            Some("is a physical slot".to_string())
+        } else if plugin != "pgoutput" {
+            Some(format!("uses the output plugin `{plugin}`"))
+        } else if db != database {
+            Some(format!("belongs to database `{db}`"))
+        } else if wal_status.as_deref() == Some("lost") {
+            Some("has been invalidated: the server removed WAL it still needed (max_slot_wal_keep_size), so changes since its position are lost. Drop it with `weir slot drop PIPELINE`; the next run then says how to go on".to_string())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(SourceError::SlotUnusable {
+                slot: slot.into(),
+                problem,
+            });
         }
+        if let Some(pid) = pid {
+            return Err(SourceError::SlotInUse {
+                slot: slot.into(),
+                pid,
+            });
+        }
+        Ok(true)
+    }
 
-        let publication_missing = match c
+    /// The configured tables the publication lacks: `None` when there is no publication,
+    /// none when it publishes every table.
+    /// The configured tables missing from the publication (`None`: there is no
+    /// publication), and the tables it holds that are not configured any more.
+    async fn publication_missing(
+        &self,
+        cfg: &SourceConfig,
+    ) -> Result<(Option<Vec<TableName>>, Vec<TableName>), SourceError> {
+        let c = &self.client;
+        let row = c
             .query_opt(
                 "SELECT puballtables FROM pg_publication WHERE pubname = $1",
                 &[&cfg.publication],
             )
             .await
-            .map_err(sql_err("looking up the publication"))?
-        {
-            None => None,
-            Some(row) if row.get::<_, bool>(0) => Some(vec![]),
+            .map_err(sql_err("looking up the publication"))?;
+        match row {
+            None => Ok((None, Vec::new())),
+            Some(row) if row.get::<_, bool>(0) => Ok((Some(vec![]), Vec::new())),
             Some(_) => {
                 let published: Vec<TableName> = c
                     .query(
@@ -504,26 +963,11 @@ impl Control {
                     .iter()
                     .map(|r| TableName { schema: r.get(0), table: r.get(1) })
                     .collect();
-                Some(
-                    cfg.tables
-                        .iter()
-                        .filter(|t| !published.contains(t))
-                        .cloned()
-                        .collect(),
-                )
+                let missing = cfg.tables.iter().filter(|t| !published.contains(t));
+                let extra = published.iter().filter(|t| !cfg.tables.contains(t));
+                Ok((Some(missing.cloned().collect()), extra.cloned().collect()))
             }
-        };
-
-        Ok(SourceInfo {
-            database,
-            user,
-            primary_keys,
-            type_names,
-            domains,
-            versions: schemas::SchemaVersions::in_memory(),
-            slot_exists,
-            publication_missing,
-        })
+        }
     }
 
     /// Creates the publication (or adds missing tables to it), then the slot. The
@@ -620,13 +1064,36 @@ impl Control {
                     .batch_execute(&sql)
                     .await
                     .map_err(sql_err("adding tables to the publication"))?;
-                tracing::warn!(
-                    publication = %cfg.publication,
-                    tables = %tables(missing),
-                    "Added tables to the publication; their changes are captured from now on, earlier rows are not."
-                );
+                match cfg.snapshot {
+                    SnapshotMode::Initial => tracing::info!(
+                        publication = %cfg.publication,
+                        tables = %tables(missing),
+                        "Added tables to the publication; their existing rows are backfilled while the stream goes on."
+                    ),
+                    SnapshotMode::Never => tracing::warn!(
+                        publication = %cfg.publication,
+                        tables = %tables(missing),
+                        "Added tables to the publication; their changes are captured from now on, earlier rows are not (snapshot = \"never\")."
+                    ),
+                }
             }
             Some(_) => {}
+        }
+        if !info.publication_extra.is_empty() {
+            let sql = format!(
+                "ALTER PUBLICATION {} DROP TABLE {}",
+                quote_ident(&cfg.publication),
+                tables(&info.publication_extra)
+            );
+            self.client
+                .batch_execute(&sql)
+                .await
+                .map_err(sql_err("removing tables from the publication"))?;
+            tracing::info!(
+                publication = %cfg.publication,
+                tables = %tables(&info.publication_extra),
+                "Removed tables no longer in source.tables from the publication: the server stops decoding their changes for this pipeline."
+            );
         }
         Ok(())
     }
@@ -677,7 +1144,8 @@ pub struct PgSource {
     batches: mpsc::Receiver<Result<SourceBatch, SourceError>>,
     ack: Acknowledger,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    /// `None` once awaited.
+    task: Option<JoinHandle<()>>,
 }
 
 impl PgSource {
@@ -745,19 +1213,30 @@ impl PgSource {
                 slot: cfg.slot.clone(),
                 start,
             }
-            .run(),
+            .run()
+            .instrument(tracing::Span::current()),
         );
         Ok(PgSource {
             batches,
             ack: Acknowledger(Arc::new(ack)),
             stop,
-            task,
+            task: Some(task),
         })
     }
 
     /// The next batch; `None` once the stream has ended.
     pub async fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError> {
-        self.batches.recv().await.transpose()
+        if let Some(batch) = self.batches.recv().await {
+            return batch.map(Some);
+        }
+        // The stream's task ended: a panic in it is an error naming it, not an end.
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+            && e.is_panic()
+        {
+            return Err(HostPanic::from_join("replication stream", e).into());
+        }
+        Ok(None)
     }
 
     /// Everything before `lsn` is durable: the server may release it.
@@ -774,7 +1253,9 @@ impl PgSource {
     pub async fn stop(self) {
         self.stop.cancel();
         drop(self.batches);
-        let _ = self.task.await;
+        if let Some(task) = self.task {
+            let _ = task.await;
+        }
     }
 }
 
@@ -897,12 +1378,10 @@ impl Stream {
                 // Everything before a non-transactional message has been delivered.
                 if !transactional {
                     self.batcher.keepalive((*lsn).into());
-                    if prefix.starts_with("weir.") {
-                        self.batcher.marker(
-                            (*lsn).into(),
-                            prefix,
-                            &String::from_utf8_lossy(content),
-                        );
+                    match Signal::parse(prefix, &String::from_utf8_lossy(content)) {
+                        Some(Ok(signal)) => self.batcher.marker((*lsn).into(), signal),
+                        Some(Err(e)) => tracing::warn!(error = %e, "Ignored a weir message."),
+                        None => {}
                     }
                 }
                 return Ok(());

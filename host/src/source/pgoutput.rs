@@ -194,6 +194,89 @@ impl<'a> Reader<'a> {
             )))
         }
     }
+
+    fn relation(&mut self) -> Result<Message<'a>, DecodeError> {
+        let id = self.i32()? as u32;
+        let namespace = self.cstr()?;
+        let name = self.cstr()?;
+        let replica_identity = self.u8()?;
+        let n = self.i16()?;
+        let mut columns = Vec::with_capacity(n.max(0) as usize);
+        for _ in 0..n {
+            let flags = self.u8()?;
+            columns.push(RelationColumn {
+                key: flags & 1 == 1,
+                name: self.cstr()?,
+                type_oid: self.i32()? as u32,
+                typmod: self.i32()?,
+            });
+        }
+        Ok(Message::Relation(RelationMessage {
+            id,
+            namespace,
+            name,
+            replica_identity,
+            columns,
+        }))
+    }
+
+    fn insert(&mut self) -> Result<Message<'a>, DecodeError> {
+        let rel = self.i32()? as u32;
+        self.expect(b"N")?;
+        Ok(Message::Insert {
+            rel,
+            new: self.tuple()?,
+        })
+    }
+
+    /// The old row comes first, as the key (`K`) or the whole row (`O`), when sent.
+    fn update(&mut self) -> Result<Message<'a>, DecodeError> {
+        let rel = self.i32()? as u32;
+        let old = match self.expect(b"KON")? {
+            b'N' => None,
+            _ => {
+                let old = self.tuple()?;
+                self.expect(b"N")?;
+                Some(old)
+            }
+        };
+        Ok(Message::Update {
+            rel,
+            old,
+            new: self.tuple()?,
+        })
+    }
+
+    fn delete(&mut self) -> Result<Message<'a>, DecodeError> {
+        let rel = self.i32()? as u32;
+        self.expect(b"KO")?;
+        Ok(Message::Delete {
+            rel,
+            old: self.tuple()?,
+        })
+    }
+
+    fn truncate(&mut self) -> Result<Message<'a>, DecodeError> {
+        let n = self.i32()?;
+        let options = self.u8()?;
+        let rels = (0..n)
+            .map(|_| self.i32().map(|v| v as u32))
+            .collect::<Result<_, _>>()?;
+        Ok(Message::Truncate { options, rels })
+    }
+
+    fn logical_message(&mut self) -> Result<Message<'a>, DecodeError> {
+        let flags = self.u8()?;
+        let lsn = self.lsn()?;
+        let prefix = self.cstr()?;
+        let len = self.i32()?;
+        Ok(Message::Message {
+            transactional: flags & 1 == 1,
+            lsn,
+            prefix,
+            content: self.take(len as usize)?,
+        })
+    }
 }
 
 /// Decodes one pgoutput message.
@@ -222,87 +305,17 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
             commit_lsn: r.lsn()?,
             name: r.cstr()?,
         },
-        b'R' => {
-            let id = r.i32()? as u32;
-            let namespace = r.cstr()?;
-            let name = r.cstr()?;
-            let replica_identity = r.u8()?;
-            let n = r.i16()?;
-            let mut columns = Vec::with_capacity(n.max(0) as usize);
-            for _ in 0..n {
-                let flags = r.u8()?;
-                columns.push(RelationColumn {
-                    key: flags & 1 == 1,
-                    name: r.cstr()?,
-                    type_oid: r.i32()? as u32,
-                    typmod: r.i32()?,
-                });
-            }
-            Message::Relation(RelationMessage {
-                id,
-                namespace,
-                name,
-                replica_identity,
-                columns,
-            })
-        }
+        b'R' => r.relation()?,
         b'Y' => Message::Type {
             oid: r.i32()? as u32,
             namespace: r.cstr()?,
             name: r.cstr()?,
         },
-        b'I' => {
-            let rel = r.i32()? as u32;
-            r.expect(b"N")?;
-            Message::Insert {
-                rel,
-                new: r.tuple()?,
-            }
-        }
-        b'U' => {
-            let rel = r.i32()? as u32;
-            let old = match r.expect(b"KON")? {
-                b'N' => None,
-                _ => {
-                    let old = r.tuple()?;
-                    r.expect(b"N")?;
-                    Some(old)
-                }
-            };
-            Message::Update {
-                rel,
-                old,
-                new: r.tuple()?,
-            }
-        }
-        b'D' => {
-            let rel = r.i32()? as u32;
-            r.expect(b"KO")?;
-            Message::Delete {
-                rel,
-                old: r.tuple()?,
-            }
-        }
-        b'T' => {
-            let n = r.i32()?;
-            let options = r.u8()?;
-            let rels = (0..n)
-                .map(|_| r.i32().map(|v| v as u32))
-                .collect::<Result<_, _>>()?;
-            Message::Truncate { options, rels }
-        }
-        b'M' => {
-            let flags = r.u8()?;
-            let lsn = r.lsn()?;
-            let prefix = r.cstr()?;
-            let len = r.i32()?;
-            Message::Message {
-                transactional: flags & 1 == 1,
-                lsn,
-                prefix,
-                content: r.take(len as usize)?,
-            }
-        }
+        b'I' => r.insert()?,
+        b'U' => r.update()?,
+        b'D' => r.delete()?,
+        b'T' => r.truncate()?,
+        b'M' => r.logical_message()?,
         other => {
             return Err(DecodeError {
                 tag: other as char,

@@ -2,18 +2,17 @@
 //! kept in `<state>/_weir/<slot>/schemas.json`. A relation whose columns are the ones
 //! stored keeps its version after a restart; changed columns make the next version.
 
-use super::SourceError;
-use crate::sink::object_store_for;
-use object_store::ObjectStore;
-use object_store::path::Path;
+use crate::storage::{StateFile, StorageError};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use weir_sdk::Column;
 
+/// Relation OID to (version, columns).
+type Relations = BTreeMap<u32, (u32, Vec<Column>)>;
+
 #[derive(Default)]
 struct Known {
-    /// Relation OID to (version, columns).
-    relations: BTreeMap<u32, (u32, Vec<Column>)>,
+    relations: Relations,
     dirty: bool,
 }
 
@@ -22,8 +21,7 @@ struct Known {
 #[derive(Clone, Default)]
 pub struct SchemaVersions {
     known: Arc<Mutex<Known>>,
-    store: Option<(Arc<dyn ObjectStore>, Path)>,
-    local: Option<crate::sink::LocalSync>,
+    file: Option<StateFile<Relations>>,
 }
 
 impl std::fmt::Debug for SchemaVersions {
@@ -31,7 +29,7 @@ impl std::fmt::Debug for SchemaVersions {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         f.debug_struct("SchemaVersions")
             .field("relations", &known.relations.len())
-            .field("stored", &self.store.is_some())
+            .field("stored", &self.file.is_some())
             .finish()
     }
 }
@@ -43,44 +41,41 @@ impl SchemaVersions {
     }
 
     /// Loads the stored versions.
-    pub async fn load(state_url: &str, slot: &str) -> Result<SchemaVersions, SourceError> {
-        let err = |e: String| SourceError::Sql {
-            context: "reading schema versions".into(),
-            message: e,
-        };
-        let (store, base) = object_store_for(state_url).map_err(|e| err(e.to_string()))?;
-        let path = base.join("_weir").join(slot).join("schemas.json");
-        let relations = crate::sink::get_state(store.as_ref(), &path)
-            .await
-            .map_err(err)?
-            .unwrap_or_default();
+    pub async fn load(state_url: &str, slot: &str) -> Result<SchemaVersions, StorageError> {
+        let file = StateFile::open(state_url, slot, "schemas.json")?;
+        let relations = file.read().await?.unwrap_or_default();
         Ok(SchemaVersions {
             known: Arc::new(Mutex::new(Known {
                 relations,
                 dirty: false,
             })),
-            store: Some((store, path)),
-            local: crate::sink::LocalSync::for_url(state_url),
+            file: Some(file),
         })
     }
 
     /// The version of relation `id` with these columns: the stored one when the columns
     /// are the same, else the next (1 for a relation never seen).
     pub fn version_for(&self, id: u32, columns: &[Column]) -> u32 {
+        self.change(id, columns).0
+    }
+
+    /// Like [`version_for`](Self::version_for), with the columns the relation had
+    /// before when they changed (in this run or since the last).
+    pub fn change(&self, id: u32, columns: &[Column]) -> (u32, Option<Vec<Column>>) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let version = match known.relations.get(&id) {
-            Some((v, cols)) if cols == columns => return *v,
-            Some((v, _)) => v + 1,
-            None => 1,
+        let (version, old) = match known.relations.get(&id) {
+            Some((v, cols)) if cols == columns => return (*v, None),
+            Some((v, cols)) => (v + 1, Some(cols.clone())),
+            None => (1, None),
         };
         known.relations.insert(id, (version, columns.to_vec()));
         known.dirty = true;
-        version
+        (version, old)
     }
 
     /// Writes the versions when one has been added since the last save.
-    pub async fn save_if_changed(&self) -> Result<(), SourceError> {
-        let Some((store, path)) = &self.store else {
+    pub async fn save_if_changed(&self) -> Result<(), StorageError> {
+        let Some(file) = &self.file else {
             return Ok(());
         };
         let relations = {
@@ -91,12 +86,7 @@ impl SchemaVersions {
             known.dirty = false;
             known.relations.clone()
         };
-        crate::sink::put_state(store.as_ref(), path, &relations, self.local.as_ref())
-            .await
-            .map_err(|e| SourceError::Sql {
-                context: format!("writing {path}"),
-                message: e,
-            })
+        file.write(&relations).await
     }
 }
 

@@ -13,13 +13,11 @@
 
 use super::decoder::{builtin_type_name, kind, text_value};
 use super::{Control, SourceError, SourceInfo, quote_table, sql_err};
+use crate::batch::CommitPos;
 use crate::batch::{Position, SourceBatch};
-use crate::checkpoint::CommitPos;
 use crate::config::TableName;
 use crate::lsn::Lsn;
-use crate::sink::object_store_for;
-use object_store::ObjectStore;
-use object_store::path::Path;
+use crate::storage::{StateFile, StorageError};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,51 +42,30 @@ struct Record {
 
 /// The snapshot's progress record, kept with the pipeline's state.
 pub struct SnapshotState {
-    store: Arc<dyn ObjectStore>,
-    path: Path,
+    file: StateFile<Record>,
     slot: String,
-    local: Option<crate::sink::LocalSync>,
 }
 
 impl SnapshotState {
-    pub fn open(state_url: &str, slot: &str) -> Result<SnapshotState, crate::sink::SinkError> {
-        let (store, base) = object_store_for(state_url)?;
+    pub fn open(state_url: &str, slot: &str) -> Result<SnapshotState, StorageError> {
         Ok(SnapshotState {
-            local: crate::sink::LocalSync::for_url(state_url),
-            store,
-            path: base.join("_weir").join(slot).join("snapshot.json"),
+            file: StateFile::open(state_url, slot, "snapshot.json")?,
             slot: slot.to_owned(),
         })
     }
 
-    pub async fn read(&self) -> Result<Option<Progress>, SourceError> {
-        let err = |e: String| SourceError::Sql {
-            context: format!("reading {}", self.path),
-            message: e,
-        };
-        let record: Option<Record> = crate::sink::get_state(self.store.as_ref(), &self.path)
-            .await
-            .map_err(err)?;
-        Ok(record.map(|r| r.progress))
+    pub async fn read(&self) -> Result<Option<Progress>, StorageError> {
+        Ok(self.file.read().await?.map(|r| r.progress))
     }
 
-    pub async fn write(&self, progress: Progress, at: Option<Lsn>) -> Result<(), SourceError> {
-        let record = Record {
-            progress,
-            slot: self.slot.clone(),
-            consistent_point: at.map(|l| l.to_string()),
-        };
-        crate::sink::put_state(
-            self.store.as_ref(),
-            &self.path,
-            &record,
-            self.local.as_ref(),
-        )
-        .await
-        .map_err(|e| SourceError::Sql {
-            context: format!("writing {}", self.path),
-            message: e,
-        })
+    pub async fn write(&self, progress: Progress, at: Option<Lsn>) -> Result<(), StorageError> {
+        self.file
+            .write(&Record {
+                progress,
+                slot: self.slot.clone(),
+                consistent_point: at.map(|l| l.to_string()),
+            })
+            .await
     }
 }
 

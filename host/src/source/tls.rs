@@ -19,12 +19,49 @@ fn is_tls_key(key: &str) -> bool {
     TLS_KEYS.iter().any(|(k, _)| *k == key)
 }
 
+/// TLS settings in a connection string that weir cannot honour.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    #[error("sslmode `{0}` is not one of disable, allow, prefer, require, verify-ca, verify-full")]
+    UnknownMode(String),
+    #[error(
+        "sslrootcert=system trusts every public authority: it goes with sslmode=verify-full only"
+    )]
+    SystemRootsUnchecked,
+    #[error("sslrootcert {}: no such file", .0.display())]
+    NoRootCert(PathBuf),
+    #[error(
+        "sslmode=verify-ca and verify-full check the server against a certificate authority: \
+         name its certificate with sslrootcert=/path/ca.pem (or put it in ~/.postgresql/root.crt; \
+         sslrootcert=system with verify-full trusts the public authorities)"
+    )]
+    NoAuthority,
+    #[error("sslcert and sslkey go together (a client certificate and its key)")]
+    CertWithoutKey,
+    #[error("`{0}` in source.url has no value (write key=value)")]
+    NoValue(String),
+    #[error("the value of `{0}` in source.url has no closing quote")]
+    UnclosedQuote(String),
+    #[error(
+        "source.url `{0}://…` is not a PostgreSQL URL: write postgres://user:password@host:5432/database (or libpq's key=value form)"
+    )]
+    NotPostgres(String),
+}
+
 /// Splits the TLS parameters off `url` (a `postgres://` URL or `key=value` pairs): the
 /// connection string without them, and the TLS settings they make, with libpq's
 /// `PGSSL*` variables for what the string leaves out. The default is libpq's, `prefer`:
 /// TLS when the server offers it, without checking its certificate.
-pub fn split(url: &str) -> Result<(String, TlsConfig), String> {
+pub fn split(url: &str) -> Result<(String, TlsConfig), TlsError> {
     let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    if let Some((scheme, _)) = url.split_once("://")
+        && !is_url
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+    {
+        return Err(TlsError::NotPostgres(scheme.to_owned()));
+    }
     let (rest, mut pairs) = match is_url {
         true => split_url(url),
         false => split_pairs(url)?,
@@ -54,51 +91,11 @@ pub fn split(url: &str) -> Result<(String, TlsConfig), String> {
             .then(|| default_root.as_ref().map(|p| p.display().to_string()))
             .flatten()
     });
-    let mode = match get("sslmode").as_deref() {
-        None | Some("prefer") | Some("allow") => SslMode::Prefer,
-        Some("disable") => SslMode::Disable,
-        // As libpq: `require` with a root certificate checks the chain too.
-        Some("require") if root.is_some() => SslMode::VerifyCa,
-        Some("require") => SslMode::Require,
-        Some("verify-ca") => SslMode::VerifyCa,
-        Some("verify-full") => SslMode::VerifyFull,
-        Some(other) => {
-            return Err(format!(
-                "sslmode `{other}` is not one of disable, allow, prefer, require, verify-ca, verify-full"
-            ));
-        }
-    };
-    let verifying = matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull);
-    let ca = match (root.as_deref(), mode) {
-        // The public roots (Mozilla's), only where the host name is checked too.
-        (Some("system"), SslMode::VerifyFull) => None,
-        (Some("system"), _) => {
-            return Err("sslrootcert=system trusts every public authority: it goes with sslmode=verify-full only".into());
-        }
-        (Some(path), _) => {
-            let path = PathBuf::from(path);
-            if !path.exists() {
-                return Err(format!("sslrootcert {}: no such file", path.display()));
-            }
-            Some(path)
-        }
-        (None, _) if verifying => {
-            let default = default_root;
-            if default.is_none() {
-                return Err(
-                    "sslmode=verify-ca and verify-full check the server against a certificate authority: \
-                     name its certificate with sslrootcert=/path/ca.pem (or put it in ~/.postgresql/root.crt; \
-                     sslrootcert=system with verify-full trusts the public authorities)"
-                        .into(),
-                );
-            }
-            default
-        }
-        (None, _) => None,
-    };
+    let mode = ssl_mode(get("sslmode").as_deref(), root.is_some())?;
+    let ca = authority(root.as_deref(), mode, default_root)?;
     let (cert, key) = (get("sslcert"), get("sslkey"));
     if cert.is_some() != key.is_some() {
-        return Err("sslcert and sslkey go together (a client certificate and its key)".into());
+        return Err(TlsError::CertWithoutKey);
     }
     let mut tls = TlsConfig::disabled();
     tls.mode = mode;
@@ -106,6 +103,47 @@ pub fn split(url: &str) -> Result<(String, TlsConfig), String> {
     tls.client_cert_pem_path = cert.map(PathBuf::from);
     tls.client_key_pem_path = key.map(PathBuf::from);
     Ok((rest, tls))
+}
+
+/// The mode `sslmode` names, libpq's `prefer` when it is not given.
+fn ssl_mode(sslmode: Option<&str>, has_root: bool) -> Result<SslMode, TlsError> {
+    Ok(match sslmode {
+        None | Some("prefer") | Some("allow") => SslMode::Prefer,
+        Some("disable") => SslMode::Disable,
+        // As libpq: `require` with a root certificate checks the chain too.
+        Some("require") if has_root => SslMode::VerifyCa,
+        Some("require") => SslMode::Require,
+        Some("verify-ca") => SslMode::VerifyCa,
+        Some("verify-full") => SslMode::VerifyFull,
+        Some(other) => return Err(TlsError::UnknownMode(other.to_string())),
+    })
+}
+
+/// The certificate authority's file to check the server against (`None`: the public
+/// roots, or no check), from `sslrootcert` or libpq's default place.
+fn authority(
+    root: Option<&str>,
+    mode: SslMode,
+    default_root: Option<PathBuf>,
+) -> Result<Option<PathBuf>, TlsError> {
+    let verifying = matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull);
+    match (root, mode) {
+        // The public roots (Mozilla's), only where the host name is checked too.
+        (Some("system"), SslMode::VerifyFull) => Ok(None),
+        (Some("system"), _) => Err(TlsError::SystemRootsUnchecked),
+        (Some(path), _) => {
+            let path = PathBuf::from(path);
+            match path.exists() {
+                true => Ok(Some(path)),
+                false => Err(TlsError::NoRootCert(path)),
+            }
+        }
+        (None, _) if verifying => match default_root {
+            Some(default) => Ok(Some(default)),
+            None => Err(TlsError::NoAuthority),
+        },
+        (None, _) => Ok(None),
+    }
 }
 
 /// A URL's TLS parameters, and the URL without them. The query starts at the first `?`
@@ -142,7 +180,7 @@ fn split_url(url: &str) -> (String, Vec<(String, String)>) {
 
 /// `key = value` pairs (values optionally in single quotes, with `\'` and `\\`), the
 /// TLS ones taken out and the others kept as written.
-fn split_pairs(text: &str) -> Result<(String, Vec<(String, String)>), String> {
+fn split_pairs(text: &str) -> Result<(String, Vec<(String, String)>), TlsError> {
     let chars: Vec<(usize, char)> = text.char_indices().collect();
     let mut i = 0;
     let skip_space = |i: &mut usize| {
@@ -165,9 +203,7 @@ fn split_pairs(text: &str) -> Result<(String, Vec<(String, String)>), String> {
         let key: String = chars[start..i].iter().map(|c| c.1).collect();
         skip_space(&mut i);
         if chars.get(i).map(|c| c.1) != Some('=') {
-            return Err(format!(
-                "`{key}` in source.url has no value (write key=value)"
-            ));
+            return Err(TlsError::NoValue(key));
         }
         i += 1;
         skip_space(&mut i);
@@ -176,11 +212,7 @@ fn split_pairs(text: &str) -> Result<(String, Vec<(String, String)>), String> {
             i += 1;
             loop {
                 match chars.get(i).map(|c| c.1) {
-                    None => {
-                        return Err(format!(
-                            "the value of `{key}` in source.url has no closing quote"
-                        ));
-                    }
+                    None => return Err(TlsError::UnclosedQuote(key)),
                     Some('\'') => {
                         i += 1;
                         break;
@@ -275,5 +307,18 @@ mod tests {
         assert!(split("postgres://db/app?sslmode=sometimes").is_err());
         assert!(split("postgres://db/app?sslcert=a.pem").is_err());
         assert!(split("postgres://db/app?sslrootcert=/nonexistent/ca.pem").is_err());
+    }
+
+    /// Regression: `mysql://…` was read as key=value pairs ("has no value").
+    #[test]
+    fn a_url_of_another_database_is_named_as_such() {
+        let err = split("mysql://root@localhost/shop")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("source.url `mysql://…` is not a PostgreSQL URL"),
+            "{err}"
+        );
+        assert!(split("host=localhost dbname=shop").is_ok());
     }
 }

@@ -15,9 +15,9 @@
 //! `(commit_lsn, seq)` identifies each event.
 
 use serde::Deserialize;
-use serde_json::{Map, Value as Json, json};
+use serde_json::{Value as Json, json};
 use std::collections::BTreeMap;
-use weir_sdk::{Batch, PluginError, Sink, Value};
+use weir_sdk::{Batch, PluginError, Sink};
 
 /// `config` of the webhook sink.
 #[derive(Debug, Deserialize)]
@@ -105,9 +105,9 @@ impl Sink for Webhook {
         };
         let key = format!(
             "{}:{}-{}:{}",
-            lsn(first.commit_lsn),
+            weir_sdk::json::lsn(first.commit_lsn),
             first.seq,
-            lsn(last.commit_lsn),
+            weir_sdk::json::lsn(last.commit_lsn),
             last.seq
         );
         let body = serde_json::to_vec(&to_json(&batch)).expect("JSON values serialize");
@@ -138,67 +138,14 @@ impl Sink for Webhook {
     }
 }
 
-/// `X/X`, as PostgreSQL writes an LSN.
-fn lsn(v: u64) -> String {
-    format!("{:X}/{:X}", v >> 32, v & 0xffff_ffff)
-}
-
-/// The request body for a batch.
+/// The request body for a batch: `{"events": [...]}`, each event as
+/// [`weir_sdk::json::event`] writes it.
 pub fn to_json(batch: &Batch) -> Json {
     let events: Vec<Json> = batch
         .events()
-        .map(|(rel, e)| {
-            let row = |values: &Option<Vec<Value>>| match values {
-                None => Json::Null,
-                Some(values) => Json::Object(
-                    rel.columns
-                        .iter()
-                        .zip(values)
-                        .map(|(c, v)| (c.name.clone(), value(v)))
-                        .collect::<Map<_, _>>(),
-                ),
-            };
-            let mut event = json!({
-                "op": e.op.code(),
-                "schema": rel.schema,
-                "table": rel.table,
-                "commit_lsn": lsn(e.commit_lsn),
-                "seq": e.seq,
-                "xid": e.xid,
-                "commit_ts": e.commit_ts,
-                "before": row(&e.before),
-                "after": row(&e.after),
-            });
-            if !e.unchanged.is_empty() {
-                let names: Vec<Json> = e
-                    .unchanged
-                    .iter()
-                    .filter_map(|&i| rel.columns.get(i as usize))
-                    .map(|c| Json::String(c.name.clone()))
-                    .collect();
-                event["unchanged"] = Json::Array(names);
-            }
-            event
-        })
+        .map(|(rel, e)| weir_sdk::json::event(rel, e))
         .collect();
     json!({ "events": events })
-}
-
-fn value(v: &Value) -> Json {
-    match v {
-        Value::Null => Json::Null,
-        Value::Bool(b) => Json::Bool(*b),
-        Value::Int(i) => Json::from(*i),
-        Value::Float(f) if f.is_finite() => Json::from(*f),
-        Value::Float(f) if f.is_nan() => Json::String("NaN".into()),
-        Value::Float(f) if *f > 0.0 => Json::String("Infinity".into()),
-        Value::Float(_) => Json::String("-Infinity".into()),
-        Value::Text(s) => Json::String(s.clone()),
-        Value::Bytes(b) => {
-            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-            Json::String(format!("\\x{hex}"))
-        }
-    }
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -323,8 +270,8 @@ weir_sdk::export_sink!(Webhook);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_sdk::Op;
     use weir_sdk::plugin::testing::{event, relation};
+    use weir_sdk::{Op, Value};
 
     #[test]
     fn urls_are_parsed_and_credentials_refused() {

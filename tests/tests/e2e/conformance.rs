@@ -192,7 +192,7 @@ fn rename_conforms() {
 fn complete(batch: &Batch) -> weir::batch::Position {
     let last = batch.events.iter().map(|e| e.commit_lsn).max().unwrap();
     weir::batch::Position {
-        last_commit: Some(weir::checkpoint::CommitPos {
+        last_commit: Some(weir::batch::CommitPos {
             commit_lsn: weir::Lsn(last),
             end_lsn: weir::Lsn(last + 8),
         }),

@@ -156,10 +156,10 @@ fn assert_every_change_once(db: &TestDb, config: &std::path::Path, [c, u, d]: [u
 }
 
 /// Makes a directory tree unwritable, even for root (`chattr +i`), until dropped.
-struct Unwritable(std::path::PathBuf);
+pub(crate) struct Unwritable(std::path::PathBuf);
 
 impl Unwritable {
-    fn set(dir: &std::path::Path) -> Unwritable {
+    pub(crate) fn set(dir: &std::path::Path) -> Unwritable {
         chattr(dir, "+i");
         Unwritable(dir.to_path_buf())
     }
@@ -171,7 +171,7 @@ impl Drop for Unwritable {
     }
 }
 
-fn chattr(dir: &std::path::Path, flag: &str) {
+pub(crate) fn chattr(dir: &std::path::Path, flag: &str) {
     let out = std::process::Command::new("chattr")
         .args(["-R", flag])
         .arg(dir)

@@ -10,21 +10,23 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use weir::pgtemp::TempPostgres;
 
-/// The shared server: `WEIR_TEST_PG_URL` is not supported for it, because tests create
-/// roles, databases and slots freely; it is started once per test binary.
+/// The shared server: the one `WEIR_TEST_PG_URL` names (a superuser URL to a server
+/// with `wal_level = logical`, left running), or one started once per test binary.
+/// Tests that restart a server or change its TLS or `pg_hba.conf` start their own.
 pub fn pg() -> &'static TempPostgres {
     static PG: OnceLock<TempPostgres> = OnceLock::new();
     PG.get_or_init(|| {
-        let pg = TempPostgres::start()
-            .expect("start a throwaway PostgreSQL (initdb and pg_ctl must be installed)");
-        // One role that must authenticate with a password, for the bad-credentials test.
-        pg.psql(
-            "postgres",
-            "CREATE ROLE weir_pw LOGIN REPLICATION PASSWORD 'right-password'",
-        )
-        .unwrap();
-        pg.prepend_hba("host all weir_pw 127.0.0.1/32 scram-sha-256")
-            .unwrap();
+        let pg = TempPostgres::from_env_or_start()
+            .expect("start a throwaway PostgreSQL (initdb and pg_ctl must be installed), or reach WEIR_TEST_PG_URL");
+        // One role that must authenticate with a password, for the bad-credentials test
+        // (a given server must ask for passwords over TCP itself).
+        let role = "CREATE ROLE weir_pw LOGIN REPLICATION PASSWORD 'right-password'";
+        let made = pg.psql("postgres", role);
+        if !pg.is_external() {
+            made.unwrap();
+            pg.prepend_hba("host all weir_pw 127.0.0.1/32 scram-sha-256")
+                .unwrap();
+        }
         pg
     })
 }
@@ -155,6 +157,22 @@ impl TestDb {
         let (schema, name) = table.split_once('.').unwrap();
         let dir = self.out().join(schema).join(name);
         read_changelog(&dir, keys)
+    }
+
+    /// Waits (up to 30 s) until a process streams from the slot.
+    pub fn wait_slot_active(&self) {
+        let started = std::time::Instant::now();
+        let active = format!(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = '{}'",
+            self.name
+        );
+        while self.sql(&active).trim() != "t" {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "nothing took the slot"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// The slot's confirmed flush position.

@@ -257,6 +257,63 @@ fn a_column_added_mid_stream_evolves_the_table_and_old_snapshots_still_read() {
     );
 }
 
+/// Regression: every Iceberg error was retried as if the network had blipped, so a
+/// value the table's column cannot hold was retried for ever. It is a schema error: the
+/// run stops at once with its kind, and nothing from it on is acknowledged.
+#[test]
+fn a_value_the_iceberg_column_cannot_hold_stops_the_run_at_once() {
+    let db = TestDb::new("ice_unfit");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, n int)");
+    db.sql("INSERT INTO t VALUES (1, 1)");
+    // Retrying for ever (attempts = 0): only a permanent error ends the run.
+    let retry = "\n[retry]\nattempts = 0\ninitial_backoff = \"100ms\"\nmax_backoff = \"200ms\"";
+    let config = iceberg_config(&db, &["public.t"], None, retry);
+    db.catch_up(&config);
+    let (mut weir, log) = db.spawn_logged(&config);
+    db.sql("INSERT INTO t VALUES (2, 2)");
+    let written = db.current_wal_lsn();
+    let streaming = std::time::Instant::now();
+    while db.confirmed_flush() < Some(written) {
+        assert!(
+            streaming.elapsed() < Duration::from_secs(30),
+            "weir did not stream"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    db.sql("ALTER TABLE t ALTER COLUMN n TYPE text");
+    db.sql("INSERT INTO t VALUES (3, 'not a number')");
+    let after = db.current_wal_lsn();
+    let status = crate::recovery::wait_with_timeout(&mut weir, Duration::from_secs(60));
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("kind=schema"),
+        "the error's kind is logged: {log}"
+    );
+    assert!(!log.contains("Transient failure"), "not retried: {log}");
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("public.t"),
+        "one line naming the table: {last}"
+    );
+    assert!(
+        db.confirmed_flush().unwrap() < after,
+        "the slot is not acknowledged past the failed change"
+    );
+    let (changes, _) = read_iceberg(&catalog(&db), "public.t", "id", None, &[]);
+    let ids: Vec<i64> = changes
+        .rows
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [1, 2],
+        "the table holds what came before the failed change"
+    );
+}
+
 #[test]
 fn weir_lake_lists_time_travels_rolls_back_and_expires() {
     let db = TestDb::new("ice_lake");
@@ -288,7 +345,7 @@ fn weir_lake_lists_time_travels_rolls_back_and_expires() {
     );
 
     let now = lake(&db, &config, &["query", "public.t", "--limit", "100"]);
-    assert!(now.contains("15 rows (limit 100)"), "{now}");
+    assert!(now.contains("15 change rows (limit 100)"), "{now}");
     let then = lake(
         &db,
         &config,
@@ -296,7 +353,7 @@ fn weir_lake_lists_time_travels_rolls_back_and_expires() {
     );
     assert!(
         then.contains(&format!(
-            "10 rows (limit 20) of public.t at snapshot {first}"
+            "10 change rows (limit 20) of the changelog public.t at snapshot {first}"
         )),
         "{then}"
     );
@@ -304,7 +361,7 @@ fn weir_lake_lists_time_travels_rolls_back_and_expires() {
     let then = lake(&db, &config, &["query", "public.t", "--as-of", &as_of]);
     assert!(then.contains(&format!("at snapshot {first}")), "{then}");
     let limited = lake(&db, &config, &["query", "public.t", "--limit", "3"]);
-    assert!(limited.contains("3 rows (limit 3)"), "{limited}");
+    assert!(limited.contains("3 change rows (limit 3)"), "{limited}");
 
     lake(
         &db,

@@ -19,6 +19,8 @@
 //!   replacement leaving the old version running.
 //! - `tooling`: `weir plugin new`, `build`, `test` and `inspect` on scaffolded crates.
 //! - `languages`: the Python and JavaScript example plugins, built and run in a pipeline.
+//! - `first_hour`: defects a new user hit, each pinned: checks before anything is created,
+//!   lag and readiness, closed pipes, log spans, config messages.
 //! - `operations`: `/metrics`, `/healthz`, `/readyz` during a run, and `weir status`.
 //! - `conformance`: every built-in plugin as a component against its native logic.
 
@@ -28,6 +30,7 @@ mod bad_input;
 mod cli;
 mod conformance;
 mod faults;
+mod first_hour;
 mod iceberg;
 mod languages;
 mod operations;

@@ -218,10 +218,22 @@ fn weir_status_shows_the_slot_and_each_sinks_checkpoint() {
 
     db.sql("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 50) g");
     db.catch_up(&config);
+    // The slot is idle, so its restart_lsn stays put while the server's WAL grows.
+    let retained_now = || -> i64 {
+        db.sql(&format!(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = '{}'",
+            db.name
+        ))
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    let retained_before = retained_now();
     let out = db
         .weir(&["status", config.to_str().unwrap(), "--json"])
         .output()
         .unwrap();
+    let retained_after = retained_now();
     assert!(out.status.success(), "{}", stderr(&out));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["slot"]["exists"], true);
@@ -237,7 +249,11 @@ fn weir_status_shows_the_slot_and_each_sinks_checkpoint() {
         lsn(&confirmed) >= checkpoint && checkpoint > weir::Lsn(0),
         "the slot was confirmed up to the sink's checkpoint: {doc}"
     );
-    assert!(doc["slot"]["retained_wal_bytes"].as_i64().unwrap() >= 0);
+    let retained = doc["slot"]["retained_wal_bytes"].as_i64().unwrap();
+    assert!(
+        (retained_before..=retained_after).contains(&retained),
+        "the WAL the slot retains, as the server counts it: {retained} not in {retained_before}..={retained_after}"
+    );
 
     let mut weir = db.spawn(&config);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -335,6 +351,19 @@ fn weir_slot_lists_and_drops_only_an_inactive_slot() {
         !list(&db).iter().any(|s| s["name"] == db.name.as_str()),
         "no slot made"
     );
+    // Regression: `weir status` said the first run would create the slot.
+    let status = db
+        .weir(&["status", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        status.contains("does not exist, but the output holds changes up to")
+            && status.contains("`weir run` refuses")
+            && status.contains("--new-slot")
+            && !status.contains("the first run creates it"),
+        "status says what run will do: {status}"
+    );
     let validated = db
         .weir(&["validate", config.to_str().unwrap()])
         .output()
@@ -368,6 +397,35 @@ fn weir_slot_lists_and_drops_only_an_inactive_slot() {
         vec![0, 2],
         "changes from the new slot on: {:?}",
         log.rows
+    );
+
+    // Teardown: the slot and the publication go, the output stays.
+    let count = |sql: &str| db.sql(sql).trim().to_string();
+    let torn = db
+        .weir(&["slot", "drop", config.to_str().unwrap(), "--publication"])
+        .output()
+        .unwrap();
+    assert!(torn.status.success(), "{}", stderr(&torn));
+    let said = String::from_utf8_lossy(&torn.stdout).to_string();
+    assert!(said.contains("dropped publication"), "{said}");
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+            db.name
+        )),
+        "0"
+    );
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM pg_publication WHERE pubname = '{}'",
+            db.name
+        )),
+        "0"
+    );
+    assert_eq!(
+        db.changelog("public.t", "id").rows.len(),
+        2,
+        "the output stays"
     );
 }
 

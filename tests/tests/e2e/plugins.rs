@@ -358,7 +358,7 @@ fn guest_output_logs_and_metrics_reach_the_host_tagged_with_the_plugin() {
         Some(vec![]),
     ));
     assert!(hostile.apply(batch).is_err());
-    let metrics = hostile.metrics();
+    let metrics = weir::plugin::Instance::metrics(&hostile);
     assert_eq!(metrics.counters.get("probes{kind=all}"), Some(&1));
     assert_eq!(metrics.gauges.get("depth"), Some(&2.5));
     assert_eq!(metrics.histograms.get("latency_ms"), Some(&vec![7.0]));

@@ -484,3 +484,64 @@ fn a_sink_instance_lost_with_buffered_changes_stops_instead_of_skipping_them() {
     assert_unique(&lines);
     assert_eq!(lines.len(), 100);
 }
+
+/// The `stdout` sink: each change as one JSON line, the initial snapshot first, then
+/// every later change once; logs stay on standard error.
+#[test]
+fn the_stdout_sink_prints_every_change_as_one_json_line() {
+    let db = TestDb::new("stdout");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text, b bytea)");
+    db.sql("INSERT INTO t SELECT g, 'old', '\\x0a0b' FROM generate_series(1, 20) g");
+    let state = db.dir.path().join("state");
+    let config = db.dir.path().join("stdout.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\ntables = [\"public.t\"]\n\n\
+             [batch]\nmax_delay = \"100ms\"\n\n[[sink]]\ntype = \"stdout\"\n\n[state]\nurl = \"file://{}\"\n",
+            db.url(),
+            db.name,
+            db.name,
+            state.display()
+        ),
+    )
+    .unwrap();
+    let lines = |out: &Output| -> Vec<Value> {
+        assert!(out.status.success(), "{}", stderr(out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let first = lines(&db.catch_up(&config));
+    assert_eq!(first.len(), 20, "the snapshot's rows");
+    assert!(first.iter().all(|e| e["op"] == "r" && e["table"] == "t"));
+    assert_eq!(first[0]["after"]["b"], "\\x0a0b");
+    assert!(
+        stderr(&db.catch_up(&config)).contains("Pipeline stopped"),
+        "logs on stderr"
+    );
+
+    db.sql("UPDATE t SET v = 'new' WHERE id <= 5");
+    db.sql("DELETE FROM t WHERE id = 20");
+    db.sql("INSERT INTO t VALUES (21, 'added', NULL)");
+    let next = lines(&db.catch_up(&config));
+    let ops: Vec<&str> = next.iter().map(|e| e["op"].as_str().unwrap()).collect();
+    assert_eq!(
+        ops,
+        ["u", "u", "u", "u", "u", "d", "c"],
+        "each change once, in commit order"
+    );
+    assert_eq!(next[0]["after"]["v"], "new");
+    assert_eq!(next[5]["before"]["id"], 20);
+    assert_eq!(
+        next[6]["after"],
+        serde_json::json!({"id": 21, "v": "added", "b": null})
+    );
+    let lsn = next[6]["commit_lsn"].as_str().unwrap();
+    assert!(lsn.contains('/'), "{lsn}");
+    assert!(
+        lines(&db.catch_up(&config)).is_empty(),
+        "nothing again once delivered"
+    );
+}

@@ -198,6 +198,32 @@ fn a_table_added_later_is_backfilled_exactly_while_the_stream_goes_on() {
     assert!(stderr(&out).contains("not one of the pipeline's tables"));
 }
 
+/// Regression: the backfill joined the key columns' names into one string and split it
+/// again on ", ", so a key column named `a, b` broke the chunk query.
+#[test]
+fn a_table_whose_key_column_name_holds_a_comma_is_backfilled() {
+    let db = TestDb::new("backfill_comma");
+    db.sql("CREATE TABLE a (id int PRIMARY KEY)");
+    db.sql(r#"CREATE TABLE t ("a, b" int, id int, v text, PRIMARY KEY ("a, b", id))"#);
+    db.sql("INSERT INTO t SELECT g % 5, g, md5(g::text) FROM generate_series(1, 3000) g");
+    let config = db.config_with(&["public.a"], "", "max_events = 700", "");
+    db.catch_up(&config);
+
+    let config = db.config_with(&["public.a", "public.t"], "", "max_events = 700", "");
+    let out = db.catch_up(&config);
+    let err = stderr(&out);
+    assert!(err.contains("Backfill done"), "{err}");
+    db.sql("UPDATE t SET v = 'later' WHERE id % 10 = 0");
+    db.catch_up(&config);
+    // `id` alone identifies a row too; the reader splits its key list on commas.
+    let t = assert_same_state(&db, "public.t", "id");
+    assert_eq!(
+        (t.op("r"), t.op("u")),
+        (3000, 300),
+        "every row once, then the updates"
+    );
+}
+
 #[test]
 fn a_backfill_killed_midway_goes_on_after_its_last_durable_chunk() {
     let db = TestDb::new("backfill_kill");

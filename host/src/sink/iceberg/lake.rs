@@ -1,16 +1,82 @@
 //! Table history and maintenance: what `weir lake` and scheduled maintenance do.
 
-use super::{SUMMARY_COMMIT_LSN, SUMMARY_REPLAY};
+use super::catalog::{SUMMARY_COMMIT_LSN, SUMMARY_REPLAY};
 use crate::config::{CatalogConfig, IcebergSinkConfig};
 use arrow::array::RecordBatch;
 use futures::TryStreamExt;
-use iceberg::spec::{MAIN_BRANCH, SnapshotReference, SnapshotRetention};
+use iceberg::scan::FileScanTask;
+use iceberg::spec::{
+    DataFile, MAIN_BRANCH, Manifest, ManifestContentType, ManifestEntryRef, ManifestFile,
+    ManifestListWriter, ManifestWriter, ManifestWriterBuilder, Operation, PartitionSpecRef,
+    SchemaRef, Snapshot, SnapshotRef, SnapshotReference, SnapshotRetention, Struct, Summary,
+};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, MetadataLocation, TableIdent};
+use object_store::path::Path as ObjectPath;
+use parquet::file::properties::WriterProperties;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// What went wrong reading or maintaining a table.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("the table has no snapshot {0}; `weir lake snapshots` lists them")]
+    NoSnapshot(i64),
+    #[error("the table has no snapshot that old")]
+    NoSnapshotThatOld,
+    #[error("the table has no metadata file")]
+    NoMetadataFile,
+    #[error("the table changed meanwhile (a pipeline committed?): nothing was changed; try again")]
+    ChangedMeanwhile,
+    #[error("the table has more than one partition spec; weir compacts tables of one spec only")]
+    SeveralPartitionSpecs,
+    #[error("a manifest entry without a sequence number")]
+    NoSequenceNumber,
+    #[error(
+        "read {read} rows from the small files where their manifests count {counted}; nothing was committed"
+    )]
+    RowCount { read: u64, counted: u64 },
+    #[error(
+        "files the table refers to were not found by listing its location (for example {examples}): their paths do not compare with the listing, so nothing is deleted"
+    )]
+    Unlisted { examples: String },
+    #[error(
+        "this needs the SQL catalog: iceberg 0.10.1 cannot send such a change to a REST catalog (use the catalog's own tools)"
+    )]
+    NeedsSqlCatalog,
+    #[error("{uri}: {source}")]
+    Uri {
+        uri: String,
+        source: url::ParseError,
+    },
+    #[error("{uri}: {source}")]
+    StorePath {
+        uri: String,
+        source: object_store::path::Error,
+    },
+    /// The SQL catalog's SQLite file.
+    #[error("{}: {source}", .db.display())]
+    CatalogDb { db: PathBuf, source: sqlx::Error },
+    #[error("deleting {path}: {source}")]
+    Delete {
+        path: ObjectPath,
+        source: object_store::Error,
+    },
+    #[error("{0}")]
+    Iceberg(#[from] iceberg::Error),
+    #[error("{0}")]
+    Store(#[source] object_store::Error),
+    #[error("{0}")]
+    Storage(#[source] crate::storage::StorageError),
+    #[error("{0}")]
+    Sink(#[source] super::super::error::SinkError),
+    #[error("{0}")]
+    Cutoff(#[source] chrono::OutOfRangeError),
+}
 
 /// One snapshot of a table's history, as `weir lake snapshots` prints it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -70,15 +136,13 @@ pub enum At {
 }
 
 /// The snapshot `at` names, or `None` for an empty table.
-pub fn resolve(table: &Table, at: At) -> Result<Option<i64>, String> {
+pub fn resolve(table: &Table, at: At) -> Result<Option<i64>, LakeError> {
     let metadata = table.metadata();
     match at {
         At::Current => Ok(metadata.current_snapshot_id()),
         At::Snapshot(id) => match metadata.snapshot_by_id(id) {
             Some(_) => Ok(Some(id)),
-            None => Err(format!(
-                "the table has no snapshot {id}; `weir lake snapshots` lists them"
-            )),
+            None => Err(LakeError::NoSnapshot(id)),
         },
         At::Time(ms) => {
             // The snapshot log records what was current when.
@@ -89,27 +153,22 @@ pub fn resolve(table: &Table, at: At) -> Result<Option<i64>, String> {
                 .map(|l| l.snapshot_id);
             match found {
                 Some(id) => Ok(Some(id)),
-                None => Err("the table has no snapshot that old".into()),
+                None => Err(LakeError::NoSnapshotThatOld),
             }
         }
     }
 }
 
 /// Reads up to `limit` rows of the table as of `at`.
-pub async fn query(table: &Table, at: At, limit: usize) -> Result<Vec<RecordBatch>, String> {
+pub async fn query(table: &Table, at: At, limit: usize) -> Result<Vec<RecordBatch>, LakeError> {
     let Some(id) = resolve(table, at)? else {
         return Ok(Vec::new());
     };
-    let scan = table
-        .scan()
-        .snapshot_id(id)
-        .select_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut stream = scan.to_arrow().await.map_err(|e| e.to_string())?;
+    let scan = table.scan().snapshot_id(id).select_all().build()?;
+    let mut stream = scan.to_arrow().await?;
     let (mut batches, mut rows) = (Vec::new(), 0);
     while rows < limit
-        && let Some(batch) = stream.try_next().await.map_err(|e| e.to_string())?
+        && let Some(batch) = stream.try_next().await?
     {
         let take = batch.num_rows().min(limit - rows);
         rows += take;
@@ -152,13 +211,11 @@ pub async fn rollback(
     ident: &TableIdent,
     table: &Table,
     id: i64,
-) -> Result<(), String> {
+) -> Result<(), LakeError> {
     sql_only(config)?;
     let metadata = table.metadata();
     if metadata.snapshot_by_id(id).is_none() {
-        return Err(format!(
-            "the table has no snapshot {id}; `weir lake snapshots` lists them"
-        ));
+        return Err(LakeError::NoSnapshot(id));
     }
     let updated = metadata
         .clone()
@@ -167,8 +224,7 @@ pub async fn rollback(
             MAIN_BRANCH,
             SnapshotReference::new(id, SnapshotRetention::branch(None, None, None)),
         )
-        .and_then(|b| b.build())
-        .map_err(|e| e.to_string())?
+        .and_then(|b| b.build())?
         .metadata;
     commit_metadata(config, ident, table, updated).await
 }
@@ -181,27 +237,26 @@ async fn commit_metadata(
     ident: &TableIdent,
     table: &Table,
     updated: iceberg::spec::TableMetadata,
-) -> Result<(), String> {
+) -> Result<(), LakeError> {
     sql_only(config)?;
     let CatalogConfig::Sql { path, name } = &config.catalog else {
         unreachable!("checked above");
     };
     let current = table
         .metadata_location()
-        .ok_or("the table has no metadata file")?
+        .ok_or(LakeError::NoMetadataFile)?
         .to_string();
-    let next = MetadataLocation::from_str(&current)
-        .map_err(|e| e.to_string())?
-        .with_next_version();
-    updated
-        .write_to(table.file_io(), &next)
-        .await
-        .map_err(|e| e.to_string())?;
-    let db = super::sqlite_path(config, path.as_deref()).map_err(|e| e.to_string())?;
+    let next = MetadataLocation::from_str(&current)?.with_next_version();
+    updated.write_to(table.file_io(), &next).await?;
+    let db = super::catalog::sqlite_path(config, path.as_deref()).map_err(LakeError::Sink)?;
+    let catalog_err = |source| LakeError::CatalogDb {
+        db: db.clone(),
+        source,
+    };
     let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&db);
     let pool = sqlx::SqlitePool::connect_with(options)
         .await
-        .map_err(|e| format!("{}: {e}", db.display()))?;
+        .map_err(catalog_err)?;
     let swapped = sqlx::query(
         "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
          WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? AND metadata_location = ?",
@@ -214,14 +269,11 @@ async fn commit_metadata(
     .bind(&current)
     .execute(&pool)
     .await
-    .map_err(|e| format!("{}: {e}", db.display()))?;
+    .map_err(catalog_err)?;
     pool.close().await;
     match swapped.rows_affected() {
         1 => Ok(()),
-        _ => Err(
-            "the table changed meanwhile (a pipeline committed?): nothing was changed; try again"
-                .into(),
-        ),
+        _ => Err(LakeError::ChangedMeanwhile),
     }
 }
 
@@ -250,269 +302,394 @@ pub async fn compact(
     config: &IcebergSinkConfig,
     table: &Table,
     target_size: u64,
-) -> Result<Compacted, String> {
-    use iceberg::spec::{
-        DataFileFormat, ManifestListWriter, ManifestWriterBuilder, Operation, PartitionKey,
-        Snapshot, Struct, Summary,
-    };
-    use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
-    use iceberg::writer::file_writer::ParquetWriterBuilder;
-    use iceberg::writer::file_writer::location_generator::{
-        DefaultFileNameGenerator, DefaultLocationGenerator,
-    };
-    use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
-    use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
-    use std::collections::{HashMap, HashSet};
-
+) -> Result<Compacted, LakeError> {
     sql_only(config)?;
-    let e = |e: iceberg::Error| e.to_string();
     let metadata = table.metadata();
     let Some(current) = metadata.current_snapshot().cloned() else {
         return Ok(Compacted::default());
     };
     if metadata.partition_specs_iter().count() != 1 {
-        return Err(
-            "the table has more than one partition spec; weir compacts tables of one spec only"
-                .into(),
-        );
+        return Err(LakeError::SeveralPartitionSpecs);
     }
-    let spec = metadata.default_partition_spec().clone();
-    let schema = metadata.current_schema().clone();
-    let file_io = table.file_io();
-
-    // The live data files, by manifest, and the small ones by partition.
-    let list = table
-        .manifest_list_reader(&current)
-        .load()
-        .await
-        .map_err(e)?;
-    let mut manifests = Vec::new();
-    let mut small: HashMap<Struct, Vec<String>> = HashMap::new();
-    for manifest_file in list.entries() {
-        let manifest = manifest_file.load_manifest(file_io).await.map_err(e)?;
-        if manifest_file.content == iceberg::spec::ManifestContentType::Data {
-            for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
-                if entry.file_size_in_bytes() < target_size * 3 / 4 {
-                    small
-                        .entry(entry.data_file().partition().clone())
-                        .or_default()
-                        .push(entry.file_path().to_string());
-                }
-            }
-        }
-        manifests.push((manifest_file.clone(), manifest));
-    }
-    small.retain(|_, files| files.len() >= 2);
+    let manifests = load_manifests(table, &current).await?;
+    let small = small_files(&manifests, target_size);
     if small.is_empty() {
         return Ok(Compacted::default());
     }
     let removed: HashSet<String> = small.values().flatten().cloned().collect();
-
-    // Rewrite each partition's small files, reading them in the current schema.
-    let tasks: Vec<iceberg::scan::FileScanTask> = table
-        .scan()
-        .snapshot_id(current.snapshot_id())
-        .select_all()
-        .build()
-        .map_err(e)?
-        .plan_files()
-        .await
-        .map_err(e)?
-        .try_collect::<Vec<_>>()
-        .await
-        .map_err(e)?;
-    let snapshot_id = loop {
-        let id = rand::random::<i64>().abs();
-        if id > 0 && metadata.snapshot_by_id(id).is_none() {
-            break id;
-        }
-    };
-    let run = format!("compact-{snapshot_id}");
-    let properties = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-        .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
-        .build();
-    let mut added = Vec::new();
-    let mut rows = 0;
-    for (n, (partition, files)) in small.iter().enumerate() {
-        let paths: HashSet<&String> = files.iter().collect();
-        let group: Vec<_> = tasks
-            .iter()
-            .filter(|t| paths.contains(&t.data_file_path))
-            .cloned()
-            .map(Ok)
-            .collect();
-        let stream = table
-            .reader_builder()
-            .build()
-            .read(Box::pin(futures::stream::iter(group)))
-            .map_err(e)?
-            .stream();
-        let rolling = RollingFileWriterBuilder::new(
-            ParquetWriterBuilder::new(properties.clone(), schema.clone()),
-            target_size as usize,
-            file_io.clone(),
-            DefaultLocationGenerator::new(metadata).map_err(e)?,
-            DefaultFileNameGenerator::new(format!("{run}-{n}"), None, DataFileFormat::Parquet),
-        );
-        let key = PartitionKey::new((*spec).clone(), schema.clone(), partition.clone());
-        let mut writer = DataFileWriterBuilder::new(rolling)
-            .build(Some(key))
-            .await
-            .map_err(e)?;
-        let mut stream = stream;
-        while let Some(batch) = stream.try_next().await.map_err(e)? {
-            rows += batch.num_rows() as u64;
-            writer.write(batch).await.map_err(e)?;
-        }
-        added.extend(writer.close().await.map_err(e)?);
-    }
-    let removed_entries: Vec<_> = manifests
-        .iter()
-        .flat_map(|(_, m)| m.entries().iter())
-        .filter(|e| e.is_alive() && removed.contains(e.file_path()))
-        .cloned()
-        .collect();
-    let removed_rows: u64 = removed_entries.iter().map(|e| e.record_count()).sum();
+    let run = Compaction::new(table, current, target_size);
+    let (added, rows) = run.rewrite(&small).await?;
+    let replaced = live_entries(&manifests, &removed);
+    let removed_rows: u64 = replaced.iter().map(|e| e.record_count()).sum();
     if rows != removed_rows {
-        return Err(format!(
-            "read {rows} rows from the small files where their manifests count {removed_rows}; nothing was committed"
-        ));
+        return Err(LakeError::RowCount {
+            read: rows,
+            counted: removed_rows,
+        });
     }
-
-    // Manifests: unchanged ones as they are; those listing a replaced file rewritten
-    // (replaced files deleted, the others existing); one new manifest for the new files.
-    let sequence_number = metadata.last_sequence_number() + 1;
-    let location = metadata.location().trim_end_matches('/');
-    let manifest_path = |k: &str| format!("{location}/metadata/{run}-{k}.avro");
-    let mut new_list = Vec::new();
-    for (i, (manifest_file, manifest)) in manifests.into_iter().enumerate() {
-        let touched = manifest
-            .entries()
-            .iter()
-            .any(|e| e.is_alive() && removed.contains(e.file_path()));
-        if !touched {
-            new_list.push(manifest_file);
-            continue;
-        }
-        let output = file_io
-            .new_output(manifest_path(&format!("m{i}")))
-            .map_err(e)?;
-        let mut w =
-            ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), (*spec).clone())
-                .build_v2_data();
-        for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
-            let data_sequence = entry
-                .sequence_number
-                .ok_or("a manifest entry without a sequence number")?;
-            let file_sequence = entry.file_sequence_number.or(Some(data_sequence));
-            let file = entry.data_file().clone();
-            match removed.contains(entry.file_path()) {
-                true => w.add_delete_file(file, data_sequence, file_sequence),
-                false => w.add_existing_file(
-                    file,
-                    entry.snapshot_id.unwrap_or(current.snapshot_id()),
-                    data_sequence,
-                    file_sequence,
-                ),
-            }
-            .map_err(e)?;
-        }
-        new_list.push(w.write_manifest_file().await.map_err(e)?);
-    }
-    let output = file_io.new_output(manifest_path("added")).map_err(e)?;
-    let mut w =
-        ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), (*spec).clone())
-            .build_v2_data();
-    for file in &added {
-        w.add_file(file.clone(), sequence_number).map_err(e)?;
-    }
-    new_list.insert(0, w.write_manifest_file().await.map_err(e)?);
-    let list_path = format!("{location}/metadata/snap-{snapshot_id}-1-{run}.avro");
-    let list_out = file_io.new_output(&list_path).map_err(e)?;
-    let mut list_writer = ManifestListWriter::v2(
-        list_out.writer().await.map_err(e)?,
-        snapshot_id,
-        Some(current.snapshot_id()),
-        sequence_number,
-    );
-    list_writer.add_manifests(new_list.into_iter()).map_err(e)?;
-    list_writer.close().await.map_err(e)?;
-
-    // The snapshot: weir's position carried over, totals unchanged.
-    let parent = &current.summary().additional_properties;
-    let mut summary: HashMap<String, String> = [
-        super::SUMMARY_COMMIT_LSN,
-        super::SUMMARY_END_LSN,
-        super::SUMMARY_SLOT,
-        "total-records",
-        "total-delete-files",
-        "total-position-deletes",
-        "total-equality-deletes",
-    ]
-    .iter()
-    .filter_map(|k| parent.get(*k).map(|v| (k.to_string(), v.clone())))
-    .collect();
-    // The totals that change: files and their size.
-    let removed_size: u64 = removed_entries.iter().map(|e| e.file_size_in_bytes()).sum();
-    let added_size: u64 = added.iter().map(|f| f.file_size_in_bytes()).sum();
-    let total = |k: &str| parent.get(k).and_then(|v| v.parse::<i64>().ok());
-    if let Some(files) = total("total-data-files") {
-        let files = files - removed.len() as i64 + added.len() as i64;
-        summary.insert("total-data-files".into(), files.to_string());
-    }
-    if let Some(size) = total("total-files-size") {
-        let size = size - removed_size as i64 + added_size as i64;
-        summary.insert("total-files-size".into(), size.to_string());
-    }
-    summary.insert("added-files-size".into(), added_size.to_string());
-    summary.insert("removed-files-size".into(), removed_size.to_string());
-    if let Some(position) = metadata
-        .properties()
-        .get(super::PROP_SLOT)
-        .and_then(|slot| super::committed_position(table, slot))
-    {
-        summary.insert(
-            super::SUMMARY_COMMIT_LSN.into(),
-            position.commit_lsn.to_string(),
-        );
-        summary.insert(super::SUMMARY_END_LSN.into(), position.end_lsn.to_string());
-    }
-    summary.insert("added-data-files".into(), added.len().to_string());
-    summary.insert("deleted-data-files".into(), removed.len().to_string());
-    summary.insert("added-records".into(), rows.to_string());
-    summary.insert("deleted-records".into(), rows.to_string());
-    summary.insert("weir.compaction".into(), "true".into());
-    let snapshot = Snapshot::builder()
-        .with_snapshot_id(snapshot_id)
-        .with_parent_snapshot_id(Some(current.snapshot_id()))
-        .with_sequence_number(sequence_number)
-        .with_timestamp_ms(
-            chrono::Utc::now()
-                .timestamp_millis()
-                .max(current.timestamp_ms() + 1),
-        )
-        .with_manifest_list(list_path)
-        .with_summary(Summary {
-            operation: Operation::Replace,
-            additional_properties: summary,
-        })
-        .with_schema_id(schema.schema_id())
-        .build();
-    let updated = metadata
-        .clone()
-        .into_builder(table.metadata_location().map(str::to_string))
-        .set_branch_snapshot(snapshot, MAIN_BRANCH)
-        .and_then(|b| b.build())
-        .map_err(e)?
-        .metadata;
-    commit_metadata(config, table.identifier(), table, updated).await?;
+    let removed_size: u64 = replaced.iter().map(|e| e.file_size_in_bytes()).sum();
+    let manifest_list = run.write_manifests(manifests, &removed, &added).await?;
+    let summary = run.summary(removed.len(), removed_size, &added, rows);
+    run.commit(config, manifest_list, summary).await?;
     Ok(Compacted {
         removed_files: removed.len(),
         added_files: added.len(),
         rows,
-        snapshot: Some(snapshot_id),
+        snapshot: Some(run.snapshot_id),
     })
+}
+
+/// The manifests of the snapshot `current`, each read.
+async fn load_manifests(
+    table: &Table,
+    current: &SnapshotRef,
+) -> Result<Vec<(ManifestFile, Manifest)>, LakeError> {
+    let list = table.manifest_list_reader(current).load().await?;
+    let mut manifests = Vec::new();
+    for manifest_file in list.entries() {
+        let manifest = manifest_file.load_manifest(table.file_io()).await?;
+        manifests.push((manifest_file.clone(), manifest));
+    }
+    Ok(manifests)
+}
+
+/// The live data files under three quarters of `target_size`, by partition, in the
+/// partitions that have at least two.
+fn small_files(
+    manifests: &[(ManifestFile, Manifest)],
+    target_size: u64,
+) -> HashMap<Struct, Vec<String>> {
+    let mut small: HashMap<Struct, Vec<String>> = HashMap::new();
+    for (manifest_file, manifest) in manifests {
+        if manifest_file.content != ManifestContentType::Data {
+            continue;
+        }
+        for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
+            if entry.file_size_in_bytes() < target_size * 3 / 4 {
+                small
+                    .entry(entry.data_file().partition().clone())
+                    .or_default()
+                    .push(entry.file_path().to_string());
+            }
+        }
+    }
+    small.retain(|_, files| files.len() >= 2);
+    small
+}
+
+/// The live entries of the files in `paths`.
+fn live_entries(
+    manifests: &[(ManifestFile, Manifest)],
+    paths: &HashSet<String>,
+) -> Vec<ManifestEntryRef> {
+    manifests
+        .iter()
+        .flat_map(|(_, m)| m.entries().iter())
+        .filter(|e| e.is_alive() && paths.contains(e.file_path()))
+        .cloned()
+        .collect()
+}
+
+/// A compaction under way: the snapshot it starts from and the one it commits.
+struct Compaction<'a> {
+    table: &'a Table,
+    current: SnapshotRef,
+    spec: PartitionSpecRef,
+    schema: SchemaRef,
+    target_size: u64,
+    snapshot_id: i64,
+    sequence_number: i64,
+    /// Names the files this run writes.
+    run: String,
+}
+
+impl<'a> Compaction<'a> {
+    fn new(table: &'a Table, current: SnapshotRef, target_size: u64) -> Compaction<'a> {
+        let metadata = table.metadata();
+        let snapshot_id = loop {
+            let id = rand::random::<i64>().abs();
+            if id > 0 && metadata.snapshot_by_id(id).is_none() {
+                break id;
+            }
+        };
+        Compaction {
+            table,
+            current,
+            spec: metadata.default_partition_spec().clone(),
+            schema: metadata.current_schema().clone(),
+            target_size,
+            snapshot_id,
+            sequence_number: metadata.last_sequence_number() + 1,
+            run: format!("compact-{snapshot_id}"),
+        }
+    }
+
+    /// The table's location, without a trailing slash.
+    fn location(&self) -> &str {
+        self.table.metadata().location().trim_end_matches('/')
+    }
+
+    /// A file of this run under the table's `metadata/`.
+    fn metadata_path(&self, name: &str) -> String {
+        format!("{}/metadata/{}-{name}.avro", self.location(), self.run)
+    }
+
+    fn manifest_writer(&self, path: &str) -> Result<ManifestWriter, LakeError> {
+        let output = self.table.file_io().new_output(path)?;
+        Ok(ManifestWriterBuilder::new(
+            output,
+            Some(self.snapshot_id),
+            self.schema.clone(),
+            (*self.spec).clone(),
+        )
+        .build_v2_data())
+    }
+
+    /// Rewrites each partition's small files, read in the current schema. Returns the
+    /// files written and the rows they hold.
+    async fn rewrite(
+        &self,
+        small: &HashMap<Struct, Vec<String>>,
+    ) -> Result<(Vec<DataFile>, u64), LakeError> {
+        let tasks: Vec<FileScanTask> = self
+            .table
+            .scan()
+            .snapshot_id(self.current.snapshot_id())
+            .select_all()
+            .build()?
+            .plan_files()
+            .await?
+            .try_collect::<Vec<_>>()
+            .await?;
+        let properties = WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+            .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        let (mut added, mut rows) = (Vec::new(), 0);
+        for (n, (partition, files)) in small.iter().enumerate() {
+            let paths: HashSet<&String> = files.iter().collect();
+            let group: Vec<FileScanTask> = tasks
+                .iter()
+                .filter(|t| paths.contains(&t.data_file_path))
+                .cloned()
+                .collect();
+            let (files, read) = self
+                .rewrite_partition(n, partition, group, &properties)
+                .await?;
+            added.extend(files);
+            rows += read;
+        }
+        Ok((added, rows))
+    }
+
+    /// Reads the files of one partition (`group`, the `n`th) and writes their rows
+    /// again, in files of up to the target size.
+    async fn rewrite_partition(
+        &self,
+        n: usize,
+        partition: &Struct,
+        group: Vec<FileScanTask>,
+        properties: &WriterProperties,
+    ) -> Result<(Vec<DataFile>, u64), LakeError> {
+        use iceberg::spec::{DataFileFormat, PartitionKey};
+        use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+        use iceberg::writer::file_writer::ParquetWriterBuilder;
+        use iceberg::writer::file_writer::location_generator::{
+            DefaultFileNameGenerator, DefaultLocationGenerator,
+        };
+        use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+        use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+
+        let group: Vec<iceberg::Result<FileScanTask>> = group.into_iter().map(Ok).collect();
+        let mut stream = self
+            .table
+            .reader_builder()
+            .build()
+            .read(Box::pin(futures::stream::iter(group)))?
+            .stream();
+        let rolling = RollingFileWriterBuilder::new(
+            ParquetWriterBuilder::new(properties.clone(), self.schema.clone()),
+            self.target_size as usize,
+            self.table.file_io().clone(),
+            DefaultLocationGenerator::new(self.table.metadata())?,
+            DefaultFileNameGenerator::new(
+                format!("{}-{n}", self.run),
+                None,
+                DataFileFormat::Parquet,
+            ),
+        );
+        let key = PartitionKey::new((*self.spec).clone(), self.schema.clone(), partition.clone());
+        let mut writer = DataFileWriterBuilder::new(rolling).build(Some(key)).await?;
+        let mut rows = 0;
+        while let Some(batch) = stream.try_next().await? {
+            rows += batch.num_rows() as u64;
+            writer.write(batch).await?;
+        }
+        Ok((writer.close().await?, rows))
+    }
+
+    /// Writes the new snapshot's manifests and its manifest list; returns the list's
+    /// path. Unchanged manifests stay as they are; those listing a replaced file are
+    /// written again; one new manifest, first, holds the new files.
+    async fn write_manifests(
+        &self,
+        manifests: Vec<(ManifestFile, Manifest)>,
+        removed: &HashSet<String>,
+        added: &[DataFile],
+    ) -> Result<String, LakeError> {
+        let mut new_list = Vec::new();
+        for (i, (manifest_file, manifest)) in manifests.into_iter().enumerate() {
+            let touched = manifest
+                .entries()
+                .iter()
+                .any(|e| e.is_alive() && removed.contains(e.file_path()));
+            if touched {
+                new_list.push(self.rewrite_manifest(i, &manifest, removed).await?);
+            } else {
+                new_list.push(manifest_file);
+            }
+        }
+        let mut w = self.manifest_writer(&self.metadata_path("added"))?;
+        for file in added {
+            w.add_file(file.clone(), self.sequence_number)?;
+        }
+        new_list.insert(0, w.write_manifest_file().await?);
+        let list_path = format!(
+            "{}/metadata/snap-{}-1-{}.avro",
+            self.location(),
+            self.snapshot_id,
+            self.run
+        );
+        let list_out = self.table.file_io().new_output(&list_path)?;
+        let mut list_writer = ManifestListWriter::v2(
+            list_out.writer().await?,
+            self.snapshot_id,
+            Some(self.current.snapshot_id()),
+            self.sequence_number,
+        );
+        list_writer.add_manifests(new_list.into_iter())?;
+        list_writer.close().await?;
+        Ok(list_path)
+    }
+
+    /// The `i`th manifest written again: the replaced files deleted, the others
+    /// existing.
+    async fn rewrite_manifest(
+        &self,
+        i: usize,
+        manifest: &Manifest,
+        removed: &HashSet<String>,
+    ) -> Result<ManifestFile, LakeError> {
+        let mut w = self.manifest_writer(&self.metadata_path(&format!("m{i}")))?;
+        for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
+            let data_sequence = entry.sequence_number.ok_or(LakeError::NoSequenceNumber)?;
+            let file_sequence = entry.file_sequence_number.or(Some(data_sequence));
+            let file = entry.data_file().clone();
+            if removed.contains(entry.file_path()) {
+                w.add_delete_file(file, data_sequence, file_sequence)?;
+            } else {
+                w.add_existing_file(
+                    file,
+                    entry.snapshot_id.unwrap_or(self.current.snapshot_id()),
+                    data_sequence,
+                    file_sequence,
+                )?;
+            }
+        }
+        Ok(w.write_manifest_file().await?)
+    }
+
+    /// The new snapshot's summary: weir's position carried over, the totals of records
+    /// and deletes unchanged, those of files and their size adjusted.
+    fn summary(
+        &self,
+        removed_files: usize,
+        removed_size: u64,
+        added: &[DataFile],
+        rows: u64,
+    ) -> HashMap<String, String> {
+        let parent = &self.current.summary().additional_properties;
+        let mut summary: HashMap<String, String> = [
+            super::catalog::SUMMARY_COMMIT_LSN,
+            super::catalog::SUMMARY_END_LSN,
+            super::catalog::SUMMARY_SLOT,
+            "total-records",
+            "total-delete-files",
+            "total-position-deletes",
+            "total-equality-deletes",
+        ]
+        .iter()
+        .filter_map(|k| parent.get(*k).map(|v| (k.to_string(), v.clone())))
+        .collect();
+        let added_size: u64 = added.iter().map(|f| f.file_size_in_bytes()).sum();
+        let total = |k: &str| parent.get(k).and_then(|v| v.parse::<i64>().ok());
+        if let Some(files) = total("total-data-files") {
+            let files = files - removed_files as i64 + added.len() as i64;
+            summary.insert("total-data-files".into(), files.to_string());
+        }
+        if let Some(size) = total("total-files-size") {
+            let size = size - removed_size as i64 + added_size as i64;
+            summary.insert("total-files-size".into(), size.to_string());
+        }
+        summary.insert("added-files-size".into(), added_size.to_string());
+        summary.insert("removed-files-size".into(), removed_size.to_string());
+        if let Some(position) = self
+            .table
+            .metadata()
+            .properties()
+            .get(super::catalog::PROP_SLOT)
+            .and_then(|slot| super::catalog::committed_position(self.table, slot))
+        {
+            summary.insert(
+                super::catalog::SUMMARY_COMMIT_LSN.into(),
+                position.commit_lsn.to_string(),
+            );
+            summary.insert(
+                super::catalog::SUMMARY_END_LSN.into(),
+                position.end_lsn.to_string(),
+            );
+        }
+        summary.insert("added-data-files".into(), added.len().to_string());
+        summary.insert("deleted-data-files".into(), removed_files.to_string());
+        summary.insert("added-records".into(), rows.to_string());
+        summary.insert("deleted-records".into(), rows.to_string());
+        summary.insert("weir.compaction".into(), "true".into());
+        summary
+    }
+
+    /// Commits the `replace` snapshot through the SQL catalog.
+    async fn commit(
+        &self,
+        config: &IcebergSinkConfig,
+        manifest_list: String,
+        summary: HashMap<String, String>,
+    ) -> Result<(), LakeError> {
+        let snapshot = Snapshot::builder()
+            .with_snapshot_id(self.snapshot_id)
+            .with_parent_snapshot_id(Some(self.current.snapshot_id()))
+            .with_sequence_number(self.sequence_number)
+            .with_timestamp_ms(
+                chrono::Utc::now()
+                    .timestamp_millis()
+                    .max(self.current.timestamp_ms() + 1),
+            )
+            .with_manifest_list(manifest_list)
+            .with_summary(Summary {
+                operation: Operation::Replace,
+                additional_properties: summary,
+            })
+            .with_schema_id(self.schema.schema_id())
+            .build();
+        let updated = self
+            .table
+            .metadata()
+            .clone()
+            .into_builder(self.table.metadata_location().map(str::to_string))
+            .set_branch_snapshot(snapshot, MAIN_BRANCH)
+            .and_then(|b| b.build())?
+            .metadata;
+        commit_metadata(config, self.table.identifier(), self.table, updated).await
+    }
 }
 
 /// Files under a table's location that no snapshot, manifest or metadata file the
@@ -520,7 +697,7 @@ pub async fn compact(
 #[derive(Debug, Default)]
 pub struct Orphans {
     /// Path in the store and size, oldest first.
-    pub files: Vec<(object_store::path::Path, u64)>,
+    pub files: Vec<(ObjectPath, u64)>,
     /// Files the table refers to (metadata, manifest lists, manifests, data files).
     pub referenced: usize,
     /// Unreferenced files kept because they are younger than the cutoff.
@@ -528,9 +705,15 @@ pub struct Orphans {
 }
 
 /// The object path of a file URI (`file:///…`, `s3://bucket/…`) in its store.
-fn object_path(uri: &str) -> Result<object_store::path::Path, String> {
-    let url = url::Url::parse(uri).map_err(|e| format!("{uri}: {e}"))?;
-    object_store::path::Path::from_url_path(url.path()).map_err(|e| format!("{uri}: {e}"))
+fn object_path(uri: &str) -> Result<ObjectPath, LakeError> {
+    let url = url::Url::parse(uri).map_err(|source| LakeError::Uri {
+        uri: uri.into(),
+        source,
+    })?;
+    ObjectPath::from_url_path(url.path()).map_err(|source| LakeError::StorePath {
+        uri: uri.into(),
+        source,
+    })
 }
 
 /// Finds the files under the table's `data/` and `metadata/` that nothing the table keeps
@@ -540,13 +723,64 @@ fn object_path(uri: &str) -> Result<object_store::path::Path, String> {
 /// Refuses when a file the table needs (its metadata, a kept snapshot's manifest list, a
 /// manifest, a live data file) is not among the files listed: the two sides would not be
 /// comparable (another URI form, another encoding), so nothing could be deleted safely.
-pub async fn find_orphans(table: &Table, older_than: Duration) -> Result<Orphans, String> {
-    use std::collections::HashSet;
-    let e = |e: iceberg::Error| e.to_string();
+pub async fn find_orphans(table: &Table, older_than: Duration) -> Result<Orphans, LakeError> {
+    let References { referenced, needed } = references(table).await?;
+    let (store, base) = crate::storage::object_store_for(table.metadata().location())
+        .map_err(LakeError::Storage)?;
+    let cutoff =
+        chrono::Utc::now() - chrono::Duration::from_std(older_than).map_err(LakeError::Cutoff)?;
+    let mut orphans = Orphans {
+        referenced: referenced.len(),
+        ..Orphans::default()
+    };
+    let mut found = Vec::new();
+    let mut listed: HashSet<ObjectPath> = HashSet::new();
+    // Only the table's own directories: a table nested below this one keeps its files.
+    for dir in ["data", "metadata"] {
+        let mut objects = store.list(Some(&base.clone().join(dir)));
+        while let Some(object) = objects.try_next().await.map_err(LakeError::Store)? {
+            listed.insert(object.location.clone());
+            if referenced.contains(&object.location) {
+                continue;
+            }
+            match object.last_modified <= cutoff {
+                true => found.push((object.last_modified, object.location, object.size)),
+                false => orphans.recent += 1,
+            }
+        }
+    }
+    let under = |p: &ObjectPath| {
+        p.prefix_matches(&base.clone().join("data"))
+            || p.prefix_matches(&base.clone().join("metadata"))
+    };
+    let unmatched: Vec<String> = needed
+        .iter()
+        .filter(|p| under(p) && !listed.contains(*p))
+        .map(ToString::to_string)
+        .take(3)
+        .collect();
+    if !unmatched.is_empty() {
+        return Err(LakeError::Unlisted {
+            examples: unmatched.join(", "),
+        });
+    }
+    found.sort();
+    orphans.files = found.into_iter().map(|(_, p, size)| (p, size)).collect();
+    Ok(orphans)
+}
+
+/// The files a table refers to, as object paths.
+struct References {
+    /// Everything referred to, whether it must exist or not.
+    referenced: HashSet<ObjectPath>,
+    /// What must exist: the metadata, the manifest lists, manifests and live data files.
+    needed: HashSet<ObjectPath>,
+}
+
+async fn references(table: &Table) -> Result<References, LakeError> {
     let metadata = table.metadata();
-    // Everything the table refers to, and what of it must exist.
-    let mut referenced: HashSet<object_store::path::Path> = HashSet::new();
-    let mut needed: HashSet<object_store::path::Path> = HashSet::new();
+    let mut referenced: HashSet<ObjectPath> = HashSet::new();
+    let mut needed: HashSet<ObjectPath> = HashSet::new();
     if let Some(location) = table.metadata_location() {
         needed.insert(object_path(location)?);
     }
@@ -562,21 +796,14 @@ pub async fn find_orphans(table: &Table, older_than: Duration) -> Result<Orphans
     let mut manifests_read: HashSet<String> = HashSet::new();
     for snapshot in metadata.snapshots() {
         needed.insert(object_path(snapshot.manifest_list())?);
-        let list = table
-            .manifest_list_reader(snapshot)
-            .load()
-            .await
-            .map_err(e)?;
+        let list = table.manifest_list_reader(snapshot).load().await?;
         for manifest_file in list.entries() {
             // Manifests never change: each is read once, however many lists name it.
             if !manifests_read.insert(manifest_file.manifest_path.clone()) {
                 continue;
             }
             needed.insert(object_path(&manifest_file.manifest_path)?);
-            let manifest = manifest_file
-                .load_manifest(table.file_io())
-                .await
-                .map_err(e)?;
+            let manifest = manifest_file.load_manifest(table.file_io()).await?;
             // Every entry, deleted ones too: an older snapshot may still read the file.
             for entry in manifest.entries() {
                 let path = object_path(entry.file_path())?;
@@ -588,68 +815,28 @@ pub async fn find_orphans(table: &Table, older_than: Duration) -> Result<Orphans
         }
     }
     referenced.extend(needed.iter().cloned());
-
-    let (store, base) =
-        crate::sink::object_store_for(metadata.location()).map_err(|e| e.to_string())?;
-    let cutoff =
-        chrono::Utc::now() - chrono::Duration::from_std(older_than).map_err(|e| e.to_string())?;
-    let mut orphans = Orphans {
-        referenced: referenced.len(),
-        ..Orphans::default()
-    };
-    let mut found = Vec::new();
-    let mut listed: HashSet<object_store::path::Path> = HashSet::new();
-    // Only the table's own directories: a table nested below this one keeps its files.
-    for dir in ["data", "metadata"] {
-        let mut objects = store.list(Some(&base.clone().join(dir)));
-        while let Some(object) = objects.try_next().await.map_err(|e| e.to_string())? {
-            listed.insert(object.location.clone());
-            if referenced.contains(&object.location) {
-                continue;
-            }
-            match object.last_modified <= cutoff {
-                true => found.push((object.last_modified, object.location, object.size)),
-                false => orphans.recent += 1,
-            }
-        }
-    }
-    let under = |p: &object_store::path::Path| {
-        p.prefix_matches(&base.clone().join("data"))
-            || p.prefix_matches(&base.clone().join("metadata"))
-    };
-    let unmatched: Vec<String> = needed
-        .iter()
-        .filter(|p| under(p) && !listed.contains(*p))
-        .map(ToString::to_string)
-        .take(3)
-        .collect();
-    if !unmatched.is_empty() {
-        return Err(format!(
-            "files the table refers to were not found by listing its location (for example {}): their paths do not compare with the listing, so nothing is deleted",
-            unmatched.join(", ")
-        ));
-    }
-    found.sort();
-    orphans.files = found.into_iter().map(|(_, p, size)| (p, size)).collect();
-    Ok(orphans)
+    Ok(References { referenced, needed })
 }
 
 /// Deletes the files [`find_orphans`] found.
-pub async fn remove_orphans(table: &Table, orphans: &Orphans) -> Result<(), String> {
-    let (store, _) =
-        crate::sink::object_store_for(table.metadata().location()).map_err(|e| e.to_string())?;
+pub async fn remove_orphans(table: &Table, orphans: &Orphans) -> Result<(), LakeError> {
+    let (store, _) = crate::storage::object_store_for(table.metadata().location())
+        .map_err(LakeError::Storage)?;
     for (path, _) in &orphans.files {
         object_store::ObjectStoreExt::delete(&store, path)
             .await
-            .map_err(|e| format!("deleting {path}: {e}"))?;
+            .map_err(|source| LakeError::Delete {
+                path: path.clone(),
+                source,
+            })?;
     }
     Ok(())
 }
 
-fn sql_only(config: &IcebergSinkConfig) -> Result<(), String> {
+fn sql_only(config: &IcebergSinkConfig) -> Result<(), LakeError> {
     match config.catalog {
         CatalogConfig::Sql { .. } => Ok(()),
-        CatalogConfig::Rest { .. } => Err("this needs the SQL catalog: iceberg 0.10.1 cannot send such a change to a REST catalog (use the catalog's own tools)".into()),
+        CatalogConfig::Rest { .. } => Err(LakeError::NeedsSqlCatalog),
     }
 }
 
@@ -660,7 +847,7 @@ pub async fn widen_columns(
     config: &IcebergSinkConfig,
     table: &Table,
     wanted: &[(String, iceberg::spec::Type)],
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, LakeError> {
     use iceberg::spec::{NestedField, Schema};
     sql_only(config)?;
     let metadata = table.metadata();
@@ -700,14 +887,12 @@ pub async fn widen_columns(
         )
         .with_fields(fields)
         .with_identifier_field_ids(schema.identifier_field_ids())
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     let updated = metadata
         .clone()
         .into_builder(table.metadata_location().map(str::to_string))
         .add_current_schema(new_schema)
-        .and_then(|b| b.build())
-        .map_err(|e| e.to_string())?
+        .and_then(|b| b.build())?
         .metadata;
     commit_metadata(config, table.identifier(), table, updated).await?;
     Ok(widened)

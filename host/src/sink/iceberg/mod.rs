@@ -10,16 +10,23 @@
 //! between writing files and committing leaves only unreferenced files, and nothing
 //! twice.
 
+mod catalog;
 pub mod lake;
 pub mod schema;
 pub mod storage;
 
-use super::SinkError;
+pub use catalog::{
+    PROP_CREATED_AFTER, PROP_SLOT, PROP_SOURCE, SUMMARY_COMMIT_LSN, SUMMARY_END_LSN,
+    SUMMARY_REPLAY, SUMMARY_SLOT, committed_position, connect, connect_existing, named_table,
+    slot_tables, sqlite_path, table_ident, table_position,
+};
+use catalog::{iceberg_err, not_ours};
+
+use super::error::SinkError;
 use super::rows::ChangeRows;
+use crate::batch::CommitPos;
 use crate::batch::{Position, SourceBatch};
-use crate::checkpoint::CommitPos;
 use crate::config::{CatalogConfig, IcebergPartition, IcebergSinkConfig};
-use crate::lsn::Lsn;
 use arrow::datatypes::SchemaRef;
 use iceberg::arrow::RecordBatchPartitionSplitter;
 use iceberg::spec::{
@@ -35,7 +42,7 @@ use iceberg::writer::file_writer::location_generator::{
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
-use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg::{Catalog, TableCreation, TableIdent};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use std::collections::HashMap;
@@ -43,158 +50,12 @@ use std::sync::Arc;
 use std::time::Instant;
 use weir_sdk::Relation;
 
-/// Snapshot summary keys of weir's commits.
-pub const SUMMARY_COMMIT_LSN: &str = "weir.commit-lsn";
-pub const SUMMARY_END_LSN: &str = "weir.end-lsn";
-pub const SUMMARY_SLOT: &str = "weir.slot";
-/// Marks a commit of replayed dead letters.
-pub const SUMMARY_REPLAY: &str = "weir.replay";
-/// Table properties naming the source table and the slot that writes it.
-pub const PROP_SOURCE: &str = "weir.source-table";
-pub const PROP_SLOT: &str = "weir.slot";
-/// Table property: the sink's position when the table was created (`<commit> <end>`):
-/// the table holds every change up to it, having had none.
-pub const PROP_CREATED_AFTER: &str = "weir.created-after";
-
 /// Rows gathered before they are handed to the data file writer (at most).
 const CHUNK_ROWS: usize = 8192;
 
 /// A data file's Parquet row groups end at this many rows or this size.
 const ROW_GROUP_ROWS: usize = 65_536;
 const ROW_GROUP_BYTES: usize = 32 << 20;
-
-fn iceberg_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> SinkError {
-    SinkError::Write {
-        path: what.to_string(),
-        message: e.to_string(),
-    }
-}
-
-/// Connects to the configured catalog. The SQL catalog's SQLite file is created when
-/// missing.
-pub async fn connect(config: &IcebergSinkConfig) -> Result<Arc<dyn Catalog>, SinkError> {
-    let factory = Arc::new(storage::ObjectStorageFactory);
-    let catalog_err = |e: iceberg::Error| SinkError::Url {
-        url: config.warehouse.clone(),
-        reason: format!("the Iceberg catalog cannot be opened: {e}"),
-    };
-    match &config.catalog {
-        CatalogConfig::Sql { path, name } => {
-            let path = sqlite_path(config, path.as_deref())?;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| iceberg_err(dir.display(), e))?;
-            }
-            let catalog = iceberg_catalog_sql::SqlCatalogBuilder::default()
-                .uri(format!("sqlite://{}?mode=rwc", path.display()))
-                .warehouse_location(config.warehouse.trim_end_matches('/'))
-                .sql_bind_style(iceberg_catalog_sql::SqlBindStyle::QMark)
-                .with_storage_factory(factory)
-                .load(name, HashMap::new())
-                .await
-                .map_err(catalog_err)?;
-            Ok(Arc::new(catalog))
-        }
-        CatalogConfig::Rest {
-            uri,
-            warehouse,
-            credential,
-            token,
-            name,
-        } => {
-            let mut props = HashMap::from([("uri".to_string(), uri.clone())]);
-            let optional = [
-                ("warehouse", warehouse),
-                ("credential", credential),
-                ("token", token),
-            ];
-            for (key, value) in optional {
-                if let Some(v) = value {
-                    props.insert(key.into(), v.clone());
-                }
-            }
-            let catalog = iceberg_catalog_rest::RestCatalogBuilder::default()
-                .with_storage_factory(factory)
-                .load(name, props)
-                .await
-                .map_err(catalog_err)?;
-            Ok(Arc::new(catalog))
-        }
-    }
-}
-
-/// The SQLite file of the SQL catalog: configured, or `<warehouse>/catalog.db`.
-pub fn sqlite_path(
-    config: &IcebergSinkConfig,
-    path: Option<&std::path::Path>,
-) -> Result<std::path::PathBuf, SinkError> {
-    if let Some(p) = path {
-        return Ok(p.to_path_buf());
-    }
-    let url = url::Url::parse(&config.warehouse).map_err(|e| iceberg_err(&config.warehouse, e))?;
-    match url.scheme() {
-        "file" => Ok(std::path::Path::new(url.path()).join("catalog.db")),
-        _ => Err(SinkError::Url {
-            url: config.warehouse.clone(),
-            reason: "set [sink.catalog] path: the SQLite catalog must be a local file".into(),
-        }),
-    }
-}
-
-/// The Iceberg table of a source table.
-pub fn table_ident(config: &IcebergSinkConfig, schema: &str, table: &str) -> TableIdent {
-    let namespace = config.namespace.as_deref().unwrap_or(schema);
-    TableIdent::new(
-        NamespaceIdent::new(namespace.to_string()),
-        table.to_string(),
-    )
-}
-
-/// Resolves a table named on the command line: `schema.table` of the source (mapped as
-/// the sink maps it), or a bare source table name in `public`.
-pub fn named_table(config: &IcebergSinkConfig, name: &str) -> TableIdent {
-    let (schema, table) = name.split_once('.').unwrap_or(("public", name));
-    table_ident(config, schema, table)
-}
-
-/// Where the table's changes stand: the position of its last weir commit, else the
-/// sink's position when it was created (it held nothing before); `None` for a table
-/// created before the sink had any position (its first commit is all there is).
-pub fn table_position(table: &Table, slot: &str) -> Option<CommitPos> {
-    committed_position(table, slot).or_else(|| {
-        let text = table.metadata().properties().get(PROP_CREATED_AFTER)?;
-        let (c, e) = text.split_once(' ')?;
-        Some(CommitPos {
-            commit_lsn: c.parse().ok()?,
-            end_lsn: e.parse().ok()?,
-        })
-    })
-}
-
-/// The position the last weir commit of `slot` recorded in the table's current
-/// history: the newest snapshot (following parents from the current one) whose summary
-/// carries it. Other writers' snapshots are passed over; weir's compactions and replays
-/// carry the position on.
-pub fn committed_position(table: &Table, slot: &str) -> Option<CommitPos> {
-    let metadata = table.metadata();
-    let mut snapshot = metadata.current_snapshot().cloned();
-    while let Some(s) = snapshot {
-        let props = &s.summary().additional_properties;
-        let ours = props.get(SUMMARY_SLOT).is_none_or(|v| v == slot);
-        if ours
-            && let (Some(c), Some(e)) = (props.get(SUMMARY_COMMIT_LSN), props.get(SUMMARY_END_LSN))
-            && let (Ok(c), Ok(e)) = (c.parse::<Lsn>(), e.parse::<Lsn>())
-        {
-            return Some(CommitPos {
-                commit_lsn: c,
-                end_lsn: e,
-            });
-        }
-        snapshot = s
-            .parent_snapshot_id()
-            .and_then(|id| metadata.snapshot_by_id(id).cloned());
-    }
-    None
-}
 
 /// Commits data files to a table in one append snapshot with `summary`.
 async fn append(
@@ -212,7 +73,7 @@ async fn append(
     let tx = action.apply(tx).map_err(|e| iceberg_err(ident, e))?;
     tx.commit(catalog)
         .await
-        .map_err(|e| iceberg_err(ident, format!("commit failed: {e}")))
+        .map_err(|e| iceberg_err(ident, e.with_context("operation", "commit")))
 }
 
 type FileWriterBuilder =
@@ -265,8 +126,8 @@ impl IcebergSink {
     /// Connects to the catalog and reads, from the tables this slot writes, where each
     /// left off.
     pub async fn open(config: IcebergSinkConfig, slot: &str) -> Result<IcebergSink, SinkError> {
-        let (store, prefix) = super::object_store_for(&config.warehouse)?;
-        super::check_reachable(store.as_ref(), &prefix, &config.warehouse).await?;
+        let (store, prefix) = crate::storage::object_store_for(&config.warehouse)?;
+        crate::storage::check_reachable(store.as_ref(), &prefix, &config.warehouse).await?;
         let catalog = connect(&config).await?;
         let mut tables = HashMap::new();
         for table in slot_tables(catalog.as_ref(), config.namespace.as_deref(), slot).await? {
@@ -452,7 +313,7 @@ impl IcebergSink {
         .map_err(|e| iceberg_err(&ident, e))?;
         let props = table.metadata().properties();
         if let Some(other) = props.get(PROP_SOURCE).filter(|s| **s != source) {
-            return Err(iceberg_err(
+            return Err(not_ours(
                 &ident,
                 format!(
                     "holds the changelog of {other}, not of {source}: two source tables map to one Iceberg table; set a different namespace"
@@ -460,7 +321,7 @@ impl IcebergSink {
             ));
         }
         if let Some(other) = props.get(PROP_SLOT).filter(|s| **s != self.slot) {
-            return Err(iceberg_err(
+            return Err(not_ours(
                 &ident,
                 format!("is written by the pipeline of slot `{other}`; one table has one writer"),
             ));
@@ -523,13 +384,9 @@ impl IcebergSink {
     /// Completes every data file and commits each changed table at `position`. Does
     /// nothing inside a transaction: a commit may only cover whole transactions.
     pub async fn flush(&mut self, position: &Position) -> Result<(), SinkError> {
-        if position.in_tx {
-            return Ok(());
-        }
-        let Some(last_commit) = position.last_commit else {
+        let Some(last_commit) = position.flush_point(self.durable) else {
             return Ok(());
         };
-        let last_commit = last_commit.max(self.durable.unwrap_or(last_commit));
         let started = Instant::now();
         let mut committed = 0;
         for table in self.tables.values_mut() {
@@ -717,10 +574,9 @@ impl ChangeTable {
                     action.add_column(iceberg::transaction::AddColumn::optional(name, ty.clone()));
             }
             let tx = action.apply(tx).map_err(|e| iceberg_err(&self.ident, e))?;
-            self.table = tx
-                .commit(catalog)
-                .await
-                .map_err(|e| iceberg_err(&self.ident, format!("schema update failed: {e}")))?;
+            self.table = tx.commit(catalog).await.map_err(|e| {
+                iceberg_err(&self.ident, e.with_context("operation", "schema update"))
+            })?;
             tracing::info!(table = %self.ident, columns = ?names, schema_id = self.table.metadata().current_schema_id(), "Iceberg schema evolved: columns added.");
         }
         let changed = schema::changed_columns(relation, self.table.metadata().current_schema());
@@ -748,7 +604,10 @@ impl ChangeTable {
             .map_err(|e| iceberg_err(&self.ident, e))?;
         let widened = lake::widen_columns(config, &self.table, &widenable)
             .await
-            .map_err(|e| iceberg_err(&self.ident, format!("widening columns: {e}")))?;
+            .map_err(|e| SinkError::Schema {
+                table: self.ident.to_string(),
+                source: format!("widening columns: {e}").into(),
+            })?;
         self.table = catalog
             .load_table(&self.ident)
             .await
@@ -841,8 +700,12 @@ impl TableWriter {
         if self.rows.is_empty() {
             return Ok(());
         }
-        let rows = self.rows.finish().map_err(|e| iceberg_err(ident, e))?;
-        let rows = schema::conform(&rows, &self.target).map_err(|e| iceberg_err(ident, e))?;
+        let schema_err = |e: Box<dyn std::error::Error + Send + Sync>| SinkError::Schema {
+            table: ident.to_string(),
+            source: e,
+        };
+        let rows = self.rows.finish().map_err(|e| schema_err(e.into()))?;
+        let rows = schema::conform(&rows, &self.target).map_err(|e| schema_err(e.into()))?;
         self.rows_written += rows.num_rows() as u64;
         let parts = match &self.splitter {
             Some(s) => s.split(&rows).map_err(|e| iceberg_err(ident, e))?,
@@ -864,39 +727,4 @@ fn unpartitioned_key() -> PartitionKey {
         Arc::new(Schema::builder().build().expect("an empty schema builds")),
         Struct::empty(),
     )
-}
-
-/// The tables of the catalog (in `namespace`, or in every top-level namespace) that the
-/// pipeline of `slot` writes.
-pub async fn slot_tables(
-    catalog: &dyn Catalog,
-    namespace: Option<&str>,
-    slot: &str,
-) -> Result<Vec<Table>, SinkError> {
-    let err = |e: iceberg::Error| iceberg_err("the Iceberg catalog", e);
-    let namespaces = match namespace {
-        Some(n) => {
-            let ns = NamespaceIdent::new(n.to_string());
-            match catalog.namespace_exists(&ns).await.map_err(err)? {
-                true => vec![ns],
-                false => vec![],
-            }
-        }
-        None => catalog.list_namespaces(None).await.map_err(err)?,
-    };
-    let mut found = Vec::new();
-    for ns in namespaces {
-        for ident in catalog.list_tables(&ns).await.map_err(err)? {
-            let table = catalog.load_table(&ident).await.map_err(err)?;
-            if table
-                .metadata()
-                .properties()
-                .get(PROP_SLOT)
-                .is_some_and(|s| s == slot)
-            {
-                found.push(table);
-            }
-        }
-    }
-    Ok(found)
 }

@@ -7,9 +7,32 @@ use arrow::array::{
 };
 use arrow::compute::kernels::{cast, zip};
 use arrow::datatypes::{DataType, SchemaRef};
+use arrow::error::ArrowError;
 use iceberg::spec::{ListType, NestedField, PrimitiveType, Schema, Type};
 use std::sync::Arc;
 use weir_sdk::Relation;
+
+/// Changelog rows that do not fit a table's schema.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("column `{column}` ({from}) does not fit the table's type {to}: {source}")]
+    DoesNotFit {
+        column: String,
+        from: DataType,
+        to: DataType,
+        source: ArrowError,
+    },
+    #[error(
+        "column `{0}` is required in the table (an identifier field), but a change has no value for it: was the replica identity changed? Make it optional in the catalog, or write to a new table"
+    )]
+    KeyMissing(String),
+    #[error("column `{0}` is required in the table but null")]
+    RequiredNull(String),
+    #[error("no zero value for a key column of type {0}")]
+    NoZeroValue(DataType),
+    #[error("{0}")]
+    Arrow(#[from] ArrowError),
+}
 
 /// The Iceberg type of a changelog column's Arrow type.
 pub fn iceberg_type(data_type: &DataType) -> Type {
@@ -132,7 +155,7 @@ pub fn promotable(from: &Type, to: &Type) -> bool {
 /// PostgreSQL) null, and the required key columns of truncate rows (which carry no key)
 /// the type's zero value. A value that does not fit the table's type, or a missing key
 /// in any other row, is an error, never silently changed.
-pub fn conform(rows: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, String> {
+pub fn conform(rows: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, SchemaError> {
     let n = rows.num_rows();
     let truncates = rows
         .column_by_name("_cdc_op")
@@ -147,13 +170,13 @@ pub fn conform(rows: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, St
                     safe: false,
                     ..Default::default()
                 };
-                cast::cast_with_options(a, field.data_type(), &options).map_err(|e| {
-                    format!(
-                        "column `{}` ({}) does not fit the table's type {}: {e}",
-                        field.name(),
-                        a.data_type(),
-                        field.data_type()
-                    )
+                cast::cast_with_options(a, field.data_type(), &options).map_err(|source| {
+                    SchemaError::DoesNotFit {
+                        column: field.name().clone(),
+                        from: a.data_type().clone(),
+                        to: field.data_type().clone(),
+                        source,
+                    }
                 })?
             }
             None => new_null_array(field.data_type(), n),
@@ -161,32 +184,23 @@ pub fn conform(rows: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, St
         let array = match (!field.is_nullable() && array.null_count() > 0, &truncates) {
             (true, Some(truncates)) => {
                 let keyless = arrow::compute::and(
-                    &arrow::compute::is_null(&array).map_err(|e| e.to_string())?,
-                    &arrow::compute::not(truncates).map_err(|e| e.to_string())?,
-                )
-                .map_err(|e| e.to_string())?;
+                    &arrow::compute::is_null(&array)?,
+                    &arrow::compute::not(truncates)?,
+                )?;
                 if keyless.true_count() > 0 {
-                    return Err(format!(
-                        "column `{}` is required in the table (an identifier field), but a change has no value for it: was the replica identity changed? Make it optional in the catalog, or write to a new table",
-                        field.name()
-                    ));
+                    return Err(SchemaError::KeyMissing(field.name().clone()));
                 }
                 fill_nulls(&array)?
             }
-            (true, None) => {
-                return Err(format!(
-                    "column `{}` is required in the table but null",
-                    field.name()
-                ));
-            }
+            (true, None) => return Err(SchemaError::RequiredNull(field.name().clone())),
             (false, _) => array,
         };
         arrays.push(array);
     }
-    RecordBatch::try_new(target.clone(), arrays).map_err(|e| e.to_string())
+    Ok(RecordBatch::try_new(target.clone(), arrays)?)
 }
 
-fn fill_nulls(array: &ArrayRef) -> Result<ArrayRef, String> {
+fn fill_nulls(array: &ArrayRef) -> Result<ArrayRef, SchemaError> {
     let zero: ArrayRef = match array.data_type() {
         DataType::Boolean => Arc::new(BooleanArray::from(vec![false])),
         DataType::Int32 => Arc::new(Int32Array::from(vec![0])),
@@ -198,19 +212,16 @@ fn fill_nulls(array: &ArrayRef) -> Result<ArrayRef, String> {
         DataType::Timestamp(_, tz) => {
             Arc::new(TimestampMicrosecondArray::from(vec![0]).with_timezone_opt(tz.clone()))
         }
-        DataType::FixedSizeBinary(16) => Arc::new(
-            FixedSizeBinaryArray::try_from_iter(std::iter::once([0u8; 16]))
-                .map_err(|e| e.to_string())?,
-        ),
-        DataType::Decimal128(p, s) => Arc::new(
-            Decimal128Array::from(vec![0])
-                .with_precision_and_scale(*p, *s)
-                .map_err(|e| e.to_string())?,
-        ),
-        other => return Err(format!("no zero value for a key column of type {other}")),
+        DataType::FixedSizeBinary(16) => Arc::new(FixedSizeBinaryArray::try_from_iter(
+            std::iter::once([0u8; 16]),
+        )?),
+        DataType::Decimal128(p, s) => {
+            Arc::new(Decimal128Array::from(vec![0]).with_precision_and_scale(*p, *s)?)
+        }
+        other => return Err(SchemaError::NoZeroValue(other.clone())),
     };
-    let nulls = arrow::compute::is_null(array).map_err(|e| e.to_string())?;
-    zip::zip(&nulls, &Scalar::new(zero), array).map_err(|e| e.to_string())
+    let nulls = arrow::compute::is_null(array)?;
+    Ok(zip::zip(&nulls, &Scalar::new(zero), array)?)
 }
 
 #[cfg(test)]
@@ -317,7 +328,9 @@ mod tests {
             ),
             &rel,
         );
-        let err = conform(&rows.finish().unwrap(), &target).unwrap_err();
+        let err = conform(&rows.finish().unwrap(), &target)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("`id` is required"),
             "a missing key elsewhere is an error: {err}"
@@ -337,7 +350,9 @@ mod tests {
             ),
             &rel,
         );
-        let err = conform(&rows.finish().unwrap(), &target).unwrap_err();
+        let err = conform(&rows.finish().unwrap(), &target)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`n`"), "{err}");
     }
 }

@@ -1,7 +1,7 @@
 //! Iceberg's file access over object_store (ADR 0007): the same stores, credentials and
 //! retry policy as the Parquet sink, and fsync for local warehouses.
 
-use crate::sink::{LocalSync, object_store_for, storage_message};
+use crate::storage::{LocalSync, object_store_for, storage_message};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;

@@ -4,18 +4,17 @@
 //! in between two batches. A version that fails to load is logged and counted; the one
 //! running goes on.
 
+use super::call::Instance;
+use super::loader::{Plugins, load_transform};
+use super::manifest::{Manifest, ManifestError};
+use super::transform::TransformPlugin;
 use crate::config::PipelineConfig;
-use crate::pipeline::{Plugins, load_transform};
-use crate::plugin::{Manifest, TransformPlugin};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
-
-/// The WAL message `weir reload` emits; the running pipeline reacts to it.
-pub const RELOAD_MARKER: &str = "weir.reload";
 
 /// A new version of transform `index`, loaded and initialized.
 pub struct Swap {
@@ -156,7 +155,7 @@ impl Watched {
                 }
                 // Watched even while it does not load: fixing it is a change.
                 Err(_) if t.plugin.is_dir() => {
-                    paths.push(t.plugin.join(crate::plugin::manifest::MANIFEST_FILE))
+                    paths.push(t.plugin.join(super::manifest::MANIFEST_FILE))
                 }
                 Err(_) => paths.push(t.plugin.clone()),
             }
@@ -222,11 +221,14 @@ impl Watched {
             }
             self.tried[index] = print.clone();
             let (config, plugins) = (config.clone(), plugins.clone());
-            let loaded =
-                tokio::task::spawn_blocking(move || load_transform(&config, &plugins, index))
-                    .await
-                    .expect("plugin loading does not panic");
-            match loaded {
+            let loaded = crate::error::blocking("loading a transform", move || {
+                load_transform(&config, &plugins, index)
+            })
+            .await;
+            match loaded
+                .map_err(super::error::LoadError::from)
+                .and_then(|l| l)
+            {
                 Ok(plugin) => ready.push((index, print, plugin)),
                 Err(e) => {
                     counts.failed.fetch_add(1, Ordering::Relaxed);
@@ -265,13 +267,32 @@ impl Watched {
 }
 
 /// What identifies a transform's version: its manifest, its component and its `config`.
-fn fingerprint(config: &PipelineConfig, index: usize) -> Result<String, String> {
+fn fingerprint(config: &PipelineConfig, index: usize) -> Result<String, FingerprintError> {
     let t = &config.transforms[index];
-    let (manifest, file) = Manifest::load(&t.plugin).map_err(|e| e.to_string())?;
+    let (manifest, file) = Manifest::load(&t.plugin)?;
     let wasm = manifest.wasm_path(&file);
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| FingerprintError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
     let mut hash = Sha256::new();
-    hash.update(std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?);
-    hash.update(std::fs::read(&wasm).map_err(|e| format!("{}: {e}", wasm.display()))?);
+    hash.update(read(&file)?);
+    hash.update(read(&wasm)?);
     hash.update(t.config.to_string());
     Ok(format!("{:x}", hash.finalize()))
+}
+
+/// A transform's files could not be read to tell its version.
+#[derive(Debug, thiserror::Error)]
+enum FingerprintError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
