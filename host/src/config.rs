@@ -914,12 +914,16 @@ fn unknown_key_error(path: &Path, key_path: &str, message: &str) -> Option<Confi
     let rest = message.strip_prefix("unknown field `")?;
     let (field, rest) = rest.split_once('`')?;
     let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    // Close by spelling (`slott`), or a typo or two away (`ulr`: a transposition).
+    let close = |k: &str| {
+        strsim::jaro_winkler(field, k) > 0.8
+            || strsim::damerau_levenshtein(field, k) <= (field.len() / 3).max(1)
+    };
     let suggestion = expected
         .iter()
-        .map(|k| (strsim::jaro_winkler(field, k), *k))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| k.to_string());
+        .filter(|k| close(k))
+        .min_by_key(|k| strsim::damerau_levenshtein(field, k))
+        .map(|k| k.to_string());
     // serde_path_to_error's path already ends in the unknown key.
     let key = if key_path.ends_with(field) {
         key_path.to_string()
