@@ -445,6 +445,9 @@ impl Resolved {
     }
 }
 
+/// Type names by OID.
+type TypeNames = HashMap<u32, String>;
+
 /// What a run changes in the publication.
 #[derive(Clone, Copy)]
 struct PublicationChanges<'a> {
@@ -643,9 +646,15 @@ impl Control {
         user: &str,
         database: &str,
     ) -> Result<(), SourceError> {
-        let publication_missing = changes.missing;
-        let c = &self.client;
-        let unreadable: Vec<String> = c
+        self.check_readable(relids, user).await?;
+        self.check_publication_rights(cfg, changes, user, database)
+            .await
+    }
+
+    /// Checks that the role may read the tables (the snapshot and backfills).
+    async fn check_readable(&self, relids: &[u32], user: &str) -> Result<(), SourceError> {
+        let unreadable: Vec<String> = self
+            .client
             .query(
                 "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY($1) \
@@ -664,6 +673,19 @@ impl Control {
                 fix: format!("GRANT SELECT ON {} TO {user}", unreadable.join(", ")),
             });
         }
+        Ok(())
+    }
+
+    /// Checks that the role may create the publication, or add and remove its tables.
+    async fn check_publication_rights(
+        &self,
+        cfg: &SourceConfig,
+        changes: PublicationChanges<'_>,
+        user: &str,
+        database: &str,
+    ) -> Result<(), SourceError> {
+        let publication_missing = changes.missing;
+        let c = &self.client;
         let adding: Vec<&TableName> = match publication_missing {
             None => cfg.tables.iter().collect(),
             Some(missing) => missing.iter().collect(),
@@ -833,7 +855,7 @@ impl Control {
     }
 
     /// The names of the types the tables' columns use.
-    async fn type_names(&self, relids: &[u32]) -> Result<HashMap<u32, String>, SourceError> {
+    async fn type_names(&self, relids: &[u32]) -> Result<TypeNames, SourceError> {
         Ok(self
             .client
             .query(
