@@ -121,7 +121,11 @@ pub struct Stats {
 /// A copy of the counters at one moment.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Snapshot {
+    /// Events decoded from the stream and read by the initial snapshot.
     pub events: u64,
+    /// Events that entered the stages: the above and backfilled rows (`/status`'s
+    /// `events_read`).
+    pub events_read: u64,
     pub batches: u64,
     pub server_wal_end: Lsn,
     pub checkpoint: Lsn,
@@ -285,6 +289,7 @@ impl Stats {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             events: self.events.load(Relaxed),
+            events_read: per_table(&self.read).iter().map(|(_, n)| n).sum(),
             batches: self.batches.load(Relaxed),
             server_wal_end: Lsn(self.server_wal_end.load(Relaxed)),
             checkpoint: Lsn(self.checkpoint.load(Relaxed)),

@@ -43,11 +43,12 @@ pub fn spawn(stats: Arc<Stats>) -> Reporter {
                 _ = ticker.tick() => {}
             }
             let now = (Instant::now(), stats.snapshot());
-            let rate = (now.1.events - last.1.events) as f64 / (now.0 - last.0).as_secs_f64();
+            let rate =
+                (now.1.events_read - last.1.events_read) as f64 / (now.0 - last.0).as_secs_f64();
             let line = format!(
                 "{:>9.0} events/s | {} events | lag {} | checkpoint {}",
                 rate,
-                now.1.events,
+                now.1.events_read,
                 bytesize::ByteSize(now.1.lag_bytes()).display().iec(),
                 now.1.checkpoint
             );
@@ -55,10 +56,12 @@ pub fn spawn(stats: Arc<Stats>) -> Reporter {
                 let mut err = std::io::stderr().lock();
                 let _ = write!(err, "\r\x1b[2K{line}");
                 let _ = err.flush();
-            } else if now.1.events != last.1.events || now.1.checkpoint != last.1.checkpoint {
+            } else if now.1.events_read != last.1.events_read
+                || now.1.checkpoint != last.1.checkpoint
+            {
                 tracing::info!(
                     events_per_s = rate as u64,
-                    events = now.1.events,
+                    events = now.1.events_read,
                     batches = now.1.batches,
                     lag_bytes = now.1.lag_bytes(),
                     checkpoint = %now.1.checkpoint,

@@ -154,6 +154,11 @@ fn a_table_added_later_is_backfilled_exactly_while_the_stream_goes_on() {
     let out = db.catch_up(&config);
     let err = stderr(&out);
     assert!(err.contains("Backfill done"), "{err}");
+    // Regression: the log said the added table's earlier rows would not be captured.
+    assert!(
+        err.contains("their existing rows are backfilled") && !err.contains("earlier rows are not"),
+        "{err}"
+    );
     let rounds = churn.finish();
     let [inserts, _, _] = writer.finish();
     assert!(rounds > 2 && inserts > 20, "writes ran during the backfill");
