@@ -509,3 +509,44 @@ fn table_patterns_select_tables_now_and_later() {
     );
     assert_eq!(published("order_b"), 0);
 }
+
+/// A URL without a user connects as libpq would: `PGUSER`, else the operating-system
+/// user (here the one the test runs as, who has no role: the server names it).
+#[test]
+fn a_url_without_a_user_connects_as_pguser_or_the_system_user() {
+    let db = TestDb::new("nouser");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    db.sql("INSERT INTO t VALUES (1)");
+    let config = db.config(&["public.t"]);
+    with_url(
+        &db,
+        &config,
+        &format!("postgres://127.0.0.1:{}/{}", pg().port(), db.name),
+    );
+    let out = db
+        .weir(&["run", config.to_str().unwrap(), "--until-caught-up"])
+        .env("PGUSER", "postgres")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(db.changelog("public.t", "id").rows.len(), 1);
+
+    let system_user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let out = db
+        .weir(&["validate", config.to_str().unwrap()])
+        .env_remove("PGUSER")
+        .env("USER", "someone-else")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    match system_user.as_str() {
+        "postgres" => assert!(out.status.success(), "{err}"),
+        user => assert!(
+            !out.status.success() && err.contains(&format!("role \"{user}\" does not exist")),
+            "connects as the system user, not $USER: {err}"
+        ),
+    }
+}
