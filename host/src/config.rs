@@ -266,6 +266,91 @@ pub enum SinkConfig {
     Iceberg(IcebergSinkConfig),
     /// One JSON line per change on standard output, for `jq` or another program.
     Stdout(StdoutSinkConfig),
+    /// Each source table's current state (or changelog) in another PostgreSQL.
+    Postgres(PostgresSinkConfig),
+}
+
+/// `[[sink]] type = "postgres"`: a projection into another PostgreSQL database, applied
+/// batch by batch in one target transaction with its checkpoint (exactly once).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkConfig {
+    /// The target database, `postgres://user:password@host:5432/db` (libpq parameters and
+    /// TLS as in `source.url`).
+    pub url: String,
+    /// Schema of the target tables, created when missing. Default: each source table's
+    /// own schema.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// `mirror` (default): each table's current state, by primary key. `changelog`: one
+    /// row per change with the `_cdc_` columns.
+    #[serde(default)]
+    pub mode: ProjectionMode,
+    /// How `mirror` applies a delete: `delete` (default) removes the row; `tombstone`
+    /// keeps it with `_cdc_deleted = true`.
+    #[serde(default)]
+    pub deletes: DeleteMode,
+    /// Target table names by source table (`"public.orders" = "orders_v1"`). Default:
+    /// the source table's name.
+    #[serde(default)]
+    pub tables: std::collections::BTreeMap<String, String>,
+    /// The projection's name in `weir.checkpoints` and `weir.projection_ledger`. Default:
+    /// the pipeline's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A change the target refuses by a constraint (a foreign key, a check, a unique index
+    /// other than the key): `fail` (default) stops the pipeline, `skip` drops it,
+    /// `dead-letter` sets it aside for `weir dead-letter replay`.
+    #[serde(default)]
+    pub on_error: crate::plugin::OnError,
+    /// The pipeline's name, filled in when the pipeline file is read.
+    #[serde(skip)]
+    pub pipeline: String,
+}
+
+impl PostgresSinkConfig {
+    /// The projection's name: `name`, else the pipeline's.
+    pub fn projection(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.pipeline)
+    }
+
+    /// The target table of a source table: `"schema"."table"`, quoted.
+    pub fn target_of(&self, schema: &str, table: &str) -> (String, String) {
+        let qualified = format!("{schema}.{table}");
+        let (schema, table) = match self.tables.get(&qualified) {
+            Some(t) => match t.split_once('.') {
+                Some((s, t)) => (s.to_owned(), t.to_owned()),
+                None => (self.schema.clone().unwrap_or(schema.to_owned()), t.clone()),
+            },
+            None => (
+                self.schema.clone().unwrap_or(schema.to_owned()),
+                table.to_owned(),
+            ),
+        };
+        let quote = crate::source::quote_ident;
+        (
+            schema.clone(),
+            format!("{}.{}", quote(&schema), quote(&table)),
+        )
+    }
+}
+
+/// What a PostgreSQL projection keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProjectionMode {
+    #[default]
+    Mirror,
+    Changelog,
+}
+
+/// How a mirror projection applies deletes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteMode {
+    #[default]
+    Delete,
+    Tombstone,
 }
 
 /// `[[sink]] type = "stdout"`: each change as one line of JSON on standard output (the
@@ -601,6 +686,12 @@ impl PipelineConfig {
         if config.name.is_none() {
             config.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
         }
+        let name = config.name().to_owned();
+        for sink in &mut config.sinks {
+            if let SinkConfig::Postgres(p) = sink {
+                p.pipeline = name.clone();
+            }
+        }
         Ok(config)
     }
 
@@ -737,6 +828,25 @@ impl PipelineConfig {
         for (i, sink) in self.sinks.iter().enumerate() {
             Self::validate_sink(path, i, sink)?;
         }
+        let names: Vec<Option<&str>> = self
+            .sinks
+            .iter()
+            .filter_map(|s| match s {
+                SinkConfig::Postgres(p) => Some(p.name.as_deref()),
+                _ => None,
+            })
+            .collect();
+        for (i, name) in names.iter().enumerate() {
+            if names[..i].contains(name) {
+                return Err(Self::invalid(path)(
+                    "sink",
+                    format!(
+                        "two postgres sinks have the projection name {}: give each its own name = \"...\" (it keys their checkpoints)",
+                        name.map_or("of the pipeline".to_string(), |n| format!("`{n}`"))
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -800,6 +910,30 @@ impl PipelineConfig {
                 }
             }
             SinkConfig::Stdout(_) => {}
+            SinkConfig::Postgres(p) => {
+                let (url, _) = crate::source::tls::split(&p.url)
+                    .map_err(|e| invalid(&format!("sink[{i}].url"), e.to_string()))?;
+                url.parse::<tokio_postgres::Config>().map_err(|e| {
+                    invalid(
+                        &format!("sink[{i}].url"),
+                        format!("not a PostgreSQL URL ({e}); write postgres://user@host:5432/db"),
+                    )
+                })?;
+                if let Some(source) = p.tables.keys().find(|t| !t.contains('.')) {
+                    return Err(invalid(
+                        &format!("sink[{i}].tables"),
+                        format!(
+                            "`{source}` must name a source table as schema.table, for example \"public.{source}\""
+                        ),
+                    ));
+                }
+                if p.deletes == DeleteMode::Tombstone && p.mode == ProjectionMode::Changelog {
+                    return Err(invalid(
+                        &format!("sink[{i}].deletes"),
+                        "\"tombstone\" applies to mode = \"mirror\"; a changelog keeps every delete as a row".into(),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -845,7 +979,7 @@ impl PipelineConfig {
         let sinks = self.sinks.iter().filter_map(|s| match s {
             SinkConfig::Parquet(p) => Some(p.url.as_str()),
             SinkConfig::Iceberg(c) => Some(c.warehouse.as_str()),
-            SinkConfig::Plugin(_) | SinkConfig::Stdout(_) => None,
+            SinkConfig::Plugin(_) | SinkConfig::Stdout(_) | SinkConfig::Postgres(_) => None,
         });
         let mut urls: Vec<&str> = Vec::new();
         for url in self.state_url().into_iter().chain(sinks) {
@@ -900,6 +1034,7 @@ fn sink_error(sinks: &toml::Value, path: &Path, index: usize) -> Option<ConfigEr
         "iceberg" => check::<IcebergSinkConfig>(value),
         "plugin" => check::<PluginSinkConfig>(value),
         "stdout" => check::<StdoutSinkConfig>(value),
+        "postgres" => check::<PostgresSinkConfig>(value),
         _ => return None,
     };
     let e = result.err()?;

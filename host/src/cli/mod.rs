@@ -519,6 +519,16 @@ async fn describe_sink(sink: &SinkConfig) -> anyhow::Result<()> {
             humantime::format_duration(c.commit_interval)
         ),
         SinkConfig::Stdout(_) => println!("sink      stdout (one JSON line per change)"),
+        SinkConfig::Postgres(c) => {
+            let found = crate::sink::postgres::check(c).await?;
+            println!(
+                "sink      postgres projection {} ({:?}, deletes {:?}, on_error {}): {found}",
+                c.projection(),
+                c.mode,
+                c.deletes,
+                c.on_error.as_str()
+            )
+        }
         SinkConfig::Plugin(p) => {
             let (config, engine) = (
                 p.clone(),

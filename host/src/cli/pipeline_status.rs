@@ -28,6 +28,8 @@ enum Holds {
     Iceberg(anyhow::Result<Vec<(String, Option<CommitPos>, usize)>>),
     /// A plugin keeps its position to itself.
     Plugin,
+    /// A projection's checkpoint, in the target database.
+    Postgres(anyhow::Result<Option<CommitPos>>),
 }
 
 impl Holds {
@@ -66,6 +68,11 @@ impl Holds {
                 .await,
             ),
             SinkConfig::Plugin(_) | SinkConfig::Stdout(_) => Holds::Plugin,
+            SinkConfig::Postgres(c) => Holds::Postgres(
+                crate::sink::postgres::read_checkpoint(c, slot)
+                    .await
+                    .map_err(Into::into),
+            ),
         }
     }
 
@@ -73,6 +80,7 @@ impl Holds {
     fn position(&self) -> Option<crate::Lsn> {
         match self {
             Holds::Parquet(Ok(Some(c))) => Some(c.end_lsn),
+            Holds::Postgres(Ok(Some(c))) => Some(c.end_lsn),
             Holds::Iceberg(Ok(tables)) => {
                 tables.iter().filter_map(|t| t.1).map(|p| p.end_lsn).max()
             }
@@ -120,6 +128,16 @@ impl Holds {
                 "kind": "stdout",
                 "checkpoint": "none: at least once, from the slot's position",
             }),
+            (Holds::Postgres(read), SinkConfig::Postgres(c)) => {
+                let checkpoint = match read {
+                    Ok(Some(c)) => {
+                        json!({ "commit_lsn": c.commit_lsn.to_string(), "end_lsn": c.end_lsn.to_string() })
+                    }
+                    Ok(None) => json!(null),
+                    Err(e) => json!({ "error": e.to_string() }),
+                };
+                json!({ "kind": "postgres", "projection": c.projection(), "checkpoint": checkpoint })
+            }
             _ => unreachable!("Holds::read reads each sink as its kind"),
         }
     }
@@ -165,6 +183,16 @@ impl Holds {
                 println!(
                     "sink        stdout: no checkpoint (at least once, from the slot's position)"
                 )
+            }
+            (Holds::Postgres(read), SinkConfig::Postgres(c)) => {
+                let line = match read {
+                    Ok(Some(c)) => {
+                        format!("checkpoint {} (last commit {})", c.end_lsn, c.commit_lsn)
+                    }
+                    Ok(None) => "no checkpoint yet".into(),
+                    Err(e) => format!("unreadable: {}", Value::String(e.to_string())),
+                };
+                println!("sink        postgres projection {}: {line}", c.projection());
             }
             _ => unreachable!("Holds::read reads each sink as its kind"),
         }

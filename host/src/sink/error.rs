@@ -47,6 +47,21 @@ pub enum SinkError {
     LoadPlugin(#[from] LoadError),
     #[error(transparent)]
     Panic(#[from] HostPanic),
+    /// The PostgreSQL target of a projection failed (its kind from the query's SQLSTATE).
+    #[error("PostgreSQL target: {message}")]
+    Target { message: String, kind: ErrorKind },
+}
+
+impl SinkError {
+    /// A failure of the projection's target, said in the sink's own terms.
+    pub fn target(e: crate::source::SourceError) -> SinkError {
+        SinkError::Target {
+            message: e
+                .to_string()
+                .replace("source.url", "the postgres sink's url"),
+            kind: e.kind(),
+        }
+    }
 }
 
 impl SinkError {
@@ -63,6 +78,7 @@ impl SinkError {
             SinkError::Stdout { .. } => ErrorKind::Config,
             SinkError::Plugin(_) | SinkError::LoadPlugin(_) => ErrorKind::Plugin,
             SinkError::Panic(_) => ErrorKind::Internal,
+            SinkError::Target { kind, .. } => *kind,
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod columns;
 mod error;
 pub mod iceberg;
 pub mod parquet;
+pub mod postgres;
 pub mod rows;
 pub mod stdout;
 
@@ -26,6 +27,7 @@ pub fn sink_name(config: &SinkConfig) -> String {
         SinkConfig::Iceberg(c) => format!("iceberg {}", c.warehouse),
         SinkConfig::Plugin(c) => format!("plugin {}", c.plugin.display()),
         SinkConfig::Stdout(_) => "stdout".into(),
+        SinkConfig::Postgres(c) => format!("postgres {}", redacted(&c.url)),
     }
 }
 
@@ -37,6 +39,18 @@ pub enum Sink {
     /// took the instance with it.
     Plugin(Option<SinkPlugin>),
     Stdout(stdout::StdoutSink),
+    Postgres(Box<postgres::PostgresSink>),
+}
+
+/// A connection URL without its password.
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl Sink {
@@ -67,6 +81,12 @@ impl Sink {
                 Sink::Plugin(Some(plugin))
             }
             SinkConfig::Stdout(_) => Sink::Stdout(stdout::StdoutSink::default()),
+            SinkConfig::Postgres(c) => {
+                let letters = plugins.dead_letters.clone().map(|d| (d, stage));
+                Sink::Postgres(Box::new(
+                    postgres::PostgresSink::open(c.clone(), slot, letters).await?,
+                ))
+            }
         })
     }
 
@@ -85,6 +105,9 @@ impl Sink {
             }
             SinkConfig::Plugin(c) => Sink::Plugin(Some(load_plugin(c, plugins).await?)),
             SinkConfig::Stdout(_) => Sink::Stdout(stdout::StdoutSink::default()),
+            SinkConfig::Postgres(c) => Sink::Postgres(Box::new(
+                postgres::PostgresSink::open(c.clone(), slot, None).await?,
+            )),
         })
     }
 
@@ -103,6 +126,7 @@ impl Sink {
                 on_plugin_thread(p, "sink plugin write", move |p| p.write(events, &position)).await
             }
             Sink::Stdout(s) => s.write(batch),
+            Sink::Postgres(s) => s.write(batch).await,
         }
     }
 
@@ -112,6 +136,7 @@ impl Sink {
             Sink::Iceberg(s) => s.flush(position).await,
             Sink::Plugin(p) => on_plugin_thread(p, "sink plugin flush", |p| p.flush()).await,
             Sink::Stdout(s) => s.flush(position),
+            Sink::Postgres(s) => s.flush(position).await,
         }
     }
 
@@ -125,6 +150,7 @@ impl Sink {
                 on_plugin_thread(p, "sink plugin replay", move |p| p.replay(&events)).await
             }
             Sink::Stdout(s) => s.write_events(batch),
+            Sink::Postgres(s) => s.write_replay(batch).await,
         }
     }
 
@@ -136,6 +162,7 @@ impl Sink {
             Sink::Iceberg(s) => s.take_bytes_written(),
             Sink::Plugin(p) => p.as_mut().map_or(0, SinkPlugin::take_bytes_out),
             Sink::Stdout(s) => s.take_bytes_written(),
+            Sink::Postgres(_) => 0,
         }
     }
 
@@ -145,6 +172,7 @@ impl Sink {
             Sink::Iceberg(s) => s.durable(),
             Sink::Plugin(p) => p.as_ref().and_then(SinkPlugin::durable),
             Sink::Stdout(s) => s.durable(),
+            Sink::Postgres(s) => s.durable(),
         }
     }
 
@@ -154,6 +182,7 @@ impl Sink {
             Sink::Iceberg(s) => s.abort().await,
             Sink::Plugin(p) => p.iter().for_each(SinkPlugin::report),
             Sink::Stdout(_) => {}
+            Sink::Postgres(s) => s.abort().await,
         }
     }
 }

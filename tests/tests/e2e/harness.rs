@@ -52,8 +52,10 @@ impl TestDb {
         );
         pg().psql("postgres", &format!("CREATE DATABASE {name}"))
             .unwrap();
+        // WEIR_TEST_KEEP=1 leaves each test's directory (pipeline, output, logs) behind.
         let dir = tempfile::Builder::new()
             .prefix(&format!("weir-{prefix}-"))
+            .disable_cleanup(std::env::var_os("WEIR_TEST_KEEP").is_some())
             .tempdir()
             .unwrap();
         TestDb { name, dir }

@@ -35,6 +35,7 @@ mod iceberg;
 mod languages;
 mod operations;
 mod plugins;
+mod projection;
 mod recovery;
 mod reload;
 mod s3;

@@ -234,12 +234,25 @@ fn op_counts(lines: &[Value]) -> (u64, u64, u64) {
     (n("c"), n("u"), n("d"))
 }
 
+/// No (lsn, seq) twice; on failure, names the first repeated event and both lines.
 pub(crate) fn assert_unique(lines: &[Value]) {
-    let keys: BTreeSet<(u64, u64)> = lines
-        .iter()
-        .map(|l| (l["lsn"].as_u64().unwrap(), l["seq"].as_u64().unwrap()))
-        .collect();
-    assert_eq!(keys.len(), lines.len(), "no event recorded twice");
+    let mut first_seen = std::collections::BTreeMap::new();
+    let mut repeats = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let key = (l["lsn"].as_u64().unwrap(), l["seq"].as_u64().unwrap());
+        if let Some(first) = first_seen.insert(key, i) {
+            repeats.push((first, i));
+        }
+    }
+    if let Some(&(a, b)) = repeats.first() {
+        panic!(
+            "{} of {} events recorded twice; the first at lines {a} and {b}: {} / {}",
+            repeats.len(),
+            lines.len(),
+            lines[a],
+            lines[b]
+        );
+    }
 }
 
 #[test]

@@ -1,0 +1,359 @@
+//! The PostgreSQL projection sink (`type = "postgres"`) against a second, real PostgreSQL
+//! server: current state through `kill -9` of weir and a restart of the target, the
+//! provenance ledger recomputed from the Parquet changelog, tombstones, changelog mode,
+//! renames, schema changes, unchanged TOAST values and refused changes set aside.
+
+use crate::harness::{TestDb, python, stderr};
+use crate::recovery::Writer;
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+use weir::pgtemp::TempPostgres;
+
+/// A target database of its own on a target server.
+struct Target<'a> {
+    pg: &'a TempPostgres,
+    db: String,
+}
+
+/// The target server shared by tests that do not restart it.
+fn shared_target() -> &'static TempPostgres {
+    static PG: OnceLock<TempPostgres> = OnceLock::new();
+    PG.get_or_init(|| TempPostgres::start().expect("start the target PostgreSQL"))
+}
+
+impl<'a> Target<'a> {
+    fn new(pg: &'a TempPostgres, name: &str) -> Target<'a> {
+        pg.psql("postgres", &format!("CREATE DATABASE {name}"))
+            .unwrap();
+        Target {
+            pg,
+            db: name.into(),
+        }
+    }
+
+    fn url(&self) -> String {
+        self.pg.url(&self.db)
+    }
+
+    fn sql(&self, sql: &str) -> String {
+        self.pg
+            .psql(&self.db, sql)
+            .unwrap_or_else(|e| panic!("{e}\nSQL: {sql}"))
+    }
+}
+
+/// Appends a postgres sink with `extra` TOML lines to the pipeline file.
+fn with_projection(config: &Path, target: &Target, extra: &str) {
+    let mut text = std::fs::read_to_string(config).unwrap();
+    text.push_str(&format!(
+        "\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n{extra}\n",
+        target.url()
+    ));
+    std::fs::write(config, text).unwrap();
+}
+
+/// The rows of `select` (ordered) as one JSON text, from either side.
+fn json_rows(run: impl Fn(&str) -> String, select: &str, order: &str) -> String {
+    run(&format!(
+        "SELECT coalesce(json_agg(r ORDER BY {order}), '[]') FROM ({select}) r"
+    ))
+    .trim()
+    .to_string()
+}
+
+fn assert_equal_tables(db: &TestDb, target: &Target, source: &str, projected: &str, columns: &str) {
+    let src = json_rows(
+        |q| db.sql(q),
+        &format!("SELECT {columns} FROM {source}"),
+        "1",
+    );
+    let dst = json_rows(
+        |q| target.sql(q),
+        &format!("SELECT {columns} FROM {projected}"),
+        "1",
+    );
+    assert!(src.len() > 2, "the source has rows");
+    assert!(
+        src == dst,
+        "{projected} in the target equals {source}:\nsource {src}\ntarget {dst}"
+    );
+}
+
+#[test]
+fn a_mirror_equals_the_source_through_kill_9_and_a_target_restart_with_its_ledger() {
+    let db = TestDb::new("proj_kill9");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
+    db.sql("INSERT INTO t SELECT g, 0, 'seed' FROM generate_series(1, 50) g");
+    let target_pg = TempPostgres::start().unwrap();
+    let target = Target::new(&target_pg, "mirror");
+    let config = db.config_with(&["public.t"], "", "max_events = 200", "");
+    with_projection(&config, &target, "schema = \"replica\"\nname = \"shop\"");
+    db.catch_up(&config);
+    let writer = Writer::start_at(db.url(), 51);
+    for round in 0..6 {
+        let mut weir = db.spawn(&config);
+        std::thread::sleep(Duration::from_millis(700 + 300 * round));
+        if round == 3 {
+            // The target goes away under a running pipeline, and comes back.
+            target_pg.restart(Duration::from_millis(1500)).unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        weir.kill().unwrap();
+        weir.wait().unwrap();
+    }
+    let [inserts, ..] = writer.finish();
+    assert!(inserts > 50, "the writer made progress ({inserts} inserts)");
+    db.catch_up(&config);
+    assert_equal_tables(&db, &target, "t", "replica.t", "id, v, note");
+
+    // One ledger row per source transaction that touched the table, none twice.
+    let log_lsns = crate::harness::read_changelog(&db.out().join("public/t"), "id").max_commit_lsn;
+    assert!(log_lsns > 0);
+    let ledger: serde_json::Value = serde_json::from_str(&target.sql(
+        "SELECT json_object_agg((commit_lsn - '0/0'::pg_lsn)::bigint::text, evidence_id) FROM weir.projection_ledger WHERE projection = 'shop'",
+    ))
+    .unwrap();
+    let recomputed = evidence(&db.out(), "shop", "", &[("public.t", "public/t")]);
+    let ledger = ledger.as_object().unwrap();
+    assert_eq!(
+        ledger.len(),
+        recomputed.as_object().unwrap().len(),
+        "one ledger row per source transaction in the changelog"
+    );
+    assert_eq!(
+        &serde_json::Value::Object(ledger.clone()),
+        &recomputed,
+        "every evidence_id recomputed from the Parquet changelog"
+    );
+    let checkpoint = target.sql("SELECT end_lsn FROM weir.checkpoints WHERE sink = 'shop'");
+    assert!(
+        !checkpoint.trim().is_empty(),
+        "the checkpoint is in the target"
+    );
+}
+
+/// Evidence ids recomputed from the Parquet changelog by `tests/py/evidence.py`.
+fn evidence(
+    out: &Path,
+    projection: &str,
+    transforms: &str,
+    tables: &[(&str, &str)],
+) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/evidence.py");
+    let mut args: Vec<String> = vec![projection.into(), transforms.into()];
+    args.extend(
+        tables
+            .iter()
+            .map(|(t, d)| format!("{t}={}", out.join(d).display())),
+    );
+    let run = Command::new(python())
+        .arg(script)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    serde_json::from_slice(&run.stdout).unwrap()
+}
+
+#[test]
+fn tombstones_a_changelog_and_a_renamed_table_side_by_side() {
+    let db = TestDb::new("proj_modes");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let target = Target::new(shared_target(), "proj_modes");
+    let config = db.config(&["public.t"]);
+    with_projection(
+        &config,
+        &target,
+        "schema = \"tomb\"\nname = \"tomb\"\ndeletes = \"tombstone\"\ntables = { \"public.t\" = \"t_v1\" }",
+    );
+    with_projection(
+        &config,
+        &target,
+        "schema = \"log\"\nname = \"log\"\nmode = \"changelog\"",
+    );
+    db.catch_up(&config);
+    db.sql("INSERT INTO t SELECT g, 'a' FROM generate_series(1, 10) g");
+    db.sql("UPDATE t SET v = 'b' WHERE id <= 3");
+    db.sql("DELETE FROM t WHERE id IN (4, 5)");
+    db.sql("UPDATE t SET id = 100 WHERE id = 10");
+    db.catch_up(&config);
+    let live = target.sql(
+        "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM tomb.t_v1 WHERE NOT _cdc_deleted",
+    );
+    let source = db.sql("SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM t");
+    assert_eq!(
+        live, source,
+        "the live rows of the tombstone projection are the source"
+    );
+    assert_eq!(
+        target
+            .sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM tomb.t_v1 WHERE _cdc_deleted")
+            .trim(),
+        "4,5,10",
+        "deleted rows (and the old key of a key change) stay as tombstones"
+    );
+    let ops = target.sql("SELECT string_agg(_cdc_op || '=' || n, ',' ORDER BY _cdc_op) FROM (SELECT _cdc_op, count(*) n FROM log.t GROUP BY 1) x");
+    assert_eq!(ops.trim(), "c=11,d=3,u=3", "one changelog row per change");
+    db.sql("TRUNCATE t");
+    db.catch_up(&config);
+    assert_eq!(
+        target
+            .sql("SELECT count(*) FROM tomb.t_v1 WHERE NOT _cdc_deleted")
+            .trim(),
+        "0"
+    );
+    assert_eq!(
+        target
+            .sql("SELECT count(*) FROM log.t WHERE _cdc_op = 't'")
+            .trim(),
+        "1"
+    );
+}
+
+#[test]
+fn a_schema_change_mid_stream_changes_the_target_table() {
+    let db = TestDb::new("proj_ddl");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, a int, gone text)");
+    let target = Target::new(shared_target(), "proj_ddl");
+    let config = db.config(&["public.t"]);
+    with_projection(&config, &target, "");
+    db.catch_up(&config);
+    db.sql("INSERT INTO t SELECT g, g, 'x' FROM generate_series(1, 5) g");
+    db.catch_up(&config);
+    db.sql("ALTER TABLE t ADD COLUMN extra text DEFAULT 'd'");
+    db.sql("INSERT INTO t VALUES (6, 6, 'y', 'e')");
+    db.sql("ALTER TABLE t ALTER COLUMN a TYPE bigint");
+    db.sql("UPDATE t SET a = 10000000000 WHERE id = 1");
+    db.sql("ALTER TABLE t DROP COLUMN gone");
+    db.sql("INSERT INTO t VALUES (7, 7, 'f')");
+    db.catch_up(&config);
+    assert_equal_tables(&db, &target, "t", "public.t", "id, a");
+    assert_eq!(
+        target.sql("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'public.t'::regclass AND attname = 'a'").trim(),
+        "bigint",
+        "the type change reached the target"
+    );
+    assert_eq!(
+        target.sql("SELECT extra FROM public.t WHERE id = 6").trim(),
+        "e"
+    );
+    assert_eq!(
+        target
+            .sql("SELECT coalesce(gone, 'null') FROM public.t WHERE id = 7")
+            .trim(),
+        "null",
+        "a dropped column stays, null in later rows"
+    );
+}
+
+#[test]
+fn an_unchanged_toast_value_is_kept_in_the_target() {
+    let db = TestDb::new("proj_toast");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int, big text)");
+    let target = Target::new(shared_target(), "proj_toast");
+    let config = db.config(&["public.t"]);
+    with_projection(&config, &target, "");
+    db.catch_up(&config);
+    // Incompressible, so it is stored out of line.
+    db.sql("INSERT INTO t SELECT g, 0, (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 400) i) FROM generate_series(1, 3) g");
+    db.catch_up(&config);
+    db.sql("UPDATE t SET v = 1 WHERE id = 1");
+    db.sql(
+        "BEGIN; UPDATE t SET big = 'small' WHERE id = 2; UPDATE t SET v = 2 WHERE id = 2; COMMIT",
+    );
+    db.catch_up(&config);
+    assert_equal_tables(&db, &target, "t", "public.t", "id, v, md5(big) AS big");
+}
+
+#[test]
+fn a_change_the_target_refuses_is_set_aside_and_replayed_after_the_fix() {
+    let db = TestDb::new("proj_refused");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, email text)");
+    let target = Target::new(shared_target(), "proj_refused");
+    let config = db.config(&["public.t"]);
+    with_projection(&config, &target, "on_error = \"dead-letter\"");
+    db.sql("INSERT INTO t VALUES (1, 'a@x')");
+    db.catch_up(&config);
+    target.sql("CREATE UNIQUE INDEX ON public.t (email)");
+    db.sql("INSERT INTO t VALUES (2, 'a@x'), (3, 'b@x')");
+    db.catch_up(&config);
+    assert_eq!(
+        target
+            .sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM public.t")
+            .trim(),
+        "1,3",
+        "the refused row is set aside, the rest applied"
+    );
+    let list = db
+        .weir(&["dead-letter", "list", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        listed.contains("public.t") && listed.contains("sink-1"),
+        "{listed}\n{}",
+        stderr(&list)
+    );
+    // The fix, then the replay.
+    target.sql("DROP INDEX public.t_email_idx");
+    let replay = db
+        .weir(&["dead-letter", "replay", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    assert_equal_tables(&db, &target, "t", "public.t", "id, email");
+}
+
+#[test]
+fn a_target_that_cannot_take_the_projection_is_one_clear_error_and_the_checkpoint_stays() {
+    let db = TestDb::new("proj_bad");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let target = Target::new(shared_target(), "proj_bad");
+    target.sql("CREATE TABLE public.t (id int PRIMARY KEY, v int, _cdc_commit_lsn pg_lsn)");
+    let config = db.config(&["public.t"]);
+    with_projection(&config, &target, "");
+    db.catch_up(&config);
+    let before = db.confirmed_flush();
+    db.sql("INSERT INTO t VALUES (1, 'x')");
+    let out = db
+        .weir(&["run", config.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("column v is integer there, text in the source"),
+        "{err}"
+    );
+    assert_eq!(db.confirmed_flush(), before, "the checkpoint did not move");
+
+    // An unreachable target.
+    let unreachable = db.config(&["public.t"]);
+    let dead = Target {
+        pg: shared_target(),
+        db: "x".into(),
+    };
+    let mut text = std::fs::read_to_string(&unreachable).unwrap();
+    text.push_str(&format!(
+        "\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+        dead.url().replace(&shared_target().port().to_string(), "1")
+    ));
+    text.push_str("\n[retry]\nattempts = 1\n");
+    std::fs::write(&unreachable, text).unwrap();
+    let out = db
+        .weir(&["run", unreachable.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot connect to PostgreSQL at 127.0.0.1:1"),
+        "{}",
+        stderr(&out)
+    );
+}
