@@ -71,7 +71,7 @@ pub struct SourceBatch {
     /// weir's own logical messages in the stream (backfill requests and watermarks), at
     /// their place among the events.
     pub markers: Vec<Marker>,
-    /// The transforms (`name@version`, comma-separated) this batch went through.
+    /// The transforms (`name@version#sha256`, comma-separated) this batch went through.
     pub transforms: Option<std::sync::Arc<str>>,
 }
 

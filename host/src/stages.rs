@@ -282,7 +282,11 @@ impl Transforms {
 
     fn current_labels(&self) -> Option<Arc<str>> {
         let chain = self.chain.as_ref()?;
-        let labels: Vec<String> = chain.plugins().iter().map(|p| p.label()).collect();
+        let labels: Vec<String> = chain
+            .plugins()
+            .iter()
+            .map(|p| format!("{}#{}", p.label(), p.common().sha256))
+            .collect();
         Some(Arc::from(labels.join(",")))
     }
 

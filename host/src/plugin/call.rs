@@ -172,12 +172,14 @@ pub(crate) fn prepare(
     let wasm_path = manifest.wasm_path(&manifest_file);
     let wasm = std::fs::read(&wasm_path)
         .map_err(|e| invalid(format!("cannot read {}: {e}", wasm_path.display())))?;
-    if let Some(expected) = &manifest.sha256 {
+    let actual: String = {
         use sha2::Digest;
-        let actual: String = sha2::Sha256::digest(&wasm)
+        sha2::Sha256::digest(&wasm)
             .iter()
             .map(|b| format!("{b:02x}"))
-            .collect();
+            .collect()
+    };
+    if let Some(expected) = &manifest.sha256 {
         if !actual.eq_ignore_ascii_case(expected) {
             return Err(invalid(format!(
                 "{} has sha256 {actual}, the manifest says {expected}",
@@ -227,6 +229,7 @@ pub(crate) fn prepare(
             skipped: 0,
             dead_lettered: 0,
             dead_letters: None,
+            sha256: actual,
         },
         component,
         linker,
@@ -247,6 +250,8 @@ pub struct Common {
     pub dead_lettered: u64,
     /// Where `dead-letter` writes, with this plugin's place in the pipeline.
     pub dead_letters: Option<(DeadLetters, Stage)>,
+    /// SHA-256 of the component (hex).
+    pub sha256: String,
 }
 
 impl Common {

@@ -83,6 +83,12 @@ impl Sink {
             SinkConfig::Stdout(_) => Sink::Stdout(stdout::StdoutSink::default()),
             SinkConfig::Postgres(c) => {
                 let letters = plugins.dead_letters.clone().map(|d| (d, stage));
+                if letters.is_none() && c.on_error == OnError::DeadLetter {
+                    return Err(SinkError::Config {
+                        what: "the postgres sink".into(),
+                        message: "on_error = \"dead-letter\" needs a place for dead letters: add [state] url = \"file:///...\" (or a parquet sink)".into(),
+                    });
+                }
                 Sink::Postgres(Box::new(
                     postgres::PostgresSink::open(c.clone(), slot, letters).await?,
                 ))

@@ -248,8 +248,13 @@ impl Apply<'_> {
                 DeleteMode::Delete => format!(
                     "DELETE FROM {t} t USING {s} s WHERE s._w_op = 'd' AND {on_key} AND {newer}"
                 ),
+                // A row the target never had is kept as a tombstone too.
                 DeleteMode::Tombstone => format!(
-                    "UPDATE {t} t SET {DELETED} = true, {COMMIT_LSN} = s._cdc_commit_lsn FROM {s} s WHERE s._w_op = 'd' AND {on_key} AND {newer}"
+                    "INSERT INTO {t} AS t ({columns}, {COMMIT_LSN}, {DELETED}) SELECT {columns}, _cdc_commit_lsn, true FROM {s} WHERE _w_op = 'd' \
+                     ON CONFLICT ({keys}) DO UPDATE SET {DELETED} = true, {COMMIT_LSN} = EXCLUDED.{COMMIT_LSN} WHERE {newer_excluded}",
+                    columns = self.target.columns.join(", "),
+                    keys = self.key_list(),
+                    newer_excluded = self.newer(&format!("EXCLUDED.{COMMIT_LSN}")),
                 ),
             };
             self.applied.deleted += self.client.execute(&sql, &[]).await?;
@@ -272,6 +277,17 @@ impl Apply<'_> {
         }
     }
 
+    /// The key columns, comma-separated.
+    fn key_list(&self) -> String {
+        let keys: Vec<&str> = self
+            .target
+            .key
+            .iter()
+            .map(|&k| self.target.columns[k].as_str())
+            .collect();
+        keys.join(", ")
+    }
+
     /// The upsert of the staged rows whose unchanged TOAST columns are `group`.
     fn upsert(&self, group: &str) -> String {
         let (t, s) = (&self.target.name, &self.target.staging);
@@ -291,16 +307,10 @@ impl Apply<'_> {
             select.push_str(", false");
             set.push(format!("{DELETED} = false"));
         }
-        let keys: Vec<&str> = self
-            .target
-            .key
-            .iter()
-            .map(|&k| self.target.columns[k].as_str())
-            .collect();
         format!(
             "INSERT INTO {t} AS t ({into}) SELECT {select} FROM {s} WHERE _w_op <> 'd' AND _w_unchanged = '{group}' \
              ON CONFLICT ({}) DO UPDATE SET {} WHERE {}",
-            keys.join(", "),
+            self.key_list(),
             set.join(", "),
             self.newer(&format!("EXCLUDED.{COMMIT_LSN}"))
         )

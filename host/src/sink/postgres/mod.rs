@@ -60,12 +60,6 @@ impl PostgresSink {
         slot: &str,
         dead_letters: Option<(DeadLetters, Stage)>,
     ) -> Result<PostgresSink, SinkError> {
-        if config.on_error == OnError::DeadLetter && dead_letters.is_none() {
-            return Err(SinkError::Config {
-                what: "the postgres sink".into(),
-                message: "on_error = \"dead-letter\" needs a place for dead letters: add [state] url = \"file:///...\" (or a parquet sink)".into(),
-            });
-        }
         let control = Control::connect(&config.url)
             .await
             .map_err(SinkError::target)?;

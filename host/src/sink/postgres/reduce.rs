@@ -188,6 +188,11 @@ fn add(open: &mut Open, relation: &Relation, event: &Event) {
             if !net.unchanged.is_empty() && !earlier.is_delete() {
                 fill_unchanged(&mut net, earlier);
             }
+            // A row deleted in the batch it was written in: its last values (a tombstone
+            // keeps them), not the old key alone.
+            if net.is_delete() && !earlier.is_delete() && earlier.unchanged.is_empty() {
+                net.values = earlier.values.clone();
+            }
             open.rows[i] = net;
         }
         None => {

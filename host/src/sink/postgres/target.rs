@@ -13,7 +13,8 @@ use weir_sdk::Relation;
 pub async fn ensure_weir_tables(client: &Client) -> Result<(), SinkError> {
     client
         .batch_execute(
-            "CREATE SCHEMA IF NOT EXISTS weir;
+            "SET client_min_messages = warning;
+             CREATE SCHEMA IF NOT EXISTS weir;
              CREATE TABLE IF NOT EXISTS weir.checkpoints (
                  pipeline text NOT NULL, slot text NOT NULL, sink text NOT NULL,
                  commit_lsn pg_lsn NOT NULL, end_lsn pg_lsn NOT NULL,
@@ -89,7 +90,7 @@ async fn existing(client: &Client, name: &str) -> Result<Option<Existing>, SinkE
     let rows = client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
-                    coalesce(array_position(i.indkey::int2[], a.attnum), 0)
+                    coalesce(array_position(i.indkey::int2[], a.attnum), -1)
              FROM pg_attribute a
              LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
@@ -106,7 +107,8 @@ async fn existing(client: &Client, name: &str) -> Result<Option<Existing>, SinkE
         .iter()
         .map(|r| {
             let (column, ty, pos): (String, String, i32) = (r.get(0), r.get(1), r.get(2));
-            if pos > 0 {
+            // int2vector's positions count from 0.
+            if pos >= 0 {
                 key.push((pos, column.clone()));
             }
             (column, ty)
