@@ -53,16 +53,21 @@ impl Sink for Recorder {
 
     fn init(config: Config) -> Result<Self, PluginError> {
         let mut position = (0, 0);
-        if config.resume
-            && let Ok(text) = fs::read_to_string(POSITION)
-        {
-            let mut parts = text.split_whitespace().map(|p| p.parse::<u64>());
-            if let (Some(Ok(lsn)), Some(Ok(len))) = (parts.next(), parts.next()) {
-                position = (lsn, len);
+        if config.resume {
+            // No position yet (a first flush killed before it wrote one) means nothing
+            // is known to weir as held.
+            if let Ok(text) = fs::read_to_string(POSITION) {
+                let mut parts = text.split_whitespace().map(|p| p.parse::<u64>());
+                if let (Some(Ok(lsn)), Some(Ok(len))) = (parts.next(), parts.next()) {
+                    position = (lsn, len);
+                }
             }
             // Whatever was written past the position is not known to weir: drop it.
-            let file = OpenOptions::new().write(true).open(EVENTS).map_err(io)?;
-            file.set_len(position.1).map_err(io)?;
+            match OpenOptions::new().write(true).open(EVENTS) {
+                Ok(file) => file.set_len(position.1).map_err(io)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
         }
         Ok(Recorder {
             config,
