@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod pgtemp;
 pub mod pipeline;
 pub mod plugin;
+pub mod replay;
 pub mod sink;
 pub mod source;
 pub mod stages;

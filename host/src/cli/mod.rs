@@ -69,6 +69,20 @@ enum Command {
         #[arg(long)]
         table: crate::config::TableName,
     },
+    /// Apply the pipeline's Parquet changelog to a postgres sink (a projection), after
+    /// --from (default: what the sink holds), in one target transaction; the next run
+    /// hands over to the stream. The pipeline must be stopped; the slot is not touched.
+    Replay {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// The sink to fill, by its place in the file, from 0 (as `sink-N` in dead letters).
+        #[arg(long)]
+        sink: usize,
+        /// Apply changes committed after this LSN (`0/0` for everything the changelog
+        /// holds); default: the sink's checkpoint.
+        #[arg(long)]
+        from: Option<crate::lsn::Lsn>,
+    },
     /// Show the slot on the server (active, confirmed position, lag, retained WAL) and
     /// each sink's checkpoint.
     Status {
@@ -192,6 +206,11 @@ pub fn main() -> ExitCode {
             Command::Lake(c) => lake::lake(c).await,
             Command::Plugin(c) => plugin::plugin(c).await,
             Command::Snapshot { pipeline, table } => snapshot(&pipeline, &table).await,
+            Command::Replay {
+                pipeline,
+                sink,
+                from,
+            } => replay(&pipeline, sink, from).await,
             Command::Demo { out, rows } => demo::demo(&out, rows).await,
         }
     });
@@ -313,6 +332,20 @@ async fn reload(path: &std::path::Path) -> anyhow::Result<()> {
     println!(
         "reload requested at {lsn}: the running pipeline of slot {} loads changed transforms when its stream reaches it",
         config.source.slot
+    );
+    Ok(())
+}
+
+async fn replay(
+    path: &std::path::Path,
+    sink: usize,
+    from: Option<crate::lsn::Lsn>,
+) -> anyhow::Result<()> {
+    let config = PipelineConfig::load(path)?;
+    let done = crate::replay::replay(&config, sink, from).await?;
+    println!(
+        "replayed {} changes in {} transactions after {} into sink {sink}; it holds the changelog up to {} (the next run streams from there)",
+        done.changes, done.transactions, done.from, done.to.end_lsn
     );
     Ok(())
 }

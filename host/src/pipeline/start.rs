@@ -50,6 +50,12 @@ impl Start {
             }
             tracing::warn!(slot = %config.source.slot, checkpoint = %at.end_lsn, "The slot is gone: creating a new one (--new-slot). Changes committed between the checkpoint and now are not captured.");
         }
+        if info.slot_exists && !taking {
+            stages
+                .sinks()
+                .check_projections_filled()
+                .map_err(StageError::from)?;
+        }
         match plan {
             None => control.prepare(&config.source, info).await?,
             Some((state, Plan::Skip)) | Some((state, Plan::MarkDone)) => {

@@ -349,6 +349,29 @@ impl Sinks {
             .max()
     }
 
+    /// A projection added to a pipeline whose other sinks hold output already would
+    /// start at the slot's position without the rows written before: it is filled from
+    /// the changelog with `weir replay` first.
+    pub fn check_projections_filled(&self) -> Result<(), NamedSinkError> {
+        let Some(others) = self.lowest_checkpoint() else {
+            return Ok(());
+        };
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if let Sink::Postgres(p) = sink
+                && p.durable().is_none()
+            {
+                return Err(self.failed(i)(SinkError::Config {
+                    what: format!("sink {i}"),
+                    message: format!(
+                        "this projection is new, but the pipeline's other sinks hold changes up to {}: fill it first with `weir replay PIPELINE --sink {i}` (from the Parquet changelog), then run again",
+                        others.end_lsn
+                    ),
+                }));
+            }
+        }
+        Ok(())
+    }
+
     /// The lowest checkpoint among the sinks that have one.
     pub fn lowest_checkpoint(&self) -> Option<CommitPos> {
         self.sinks.iter().filter_map(Sink::durable).min()

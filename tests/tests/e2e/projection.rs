@@ -361,3 +361,87 @@ fn a_target_that_cannot_take_the_projection_is_one_clear_error_and_the_checkpoin
         stderr(&out)
     );
 }
+
+#[test]
+fn a_projection_added_later_is_filled_by_replay_from_the_changelog_then_streams() {
+    let db = TestDb::new("proj_replay");
+    db.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, price numeric(10,2), at timestamptz, day date, \
+         uid uuid, ok bool, f4 real, f8 float8, raw bytea, doc jsonb, note text)",
+    );
+    let row = |id: i32| {
+        format!(
+            "({id}, {id}.25, '2026-01-02 03:04:05.{id:06}+00', '2026-02-03', gen_random_uuid(), {}, 1.1, 0.1, '\\x00ff', '{{\"k\": {id}}}', 'tab\there')",
+            id % 2 == 0
+        )
+    };
+    let config = db.config(&["public.t"]);
+    db.catch_up(&config);
+    let rows: Vec<String> = (1..=20).map(row).collect();
+    db.sql(&format!("INSERT INTO t VALUES {}", rows.join(", ")));
+    db.sql("UPDATE t SET note = 'changed', price = 9.99 WHERE id <= 5");
+    db.sql("DELETE FROM t WHERE id IN (6, 7)");
+    db.catch_up(&config);
+
+    // A projection added now has none of that history: the run says how to fill it.
+    let target = Target::new(shared_target(), "proj_replay");
+    with_projection(&config, &target, "");
+    let out = db
+        .weir(&["run", config.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("weir replay PIPELINE --sink 1"),
+        "{}",
+        stderr(&out)
+    );
+
+    let replay = |from: Option<&str>| {
+        let mut args = vec!["replay", config.to_str().unwrap(), "--sink", "1"];
+        if let Some(f) = from {
+            args.extend(["--from", f]);
+        }
+        let out = db.weir(&args).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = replay(None);
+    assert!(
+        said.contains("replayed 27 changes in 3 transactions"),
+        "{said}"
+    );
+    let columns = "id, price::text, at::text, day::text, uid::text, ok, f4::text, f8::text, raw::text, doc::text, note";
+    assert_equal_tables(&db, &target, "t", "public.t", columns);
+
+    // The stream takes over where the changelog ended.
+    db.sql(&format!("INSERT INTO t VALUES {}", row(21)));
+    db.sql("UPDATE t SET ok = NOT ok WHERE id = 1");
+    db.catch_up(&config);
+    assert_equal_tables(&db, &target, "t", "public.t", columns);
+
+    // A damaged projection is rebuilt from the start of the changelog.
+    target.sql("TRUNCATE public.t");
+    replay(Some("0/0"));
+    assert_equal_tables(&db, &target, "t", "public.t", columns);
+    db.catch_up(&config);
+    // One ledger row per source transaction of the changelog, whether replayed or
+    // streamed (the Parquet changelog's transactions, as DuckDB reads them).
+    let ledger: serde_json::Value = serde_json::from_str(&target.sql(
+        "SELECT json_agg((commit_lsn - '0/0'::pg_lsn)::bigint::text ORDER BY commit_lsn) FROM weir.projection_ledger",
+    ))
+    .unwrap();
+    let log = evidence(&db.out(), "x", "", &[("public.t", "public/t")]);
+    let mut lsns: Vec<&String> = log.as_object().unwrap().keys().collect();
+    lsns.sort_by_key(|l| l.parse::<u64>().unwrap());
+    let ledger: Vec<&str> = ledger
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ledger, lsns,
+        "the ledger names each transaction of the changelog once"
+    );
+}

@@ -114,6 +114,15 @@ impl PostgresSink {
         self.durable
     }
 
+    /// Takes changes after `from` again (a replay from the changelog), whatever the
+    /// checkpoint says; rows newer in the target still win.
+    pub fn replay_from(&mut self, from: Lsn) {
+        self.durable = (from > Lsn::ZERO).then_some(CommitPos {
+            commit_lsn: from,
+            end_lsn: from,
+        });
+    }
+
     /// Applies a batch; commits it with the checkpoint when it ends at a transaction
     /// boundary. Changes the target already holds are left out.
     pub async fn write(&mut self, batch: &SourceBatch) -> Result<(), SinkError> {
@@ -322,7 +331,8 @@ impl PostgresSink {
                     "INSERT INTO weir.projection_ledger
                      (projection, commit_lsn, evidence_id, applied_at, batch_id, source_xid, schema_version, rows)
                      SELECT $1, l::pg_lsn, i, now(), $2, x, v, r
-                     FROM unnest($3::text[], $4::text[], $5::int8[], $6::int4[], $7::int8[]) AS u(l, i, x, v, r)",
+                     FROM unnest($3::text[], $4::text[], $5::int8[], $6::int4[], $7::int8[]) AS u(l, i, x, v, r)
+                     ON CONFLICT (projection, commit_lsn) DO NOTHING",
                     &[&self.config.projection(), &self.batch_id, &lsns, &ids, &xids, &versions, &rows],
                 )
                 .await
