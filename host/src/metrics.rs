@@ -283,11 +283,12 @@ fn register_components(
     let errors: Family<Labels, Counter> = Family::default();
     let healthy: Family<Labels, Gauge> = Family::default();
     let bytes: Family<Labels, Counter> = Family::default();
+    let applied: Family<Labels, Counter> = Family::default();
     for (k, name, c) in stats.components() {
         if k != kind {
             continue;
         }
-        let labels = vec![(label, name)];
+        let labels = vec![(label, name.clone())];
         calls.get_or_create(&labels).inc_by(c.calls());
         seconds.get_or_create(&labels).inc_by(c.seconds());
         errors.get_or_create(&labels).inc_by(c.errors());
@@ -295,6 +296,17 @@ fn register_components(
             .get_or_create(&labels)
             .set(i64::from(c.failing().is_none()));
         bytes.get_or_create(&labels).inc_by(c.bytes());
+        for (what, rows) in c.applied() {
+            let labels = vec![(label, name.clone()), ("op", what.to_string())];
+            applied.get_or_create(&labels).inc_by(rows);
+        }
+    }
+    if kind == Component::Sink {
+        registry.register(
+            "sink_rows_applied",
+            "Rows a postgres sink applied, by op: upsert (inserted or updated), delete (deleted or marked deleted), set_aside (refused by the target, skipped or dead-lettered)",
+            applied,
+        );
     }
     registry.register(format!("{label}_calls"), what.0, calls);
     registry.register(format!("{label}_call_seconds"), what.1, seconds);

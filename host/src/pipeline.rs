@@ -97,6 +97,7 @@ pub async fn run(
     let config = &config.with_tables(selected.tables);
     // Nothing is created or written before every check has passed.
     let mut info = control.preflight(&config.source).await?;
+    crate::sink::postgres::check_keys(config, &info).map_err(StageError::from)?;
     config.check_outputs_writable().await?;
     if let Some(state) = config.state_url() {
         info.versions = SchemaVersions::load(state, &config.source.slot).await?;

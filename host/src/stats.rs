@@ -18,6 +18,9 @@ pub struct CallStats {
     bytes: AtomicU64,
     /// The error that stopped the pipeline at the last call, if it failed.
     failing: Mutex<Option<String>>,
+    /// Rows a current-state sink applied, by what it did (`upsert`, `delete`,
+    /// `set_aside`).
+    applied: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl CallStats {
@@ -44,6 +47,17 @@ impl CallStats {
 
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Relaxed)
+    }
+
+    pub fn add_applied(&self, what: &'static str, rows: u64) {
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        *applied.entry(what).or_default() += rows;
+    }
+
+    /// Rows applied, by what was done to them.
+    pub fn applied(&self) -> Vec<(&'static str, u64)> {
+        let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        applied.iter().map(|(k, v)| (*k, *v)).collect()
     }
 
     pub fn calls(&self) -> u64 {

@@ -13,18 +13,11 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use weir::pgtemp::TempPostgres;
-
-const TABLE: &str = "CREATE TABLE bench (
-    id bigint PRIMARY KEY,
-    customer_id int NOT NULL,
-    amount numeric(12,2) NOT NULL,
-    status text NOT NULL,
-    note text,
-    created_at timestamptz NOT NULL,
-    flagged bool NOT NULL
-)";
+use weir_tests::bench::{
+    TABLE, insert_rows, machine, recvlogical, run_measured, weir_until_caught_up,
+};
 
 struct Run {
     seconds: f64,
@@ -81,17 +74,7 @@ fn main() {
         let mut start = 1;
         while start <= rows {
             let end = (start + per_tx - 1).min(rows);
-            pg.psql(
-                &db,
-                &format!(
-                    "INSERT INTO bench SELECT g, g % 10007, (g % 100000) / 100.0, \
-                     (ARRAY['new','paid','shipped','returned'])[1 + g % 4], \
-                     CASE WHEN g % 3 = 0 THEN 'note ' || g END, \
-                     timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second', g % 2 = 0 \
-                     FROM generate_series({start}, {end}) g"
-                ),
-            )
-            .unwrap();
+            pg.psql(&db, &insert_rows(start, end)).unwrap();
             start = end + 1;
         }
         let end_lsn = pg
@@ -116,7 +99,10 @@ fn main() {
                 )
                 .unwrap();
             }
-            let r = run_recvlogical(&pg, &db, &ref_slot, &end_lsn);
+            let r = Run {
+                seconds: recvlogical(&pg.url(&db), &ref_slot, &end_lsn),
+                peak_rss_kib: 0,
+            };
             let w = run_weir(&pg, &db, &weir_slot, rows, transform.map(|p| p.as_path()));
             println!(
                 "  round {}: pg_recvlogical {:>9.0} rows/s   weir {:>9.0} rows/s   ratio {:.2}   weir peak RSS {} MiB",
@@ -148,36 +134,6 @@ fn main() {
     }
 }
 
-fn run_recvlogical(pg: &TempPostgres, db: &str, slot: &str, end_lsn: &str) -> Run {
-    let started = Instant::now();
-    let status = Command::new("pg_recvlogical")
-        .args([
-            "-d",
-            &pg.url(db),
-            "--slot",
-            slot,
-            "--start",
-            "--no-loop",
-            "-E",
-            end_lsn,
-            "-f",
-            "/dev/null",
-        ])
-        .args([
-            "-o",
-            "proto_version=1",
-            "-o",
-            "publication_names=weir_bench",
-        ])
-        .status()
-        .expect("run pg_recvlogical");
-    assert!(status.success(), "pg_recvlogical failed");
-    Run {
-        seconds: started.elapsed().as_secs_f64(),
-        peak_rss_kib: 0,
-    }
-}
-
 fn run_weir(pg: &TempPostgres, db: &str, slot: &str, rows: u64, transform: Option<&Path>) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bench.toml");
@@ -198,35 +154,9 @@ fn run_weir(pg: &TempPostgres, db: &str, slot: &str, rows: u64, transform: Optio
         ),
     )
     .unwrap();
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir-e2e"))
-        .args(["run", config.to_str().unwrap(), "--until-caught-up"])
-        .env(
-            "WEIR_LOG",
-            std::env::var("WEIR_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("run weir");
-    let mut peak = 0;
     let trace = std::env::var_os("WEIR_BENCH_TRACE_RSS").is_some();
-    let mut last_trace = Instant::now();
-    let status = loop {
-        peak = peak.max(vm_hwm_kib(child.id()));
-        if trace && last_trace.elapsed() > Duration::from_millis(500) {
-            last_trace = Instant::now();
-            eprintln!(
-                "    {:>5.1}s RSS {} MiB",
-                started.elapsed().as_secs_f64(),
-                peak / 1024
-            );
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let seconds = started.elapsed().as_secs_f64();
+    let bin = env!("CARGO_BIN_EXE_weir-e2e");
+    let (status, seconds, peak) = run_measured(&mut weir_until_caught_up(bin, &config), trace);
     assert!(status.success(), "weir failed");
     let written = parquet_rows(&dir.path().join("out"));
     assert_eq!(written, rows, "weir wrote every row");
@@ -246,18 +176,6 @@ fn mask_plugin() -> std::path::PathBuf {
     std::fs::copy(manifest, dir.join("weir-plugin.toml")).unwrap();
     std::fs::copy(wasm, dir.join("mask.wasm")).unwrap();
     dir
-}
-
-/// Peak resident set size of a live process, from /proc.
-fn vm_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Rows in the Parquet files below `path`, from their footers.
@@ -280,28 +198,4 @@ fn parquet_rows(path: &Path) -> u64 {
             }
         })
         .sum()
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
-    format!(
-        "{} cores, {cpu}, {} GiB RAM",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        mem / (1 << 20)
-    )
 }

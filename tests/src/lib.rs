@@ -39,3 +39,130 @@ pub fn build_component(package: &str, target_dir: &Path) -> PathBuf {
     assert!(wasm.exists(), "{} was not produced", wasm.display());
     wasm
 }
+
+/// What the benchmarks share: the machine they ran on and a process's peak memory.
+pub mod bench {
+    /// Peak resident set size of a live process, from /proc.
+    pub fn vm_hwm_kib(pid: u32) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// The machine, for the report: cores, CPU model, memory.
+    pub fn machine() -> String {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
+            .unwrap_or_default();
+        let mem = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .next()
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        format!(
+            "{} cores, {cpu}, {} GiB RAM",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            mem / (1 << 20)
+        )
+    }
+
+    /// Seconds `pg_recvlogical` takes to drain `slot` of database `url` to `end_lsn`
+    /// (pgoutput, publication `weir_bench`): the WAL sender's own rate.
+    pub fn recvlogical(url: &str, slot: &str, end_lsn: &str) -> f64 {
+        let started = std::time::Instant::now();
+        let status = std::process::Command::new("pg_recvlogical")
+            .args([
+                "-d",
+                url,
+                "--slot",
+                slot,
+                "--start",
+                "--no-loop",
+                "-E",
+                end_lsn,
+            ])
+            .args(["-f", "/dev/null", "-o", "proto_version=1"])
+            .args(["-o", "publication_names=weir_bench"])
+            .status()
+            .expect("run pg_recvlogical");
+        assert!(status.success(), "pg_recvlogical failed");
+        started.elapsed().as_secs_f64()
+    }
+
+    /// Runs `command` to its end, reading its peak RSS from /proc every 20 ms (printed
+    /// every 500 ms with `trace`); returns its status, wall seconds and peak RSS (KiB).
+    pub fn run_measured(
+        command: &mut std::process::Command,
+        trace: bool,
+    ) -> (std::process::ExitStatus, f64, u64) {
+        let started = std::time::Instant::now();
+        let mut child = command.spawn().expect("start the benchmarked process");
+        let (mut peak, mut last_trace) = (0, started);
+        let status = loop {
+            peak = peak.max(vm_hwm_kib(child.id()));
+            if trace && last_trace.elapsed().as_millis() > 500 {
+                last_trace = std::time::Instant::now();
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!("    {secs:>5.1}s RSS {} MiB", peak / 1024);
+            }
+            if let Some(status) = child.try_wait().expect("wait for the process") {
+                break status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        (status, started.elapsed().as_secs_f64(), peak)
+    }
+
+    /// `weir run CONFIG --until-caught-up` of binary `bin`, logging at `WEIR_BENCH_LOG`
+    /// (default `warn`), its standard output dropped.
+    pub fn weir_until_caught_up(bin: &str, config: &std::path::Path) -> std::process::Command {
+        let mut command = std::process::Command::new(bin);
+        command
+            .args([
+                "run",
+                config.to_str().expect("a UTF-8 path"),
+                "--until-caught-up",
+            ])
+            .env(
+                "WEIR_LOG",
+                std::env::var("WEIR_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(std::process::Stdio::null());
+        command
+    }
+
+    /// The benchmarks' table: seven columns of the common types.
+    pub const TABLE: &str = "CREATE TABLE bench (
+    id bigint PRIMARY KEY,
+    customer_id int NOT NULL,
+    amount numeric(12,2) NOT NULL,
+    status text NOT NULL,
+    note text,
+    created_at timestamptz NOT NULL,
+    flagged bool NOT NULL
+)";
+
+    /// Inserts rows `start..=end` of the benchmarks' table.
+    pub fn insert_rows(start: u64, end: u64) -> String {
+        format!(
+            "INSERT INTO bench SELECT g, g % 10007, (g % 100000) / 100.0, \
+             (ARRAY['new','paid','shipped','returned'])[1 + g % 4], \
+             CASE WHEN g % 3 = 0 THEN 'note ' || g END, \
+             timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second', g % 2 = 0 \
+             FROM generate_series({start}, {end}) g"
+        )
+    }
+}

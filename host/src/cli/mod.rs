@@ -585,6 +585,35 @@ async fn describe_sink(sink: &SinkConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each postgres sink's target tables, checked against the source tables (without
+/// transforms: what they produce is known only when they run).
+async fn describe_projections(
+    config: &PipelineConfig,
+    control: &crate::source::Control,
+    info: &crate::source::SourceInfo,
+) -> anyhow::Result<()> {
+    for (i, sink) in config.sinks.iter().enumerate() {
+        let SinkConfig::Postgres(p) = sink else {
+            continue;
+        };
+        if !config.transforms.is_empty() {
+            println!(
+                "target    sink {i}: tables checked when the run sees what the transforms produce"
+            );
+            continue;
+        }
+        let mut relations = Vec::new();
+        for table in &config.source.tables {
+            relations
+                .push(crate::source::snapshot::table_relation(&control.client, info, table).await?);
+        }
+        for line in crate::sink::postgres::describe_tables(p, &relations).await? {
+            println!("target    sink {i}: {line}");
+        }
+    }
+    Ok(())
+}
+
 /// What a run would find and do in the database: the preflight checks, then the
 /// publication and the slot it would create or use.
 async fn check_database(config: &PipelineConfig) -> anyhow::Result<()> {
@@ -601,6 +630,7 @@ async fn check_database(config: &PipelineConfig) -> anyhow::Result<()> {
     }
     let config = &config.with_tables(selected.tables);
     let info = control.preflight(&config.source).await?;
+    crate::sink::postgres::check_keys(config, &info)?;
     println!(
         "database  `{}` as `{}`: wal_level logical, replication allowed, tables found and readable, may create or extend the publication",
         info.database, info.user
@@ -610,6 +640,7 @@ async fn check_database(config: &PipelineConfig) -> anyhow::Result<()> {
         "output    writable: {} (probed with a temporary file or object, removed again)",
         config.output_urls().join(", ")
     );
+    describe_projections(config, &control, &info).await?;
     match &info.publication_missing {
         None => println!(
             "would     create publication `{}` for {}",

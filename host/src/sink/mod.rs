@@ -428,6 +428,11 @@ impl Sinks {
     fn count<T>(&mut self, i: usize, started: std::time::Instant, result: &Result<T, SinkError>) {
         self.calls[i].record(started, false, result);
         self.calls[i].add_bytes(self.sinks[i].take_new_bytes());
+        if let Sink::Postgres(p) = &mut self.sinks[i] {
+            for (what, rows) in p.take_applied() {
+                self.calls[i].add_applied(what, rows);
+            }
+        }
     }
 
     /// The LSN that may be reported to the server as flushed: everything before it is

@@ -181,6 +181,20 @@ fn tombstones_a_changelog_and_a_renamed_table_side_by_side() {
         &target,
         "schema = \"log\"\nname = \"log\"\nmode = \"changelog\"",
     );
+    let out = db
+        .weir(&["validate", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        said.contains("target    sink 1: would create \"tomb\".\"t_v1\""),
+        "{said}"
+    );
+    assert!(
+        said.contains("target    sink 2: would create \"log\".\"t\""),
+        "{said}"
+    );
     db.catch_up(&config);
     db.sql("INSERT INTO t SELECT g, 'a' FROM generate_series(1, 10) g");
     db.sql("UPDATE t SET v = 'b' WHERE id <= 3");
@@ -322,6 +336,17 @@ fn a_target_that_cannot_take_the_projection_is_one_clear_error_and_the_checkpoin
     target.sql("CREATE TABLE public.t (id int PRIMARY KEY, v int, _cdc_commit_lsn pg_lsn)");
     let config = db.config(&["public.t"]);
     with_projection(&config, &target, "");
+    // validate says it first, and writes nothing.
+    let out = db
+        .weir(&["validate", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("column v is integer there, text in the source"),
+        "{}",
+        stderr(&out)
+    );
     db.catch_up(&config);
     let before = db.confirmed_flush();
     db.sql("INSERT INTO t VALUES (1, 'x')");
@@ -336,6 +361,23 @@ fn a_target_that_cannot_take_the_projection_is_one_clear_error_and_the_checkpoin
         "{err}"
     );
     assert_eq!(db.confirmed_flush(), before, "the checkpoint did not move");
+
+    // A table without a primary key cannot be mirrored.
+    let other = TestDb::new("proj_keyless");
+    other.sql("CREATE TABLE k (a int, b text)");
+    other.sql("ALTER TABLE k REPLICA IDENTITY FULL");
+    let keyless = other.config(&["public.k"]);
+    with_projection(&keyless, &target, "schema = \"k\"\nname = \"k\"");
+    let out = other
+        .weir(&["run", keyless.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("table public.k has no primary key: mode = \"mirror\""),
+        "{}",
+        stderr(&out)
+    );
 
     // An unreachable target.
     let unreachable = db.config(&["public.t"]);

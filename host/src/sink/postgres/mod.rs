@@ -48,8 +48,9 @@ pub struct PostgresSink {
     ledger: Ledger,
     /// Where refused changes go under `on_error = "dead-letter"`, and this sink's place.
     dead_letters: Option<(DeadLetters, Stage)>,
-    /// Rows applied (inserted or updated, deleted) and changes set aside, since start.
-    pub applied: Applied,
+    /// Rows applied (inserted or updated, deleted) and changes set aside, not yet counted
+    /// in the metrics.
+    applied: Applied,
 }
 
 impl PostgresSink {
@@ -112,6 +113,16 @@ impl PostgresSink {
     /// The last source transaction the target holds.
     pub fn durable(&self) -> Option<CommitPos> {
         self.durable
+    }
+
+    /// Rows applied since the last call, by what was done: for the metrics.
+    pub fn take_applied(&mut self) -> [(&'static str, u64); 3] {
+        let a = std::mem::take(&mut self.applied);
+        [
+            ("upsert", a.upserted),
+            ("delete", a.deleted),
+            ("set_aside", a.set_aside),
+        ]
     }
 
     /// Takes changes after `from` again (a replay from the changelog), whatever the
@@ -419,4 +430,54 @@ pub async fn check(config: &PostgresSinkConfig) -> Result<String, SinkError> {
         });
     }
     Ok(format!("database `{database}` reachable as `{user}`"))
+}
+
+/// What a run would do to each target table (`weir validate`; nothing is written).
+pub async fn describe_tables(
+    config: &PostgresSinkConfig,
+    relations: &[Relation],
+) -> Result<Vec<String>, SinkError> {
+    let control = Control::connect(&config.url)
+        .await
+        .map_err(SinkError::target)?;
+    let shape = Shape {
+        mode: config.mode,
+        deletes: config.deletes,
+    };
+    let mut lines = Vec::new();
+    for relation in relations {
+        let (_, name) = config.target_of(&relation.schema, &relation.table);
+        lines.push(target::describe(&control.client, &name, relation, shape).await?);
+    }
+    Ok(lines)
+}
+
+/// A mirror keeps rows by primary key: a captured table without one (REPLICA IDENTITY
+/// FULL) stops the run before anything is created, naming the table and the way out.
+pub fn check_keys(
+    config: &crate::config::PipelineConfig,
+    info: &crate::source::SourceInfo,
+) -> Result<(), crate::sink::NamedSinkError> {
+    for (i, sink) in config.sinks.iter().enumerate() {
+        let crate::config::SinkConfig::Postgres(p) = sink else {
+            continue;
+        };
+        let keyless = config
+            .source
+            .tables
+            .iter()
+            .find(|t| info.primary_keys.get(*t).is_none_or(Vec::is_empty));
+        if let (Mode::Mirror, Some(table)) = (p.mode, keyless) {
+            return Err(crate::sink::NamedSinkError {
+                sink: crate::sink::sink_name(sink),
+                error: SinkError::Config {
+                    what: format!("sink {i}"),
+                    message: format!(
+                        "table {table} has no primary key: mode = \"mirror\" keeps rows by key; add a primary key to it, or use mode = \"changelog\" (it has REPLICA IDENTITY FULL)"
+                    ),
+                },
+            });
+        }
+    }
+    Ok(())
 }

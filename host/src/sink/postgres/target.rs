@@ -296,16 +296,39 @@ async fn create(
     Ok(())
 }
 
-/// Checks an existing target table against the relation and brings it up to date.
-/// Returns the target's columns the relation does not have.
-async fn evolve(
-    client: &Client,
+/// A change an existing target table needs to take the relation's rows.
+pub enum Change {
+    /// A column the source added: `ADD COLUMN`.
+    Add { column: String, ty: String },
+    /// A column whose type changed in the source: `ALTER COLUMN ... TYPE`.
+    Retype {
+        column: String,
+        from: String,
+        to: String,
+    },
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::Add { column, ty } => write!(f, "add column {column} {ty}"),
+            Change::Retype { column, from, to } => {
+                write!(f, "change column {column} from {from} to {to}")
+            }
+        }
+    }
+}
+
+/// Checks an existing target table against the relation: weir's columns and the key must
+/// be there; returns the changes that bring it up to date (a type change only after a
+/// schema change in the source: at first sight another type is a mismatch).
+fn plan(
     name: &str,
     relation: &Relation,
     types: &[String],
     found: &Existing,
     shape: Shape,
-) -> Result<Vec<String>, SinkError> {
+) -> Result<Vec<Change>, SinkError> {
     let has = |c: &str| found.columns.iter().find(|(n, _)| n == c);
     for (column, _) in shape.weir_columns() {
         if has(column).is_none() {
@@ -337,24 +360,18 @@ async fn evolve(
             ));
         }
     }
+    let mut changes = Vec::new();
     for (column, ty) in relation.columns.iter().zip(types) {
-        let quoted = quote_ident(&column.name);
         match has(&column.name) {
-            None => {
-                alter(client, name, &format!("ADD COLUMN {quoted} {ty}")).await?;
-                tracing::info!(table = name, column = %column.name, "Added a column the source added to the projection's target table.");
-            }
-            Some((_, now)) if now != ty && relation.version > 1 => {
-                let change = format!("ALTER COLUMN {quoted} TYPE {ty} USING {quoted}::{ty}");
-                alter(client, name, &change).await.map_err(|e| {
-                    mismatch(
-                        relation,
-                        name,
-                        format!("column {} is {now} there and {ty} in the source now, and the target cannot convert it ({e}); change it by hand, then run again", column.name),
-                    )
-                })?;
-                tracing::info!(table = name, column = %column.name, from = %now, to = %ty, "Changed a column's type in the projection's target table.");
-            }
+            None => changes.push(Change::Add {
+                column: column.name.clone(),
+                ty: ty.clone(),
+            }),
+            Some((_, now)) if now != ty && relation.version > 1 => changes.push(Change::Retype {
+                column: column.name.clone(),
+                from: now.clone(),
+                to: ty.clone(),
+            }),
             Some((_, now)) if now != ty => {
                 return Err(mismatch(
                     relation,
@@ -368,6 +385,43 @@ async fn evolve(
             Some(_) => {}
         }
     }
+    Ok(changes)
+}
+
+/// Brings an existing target table up to date with the relation. Returns the target's
+/// columns the relation does not have.
+async fn evolve(
+    client: &Client,
+    name: &str,
+    relation: &Relation,
+    types: &[String],
+    found: &Existing,
+    shape: Shape,
+) -> Result<Vec<String>, SinkError> {
+    for change in plan(name, relation, types, found, shape)? {
+        match &change {
+            Change::Add { column, ty } => {
+                alter(
+                    client,
+                    name,
+                    &format!("ADD COLUMN {} {ty}", quote_ident(column)),
+                )
+                .await?;
+            }
+            Change::Retype { column, from, to } => {
+                let quoted = quote_ident(column);
+                let sql = format!("ALTER COLUMN {quoted} TYPE {to} USING {quoted}::{to}");
+                alter(client, name, &sql).await.map_err(|e| {
+                    mismatch(
+                        relation,
+                        name,
+                        format!("column {column} is {from} there and {to} in the source now, and the target cannot convert it ({e}); change it by hand, then run again"),
+                    )
+                })?;
+            }
+        }
+        tracing::info!(table = name, change = %change, "Changed the projection's target table as the source changed.");
+    }
     let weir: Vec<&str> = shape.weir_columns().iter().map(|(c, _)| *c).collect();
     Ok(found
         .columns
@@ -376,6 +430,33 @@ async fn evolve(
         .filter(|c| !weir.contains(&c.as_str()) && relation.column_index(c).is_none())
         .map(|c| quote_ident(c))
         .collect())
+}
+
+/// What a run would do to the target table of `relation` (nothing is changed): create
+/// it, change it, or take it as it is; a mismatch is the error a run would stop with.
+pub async fn describe(
+    client: &Client,
+    name: &str,
+    relation: &Relation,
+    shape: Shape,
+) -> Result<String, SinkError> {
+    let types = column_types(client, relation).await?;
+    if matches!(shape.mode, Mode::Mirror) && !relation.columns.iter().any(|c| c.key) {
+        return Err(mismatch(relation, name, "has no primary key in the source: mode = \"mirror\" keeps rows by key; add one, or use mode = \"changelog\"".into()));
+    }
+    Ok(match existing(client, name).await? {
+        None => format!("would create {name}"),
+        Some(found) => {
+            let changes = plan(name, relation, &types, &found, shape)?;
+            match changes.is_empty() {
+                true => format!("{name} matches"),
+                false => {
+                    let changes: Vec<String> = changes.iter().map(ToString::to_string).collect();
+                    format!("would change {name}: {}", changes.join(", "))
+                }
+            }
+        }
+    })
 }
 
 async fn alter(client: &Client, name: &str, change: &str) -> Result<(), SinkError> {
