@@ -8,7 +8,7 @@
 
 use super::copy::Line;
 use super::reduce::{Net, Step};
-use super::target::{COMMIT_LSN, DELETED, Shape, Target, failed};
+use super::target::{CHANGELOG_COLUMNS, COMMIT_LSN, DELETED, Shape, Target, failed};
 use super::{DeleteMode, Mode};
 use crate::lsn::Lsn;
 use crate::plugin::OnError;
@@ -159,17 +159,7 @@ impl Apply<'_> {
 
     fn changelog_columns(&self) -> String {
         let mut columns = self.target.columns.clone();
-        columns.extend(
-            [
-                "_cdc_op",
-                COMMIT_LSN,
-                "_cdc_seq",
-                "_cdc_xid",
-                "_cdc_commit_ts",
-                "_cdc_unchanged",
-            ]
-            .map(String::from),
-        );
+        columns.extend(CHANGELOG_COLUMNS.map(String::from));
         columns.join(", ")
     }
 

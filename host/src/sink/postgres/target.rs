@@ -55,7 +55,8 @@ pub fn privilege_hint(e: SourceError, grant: &str) -> SinkError {
 /// The columns weir adds to a projected table.
 pub const COMMIT_LSN: &str = "_cdc_commit_lsn";
 pub const DELETED: &str = "_cdc_deleted";
-const CHANGELOG_COLUMNS: [&str; 6] = [
+/// weir's columns of a changelog-mode table, in order.
+pub const CHANGELOG_COLUMNS: [&str; 6] = [
     "_cdc_op",
     COMMIT_LSN,
     "_cdc_seq",
