@@ -13,7 +13,6 @@
 //! fresh target database, then checks the target equals the source. Rates are changes per
 //! second of wall time; weir's peak RSS is read from /proc.
 
-use std::process::{Command, Stdio};
 use std::time::Instant;
 use weir::pgtemp::TempPostgres;
 use weir_tests::bench::{

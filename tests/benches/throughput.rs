@@ -12,7 +12,6 @@
 //! transaction size).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Instant;
 use weir::pgtemp::TempPostgres;
 use weir_tests::bench::{
