@@ -11,7 +11,8 @@
 //! `pg_recvlogical` (pgoutput: the WAL sender's own rate, the ceiling for one slot) and
 //! another with `weir run --until-caught-up` and only a `postgres` sink (mirror) into a
 //! fresh target database, then checks the target equals the source. Rates are changes per
-//! second of wall time; weir's peak RSS is read from /proc.
+//! second of wall time; weir's peak RSS is read from /proc. "best" is the round with the
+//! best ratio.
 
 use std::time::Instant;
 use weir::pgtemp::TempPostgres;

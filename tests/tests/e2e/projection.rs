@@ -233,11 +233,18 @@ fn tombstones_a_changelog_and_a_renamed_table_side_by_side() {
         "1"
     );
     // weir status reads each projection's checkpoint from its target.
-    let status = db.weir(&["status", config.to_str().unwrap(), "--json"]).output().unwrap();
+    let status = db
+        .weir(&["status", config.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let checkpoint = target.sql("SELECT end_lsn FROM weir.checkpoints WHERE sink = 'tomb'");
     assert_eq!(status["sinks"][1]["kind"], "postgres");
-    assert_eq!(status["sinks"][1]["checkpoint"]["end_lsn"], checkpoint.trim(), "{status}");
+    assert_eq!(
+        status["sinks"][1]["checkpoint"]["end_lsn"],
+        checkpoint.trim(),
+        "{status}"
+    );
 }
 
 #[test]
