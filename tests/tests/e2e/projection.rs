@@ -475,6 +475,26 @@ fn a_projection_added_later_is_filled_by_replay_from_the_changelog_then_streams(
     db.catch_up(&config);
     assert_equal_tables(&db, &target, "t", "public.t", columns);
 
+    // A --from the changelog does not reach back to is refused (it starts with the
+    // initial snapshot; 0/0 means all of it).
+    let out = db
+        .weir(&[
+            "replay",
+            config.to_str().unwrap(),
+            "--sink",
+            "1",
+            "--from",
+            "0/1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("does not reach back that far"),
+        "{}",
+        stderr(&out)
+    );
+
     // A damaged projection is rebuilt from the start of the changelog.
     target.sql("TRUNCATE public.t");
     replay(Some("0/0"));
@@ -499,4 +519,57 @@ fn a_projection_added_later_is_filled_by_replay_from_the_changelog_then_streams(
         ledger, lsns,
         "the ledger names each transaction of the changelog once"
     );
+}
+
+#[test]
+fn a_wrong_password_and_a_missing_right_on_the_target_are_named() {
+    let db = TestDb::new("proj_rights");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let pg = shared_target();
+    let target = Target::new(pg, "proj_rights");
+    pg.psql("postgres", "CREATE ROLE weir_weak LOGIN PASSWORD 'right'")
+        .unwrap();
+    pg.prepend_hba("host all weir_weak 127.0.0.1/32 scram-sha-256")
+        .unwrap();
+    let as_weak = |password: &str| {
+        target
+            .url()
+            .replace("postgres@", &format!("weir_weak:{password}@"))
+    };
+    for (password, said) in [
+        (
+            "wrong",
+            "authentication failed for user `weir_weak`: check the password in the postgres sink's url",
+        ),
+        ("right", "GRANT CREATE ON DATABASE"),
+    ] {
+        let config = db.config(&["public.t"]);
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&format!(
+            "\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            as_weak(password)
+        ));
+        std::fs::write(&config, text).unwrap();
+        let file = config.to_str().unwrap();
+        for command in [
+            vec!["validate", file],
+            vec!["run", file, "--until-caught-up"],
+        ] {
+            let out = db.weir(&command).output().unwrap();
+            assert!(
+                !out.status.success(),
+                "{command:?} with password {password}"
+            );
+            assert!(stderr(&out).contains(said), "{command:?}: {}", stderr(&out));
+        }
+        assert!(
+            db.sql(&format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+                db.name
+            ))
+            .trim()
+                == "0",
+            "nothing was created on the source"
+        );
+    }
 }

@@ -107,7 +107,13 @@ fn a_transform_swapped_mid_stream_processes_each_change_once_and_a_broken_one_ch
     let files: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let (mut old, mut new) = (0, 0);
     for f in &files {
-        match f["transforms"].as_str() {
+        // `name@version#sha256` of the component.
+        let label = f["transforms"].as_str().map(|t| {
+            let (label, sha) = t.split_once('#').unwrap_or((t, ""));
+            assert_eq!(sha.len(), 64, "the component's sha256 in {t}");
+            label
+        });
+        match label {
             Some("mask@0.1.0") => {
                 assert_eq!(
                     (f["sha256"].as_u64(), f["other"].as_u64()),

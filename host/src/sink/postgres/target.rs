@@ -141,21 +141,17 @@ async fn column_types(client: &Client, relation: &Relation) -> Result<Vec<String
         )
         .await
         .map_err(failed("naming the column types in the target"))?;
-    rows.iter()
+    Ok(rows
+        .iter()
         .zip(&relation.columns)
         .map(|(r, c)| {
-            r.get::<_, Option<String>>(0).ok_or_else(|| {
-                mismatch(
-                    relation,
-                    "",
-                    format!(
-                        "needs type {} for column {}, which the target database does not have: create it there (as in the source)",
-                        c.type_name, c.name
-                    ),
-                )
+            r.get::<_, Option<String>>(0).unwrap_or_else(|| {
+                // Text holds every value of any type losslessly.
+                tracing::warn!(table = %relation.qualified_name(), column = %c.name, r#type = %c.type_name, "The target database has no type of this name: the column is text there (create the type in the target first to keep it).");
+                "text".into()
             })
         })
-        .collect()
+        .collect())
 }
 
 /// What a projection writes into each table.
