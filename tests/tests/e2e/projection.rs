@@ -573,3 +573,47 @@ fn a_wrong_password_and_a_missing_right_on_the_target_are_named() {
         );
     }
 }
+
+#[test]
+fn a_projection_holds_what_the_transforms_made_through_snapshot_stream_and_backfill() {
+    let db = TestDb::new("proj_mask");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, amount numeric(10,2), v int)");
+    db.sql("INSERT INTO t SELECT g, g * 1.5, 0 FROM generate_series(1, 20) g");
+    let mask = db.plugin("weir-plugin-mask", "plugins/mask/weir-plugin.toml", |m| m);
+    let config = db.config(&["public.t"]);
+    let target = Target::new(shared_target(), "proj_mask");
+    with_projection(&config, &target, "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[[transform]]\nplugin = \"{}\"\nconfig = {{ salt = \"s\", rules = [ {{ columns = [\"amount\"], method = \"hash\" }} ] }}\n",
+        mask.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    db.catch_up(&config); // the initial snapshot, through the transform
+    db.sql("UPDATE t SET v = 1 WHERE id <= 5");
+    db.sql("DELETE FROM t WHERE id = 20");
+    let out = db
+        .weir(&["snapshot", config.to_str().unwrap(), "--table", "public.t"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    db.sql("UPDATE t SET v = 2 WHERE id = 1");
+    db.catch_up(&config); // the stream, and the backfill at its watermark
+    assert_eq!(
+        target
+            .sql("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'public.t'::regclass AND attname = 'amount'")
+            .trim(),
+        "text",
+        "a masked column is text in the target"
+    );
+    assert_equal_tables(&db, &target, "t", "public.t", "id, v");
+    // The masked values are the ones the changelog holds (read by DuckDB).
+    let log = db.changelog("public.t", "id");
+    let masked: Vec<serde_json::Value> = serde_json::from_str(&target.sql(
+        "SELECT json_agg(amount ORDER BY id) FROM public.t",
+    ))
+    .unwrap();
+    let expected: Vec<serde_json::Value> = log.rows.iter().map(|r| r["amount"].clone()).collect();
+    assert_eq!(masked, expected);
+    assert!(masked.iter().all(|m| m.as_str().is_some_and(|s| s != "1.50" && s.len() > 10)), "{masked:?}");
+}
