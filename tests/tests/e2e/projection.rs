@@ -609,11 +609,57 @@ fn a_projection_holds_what_the_transforms_made_through_snapshot_stream_and_backf
     assert_equal_tables(&db, &target, "t", "public.t", "id, v");
     // The masked values are the ones the changelog holds (read by DuckDB).
     let log = db.changelog("public.t", "id");
-    let masked: Vec<serde_json::Value> = serde_json::from_str(&target.sql(
-        "SELECT json_agg(amount ORDER BY id) FROM public.t",
-    ))
-    .unwrap();
+    let masked: Vec<serde_json::Value> =
+        serde_json::from_str(&target.sql("SELECT json_agg(amount ORDER BY id) FROM public.t"))
+            .unwrap();
     let expected: Vec<serde_json::Value> = log.rows.iter().map(|r| r["amount"].clone()).collect();
     assert_eq!(masked, expected);
-    assert!(masked.iter().all(|m| m.as_str().is_some_and(|s| s != "1.50" && s.len() > 10)), "{masked:?}");
+    assert!(
+        masked
+            .iter()
+            .all(|m| m.as_str().is_some_and(|s| s != "1.50" && s.len() > 10)),
+        "{masked:?}"
+    );
+}
+
+#[test]
+fn a_pipeline_whose_only_sink_is_a_projection_snapshots_streams_and_resumes() {
+    let db = TestDb::new("proj_only");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    db.sql("INSERT INTO t SELECT g, 'seed' FROM generate_series(1, 30) g");
+    let target = Target::new(shared_target(), "proj_only");
+    let config = db.dir.path().join("only.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\ntables = [\"public.t\"]\n\n\
+             [batch]\nmax_delay = \"100ms\"\n\n\
+             [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n\n\
+             [state]\nurl = \"file://{}\"\n",
+            db.url(),
+            db.name,
+            db.name,
+            target.url(),
+            db.dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    db.catch_up(&config); // the initial snapshot
+    assert_equal_tables(&db, &target, "t", "public.t", "id, v");
+    db.sql("UPDATE t SET v = 'x' WHERE id % 3 = 0");
+    db.sql("DELETE FROM t WHERE id > 25");
+    let mut weir = db.spawn(&config);
+    db.wait_slot_active();
+    db.sql("INSERT INTO t VALUES (100, 'while running')");
+    std::thread::sleep(Duration::from_secs(2));
+    weir.kill().unwrap();
+    weir.wait().unwrap();
+    db.sql("INSERT INTO t VALUES (101, 'after the kill')");
+    db.catch_up(&config);
+    assert_equal_tables(&db, &target, "t", "public.t", "id, v");
+    assert_eq!(
+        target.sql("SELECT count(*) FROM weir.checkpoints").trim(),
+        "1",
+        "one checkpoint row for the projection"
+    );
 }
