@@ -256,6 +256,12 @@ impl Batcher {
         }
     }
 
+    /// The batch holds events and ends at a transaction boundary: it can be handed over
+    /// early.
+    pub fn at_commit_with_events(&self) -> bool {
+        !self.position.in_tx && !self.current.events.is_empty()
+    }
+
     /// When the current batch must be cut because of `max_delay`.
     pub fn deadline(&self) -> Option<Instant> {
         self.started.map(|s| s + self.config.max_delay)

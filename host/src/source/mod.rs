@@ -1164,6 +1164,9 @@ impl Acknowledger {
 /// The running replication stream: batches out, acknowledgements in.
 pub struct PgSource {
     batches: mpsc::Receiver<Result<SourceBatch, SourceError>>,
+    /// The pipeline waits for a batch (it has processed the last one): the stream hands
+    /// the batch over at the next commit instead of filling it further.
+    waiting: Arc<std::sync::atomic::AtomicBool>,
     ack: Acknowledger,
     stop: CancellationToken,
     /// `None` once awaited.
@@ -1219,6 +1222,7 @@ impl PgSource {
         .with_domains(info.domains.clone())
         .with_versions(info.versions.clone());
         let (tx, batches) = mpsc::channel(2);
+        let waiting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (ack, ack_rx) = watch::channel(start);
         let stop = CancellationToken::new();
         let task = tokio::spawn(
@@ -1234,12 +1238,14 @@ impl PgSource {
                 stats,
                 slot: cfg.slot.clone(),
                 start,
+                waiting: waiting.clone(),
             }
             .run()
             .instrument(tracing::Span::current()),
         );
         Ok(PgSource {
             batches,
+            waiting,
             ack: Acknowledger(Arc::new(ack)),
             stop,
             task: Some(task),
@@ -1248,7 +1254,11 @@ impl PgSource {
 
     /// The next batch; `None` once the stream has ended.
     pub async fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError> {
-        if let Some(batch) = self.batches.recv().await {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.waiting.store(true, Relaxed);
+        let received = self.batches.recv().await;
+        self.waiting.store(false, Relaxed);
+        if let Some(batch) = received {
             return batch.map(Some);
         }
         // The stream's task ended: a panic in it is an error naming it, not an end.
@@ -1295,6 +1305,8 @@ struct Stream {
     slot: String,
     /// Where streaming started (acknowledged from the start).
     start: Lsn,
+    /// The pipeline waits for a batch (see [`PgSource`]).
+    waiting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Stream {
@@ -1323,6 +1335,14 @@ impl Stream {
                     Ok(Some(event)) => {
                         if let Err(e) = self.handle(event) {
                             break Err(e);
+                        }
+                        // An idle pipeline gets each transaction as soon as it commits:
+                        // max_delay only bounds the wait while it is busy.
+                        if self.batcher.at_commit_with_events()
+                            && self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+                            && !self.send().await
+                        {
+                            break Ok(());
                         }
                     }
                     Ok(None) => break Ok(()),
