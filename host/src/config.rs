@@ -227,7 +227,8 @@ pub struct BatchConfig {
     /// Most bytes of row data in one batch. Default `8MiB`.
     #[serde(deserialize_with = "de_size")]
     pub max_bytes: u64,
-    /// Longest a change waits for its batch to fill. Default `500ms`.
+    /// Longest a change waits for its batch to fill while the pipeline is busy (an idle
+    /// pipeline takes each transaction as it commits). Default `500ms`.
     #[serde(deserialize_with = "de_duration")]
     pub max_delay: Duration,
 }
