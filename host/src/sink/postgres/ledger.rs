@@ -58,8 +58,9 @@ impl Ledger {
         }
     }
 
-    /// Adds one change (in source order) made under `transforms`.
-    pub fn add(&mut self, relation: &Relation, event: &Event, transforms: &str) {
+    /// Adds one change (in source order) of `relation`, named `table`, made under
+    /// `transforms`.
+    pub fn add(&mut self, relation: &Relation, table: &str, event: &Event, transforms: &str) {
         if self
             .open
             .as_ref()
@@ -83,7 +84,7 @@ impl Ledger {
         let mut line = Line::new(&mut self.line);
         line.text(&event.seq.to_string())
             .text(event.op.code())
-            .text(&relation.qualified_name());
+            .text(table);
         let values = event.after.as_ref().or(event.before.as_ref());
         for v in values.map(Vec::as_slice).unwrap_or_default() {
             line.value(v);
@@ -152,6 +153,7 @@ mod tests {
         let mut ledger = Ledger::new("shop");
         ledger.add(
             &rel,
+            "public.t",
             &event(
                 0,
                 Op::Insert,
@@ -161,6 +163,7 @@ mod tests {
         );
         ledger.add(
             &rel,
+            "public.t",
             &event(1, Op::Delete, vec![Value::Int(1), Value::Null]),
             "",
         );

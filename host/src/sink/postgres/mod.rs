@@ -153,8 +153,11 @@ impl PostgresSink {
         if !events.events.is_empty() {
             self.begin().await?;
             let transforms = batch.transforms.as_deref().unwrap_or("");
-            for (relation, event) in events.events() {
-                self.ledger.add(relation, event, transforms);
+            let names = reduce::table_names(events);
+            for event in &events.events {
+                let rel = event.rel as usize;
+                let relation = &events.relations[rel];
+                self.ledger.add(relation, &names[rel], event, transforms);
             }
             self.apply(events, self.spanning).await?;
         }

@@ -101,14 +101,15 @@ impl Open {
 pub fn reduce(batch: &Batch) -> Vec<TableSteps> {
     let mut tables: Vec<(TableSteps, Option<Open>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
+    let names = table_names(batch);
     for event in &batch.events {
         let rel = event.rel as usize;
         let relation = &batch.relations[rel];
-        let name = relation.qualified_name();
+        let name = &names[rel];
         let t = *index.entry(name.clone()).or_insert_with(|| {
             tables.push((
                 TableSteps {
-                    table: name,
+                    table: name.clone(),
                     steps: Vec::new(),
                 },
                 None,
@@ -150,14 +151,15 @@ pub fn reduce(batch: &Batch) -> Vec<TableSteps> {
 /// Every change as it is, for a changelog: one step per run of one relation version.
 pub fn every_change(batch: &Batch) -> Vec<TableSteps> {
     let mut tables: Vec<TableSteps> = Vec::new();
+    let names = table_names(batch);
     for event in &batch.events {
         let rel = event.rel as usize;
-        let name = batch.relations[rel].qualified_name();
-        let t = match tables.iter().position(|t| t.table == name) {
+        let name = &names[rel];
+        let t = match tables.iter().position(|t| &t.table == name) {
             Some(t) => t,
             None => {
                 tables.push(TableSteps {
-                    table: name,
+                    table: name.clone(),
                     steps: Vec::new(),
                 });
                 tables.len() - 1
@@ -173,6 +175,15 @@ pub fn every_change(batch: &Batch) -> Vec<TableSteps> {
         }
     }
     tables
+}
+
+/// `schema.table` of each relation of a batch, by its index: named once per batch.
+pub fn table_names(batch: &Batch) -> Vec<String> {
+    batch
+        .relations
+        .iter()
+        .map(Relation::qualified_name)
+        .collect()
 }
 
 /// Adds one row change to its table's open step.
