@@ -43,5 +43,6 @@ pub mod stages;
 pub mod stats;
 pub mod storage;
 pub mod supervisor;
+pub mod verify;
 
 pub use lsn::Lsn;

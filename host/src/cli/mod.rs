@@ -6,6 +6,7 @@ mod lake;
 mod pipeline_status;
 mod plugin;
 mod status;
+mod verify;
 
 use crate::config::{PipelineConfig, SinkConfig};
 use crate::pipeline::RunOptions;
@@ -83,6 +84,12 @@ enum Command {
         #[arg(long)]
         from: Option<crate::lsn::Lsn>,
     },
+    /// Compare each table's state in the outputs (parquet and iceberg changelogs) with
+    /// the source's, both as of one LSN: a snapshot of the source taken now, while the
+    /// pipeline runs. Prints rows in source and output, missing, extra, different and
+    /// duplicated, with example keys; exits 0 only when everything matches. Writes
+    /// nothing to the outputs and does not move the slot.
+    Verify(verify::VerifyArgs),
     /// Show the slot on the server (active, confirmed position, lag, retained WAL) and
     /// each sink's checkpoint.
     Status {
@@ -212,6 +219,7 @@ pub fn main() -> ExitCode {
                 from,
             } => replay(&pipeline, sink, from).await,
             Command::Demo { out, rows } => demo::demo(&out, rows).await,
+            Command::Verify(args) => verify::verify(args).await,
         }
     });
     match result {

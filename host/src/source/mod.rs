@@ -1028,19 +1028,41 @@ impl Control {
         cfg: &SourceConfig,
         info: &SourceInfo,
     ) -> Result<(ReplicationClient, Lsn, String), SourceError> {
+        self.slot_exporting(cfg, info, &cfg.slot, "").await
+    }
+
+    /// Creates a temporary slot `name` (dropped when its session ends) that exports its
+    /// snapshot: a read of the tables exactly as of the returned position, for
+    /// `weir verify`. The pipeline's own slot is not touched.
+    pub async fn create_temporary_slot_exporting(
+        &self,
+        cfg: &SourceConfig,
+        info: &SourceInfo,
+        name: &str,
+    ) -> Result<(ReplicationClient, Lsn, String), SourceError> {
+        self.slot_exporting(cfg, info, name, "TEMPORARY ").await
+    }
+
+    async fn slot_exporting(
+        &self,
+        cfg: &SourceConfig,
+        info: &SourceInfo,
+        name: &str,
+        temporary: &str,
+    ) -> Result<(ReplicationClient, Lsn, String), SourceError> {
         let slot_err = |message: String| SourceError::Stream {
-            slot: cfg.slot.clone(),
+            slot: name.to_owned(),
             message,
         };
         let mut client =
             ReplicationClient::connect_gated(self.replication_config(cfg, &info.database))
                 .await
                 .map_err(|e| slot_err(e.to_string()))?;
-        tracing::info!(slot = %cfg.slot, "Creating the replication slot with a snapshot (waits for open transactions to finish).");
+        tracing::info!(slot = %name, "Creating the replication slot with a snapshot (waits for open transactions to finish).");
         let rows = client
             .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
-                quote_ident(&cfg.slot)
+                "CREATE_REPLICATION_SLOT {} {temporary}LOGICAL pgoutput (SNAPSHOT 'export')",
+                quote_ident(name)
             ))
             .await
             .map_err(|e| slot_err(format!("creating the slot: {e}")))?;
