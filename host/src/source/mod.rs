@@ -597,6 +597,26 @@ impl Control {
     }
 
     /// Checks everything a pipeline needs, without changing anything.
+    /// What a reader beside a running pipeline needs (`weir verify`): the tables' keys,
+    /// type names and domains, and that the role may read them. The slot and the
+    /// publication are not checked.
+    pub async fn describe(&self, cfg: &SourceConfig) -> Result<SourceInfo, SourceError> {
+        let (user, database) = self.check_server().await?;
+        let (primary_keys, relids) = self.check_tables(&cfg.tables, &database).await?;
+        self.check_readable(&relids, &user).await?;
+        Ok(SourceInfo {
+            type_names: self.type_names(&relids).await?,
+            domains: self.domains().await?,
+            database,
+            user,
+            primary_keys,
+            versions: schemas::SchemaVersions::in_memory(),
+            slot_exists: true,
+            publication_missing: None,
+            publication_extra: Vec::new(),
+        })
+    }
+
     pub async fn preflight(&self, cfg: &SourceConfig) -> Result<SourceInfo, SourceError> {
         let (user, database) = self.check_server().await?;
         let (primary_keys, relids) = self.check_tables(&cfg.tables, &database).await?;

@@ -127,7 +127,7 @@ const CHUNK_ROWS: usize = 8192;
 /// Verifies the outputs of `config` against its source.
 pub async fn verify(config: &PipelineConfig, options: &Options) -> Result<Report, VerifyError> {
     let control = Control::connect(&config.source.url).await?;
-    let info = control.preflight(&config.source).await?;
+    let info = control.describe(&config.source).await?;
     let tables = chosen_tables(&control, config, options).await?;
     let sinks = chosen_sinks(config, options)?;
     let mut chain = transforms(config).await?;

@@ -22,6 +22,7 @@
 //! - `first_hour`: defects a new user hit, each pinned: checks before anything is created,
 //!   lag and readiness, closed pipes, log spans, config messages.
 //! - `operations`: `/metrics`, `/healthz`, `/readyz` during a run, and `weir status`.
+//! - `verify`: `weir verify` against the source while it is written, and planted damage.
 //! - `conformance`: every built-in plugin as a component against its native logic.
 
 mod harness;
@@ -45,3 +46,4 @@ mod streaming;
 mod tls;
 mod tooling;
 mod types;
+mod verify;
