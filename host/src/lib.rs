@@ -25,12 +25,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audit;
 pub mod backfill;
 pub mod batch;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod ledger;
 pub mod lsn;
 pub mod metrics;
 pub mod pgtemp;

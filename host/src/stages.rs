@@ -99,9 +99,15 @@ impl Stages {
             ));
         }
         transforms.slot = config.source.slot.clone();
-        let sinks = Sinks::open(&config.sinks, &config.source.slot, plugins)
+        let mut sinks = Sinks::open(&config.sinks, &config.source.slot, plugins)
             .await
             .map_err(StageError::opening)?;
+        if let Some(url) = config.state_url() {
+            sinks
+                .keep_ledger(url, &config.source.slot)
+                .await
+                .map_err(StageError::opening)?;
+        }
         Ok(Stages {
             transforms,
             sinks,

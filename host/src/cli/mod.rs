@@ -5,8 +5,8 @@ mod demo;
 mod lake;
 mod pipeline_status;
 mod plugin;
+mod proof;
 mod status;
-mod verify;
 
 use crate::config::{PipelineConfig, SinkConfig};
 use crate::pipeline::RunOptions;
@@ -89,7 +89,12 @@ enum Command {
     /// pipeline runs. Prints rows in source and output, missing, extra, different and
     /// duplicated, with example keys; exits 0 only when everything matches. Writes
     /// nothing to the outputs and does not move the slot.
-    Verify(verify::VerifyArgs),
+    Verify(proof::VerifyArgs),
+    /// Walk the evidence ledger (one record per durable commit of each parquet and
+    /// iceberg sink, chained by sha256), re-hash every file it names, and report a
+    /// broken link, a missing record, or a missing, altered or extra file; exits non-zero
+    /// on any. Reads only.
+    Audit(proof::AuditArgs),
     /// Show the slot on the server (active, confirmed position, lag, retained WAL) and
     /// each sink's checkpoint.
     Status {
@@ -219,7 +224,8 @@ pub fn main() -> ExitCode {
                 from,
             } => replay(&pipeline, sink, from).await,
             Command::Demo { out, rows } => demo::demo(&out, rows).await,
-            Command::Verify(args) => verify::verify(args).await,
+            Command::Verify(args) => proof::verify(args).await,
+            Command::Audit(args) => proof::audit(args).await,
         }
     });
     match result {

@@ -172,6 +172,15 @@ impl Sink {
         }
     }
 
+    /// Whether the sink holds the commit a ledger record describes.
+    fn holds(&self, record: &crate::ledger::Record) -> bool {
+        match self {
+            Sink::Parquet(s) => s.holds(record),
+            Sink::Iceberg(s) => s.holds(record),
+            _ => true,
+        }
+    }
+
     fn durable(&self) -> Option<CommitPos> {
         match self {
             Sink::Parquet(s) => s.durable(),
@@ -319,6 +328,37 @@ impl Sinks {
             sink: self.names[i].clone(),
             error,
         }
+    }
+
+    /// Keeps the evidence ledger under `<url>/_weir/<slot>/ledger/`: each commit of a
+    /// native sink appends a record. A record a crash left without its commit goes.
+    pub async fn keep_ledger(&mut self, url: &str, slot: &str) -> Result<(), NamedSinkError> {
+        let failed = |e: crate::storage::StorageError| NamedSinkError {
+            sink: "the evidence ledger".into(),
+            error: e.into(),
+        };
+        let mut ledger = crate::ledger::Ledger::open(url, slot)
+            .await
+            .map_err(failed)?;
+        let sinks = &self.sinks;
+        ledger
+            .drop_unheld(|r| sinks.get(r.sink).is_none_or(|s| s.holds(r)))
+            .await
+            .map_err(failed)?;
+        let shared = Arc::new(tokio::sync::Mutex::new(ledger));
+        for (i, sink) in self.sinks.iter_mut().enumerate() {
+            let link = crate::ledger::LedgerLink {
+                ledger: shared.clone(),
+                sink: i,
+                name: self.names[i].clone(),
+            };
+            match sink {
+                Sink::Parquet(s) => s.set_ledger(link),
+                Sink::Iceberg(s) => s.set_ledger(link),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Whether any sink holds a checkpoint (output of an earlier run).

@@ -14,6 +14,7 @@ use crate::batch::CommitPos;
 use crate::batch::{Position, SourceBatch};
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Compression, ParquetSinkConfig, Partitioning};
+use crate::ledger::{FileEntry, HashingWriter, LedgerLink, Record, RowCounts, Written};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use parquet::arrow::AsyncArrowWriter;
@@ -21,7 +22,7 @@ use parquet::arrow::async_writer::ParquetObjectWriter;
 use parquet::basic::{GzipLevel, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 use weir_sdk::Relation;
@@ -37,10 +38,28 @@ type FileKey = (u32, u32, i64);
 
 struct OpenFile {
     path: Path,
+    /// The source table, `schema.table`.
+    table: String,
     rows: ChangeRows,
+    /// Rows per operation, in [`OPS`] order (for the ledger).
+    ops: [u64; 5],
     /// The transforms whose output the file holds (`weir.transforms` in its metadata).
     transforms: Option<Arc<str>>,
-    writer: AsyncArrowWriter<ParquetObjectWriter>,
+    writer: AsyncArrowWriter<HashingWriter<ParquetObjectWriter>>,
+    written: Arc<std::sync::Mutex<Written>>,
+}
+
+/// `_cdc_op` codes in the order of [`OpenFile::ops`].
+pub(super) const OPS: [&str; 5] = ["r", "c", "u", "d", "t"];
+
+pub(super) fn op_index(op: weir_sdk::Op) -> usize {
+    match op {
+        weir_sdk::Op::Read => 0,
+        weir_sdk::Op::Insert => 1,
+        weir_sdk::Op::Update => 2,
+        weir_sdk::Op::Delete => 3,
+        weir_sdk::Op::Truncate => 4,
+    }
 }
 
 impl OpenFile {
@@ -60,19 +79,27 @@ impl OpenFile {
         self.writer.bytes_written() + self.writer.in_progress_size()
     }
 
-    /// Writes the footer; returns the file's size (about: before the footer).
-    async fn complete(mut self) -> Result<u64, SinkError> {
+    /// Writes the footer; returns the file as the ledger names it, and its rows.
+    async fn complete(mut self) -> Result<(FileEntry, String, [u64; 5]), SinkError> {
         self.write_chunk().await?;
-        let size = self.size() as u64;
         self.writer
             .close()
             .await
             .map_err(|e| write_err(&self.path, e))?;
-        Ok(size)
+        let (size, sha256) = match self.written.lock() {
+            Ok(mut w) => w.finish(),
+            Err(_) => return Err(write_err(&self.path, "the file's hash was lost")),
+        };
+        let entry = FileEntry {
+            path: self.path.to_string(),
+            size,
+            sha256,
+        };
+        Ok((entry, self.table, self.ops))
     }
 
     async fn abort(self) {
-        let mut inner = self.writer.into_inner().into_inner();
+        let mut inner = self.writer.into_inner().inner.into_inner();
         let _ = inner.abort().await;
     }
 }
@@ -114,6 +141,12 @@ pub struct ParquetSink {
     last_flush: Instant,
     /// Bytes of the files completed by this sink (for the metrics).
     bytes_written: u64,
+    /// Where each flush is recorded, when the pipeline keeps a ledger.
+    ledger: Option<LedgerLink>,
+    /// What the coming flush makes durable, for its ledger record.
+    flush_files: Vec<FileEntry>,
+    flush_rows: RowCounts,
+    flush_transforms: BTreeSet<String>,
 }
 
 impl ParquetSink {
@@ -174,6 +207,10 @@ impl ParquetSink {
             open: HashMap::new(),
             rolled: Vec::new(),
             bytes_written: 0,
+            ledger: None,
+            flush_files: Vec::new(),
+            flush_rows: RowCounts::default(),
+            flush_transforms: BTreeSet::new(),
             files_in_flush: 0,
             last_flush: Instant::now(),
         })
@@ -254,12 +291,10 @@ impl ParquetSink {
         )
         .with_max_concurrency(2);
         let rows = ChangeRows::new(relation);
-        let mut writer = AsyncArrowWriter::try_new(
-            ParquetObjectWriter::from_buf_writer(upload),
-            rows.schema().clone(),
-            Some(self.properties.clone()),
-        )
-        .map_err(|e| write_err(&path, e))?;
+        let (out, written) = HashingWriter::new(ParquetObjectWriter::from_buf_writer(upload));
+        let mut writer =
+            AsyncArrowWriter::try_new(out, rows.schema().clone(), Some(self.properties.clone()))
+                .map_err(|e| write_err(&path, e))?;
         writer.append_key_value_metadata(KeyValue::new(
             "weir.schema_version".into(),
             relation.version.to_string(),
@@ -271,9 +306,12 @@ impl ParquetSink {
         }
         Ok(OpenFile {
             path,
+            table: relation.qualified_name(),
             rows,
+            ops: [0; 5],
             transforms,
             writer,
+            written,
         })
     }
 
@@ -281,6 +319,14 @@ impl ParquetSink {
     /// boundary.
     pub async fn write(&mut self, batch: &SourceBatch) -> Result<(), SinkError> {
         let skip_through = self.durable.map_or(0, |d| d.commit_lsn.0);
+        if let Some(labels) = batch
+            .transforms
+            .as_deref()
+            .filter(|_| self.ledger.is_some())
+        {
+            self.flush_transforms
+                .extend(labels.split(',').map(str::to_owned));
+        }
         for event in &batch.batch.events {
             if event.commit_lsn <= skip_through {
                 continue;
@@ -301,6 +347,7 @@ impl ParquetSink {
             }
             let file = self.open.get_mut(&key).expect("inserted above");
             file.rows.append(event, relation);
+            file.ops[op_index(event.op)] += 1;
             if file.rows.len() >= CHUNK_ROWS.min(self.config.row_group_rows) {
                 self.bound(&key).await?;
             }
@@ -353,7 +400,7 @@ impl ParquetSink {
         let mut written = Vec::new();
         for (_, file) in files {
             written.push(file.path.to_string());
-            self.bytes_written += file.complete().await?;
+            self.bytes_written += file.complete().await?.0.size;
         }
         Ok(written)
     }
@@ -378,7 +425,55 @@ impl ParquetSink {
         self.checkpoints
             .write_intent(self.seq + 1, &self.rolled)
             .await?;
-        self.bytes_written += file.complete().await?;
+        self.completed(file).await
+    }
+
+    /// Completes a file of the coming flush, noting it for the flush's ledger record.
+    async fn completed(&mut self, file: OpenFile) -> Result<(), SinkError> {
+        let (entry, table, ops) = file.complete().await?;
+        self.bytes_written += entry.size;
+        if self.ledger.is_some() {
+            for (op, n) in OPS.iter().zip(ops) {
+                self.flush_rows.add(&table, op, n);
+            }
+            self.flush_files.push(entry);
+        }
+        Ok(())
+    }
+
+    /// Gives the sink its place in the pipeline's ledger: each flush appends a record.
+    pub fn set_ledger(&mut self, link: LedgerLink) {
+        self.ledger = Some(link);
+    }
+
+    /// Whether the sink holds the commit `record` describes (its flush is checkpointed).
+    pub fn holds(&self, record: &Record) -> bool {
+        record.flush.is_none_or(|f| f <= self.seq)
+    }
+
+    /// Appends the ledger record of flush `seq`, before its checkpoint.
+    async fn record(&mut self, seq: u64, to: CommitPos) -> Result<(), SinkError> {
+        let Some(link) = &self.ledger else {
+            return Ok(());
+        };
+        let record = Record {
+            seq: 0,
+            sink: link.sink,
+            sink_name: link.name.clone(),
+            flush: Some(seq),
+            table: None,
+            from_lsn: self.durable.map_or(crate::lsn::Lsn::ZERO, |d| d.end_lsn),
+            commit_lsn: to.commit_lsn,
+            end_lsn: to.end_lsn,
+            files: std::mem::take(&mut self.flush_files),
+            rows: self.flush_rows.take(),
+            transforms: std::mem::take(&mut self.flush_transforms)
+                .into_iter()
+                .collect(),
+            written_at: String::new(),
+            prev: None,
+        };
+        link.ledger.lock().await.append(record).await?;
         Ok(())
     }
 
@@ -399,12 +494,13 @@ impl ParquetSink {
         self.checkpoints.write_intent(seq, &files).await?;
         let open: Vec<OpenFile> = self.open.drain().map(|(_, f)| f).collect();
         for file in open {
-            self.bytes_written += file.complete().await?;
+            self.completed(file).await?;
         }
         if let Some(local) = &self.local {
             // On disk before the checkpoint that lists them.
             local.sync(files.clone()).await?;
         }
+        self.record(seq, last_commit).await?;
         self.checkpoints.commit(seq, last_commit).await?;
         tracing::debug!(
             seq,

@@ -169,6 +169,16 @@ fn iceberg_is_exactly_once_across_kill_9() {
         snapshot_ids(&report).len() > 3,
         "commits were batched, not one per run"
     );
+    // A ledger record for every table commit, none for a commit a kill undid.
+    let audit = db
+        .weir(&["audit", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        audit.status.success(),
+        "audit after kill -9:\n{}",
+        String::from_utf8_lossy(&audit.stdout)
+    );
 }
 
 #[test]

@@ -103,6 +103,10 @@ struct ChangeTable {
     files: Vec<DataFile>,
     /// Bytes of the data files completed in this run (for the metrics).
     bytes_written: u64,
+    /// Rows per operation (`r c u d t`) and transforms since the last commit, for the
+    /// ledger.
+    ops: [u64; 5],
+    transforms: std::collections::BTreeSet<String>,
 }
 
 /// Writes changelog tables and commits them through the catalog.
@@ -117,6 +121,8 @@ pub struct IcebergSink {
     last_commit: Instant,
     /// Distinguishes the data files of this run.
     run: String,
+    /// Where each table commit is recorded, when the pipeline keeps a ledger.
+    ledger: Option<crate::ledger::LedgerLink>,
     /// Writers made in this run: each names its files `<run>-<n>-<count>.parquet`.
     writers: u64,
     last_maintenance: Instant,
@@ -145,6 +151,8 @@ impl IcebergSink {
                     writer: None,
                     files: Vec::new(),
                     bytes_written: 0,
+                    ops: [0; 5],
+                    transforms: Default::default(),
                 },
             );
         }
@@ -174,6 +182,7 @@ impl IcebergSink {
             .unwrap_or_default();
         Ok(IcebergSink {
             run: format!("{slot}-{}", now.as_millis()),
+            ledger: None,
             writers: 0,
             config,
             catalog,
@@ -184,6 +193,21 @@ impl IcebergSink {
             last_commit: Instant::now(),
             last_maintenance: Instant::now(),
         })
+    }
+
+    /// Gives the sink its place in the pipeline's ledger: each table commit appends a
+    /// record.
+    pub fn set_ledger(&mut self, link: crate::ledger::LedgerLink) {
+        self.ledger = Some(link);
+    }
+
+    /// Whether the sink holds the commit `record` describes (its table's last weir
+    /// commit covers it).
+    pub fn holds(&self, record: &crate::ledger::Record) -> bool {
+        let Some(table) = record.table.as_ref().and_then(|t| self.tables.get(t)) else {
+            return record.table.is_none();
+        };
+        table_position(&table.table, &self.slot).is_some_and(|p| p.commit_lsn >= record.commit_lsn)
     }
 
     pub fn warehouse(&self) -> &str {
@@ -253,6 +277,13 @@ impl IcebergSink {
             }
             let writer = table.writer.as_mut().expect("made above");
             writer.rows.append(event, relation);
+            table.ops[super::parquet::op_index(event.op)] += 1;
+            if let Some(labels) = batch.transforms.as_deref()
+                && self.ledger.is_some()
+                && !table.transforms.contains(labels)
+            {
+                table.transforms.insert(labels.to_owned());
+            }
             if writer.rows.len() >= CHUNK_ROWS {
                 writer.write_chunk(&table.ident).await?;
             }
@@ -334,6 +365,8 @@ impl IcebergSink {
             writer: None,
             files: Vec::new(),
             bytes_written: 0,
+            ops: [0; 5],
+            transforms: Default::default(),
         })
     }
 
@@ -396,6 +429,9 @@ impl IcebergSink {
             }
             let files = std::mem::take(&mut table.files);
             let count = files.len();
+            if let Some(link) = &self.ledger {
+                table.record(link, &self.slot, &files, last_commit).await?;
+            }
             let summary = HashMap::from([
                 (
                     SUMMARY_COMMIT_LSN.to_string(),
@@ -675,6 +711,66 @@ impl ChangeTable {
     }
 
     /// Completes the open data files; they wait for the next commit.
+    /// Appends the ledger record of the commit of `files` at `to`, before the commit:
+    /// each file read back once and hashed.
+    async fn record(
+        &mut self,
+        link: &crate::ledger::LedgerLink,
+        slot: &str,
+        files: &[DataFile],
+        to: CommitPos,
+    ) -> Result<(), SinkError> {
+        let source = self
+            .table
+            .metadata()
+            .properties()
+            .get(PROP_SOURCE)
+            .cloned()
+            .unwrap_or_else(|| self.ident.to_string());
+        let mut entries = Vec::new();
+        for file in files {
+            let path = file.file_path();
+            let bytes = self
+                .table
+                .file_io()
+                .new_input(path)
+                .map_err(|e| iceberg_err(&self.ident, e))?
+                .read()
+                .await
+                .map_err(|e| iceberg_err(&self.ident, e))?;
+            entries.push(crate::ledger::FileEntry {
+                path: path.to_owned(),
+                size: bytes.len() as u64,
+                sha256: crate::ledger::sha256_hex(&bytes),
+            });
+        }
+        let mut rows = crate::ledger::RowCounts::default();
+        for (op, n) in super::parquet::OPS
+            .iter()
+            .zip(std::mem::take(&mut self.ops))
+        {
+            rows.add(&source, op, n);
+        }
+        let record = crate::ledger::Record {
+            seq: 0,
+            sink: link.sink,
+            sink_name: link.name.clone(),
+            flush: None,
+            table: Some(source),
+            from_lsn: table_position(&self.table, slot)
+                .map_or(crate::lsn::Lsn::ZERO, |p| p.end_lsn),
+            commit_lsn: to.commit_lsn,
+            end_lsn: to.end_lsn,
+            files: entries,
+            rows: rows.take(),
+            transforms: std::mem::take(&mut self.transforms).into_iter().collect(),
+            written_at: String::new(),
+            prev: None,
+        };
+        link.ledger.lock().await.append(record).await?;
+        Ok(())
+    }
+
     async fn close_writer(&mut self) -> Result<(), SinkError> {
         let Some(mut writer) = self.writer.take() else {
             return Ok(());

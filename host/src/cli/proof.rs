@@ -1,4 +1,5 @@
-//! `weir verify`: arguments and the report as people and programs read it.
+//! `weir verify` and `weir audit`: arguments, and the reports as people and programs
+//! read them.
 
 use crate::config::{PipelineConfig, TableName};
 use crate::verify::{Options, Report, TableReport, Tally};
@@ -123,4 +124,59 @@ fn print_examples(what: &str, tally: &Tally) {
         false => String::new(),
     };
     println!("  {what}: {}{more}", tally.examples.join("; "));
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// The pipeline file (TOML).
+    pipeline: PathBuf,
+    /// Re-hash the files of commits after this LSN only (the chain is always walked
+    /// whole).
+    #[arg(long)]
+    from: Option<crate::lsn::Lsn>,
+    /// ... and up to this LSN.
+    #[arg(long)]
+    to: Option<crate::lsn::Lsn>,
+    /// Print the evidence bundle as JSON: the records of the range, what was checked,
+    /// and the problems found.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let config = PipelineConfig::load(&args.pipeline)?;
+    let report = crate::audit::audit(&config, args.from, args.to).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let (first, last) = (report.records.first(), report.records.last());
+        println!(
+            "ledger {}: {} records; checked {} files ({}) of {} records{}",
+            report.ledger,
+            report.chain_length,
+            report.files_checked,
+            bytesize::ByteSize(report.bytes_checked),
+            report.records.len(),
+            match (first, last) {
+                (Some(f), Some(l)) => format!(", LSN {} to {}", f.from_lsn, l.end_lsn),
+                _ => String::new(),
+            }
+        );
+        if report.files_before_ledger > 0 {
+            println!(
+                "{} file(s) were written before the ledger began and are not covered",
+                report.files_before_ledger
+            );
+        }
+        for p in &report.problems {
+            println!("{}: {}", p.kind, p.message);
+        }
+        if report.ok() {
+            println!("OK: the chain is unbroken and every file is as recorded");
+        }
+    }
+    if !report.ok() {
+        anyhow::bail!("audit found {} problem(s)", report.problems.len());
+    }
+    Ok(())
 }
