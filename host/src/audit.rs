@@ -86,6 +86,12 @@ pub async fn audit(
                 .into(),
         ));
     };
+    if !config.keeps_ledger() {
+        return Err(AuditError::Usage(
+            "the pipeline keeps no ledger ([state] ledger = false): there is nothing to audit"
+                .into(),
+        ));
+    }
     let slot = &config.source.slot;
     let ledger = Ledger::open(url, slot).await?;
     let paths = ledger.paths().await?;

@@ -157,8 +157,12 @@ impl Default for ReloadConfig {
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// Output location; state goes to `<url>/_weir/<slot>/`. Default: the first Parquet
-    /// sink's `url`.
-    pub url: String,
+    /// sink's `url`, else the first Iceberg sink's `warehouse`.
+    pub url: Option<String>,
+    /// Keep the evidence ledger (`<state url>/_weir/<slot>/ledger/`, read by `weir
+    /// audit`). Default true.
+    #[serde(default = "default_true")]
+    pub ledger: bool,
 }
 
 /// `[source]`: the PostgreSQL database to capture.
@@ -212,6 +216,10 @@ pub enum SnapshotMode {
     #[default]
     Initial,
     Never,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_weir() -> String {
@@ -949,11 +957,16 @@ impl PipelineConfig {
                 "\"initial\" records its progress with the output, and this pipeline has no parquet or iceberg sink: add [state] url = \"file:///...\", or set snapshot = \"never\"".into(),
             ));
         }
-        if let Some(d) = &self.state {
-            crate::storage::object_store_for(&d.url)
+        if let Some(url) = self.state.as_ref().and_then(|d| d.url.as_deref()) {
+            crate::storage::object_store_for(url)
                 .map_err(|e| invalid("state.url", e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// Whether the pipeline keeps the evidence ledger (`[state] ledger`, default true).
+    pub fn keeps_ledger(&self) -> bool {
+        self.state.as_ref().is_none_or(|s| s.ledger)
     }
 
     /// Where state (dead letters, snapshot progress) goes: `[state] url`, else the
@@ -969,7 +982,7 @@ impl PipelineConfig {
         });
         self.state
             .as_ref()
-            .map(|d| d.url.as_str())
+            .and_then(|d| d.url.as_deref())
             .or(parquet)
             .or(iceberg)
     }

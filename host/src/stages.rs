@@ -102,7 +102,7 @@ impl Stages {
         let mut sinks = Sinks::open(&config.sinks, &config.source.slot, plugins)
             .await
             .map_err(StageError::opening)?;
-        if let Some(url) = config.state_url() {
+        if let Some(url) = config.state_url().filter(|_| config.keeps_ledger()) {
             sinks
                 .keep_ledger(url, &config.source.slot)
                 .await

@@ -7,9 +7,10 @@
 //! the same position) are drained by `pg_recvlogical` (pgoutput, the WAL sender's own
 //! decode rate: the ceiling for one slot) and by `weir run --until-caught-up` writing
 //! zstd Parquet. Rates are rows per second of wall time, start to exit. weir's peak RSS
-//! is read from /proc while it runs. Three workloads: many 10k-row transactions, and one
+//! is read from /proc while it runs. Workloads: many 10k-row transactions, and one
 //! transaction of a quarter and of all the rows (peak memory must not grow with
-//! transaction size).
+//! transaction size); and the first again with a transform (`mask`), and without the
+//! evidence ledger (`[state] ledger = false`), which shows what keeping it costs.
 
 use std::path::Path;
 use std::time::Instant;
@@ -37,23 +38,32 @@ fn main() {
     println!("machine: {}", machine());
     let mask = mask_plugin();
     let scenarios = [
-        ("10k-row transactions", rows, 10_000, None),
+        ("10k-row transactions", rows, 10_000, None, true),
+        (
+            "10k-row transactions, without the evidence ledger",
+            rows,
+            10_000,
+            None,
+            false,
+        ),
         (
             "10k-row transactions, mask plugin hashing a column",
             rows,
             10_000,
             Some(&mask),
+            true,
         ),
         (
             "one transaction of a quarter of the rows",
             rows / 4,
             rows / 4,
             None,
+            true,
         ),
-        ("one transaction", rows, rows, None),
+        ("one transaction", rows, rows, None, true),
     ];
     let only = std::env::var("WEIR_BENCH_ONLY").unwrap_or_default();
-    for (i, (label, rows, per_tx, transform)) in scenarios.into_iter().enumerate() {
+    for (i, (label, rows, per_tx, transform, ledger)) in scenarios.into_iter().enumerate() {
         if !label.contains(&only) {
             continue;
         }
@@ -102,7 +112,14 @@ fn main() {
                 seconds: recvlogical(&pg.url(&db), &ref_slot, &end_lsn),
                 peak_rss_kib: 0,
             };
-            let w = run_weir(&pg, &db, &weir_slot, rows, transform.map(|p| p.as_path()));
+            let w = run_weir(
+                &pg,
+                &db,
+                &weir_slot,
+                rows,
+                transform.map(|p| p.as_path()),
+                ledger,
+            );
             println!(
                 "  round {}: pg_recvlogical {:>9.0} rows/s   weir {:>9.0} rows/s   ratio {:.2}   weir peak RSS {} MiB",
                 round + 1,
@@ -133,7 +150,14 @@ fn main() {
     }
 }
 
-fn run_weir(pg: &TempPostgres, db: &str, slot: &str, rows: u64, transform: Option<&Path>) -> Run {
+fn run_weir(
+    pg: &TempPostgres,
+    db: &str,
+    slot: &str,
+    rows: u64,
+    transform: Option<&Path>,
+    ledger: bool,
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bench.toml");
     let transform = match transform {
@@ -143,11 +167,15 @@ fn run_weir(pg: &TempPostgres, db: &str, slot: &str, rows: u64, transform: Optio
         ),
         None => String::new(),
     };
+    let state = match ledger {
+        true => "",
+        false => "[state]\nledger = false\n\n",
+    };
     std::fs::write(
         &config,
         format!(
             "[source]\nurl = \"{}\"\nslot = \"{slot}\"\npublication = \"weir_bench\"\ntables = [\"public.bench\"]\n\n\
-             {transform}[[sink]]\ntype = \"parquet\"\nurl = \"file://{}\"\ncompression = \"zstd\"\n",
+             {state}{transform}[[sink]]\ntype = \"parquet\"\nurl = \"file://{}\"\ncompression = \"zstd\"\n",
             pg.url(db),
             dir.path().join("out").display()
         ),
