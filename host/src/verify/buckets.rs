@@ -361,16 +361,8 @@ fn read_u128(r: &mut impl Read) -> std::io::Result<u128> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::digest::test_layout as layout;
     use super::*;
-    use arrow::datatypes::DataType;
-
-    fn layout() -> Layout {
-        Layout::new(
-            vec![("id".into(), DataType::Int64), ("v".into(), DataType::Utf8)],
-            &["id".into()],
-        )
-        .unwrap()
-    }
 
     /// The canonical bytes of key `i`.
     fn key(i: u8) -> Vec<u8> {

@@ -162,20 +162,23 @@ pub fn bucket(key: &[u8], buckets: usize, percent: f64) -> Option<usize> {
     sampled.then_some((h as u64 % buckets as u64) as usize)
 }
 
+/// The layout the tests use: `id bigint` (the key), `v text`.
+#[cfg(test)]
+pub(super) fn test_layout() -> Layout {
+    Layout::new(
+        vec![("id".into(), DataType::Int64), ("v".into(), DataType::Utf8)],
+        &["id".into()],
+    )
+    .expect("a layout of two plain columns")
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_layout as layout;
     use super::*;
     use arrow::array::{Int32Array, Int64Array, StringArray};
     use arrow::datatypes::{Field, Schema};
     use std::sync::Arc;
-
-    fn layout() -> Layout {
-        Layout::new(
-            vec![("id".into(), DataType::Int64), ("v".into(), DataType::Utf8)],
-            &["id".into()],
-        )
-        .unwrap()
-    }
 
     #[test]
     fn equal_values_hash_equal_whatever_type_a_reader_gave_them() {

@@ -146,7 +146,12 @@ pub async fn verify(config: &PipelineConfig, options: &Options) -> Result<Report
             ignored,
             transformed_by: chain
                 .as_ref()
-                .map(|c| c.plugins().iter().map(|p| p.label()).collect())
+                .map(|c| {
+                    c.plugins()
+                        .iter()
+                        .map(|p| format!("{}#{}", p.label(), p.common().sha256))
+                        .collect()
+                })
                 .unwrap_or_default(),
             sample_percent: options.sample,
             skipped: None,

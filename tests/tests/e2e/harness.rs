@@ -359,6 +359,20 @@ pub fn assert_same_state(db: &TestDb, table: &str, key: &str) -> Changelog {
 }
 
 /// The stderr of a finished process, as text.
+/// `weir audit CONFIG` passes: the evidence ledger names every durable file as written.
+pub fn assert_audit_passes(db: &TestDb, config: &Path) {
+    let out = db
+        .weir(&["audit", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "weir audit:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

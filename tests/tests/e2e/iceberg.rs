@@ -2,7 +2,7 @@
 //! weir): schema, identifier fields, partitioning, the rebuilt state, exactly once across
 //! `kill -9`, schema evolution, `weir lake`, and tables on a real S3-compatible server.
 
-use crate::harness::{TestDb, read_iceberg, stderr};
+use crate::harness::{TestDb, assert_audit_passes, read_iceberg, stderr};
 use crate::recovery::Writer;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -170,15 +170,7 @@ fn iceberg_is_exactly_once_across_kill_9() {
         "commits were batched, not one per run"
     );
     // A ledger record for every table commit, none for a commit a kill undid.
-    let audit = db
-        .weir(&["audit", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        audit.status.success(),
-        "audit after kill -9:\n{}",
-        String::from_utf8_lossy(&audit.stdout)
-    );
+    assert_audit_passes(&db, &config);
 }
 
 #[test]

@@ -102,6 +102,21 @@ fn mask_hashes_pii_before_it_reaches_the_output() {
         dump.stdout.is_empty(),
         "no clear-text email anywhere in the output"
     );
+    // verify compares the masked columns as the transform makes them from the source.
+    let out = db
+        .weir(&["verify", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", stderr(&out));
+    assert!(
+        report.contains(": OK: source 45 rows, output 45 rows"),
+        "{report}"
+    );
+    assert!(
+        report.contains("source rows compared as the transforms make them: mask@0.1.0#"),
+        "{report}"
+    );
 }
 
 #[test]

@@ -189,13 +189,5 @@ fn kill_9_at_random_moments_during_writes_loses_and_repeats_nothing() {
         "every committed change exactly once after {kills} kill -9"
     );
     // The evidence ledger has a record for every durable flush, and none for another.
-    let audit = db
-        .weir(&["audit", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        audit.status.success(),
-        "audit after {kills} kill -9:\n{}",
-        String::from_utf8_lossy(&audit.stdout)
-    );
+    crate::harness::assert_audit_passes(&db, &config);
 }
