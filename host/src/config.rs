@@ -398,6 +398,26 @@ pub struct IcebergSinkConfig {
     /// Background table maintenance; none unless configured.
     #[serde(default)]
     pub maintenance: Option<MaintenanceConfig>,
+    /// `changelog` (default): one row per change. `mirror`: each table holds the source
+    /// table's current state (position deletes, a primary-key index).
+    #[serde(default)]
+    pub mode: IcebergMode,
+    /// Mirror tables: the local directory of the primary-key index (a cache, rebuilt
+    /// from the table when lost). Relative to the pipeline file. Default
+    /// `~/.cache/weir/index/<slot>`.
+    #[serde(default)]
+    pub index_dir: Option<PathBuf>,
+}
+
+/// What an Iceberg sink's tables hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IcebergMode {
+    /// One row per change, with the `_cdc_` columns (append only).
+    #[default]
+    Changelog,
+    /// The current state, one row per key, merge-on-read with position deletes.
+    Mirror,
 }
 
 fn default_commit_interval() -> Duration {
@@ -739,10 +759,18 @@ impl PipelineConfig {
                 SinkConfig::Plugin(p) if p.plugin.is_relative() => {
                     p.plugin = base.join(&p.plugin);
                 }
-                SinkConfig::Iceberg(IcebergSinkConfig {
-                    catalog: CatalogConfig::Sql { path: Some(p), .. },
-                    ..
-                }) if p.is_relative() => *p = base.join(&*p),
+                SinkConfig::Iceberg(c) => {
+                    if let CatalogConfig::Sql { path: Some(p), .. } = &mut c.catalog
+                        && p.is_relative()
+                    {
+                        *p = base.join(&*p);
+                    }
+                    if let Some(d) = &mut c.index_dir
+                        && d.is_relative()
+                    {
+                        *d = base.join(&*d);
+                    }
+                }
                 _ => {}
             }
         }
@@ -893,6 +921,19 @@ impl PipelineConfig {
                     return Err(invalid(
                         &format!("{key}.catalog"),
                         "the SQLite catalog file cannot live in object storage: set [sink.catalog] path = \"/var/lib/weir/catalog.db\", or use type = \"rest\"".into(),
+                    ));
+                }
+                if c.mode == IcebergMode::Mirror && matches!(c.catalog, CatalogConfig::Rest { .. })
+                {
+                    return Err(invalid(
+                        &format!("{key}.mode"),
+                        "\"mirror\" needs the SQL catalog: iceberg 0.10.1 cannot send a commit with position deletes to a REST catalog; use mode = \"changelog\" with a REST catalog".into(),
+                    ));
+                }
+                if c.mode == IcebergMode::Mirror && c.maintenance.is_some() {
+                    return Err(invalid(
+                        &format!("{key}.maintenance"),
+                        "is not run on mirror tables yet: remove [sink.maintenance] (expire old snapshots with `weir lake expire-snapshots`)".into(),
                     ));
                 }
                 if let Some(m) = &c.maintenance {

@@ -340,7 +340,7 @@ fn events(rows: &RecordBatch, relation: &Relation) -> Result<Vec<Event>, String>
 
 /// A changelog value back in the form weir's events carry: PostgreSQL's text for what
 /// is not an integer, a float, a bool or bytes.
-fn value(array: &dyn Array, row: usize) -> Value {
+pub(crate) fn value(array: &dyn Array, row: usize) -> Value {
     use arrow::datatypes as t;
     if array.is_null(row) {
         return Value::Null;

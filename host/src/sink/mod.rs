@@ -35,6 +35,7 @@ pub fn sink_name(config: &SinkConfig) -> String {
 pub enum Sink {
     Parquet(parquet::ParquetSink),
     Iceberg(Box<iceberg::IcebergSink>),
+    Mirror(Box<iceberg::mirror::MirrorSink>),
     /// Run on a blocking thread (plugin calls are synchronous); `None` once a panic
     /// took the instance with it.
     Plugin(Option<SinkPlugin>),
@@ -65,6 +66,9 @@ impl Sink {
             SinkConfig::Parquet(c) => {
                 Sink::Parquet(parquet::ParquetSink::open(c.clone(), slot).await?)
             }
+            SinkConfig::Iceberg(c) if c.mode == crate::config::IcebergMode::Mirror => Sink::Mirror(
+                Box::new(iceberg::mirror::MirrorSink::open(c.clone(), slot).await?),
+            ),
             SinkConfig::Iceberg(c) => {
                 Sink::Iceberg(Box::new(iceberg::IcebergSink::open(c.clone(), slot).await?))
             }
@@ -106,6 +110,9 @@ impl Sink {
             SinkConfig::Parquet(p) => {
                 Sink::Parquet(parquet::ParquetSink::open_for_replay(p.clone(), slot).await?)
             }
+            SinkConfig::Iceberg(c) if c.mode == crate::config::IcebergMode::Mirror => Sink::Mirror(
+                Box::new(iceberg::mirror::MirrorSink::open(c.clone(), slot).await?),
+            ),
             SinkConfig::Iceberg(c) => {
                 Sink::Iceberg(Box::new(iceberg::IcebergSink::open(c.clone(), slot).await?))
             }
@@ -120,13 +127,14 @@ impl Sink {
     /// Keeps a checkpoint weir reads back (Parquet, Iceberg): flushed last, so that its
     /// checkpoint proves every other sink has flushed.
     fn native(&self) -> bool {
-        matches!(self, Sink::Parquet(_) | Sink::Iceberg(_))
+        matches!(self, Sink::Parquet(_) | Sink::Iceberg(_) | Sink::Mirror(_))
     }
 
     async fn write(&mut self, batch: &SourceBatch) -> Result<(), SinkError> {
         match self {
             Sink::Parquet(s) => s.write(batch).await,
             Sink::Iceberg(s) => s.write(batch).await,
+            Sink::Mirror(s) => s.write(batch).await,
             Sink::Plugin(p) => {
                 let (events, position) = (batch.batch.clone(), batch.position);
                 on_plugin_thread(p, "sink plugin write", move |p| p.write(events, &position)).await
@@ -140,6 +148,7 @@ impl Sink {
         match self {
             Sink::Parquet(s) => s.flush(position).await,
             Sink::Iceberg(s) => s.flush(position).await,
+            Sink::Mirror(s) => s.flush(position).await,
             Sink::Plugin(p) => on_plugin_thread(p, "sink plugin flush", |p| p.flush()).await,
             Sink::Stdout(s) => s.flush(position),
             Sink::Postgres(s) => s.flush(position).await,
@@ -151,6 +160,10 @@ impl Sink {
         match self {
             Sink::Parquet(s) => s.write_replay(batch, name).await.map(drop),
             Sink::Iceberg(s) => s.write_replay(batch, name).await,
+            Sink::Mirror(_) => Err(SinkError::Config {
+                what: "an iceberg mirror sink".into(),
+                message: "dead letters cannot be replayed into a mirror table yet".into(),
+            }),
             Sink::Plugin(p) => {
                 let events = batch.clone();
                 on_plugin_thread(p, "sink plugin replay", move |p| p.replay(&events)).await
@@ -166,6 +179,7 @@ impl Sink {
         match self {
             Sink::Parquet(s) => s.take_bytes_written(),
             Sink::Iceberg(s) => s.take_bytes_written(),
+            Sink::Mirror(_) => 0,
             Sink::Plugin(p) => p.as_mut().map_or(0, SinkPlugin::take_bytes_out),
             Sink::Stdout(s) => s.take_bytes_written(),
             Sink::Postgres(_) => 0,
@@ -185,6 +199,7 @@ impl Sink {
         match self {
             Sink::Parquet(s) => s.durable(),
             Sink::Iceberg(s) => s.durable(),
+            Sink::Mirror(s) => s.durable(),
             Sink::Plugin(p) => p.as_ref().and_then(SinkPlugin::durable),
             Sink::Stdout(s) => s.durable(),
             Sink::Postgres(s) => s.durable(),
@@ -195,6 +210,7 @@ impl Sink {
         match self {
             Sink::Parquet(s) => s.abort().await,
             Sink::Iceberg(s) => s.abort().await,
+            Sink::Mirror(s) => s.abort().await,
             Sink::Plugin(p) => p.iter().for_each(SinkPlugin::report),
             Sink::Stdout(_) => {}
             Sink::Postgres(s) => s.abort().await,
@@ -384,6 +400,7 @@ impl Sinks {
             .iter()
             .filter_map(|s| match s {
                 Sink::Iceberg(s) => s.held(),
+                Sink::Mirror(s) => s.held(),
                 s => s.durable(),
             })
             .max()

@@ -8,6 +8,8 @@
 //! - `s3`: Parquet output on a real S3-compatible server, exactly once across kill -9.
 //! - `iceberg`: Iceberg tables through the SQLite catalog, read back with PyIceberg:
 //!   exactly once across kill -9, schema evolution, `weir lake`, and on S3.
+//! - `mirror`: Iceberg mirror tables (position deletes, the primary-key index) read by
+//!   PyIceberg.
 //! - `recovery`: restart from the checkpoint, SIGTERM, and `kill -9` during writes.
 //! - `faults`: the replication connection cut and the server restarted mid-stream.
 //! - `bad_input`: each user mistake prints one line naming the fix and changes nothing.
@@ -34,6 +36,7 @@ mod faults;
 mod first_hour;
 mod iceberg;
 mod languages;
+mod mirror;
 mod operations;
 mod plugins;
 mod projection;

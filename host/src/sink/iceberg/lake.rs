@@ -1,23 +1,22 @@
 //! Table history and maintenance: what `weir lake` and scheduled maintenance do.
 
 use super::catalog::{SUMMARY_COMMIT_LSN, SUMMARY_REPLAY};
-use crate::config::{CatalogConfig, IcebergSinkConfig};
+use super::commit::{SnapshotWriter, commit_metadata, sql_only};
+use crate::config::IcebergSinkConfig;
 use arrow::array::RecordBatch;
 use futures::TryStreamExt;
 use iceberg::scan::FileScanTask;
 use iceberg::spec::{
     DataFile, MAIN_BRANCH, Manifest, ManifestContentType, ManifestEntryRef, ManifestFile,
-    ManifestListWriter, ManifestWriter, ManifestWriterBuilder, Operation, PartitionSpecRef,
-    SchemaRef, Snapshot, SnapshotRef, SnapshotReference, SnapshotRetention, Struct, Summary,
+    Operation, SnapshotRef, SnapshotReference, SnapshotRetention, Struct,
 };
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use iceberg::{Catalog, MetadataLocation, TableIdent};
+use iceberg::{Catalog, TableIdent};
 use object_store::path::Path as ObjectPath;
 use parquet::file::properties::WriterProperties;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +35,10 @@ pub enum LakeError {
     SeveralPartitionSpecs,
     #[error("a manifest entry without a sequence number")]
     NoSequenceNumber,
+    #[error(
+        "this is a mirror table: weir does not compact mirror tables yet (their position deletes would be lost); nothing was changed"
+    )]
+    MirrorTable,
     #[error(
         "read {read} rows from the small files where their manifests count {counted}; nothing was committed"
     )]
@@ -229,54 +232,6 @@ pub async fn rollback(
     commit_metadata(config, ident, table, updated).await
 }
 
-/// Commits new metadata for a table of the SQL catalog: writes the next metadata file,
-/// then points the catalog at it only if it still names the metadata `table` was read
-/// from (the SQL catalog's own commit protocol).
-async fn commit_metadata(
-    config: &IcebergSinkConfig,
-    ident: &TableIdent,
-    table: &Table,
-    updated: iceberg::spec::TableMetadata,
-) -> Result<(), LakeError> {
-    sql_only(config)?;
-    let CatalogConfig::Sql { path, name } = &config.catalog else {
-        unreachable!("checked above");
-    };
-    let current = table
-        .metadata_location()
-        .ok_or(LakeError::NoMetadataFile)?
-        .to_string();
-    let next = MetadataLocation::from_str(&current)?.with_next_version();
-    updated.write_to(table.file_io(), &next).await?;
-    let db = super::catalog::sqlite_path(config, path.as_deref()).map_err(LakeError::Sink)?;
-    let catalog_err = |source| LakeError::CatalogDb {
-        db: db.clone(),
-        source,
-    };
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&db);
-    let pool = sqlx::SqlitePool::connect_with(options)
-        .await
-        .map_err(catalog_err)?;
-    let swapped = sqlx::query(
-        "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
-         WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? AND metadata_location = ?",
-    )
-    .bind(next.to_string())
-    .bind(&current)
-    .bind(name)
-    .bind(ident.namespace().join("."))
-    .bind(ident.name())
-    .bind(&current)
-    .execute(&pool)
-    .await
-    .map_err(catalog_err)?;
-    pool.close().await;
-    match swapped.rows_affected() {
-        1 => Ok(()),
-        _ => Err(LakeError::ChangedMeanwhile),
-    }
-}
-
 /// What a compaction did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Compacted {
@@ -305,6 +260,14 @@ pub async fn compact(
 ) -> Result<Compacted, LakeError> {
     sql_only(config)?;
     let metadata = table.metadata();
+    if metadata
+        .properties()
+        .get(super::mirror::PROP_MODE)
+        .map(String::as_str)
+        == Some("mirror")
+    {
+        return Err(LakeError::MirrorTable);
+    }
     let Some(current) = metadata.current_snapshot().cloned() else {
         return Ok(Compacted::default());
     };
@@ -335,7 +298,7 @@ pub async fn compact(
         removed_files: removed.len(),
         added_files: added.len(),
         rows,
-        snapshot: Some(run.snapshot_id),
+        snapshot: Some(run.snap.snapshot_id),
     })
 }
 
@@ -394,55 +357,18 @@ fn live_entries(
 struct Compaction<'a> {
     table: &'a Table,
     current: SnapshotRef,
-    spec: PartitionSpecRef,
-    schema: SchemaRef,
+    snap: SnapshotWriter<'a>,
     target_size: u64,
-    snapshot_id: i64,
-    sequence_number: i64,
-    /// Names the files this run writes.
-    run: String,
 }
 
 impl<'a> Compaction<'a> {
     fn new(table: &'a Table, current: SnapshotRef, target_size: u64) -> Compaction<'a> {
-        let metadata = table.metadata();
-        let snapshot_id = loop {
-            let id = rand::random::<i64>().abs();
-            if id > 0 && metadata.snapshot_by_id(id).is_none() {
-                break id;
-            }
-        };
         Compaction {
             table,
             current,
-            spec: metadata.default_partition_spec().clone(),
-            schema: metadata.current_schema().clone(),
+            snap: SnapshotWriter::new(table, "compact"),
             target_size,
-            snapshot_id,
-            sequence_number: metadata.last_sequence_number() + 1,
-            run: format!("compact-{snapshot_id}"),
         }
-    }
-
-    /// The table's location, without a trailing slash.
-    fn location(&self) -> &str {
-        self.table.metadata().location().trim_end_matches('/')
-    }
-
-    /// A file of this run under the table's `metadata/`.
-    fn metadata_path(&self, name: &str) -> String {
-        format!("{}/metadata/{}-{name}.avro", self.location(), self.run)
-    }
-
-    fn manifest_writer(&self, path: &str) -> Result<ManifestWriter, LakeError> {
-        let output = self.table.file_io().new_output(path)?;
-        Ok(ManifestWriterBuilder::new(
-            output,
-            Some(self.snapshot_id),
-            self.schema.clone(),
-            (*self.spec).clone(),
-        )
-        .build_v2_data())
     }
 
     /// Rewrites each partition's small files, read in the current schema. Returns the
@@ -508,17 +434,21 @@ impl<'a> Compaction<'a> {
             .read(Box::pin(futures::stream::iter(group)))?
             .stream();
         let rolling = RollingFileWriterBuilder::new(
-            ParquetWriterBuilder::new(properties.clone(), self.schema.clone()),
+            ParquetWriterBuilder::new(properties.clone(), self.snap.schema.clone()),
             self.target_size as usize,
             self.table.file_io().clone(),
             DefaultLocationGenerator::new(self.table.metadata())?,
             DefaultFileNameGenerator::new(
-                format!("{}-{n}", self.run),
+                format!("{}-{n}", self.snap.run),
                 None,
                 DataFileFormat::Parquet,
             ),
         );
-        let key = PartitionKey::new((*self.spec).clone(), self.schema.clone(), partition.clone());
+        let key = PartitionKey::new(
+            (*self.snap.spec).clone(),
+            self.snap.schema.clone(),
+            partition.clone(),
+        );
         let mut writer = DataFileWriterBuilder::new(rolling).build(Some(key)).await?;
         let mut rows = 0;
         while let Some(batch) = stream.try_next().await? {
@@ -544,59 +474,21 @@ impl<'a> Compaction<'a> {
                 .iter()
                 .any(|e| e.is_alive() && removed.contains(e.file_path()));
             if touched {
-                new_list.push(self.rewrite_manifest(i, &manifest, removed).await?);
+                let rewritten = self
+                    .snap
+                    .rewrite_manifest(i, &manifest_file, &manifest, &|p| removed.contains(p))
+                    .await?;
+                new_list.push(rewritten);
             } else {
                 new_list.push(manifest_file);
             }
         }
-        let mut w = self.manifest_writer(&self.metadata_path("added"))?;
-        for file in added {
-            w.add_file(file.clone(), self.sequence_number)?;
-        }
-        new_list.insert(0, w.write_manifest_file().await?);
-        let list_path = format!(
-            "{}/metadata/snap-{}-1-{}.avro",
-            self.location(),
-            self.snapshot_id,
-            self.run
-        );
-        let list_out = self.table.file_io().new_output(&list_path)?;
-        let mut list_writer = ManifestListWriter::v2(
-            list_out.writer().await?,
-            self.snapshot_id,
-            Some(self.current.snapshot_id()),
-            self.sequence_number,
-        );
-        list_writer.add_manifests(new_list.into_iter())?;
-        list_writer.close().await?;
-        Ok(list_path)
-    }
-
-    /// The `i`th manifest written again: the replaced files deleted, the others
-    /// existing.
-    async fn rewrite_manifest(
-        &self,
-        i: usize,
-        manifest: &Manifest,
-        removed: &HashSet<String>,
-    ) -> Result<ManifestFile, LakeError> {
-        let mut w = self.manifest_writer(&self.metadata_path(&format!("m{i}")))?;
-        for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
-            let data_sequence = entry.sequence_number.ok_or(LakeError::NoSequenceNumber)?;
-            let file_sequence = entry.file_sequence_number.or(Some(data_sequence));
-            let file = entry.data_file().clone();
-            if removed.contains(entry.file_path()) {
-                w.add_delete_file(file, data_sequence, file_sequence)?;
-            } else {
-                w.add_existing_file(
-                    file,
-                    entry.snapshot_id.unwrap_or(self.current.snapshot_id()),
-                    data_sequence,
-                    file_sequence,
-                )?;
-            }
-        }
-        Ok(w.write_manifest_file().await?)
+        let added = self
+            .snap
+            .added_manifest("added", ManifestContentType::Data, added)
+            .await?;
+        new_list.insert(0, added);
+        self.snap.write_list(new_list).await
     }
 
     /// The new snapshot's summary: weir's position carried over, the totals of records
@@ -664,31 +556,9 @@ impl<'a> Compaction<'a> {
         manifest_list: String,
         summary: HashMap<String, String>,
     ) -> Result<(), LakeError> {
-        let snapshot = Snapshot::builder()
-            .with_snapshot_id(self.snapshot_id)
-            .with_parent_snapshot_id(Some(self.current.snapshot_id()))
-            .with_sequence_number(self.sequence_number)
-            .with_timestamp_ms(
-                chrono::Utc::now()
-                    .timestamp_millis()
-                    .max(self.current.timestamp_ms() + 1),
-            )
-            .with_manifest_list(manifest_list)
-            .with_summary(Summary {
-                operation: Operation::Replace,
-                additional_properties: summary,
-            })
-            .with_schema_id(self.schema.schema_id())
-            .build();
-        let updated = self
-            .table
-            .metadata()
-            .clone()
-            .into_builder(self.table.metadata_location().map(str::to_string))
-            .set_branch_snapshot(snapshot, MAIN_BRANCH)
-            .and_then(|b| b.build())?
-            .metadata;
-        commit_metadata(config, self.table.identifier(), self.table, updated).await
+        self.snap
+            .commit(config, manifest_list, Operation::Replace, summary)
+            .await
     }
 }
 
@@ -831,13 +701,6 @@ pub async fn remove_orphans(table: &Table, orphans: &Orphans) -> Result<(), Lake
             })?;
     }
     Ok(())
-}
-
-fn sql_only(config: &IcebergSinkConfig) -> Result<(), LakeError> {
-    match config.catalog {
-        CatalogConfig::Sql { .. } => Ok(()),
-        CatalogConfig::Rest { .. } => Err(LakeError::NeedsSqlCatalog),
-    }
 }
 
 /// Widens column types in place (`int` to `long`, `float` to `double`, a decimal's

@@ -11,7 +11,11 @@
 //! twice.
 
 mod catalog;
+pub mod commit;
 pub mod lake;
+pub mod mirror;
+mod pk_index;
+mod position_delete;
 pub mod schema;
 pub mod storage;
 
@@ -600,56 +604,7 @@ impl ChangeTable {
         config: &IcebergSinkConfig,
         relation: &Relation,
     ) -> Result<(), SinkError> {
-        let missing = schema::missing_columns(relation, self.table.metadata().current_schema());
-        if !missing.is_empty() {
-            let names: Vec<&str> = missing.iter().map(|(n, _)| n.as_str()).collect();
-            let tx = Transaction::new(&self.table);
-            let mut action = tx.update_schema();
-            for (name, ty) in &missing {
-                action =
-                    action.add_column(iceberg::transaction::AddColumn::optional(name, ty.clone()));
-            }
-            let tx = action.apply(tx).map_err(|e| iceberg_err(&self.ident, e))?;
-            self.table = tx.commit(catalog).await.map_err(|e| {
-                iceberg_err(&self.ident, e.with_context("operation", "schema update"))
-            })?;
-            tracing::info!(table = %self.ident, columns = ?names, schema_id = self.table.metadata().current_schema_id(), "Iceberg schema evolved: columns added.");
-        }
-        let changed = schema::changed_columns(relation, self.table.metadata().current_schema());
-        let schema = self.table.metadata().current_schema().clone();
-        let widenable: Vec<_> = changed
-            .iter()
-            .filter(|(name, to)| {
-                schema
-                    .field_by_name(name)
-                    .is_some_and(|f| schema::promotable(&f.field_type, to))
-            })
-            .cloned()
-            .collect();
-        if widenable.is_empty() {
-            return Ok(());
-        }
-        if matches!(config.catalog, CatalogConfig::Rest { .. }) {
-            tracing::warn!(table = %self.ident, columns = ?widenable.iter().map(|c| &c.0).collect::<Vec<_>>(), "Column types widened in PostgreSQL stay narrow in Iceberg (a REST catalog cannot be sent the change by iceberg 0.10.1); values are cast and a value that does not fit stops the sink.");
-            return Ok(());
-        }
-        // Against the table as it is now (a compaction may have committed meanwhile).
-        self.table = catalog
-            .load_table(&self.ident)
-            .await
-            .map_err(|e| iceberg_err(&self.ident, e))?;
-        let widened = lake::widen_columns(config, &self.table, &widenable)
-            .await
-            .map_err(|e| SinkError::Schema {
-                table: self.ident.to_string(),
-                source: format!("widening columns: {e}").into(),
-            })?;
-        self.table = catalog
-            .load_table(&self.ident)
-            .await
-            .map_err(|e| iceberg_err(&self.ident, e))?;
-        tracing::info!(table = %self.ident, columns = ?widened, schema_id = self.table.metadata().current_schema_id(), "Iceberg schema evolved: column types widened.");
-        Ok(())
+        evolve_table(catalog, config, &self.ident, &mut self.table, relation).await
     }
 
     /// A writer for the relation's rows in the table's current schema; its files are
@@ -823,4 +778,67 @@ fn unpartitioned_key() -> PartitionKey {
         Arc::new(Schema::builder().build().expect("an empty schema builds")),
         Struct::empty(),
     )
+}
+
+/// Adds the relation's new columns to the table's schema, in a schema-update commit,
+/// and widens columns whose type PostgreSQL widened where Iceberg allows it (SQL
+/// catalog). Columns dropped in PostgreSQL stay in the table (null in later rows).
+/// Any other type change keeps the table's type: values are cast to it when they fit.
+pub(super) async fn evolve_table(
+    catalog: &dyn Catalog,
+    config: &IcebergSinkConfig,
+    ident: &TableIdent,
+    table: &mut Table,
+    relation: &Relation,
+) -> Result<(), SinkError> {
+    let missing = schema::missing_columns(relation, table.metadata().current_schema());
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|(n, _)| n.as_str()).collect();
+        let tx = Transaction::new(&*table);
+        let mut action = tx.update_schema();
+        for (name, ty) in &missing {
+            action = action.add_column(iceberg::transaction::AddColumn::optional(name, ty.clone()));
+        }
+        let tx = action.apply(tx).map_err(|e| iceberg_err(ident, e))?;
+        *table = tx
+            .commit(catalog)
+            .await
+            .map_err(|e| iceberg_err(ident, e.with_context("operation", "schema update")))?;
+        tracing::info!(table = %ident, columns = ?names, schema_id = table.metadata().current_schema_id(), "Iceberg schema evolved: columns added.");
+    }
+    let changed = schema::changed_columns(relation, table.metadata().current_schema());
+    let schema = table.metadata().current_schema().clone();
+    let widenable: Vec<_> = changed
+        .iter()
+        .filter(|(name, to)| {
+            schema
+                .field_by_name(name)
+                .is_some_and(|f| schema::promotable(&f.field_type, to))
+        })
+        .cloned()
+        .collect();
+    if widenable.is_empty() {
+        return Ok(());
+    }
+    if matches!(config.catalog, CatalogConfig::Rest { .. }) {
+        tracing::warn!(table = %ident, columns = ?widenable.iter().map(|c| &c.0).collect::<Vec<_>>(), "Column types widened in PostgreSQL stay narrow in Iceberg (a REST catalog cannot be sent the change by iceberg 0.10.1); values are cast and a value that does not fit stops the sink.");
+        return Ok(());
+    }
+    // Against the table as it is now (a compaction may have committed meanwhile).
+    *table = catalog
+        .load_table(ident)
+        .await
+        .map_err(|e| iceberg_err(ident, e))?;
+    let widened = lake::widen_columns(config, &*table, &widenable)
+        .await
+        .map_err(|e| SinkError::Schema {
+            table: ident.to_string(),
+            source: format!("widening columns: {e}").into(),
+        })?;
+    *table = catalog
+        .load_table(ident)
+        .await
+        .map_err(|e| iceberg_err(ident, e))?;
+    tracing::info!(table = %ident, columns = ?widened, schema_id = table.metadata().current_schema_id(), "Iceberg schema evolved: column types widened.");
+    Ok(())
 }

@@ -67,7 +67,15 @@ pub fn iceberg_type(data_type: &DataType) -> Type {
 /// required, as identifier fields), then the `_cdc_` columns. Ids are provisional: the
 /// catalog assigns the table's own.
 pub fn changelog_schema(relation: &Relation) -> iceberg::Result<Schema> {
-    let arrow = super::super::rows::changelog_schema(relation);
+    table_schema(&super::super::rows::changelog_schema(relation), relation)
+}
+
+/// The Iceberg schema of a new table whose rows have the Arrow schema `arrow`, the
+/// relation's columns first (the replica identity required, as identifier fields).
+pub fn table_schema(
+    arrow: &arrow::datatypes::Schema,
+    relation: &Relation,
+) -> iceberg::Result<Schema> {
     let mut next_id = 0;
     let mut fields = Vec::new();
     let mut identifier = Vec::new();

@@ -1,0 +1,1057 @@
+//! Mirror tables (`mode = "mirror"`): each source table's current state as an Iceberg
+//! v2 table, merge-on-read. Each commit is one snapshot that adds the new rows as data
+//! files and removes the rows they replace (and deleted rows) with position delete
+//! files. Where a key's live row is comes from the table's primary-key index
+//! ([`PkIndex`]), which is updated after each commit and rebuilt from the table when it
+//! does not describe the table's current snapshot.
+//!
+//! Within a commit interval a key's changes are folded: a row replaced before it was
+//! written never reaches a data file; one replaced after gets a position delete in the
+//! same commit (deletes apply to data files of their own snapshot). A truncate removes
+//! every live file in the commit that follows it.
+
+use super::commit::{RowDelta, commit_row_delta};
+use super::pk_index::{Loc, PkIndex};
+use super::{
+    PROP_CREATED_AFTER, PROP_SLOT, PROP_SOURCE, SUMMARY_COMMIT_LSN, SUMMARY_END_LSN, SUMMARY_SLOT,
+    iceberg_err, not_ours, table_ident, table_position,
+};
+use crate::batch::{CommitPos, Position, SourceBatch};
+use crate::config::IcebergSinkConfig;
+use crate::sink::SinkError;
+use crate::sink::columns::{ColumnBuilder, arrow_field};
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Builder, RecordBatch, TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, SortField};
+use futures::TryStreamExt;
+use iceberg::spec::{DataFile, DataFileFormat, Schema, UnboundPartitionSpec};
+use iceberg::table::Table;
+use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::{CurrentFileStatus, IcebergWriter, IcebergWriterBuilder};
+use iceberg::{Catalog, TableCreation, TableIdent};
+use object_store::ObjectStoreExt;
+use parquet::file::properties::WriterProperties;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir_sdk::{Event, Op, Relation, Value};
+
+/// Table property naming what a weir table holds: `mirror` for mirror tables.
+pub const PROP_MODE: &str = "weir.mode";
+
+/// Events handled together: their keys converted and looked up at once.
+const CHUNK: usize = 8192;
+
+type Writer =
+    DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+
+/// The Arrow schema of a mirror table's rows: the source columns, `_cdc_commit_lsn`
+/// and `_cdc_commit_ts`.
+pub fn mirror_arrow_schema(relation: &Relation) -> SchemaRef {
+    let mut fields: Vec<Field> = relation.columns.iter().map(arrow_field).collect();
+    fields.push(Field::new("_cdc_commit_lsn", DataType::Int64, false));
+    fields.push(Field::new(
+        "_cdc_commit_ts",
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        false,
+    ));
+    Arc::new(arrow::datatypes::Schema::new(fields))
+}
+
+/// Keys as bytes: Arrow's row format of the key columns in the mirror's types, the same
+/// whether built from events or read back from data files.
+struct KeyCodec {
+    types: Vec<DataType>,
+    rows: RowConverter,
+}
+
+impl KeyCodec {
+    fn new(types: Vec<DataType>) -> Result<KeyCodec, arrow::error::ArrowError> {
+        let rows = RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect())?;
+        Ok(KeyCodec { types, rows })
+    }
+
+    fn keys(&self, columns: &[ArrayRef]) -> Result<Vec<Vec<u8>>, arrow::error::ArrowError> {
+        let cast: Vec<ArrayRef> = columns
+            .iter()
+            .zip(&self.types)
+            .map(|(c, t)| match c.data_type() == t {
+                true => Ok(c.clone()),
+                false => arrow::compute::cast(c, t),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(self
+            .rows
+            .convert_columns(&cast)?
+            .iter()
+            .map(|r| r.as_ref().to_vec())
+            .collect())
+    }
+
+    /// The keys of events' rows (the new row of an insert or update, the old key of a
+    /// delete).
+    fn event_keys(
+        &self,
+        events: &[&Event],
+        key_columns: &[usize],
+    ) -> Result<Vec<Vec<u8>>, SinkError> {
+        let mut builders: Vec<ColumnBuilder> = self.types.iter().map(ColumnBuilder::new).collect();
+        for event in events {
+            let row = match event.op {
+                Op::Delete => event.before.as_ref(),
+                _ => event.after.as_ref(),
+            };
+            for (b, &c) in builders.iter_mut().zip(key_columns) {
+                match row.and_then(|r| r.get(c)) {
+                    Some(v) if !v.is_null() => {
+                        b.append(v).map_err(|e| SinkError::Schema {
+                            table: String::new(),
+                            source: format!("a key value that does not fit its column: {e}").into(),
+                        })?;
+                    }
+                    _ => b.append_null(),
+                }
+            }
+        }
+        let columns: Vec<ArrayRef> = builders.iter_mut().map(ColumnBuilder::finish).collect();
+        self.keys(&columns).map_err(|e| SinkError::Schema {
+            table: String::new(),
+            source: e.into(),
+        })
+    }
+}
+
+/// Rows of one relation version in the mirror's Arrow layout.
+struct MirrorRows {
+    schema: SchemaRef,
+    columns: Vec<ColumnBuilder>,
+    lsn: Int64Builder,
+    ts: TimestampMicrosecondBuilder,
+    len: usize,
+}
+
+impl MirrorRows {
+    fn new(relation: &Relation) -> MirrorRows {
+        let schema = mirror_arrow_schema(relation);
+        let columns = schema.fields()[..relation.columns.len()]
+            .iter()
+            .map(|f| ColumnBuilder::new(f.data_type()))
+            .collect();
+        MirrorRows {
+            schema,
+            columns,
+            lsn: Int64Builder::new(),
+            ts: TimestampMicrosecondBuilder::new(),
+            len: 0,
+        }
+    }
+
+    fn append(&mut self, values: &[Value], event: &Event, table: &str) {
+        for (i, b) in self.columns.iter_mut().enumerate() {
+            let value = values.get(i).unwrap_or(&Value::Null);
+            if let Err(e) = b.append(value) {
+                tracing::warn!(table, column = i, error = %e, "A value its column type cannot hold: null in the mirror table.");
+            }
+        }
+        self.lsn.append_value(event.commit_lsn as i64);
+        self.ts.append_value(event.commit_ts);
+        self.len += 1;
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let mut arrays: Vec<ArrayRef> =
+            self.columns.iter_mut().map(ColumnBuilder::finish).collect();
+        arrays.push(Arc::new(self.lsn.finish()));
+        arrays.push(Arc::new(self.ts.finish().with_timezone("UTC")));
+        self.len = 0;
+        RecordBatch::try_new(self.schema.clone(), arrays)
+    }
+}
+
+/// One mirror table and the changes of the commit round under way.
+struct MirrorTable {
+    ident: TableIdent,
+    source: String,
+    table: Table,
+    /// Changes at or before this commit LSN are in the table already.
+    skip_through: u64,
+    index: PkIndex,
+    codec: KeyCodec,
+    /// Key columns' places in the relation.
+    key_columns: Vec<usize>,
+    writer: Option<(u32, Writer)>,
+    /// The data file the open writer is filling, once it has rows.
+    open_file: Option<Arc<str>>,
+    files: Vec<DataFile>,
+    /// Keys changed this round: where the live row is now (`None`: no live row).
+    overlay: HashMap<Vec<u8>, Option<Loc>>,
+    /// Rows to delete, by data file.
+    deletes: HashMap<Arc<str>, Vec<u64>>,
+    /// A truncate in this round: every file live before it goes.
+    truncate: bool,
+    rows_written: u64,
+    /// How this table's writers are made.
+    properties: WriterProperties,
+    target_file_size: u64,
+    files_prefix: String,
+    writers: u64,
+}
+
+/// Writes mirror tables and commits them through the SQL catalog.
+pub struct MirrorSink {
+    config: IcebergSinkConfig,
+    catalog: Arc<dyn Catalog>,
+    slot: String,
+    tables: HashMap<String, MirrorTable>,
+    durable: Option<CommitPos>,
+    properties: WriterProperties,
+    last_commit: Instant,
+    run: String,
+    writers: u64,
+    index_dir: PathBuf,
+}
+
+/// Where the index of a table lives by default: the user's cache directory.
+pub fn default_index_dir(slot: &str) -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("weir").join("index").join(slot)
+}
+
+impl MirrorSink {
+    pub async fn open(config: IcebergSinkConfig, slot: &str) -> Result<MirrorSink, SinkError> {
+        let (store, prefix) = crate::storage::object_store_for(&config.warehouse)?;
+        crate::storage::check_reachable(store.as_ref(), &prefix, &config.warehouse).await?;
+        let catalog = super::connect(&config).await?;
+        let index_dir = config
+            .index_dir
+            .clone()
+            .unwrap_or_else(|| default_index_dir(slot));
+        let properties = WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+            .set_max_row_group_row_count(Some(super::ROW_GROUP_ROWS))
+            .set_max_row_group_bytes(Some(super::ROW_GROUP_BYTES))
+            .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut sink = MirrorSink {
+            run: format!("{slot}-{}", now.as_millis()),
+            writers: 0,
+            config,
+            catalog,
+            slot: slot.to_string(),
+            tables: HashMap::new(),
+            durable: None,
+            properties,
+            last_commit: Instant::now(),
+            index_dir,
+        };
+        let tables = super::slot_tables(
+            sink.catalog.as_ref(),
+            sink.config.namespace.as_deref(),
+            slot,
+        )
+        .await?;
+        for table in tables {
+            let props = table.metadata().properties();
+            let (Some(source), Some("mirror")) = (
+                props.get(PROP_SOURCE).cloned(),
+                props.get(PROP_MODE).map(String::as_str),
+            ) else {
+                continue;
+            };
+            let opened = sink
+                .prepare(table.identifier().clone(), source.clone(), table)
+                .await?;
+            sink.tables.insert(source, opened);
+        }
+        sink.durable = sink
+            .tables
+            .values()
+            .map(|t| table_position(&t.table, slot))
+            .collect::<Option<Vec<_>>>()
+            .and_then(|p| p.into_iter().min());
+        if let Some(d) = sink.durable {
+            tracing::info!(warehouse = %sink.config.warehouse, tables = sink.tables.len(), checkpoint = %d.end_lsn, "Iceberg mirror resumes from its tables' last commits.");
+        }
+        Ok(sink)
+    }
+
+    pub fn durable(&self) -> Option<CommitPos> {
+        self.durable
+    }
+
+    /// The last transaction any table holds: output exists up to there.
+    pub fn held(&self) -> Option<CommitPos> {
+        self.tables
+            .values()
+            .filter_map(|t| table_position(&t.table, &self.slot))
+            .max()
+    }
+
+    /// Opens a mirror table's index, rebuilding it when it does not describe the
+    /// table's current snapshot.
+    async fn prepare(
+        &self,
+        ident: TableIdent,
+        source: String,
+        table: Table,
+    ) -> Result<MirrorTable, SinkError> {
+        let schema = table.metadata().current_schema().clone();
+        let key_ids: Vec<i32> = schema.identifier_field_ids().collect();
+        if key_ids.is_empty() {
+            return Err(not_ours(
+                &ident,
+                "has no identifier fields: it is not a weir mirror table".into(),
+            ));
+        }
+        let arrow =
+            iceberg::arrow::schema_to_arrow_schema(&schema).map_err(|e| iceberg_err(&ident, e))?;
+        let key_names: Vec<String> = key_ids
+            .iter()
+            .filter_map(|id| schema.field_by_id(*id).map(|f| f.name.clone()))
+            .collect();
+        let types: Vec<DataType> = key_names
+            .iter()
+            .filter_map(|n| arrow.field_with_name(n).ok().map(|f| f.data_type().clone()))
+            .collect();
+        let codec = KeyCodec::new(types).map_err(|e| SinkError::Schema {
+            table: ident.to_string(),
+            source: e.into(),
+        })?;
+        let path = self.index_dir.join(format!(
+            "{}.{}.redb",
+            ident.namespace().join("."),
+            ident.name()
+        ));
+        let mut index = PkIndex::open(&path).map_err(|e| index_err(&ident, e))?;
+        let current = table.metadata().current_snapshot_id();
+        if index.snapshot().map_err(|e| index_err(&ident, e))? != current.or(Some(0)) {
+            rebuild(&mut index, &table, &codec, &key_names).await?;
+        }
+        let position = table_position(&table, &self.slot);
+        Ok(MirrorTable {
+            ident,
+            source,
+            skip_through: position.map_or(0, |p| p.commit_lsn.0),
+            table,
+            index,
+            codec,
+            key_columns: Vec::new(),
+            writer: None,
+            open_file: None,
+            files: Vec::new(),
+            overlay: HashMap::new(),
+            deletes: HashMap::new(),
+            truncate: false,
+            rows_written: 0,
+            properties: self.properties.clone(),
+            target_file_size: self.config.target_file_size,
+            files_prefix: self.run.clone(),
+            writers: 0,
+        })
+    }
+
+    fn pending(&self) -> bool {
+        self.tables.values().any(|t| {
+            t.writer.is_some() || !t.files.is_empty() || !t.overlay.is_empty() || t.truncate
+        })
+    }
+
+    /// Writes a batch's events; commits when the interval has passed at a transaction
+    /// boundary.
+    pub async fn write(&mut self, batch: &SourceBatch) -> Result<(), SinkError> {
+        let mut by_table: Vec<(String, Vec<&Event>)> = Vec::new();
+        for event in &batch.batch.events {
+            let relation = batch.batch.relation(event);
+            let name = relation.qualified_name();
+            if !self.tables.contains_key(&name) {
+                let table = self.open_table(relation).await?;
+                self.tables.insert(name.clone(), table);
+            }
+            let table = self.tables.get(&name).expect("inserted above");
+            if event.commit_lsn <= table.skip_through {
+                continue;
+            }
+            match by_table.last_mut() {
+                Some((t, events)) if *t == name => events.push(event),
+                _ => by_table.push((name, vec![event])),
+            }
+        }
+        for (name, events) in by_table {
+            let relation = batch.batch.relation(events[0]);
+            self.ensure_writer(&name, relation).await?;
+            let table = self.tables.get_mut(&name).expect("opened above");
+            for chunk in events.chunks(CHUNK) {
+                table.apply(chunk, relation).await?;
+            }
+        }
+        let position = &batch.position;
+        if !position.in_tx {
+            if !self.pending() {
+                self.durable = self.durable.max(position.last_commit);
+            } else if self.last_commit.elapsed() >= self.config.commit_interval {
+                self.flush(position).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A writer for the relation's version (a new one after a schema change).
+    async fn ensure_writer(&mut self, name: &str, relation: &Relation) -> Result<(), SinkError> {
+        let table = self.tables.get_mut(name).expect("opened");
+        if table
+            .writer
+            .as_ref()
+            .is_some_and(|(v, _)| *v == relation.version)
+        {
+            return Ok(());
+        }
+        table.close_writer().await?;
+        super::evolve_table(
+            self.catalog.as_ref(),
+            &self.config,
+            &table.ident,
+            &mut table.table,
+            relation,
+        )
+        .await?;
+        table.key_columns = relation
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.key)
+            .map(|(i, _)| i)
+            .collect();
+        self.writers += 1;
+        let files = format!("{}-{}", self.run, self.writers);
+        let writer = new_writer(
+            &table.table,
+            &self.properties,
+            &files,
+            self.config.target_file_size,
+        )
+        .await
+        .map_err(|e| iceberg_err(&table.ident, e))?;
+        table.writer = Some((relation.version, writer));
+        Ok(())
+    }
+
+    /// Creates (or loads) the mirror table of a relation met for the first time.
+    async fn open_table(&self, relation: &Relation) -> Result<MirrorTable, SinkError> {
+        let ident = table_ident(&self.config, &relation.schema, &relation.table);
+        let source = relation.qualified_name();
+        if !relation.columns.iter().any(|c| c.key) {
+            return Err(SinkError::Config {
+                what: source.clone(),
+                message: "has no primary key: a mirror table keeps one row per key; add a primary key, or use mode = \"changelog\" for this table".into(),
+            });
+        }
+        let catalog = self.catalog.as_ref();
+        let exists = catalog
+            .table_exists(&ident)
+            .await
+            .map_err(|e| iceberg_err(&ident, e))?;
+        let table = match exists {
+            true => catalog.load_table(&ident).await,
+            false => {
+                let namespace = ident.namespace();
+                if !catalog
+                    .namespace_exists(namespace)
+                    .await
+                    .map_err(|e| iceberg_err(&ident, e))?
+                {
+                    catalog
+                        .create_namespace(namespace, HashMap::new())
+                        .await
+                        .map_err(|e| iceberg_err(&ident, e))?;
+                }
+                let table = catalog
+                    .create_table(namespace, self.creation(relation, &ident)?)
+                    .await;
+                if table.is_ok() {
+                    tracing::info!(table = %ident, source = %source, "Iceberg mirror table created.");
+                }
+                table
+            }
+        }
+        .map_err(|e| iceberg_err(&ident, e))?;
+        let props = table.metadata().properties();
+        let ours = props.get(PROP_SOURCE) == Some(&source)
+            && props.get(PROP_SLOT) == Some(&self.slot)
+            && props.get(PROP_MODE).map(String::as_str) == Some("mirror");
+        if !ours {
+            return Err(not_ours(
+                &ident,
+                format!(
+                    "exists and is not the weir mirror of {source} for slot `{}` (a changelog table, another source or another pipeline's): set a different namespace",
+                    self.slot
+                ),
+            ));
+        }
+        self.prepare(ident, source, table).await
+    }
+
+    fn creation(
+        &self,
+        relation: &Relation,
+        ident: &TableIdent,
+    ) -> Result<TableCreation, SinkError> {
+        let schema = super::schema::table_schema(&mirror_arrow_schema(relation), relation)
+            .map_err(|e| iceberg_err(ident, e))?;
+        let mut properties = vec![
+            (PROP_SOURCE, relation.qualified_name()),
+            (PROP_SLOT, self.slot.clone()),
+            (PROP_MODE, "mirror".into()),
+            ("write.parquet.compression-codec", "zstd".into()),
+            ("write.delete.mode", "merge-on-read".into()),
+            ("write.update.mode", "merge-on-read".into()),
+            (
+                "write.target-file-size-bytes",
+                self.config.target_file_size.to_string(),
+            ),
+        ];
+        if let Some(d) = self.durable {
+            properties.push((
+                PROP_CREATED_AFTER,
+                format!("{} {}", d.commit_lsn, d.end_lsn),
+            ));
+        }
+        Ok(TableCreation::builder()
+            .name(ident.name().to_string())
+            .schema(schema)
+            .partition_spec(UnboundPartitionSpec::builder().build())
+            .properties(properties.into_iter().map(|(k, v)| (k.to_string(), v)))
+            .build())
+    }
+
+    /// Commits each changed table at `position`: its new data files and position
+    /// delete files in one snapshot; then its index. Does nothing inside a transaction.
+    pub async fn flush(&mut self, position: &Position) -> Result<(), SinkError> {
+        let Some(last_commit) = position.flush_point(self.durable) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        for table in self.tables.values_mut() {
+            table.close_writer().await?;
+            if table.files.is_empty() && table.deletes.is_empty() && !table.truncate {
+                table.overlay.clear();
+                continue;
+            }
+            let properties = HashMap::from([
+                (
+                    SUMMARY_COMMIT_LSN.to_string(),
+                    last_commit.commit_lsn.to_string(),
+                ),
+                (SUMMARY_END_LSN.to_string(), last_commit.end_lsn.to_string()),
+                (SUMMARY_SLOT.to_string(), self.slot.clone()),
+            ]);
+            table
+                .commit(
+                    &self.config,
+                    self.catalog.as_ref(),
+                    &self.properties,
+                    &self.run,
+                    properties,
+                )
+                .await?;
+            table.skip_through = last_commit.commit_lsn.0;
+        }
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, checkpoint = %last_commit.end_lsn, "Iceberg mirror commit round done.");
+        self.durable = Some(last_commit);
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    pub async fn abort(self) {}
+}
+
+fn index_err(ident: &TableIdent, e: super::pk_index::IndexError) -> SinkError {
+    SinkError::Config {
+        what: ident.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// A rolling writer of unpartitioned data files named `<files>-<n>.parquet`.
+async fn new_writer(
+    table: &Table,
+    properties: &WriterProperties,
+    files: &str,
+    target_file_size: u64,
+) -> iceberg::Result<Writer> {
+    let metadata = table.metadata();
+    let schema: Arc<Schema> = metadata.current_schema().clone();
+    let rolling = RollingFileWriterBuilder::new(
+        ParquetWriterBuilder::new(properties.clone(), schema),
+        target_file_size as usize,
+        table.file_io().clone(),
+        DefaultLocationGenerator::new(metadata)?,
+        DefaultFileNameGenerator::new(files.to_string(), None, DataFileFormat::Parquet),
+    );
+    DataFileWriterBuilder::new(rolling).build(None).await
+}
+
+impl MirrorTable {
+    fn err(&self, e: impl std::fmt::Display) -> SinkError {
+        SinkError::Schema {
+            table: self.ident.to_string(),
+            source: e.to_string().into(),
+        }
+    }
+
+    /// Applies a chunk of one relation's events to the round: the rows they replace
+    /// marked deleted, the rows they leave written.
+    async fn apply(&mut self, events: &[&Event], relation: &Relation) -> Result<(), SinkError> {
+        let keys = self.codec.event_keys(events, &self.key_columns)?;
+        let unknown: Vec<&[u8]> = keys
+            .iter()
+            .filter(|k| !self.truncate && !self.overlay.contains_key(*k))
+            .map(Vec::as_slice)
+            .collect();
+        let found = self
+            .index
+            .get_many(&unknown)
+            .map_err(|e| index_err(&self.ident, e))?;
+        let mut indexed: HashMap<&[u8], Option<Loc>> = unknown.into_iter().zip(found).collect();
+        let mut rows = MirrorRows::new(relation);
+        // The rows of this chunk by key (a later change of the key drops the earlier).
+        let mut in_chunk: HashMap<&[u8], usize> = HashMap::new();
+        let mut values_of: Vec<Vec<Value>> = Vec::new();
+        let mut keep: Vec<bool> = Vec::new();
+        for (event, key) in events.iter().zip(&keys) {
+            if event.op == Op::Truncate {
+                self.truncate_all().await?;
+                indexed.clear();
+                in_chunk.clear();
+                keep.iter_mut().for_each(|k| *k = false);
+                continue;
+            }
+            let earlier = in_chunk.remove(key.as_slice());
+            let old = match earlier {
+                Some(j) => {
+                    keep[j] = false;
+                    None
+                }
+                None => {
+                    let old = match self.overlay.get(key) {
+                        Some(loc) => loc.clone(),
+                        None => indexed.get(key.as_slice()).cloned().flatten(),
+                    };
+                    if let Some(loc) = &old {
+                        self.deletes
+                            .entry(loc.file.clone())
+                            .or_default()
+                            .push(loc.pos);
+                    }
+                    self.overlay.insert(key.clone(), None);
+                    old
+                }
+            };
+            if event.op == Op::Delete {
+                continue;
+            }
+            let mut values = event.after.clone().unwrap_or_default();
+            if event.op == Op::Update && !event.unchanged.is_empty() {
+                let previous = earlier.map(|j| values_of[j].clone());
+                self.fill_unchanged(&mut values, event, previous, old)
+                    .await?;
+            }
+            rows.append(&values, event, &self.source);
+            values_of.push(values);
+            keep.push(true);
+            in_chunk.insert(key.as_slice(), keep.len() - 1);
+        }
+        self.write_rows(rows, &keep, in_chunk).await
+    }
+
+    /// Writes the kept rows of a chunk and records where each key's row went.
+    async fn write_rows(
+        &mut self,
+        mut rows: MirrorRows,
+        keep: &[bool],
+        in_chunk: HashMap<&[u8], usize>,
+    ) -> Result<(), SinkError> {
+        if rows.len == 0 {
+            return Ok(());
+        }
+        let batch = rows.finish().map_err(|e| self.err(e))?;
+        let batch = arrow::compute::filter_record_batch(&batch, &BooleanArray::from(keep.to_vec()))
+            .map_err(|e| self.err(e))?;
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let target = Arc::new(
+            iceberg::arrow::schema_to_arrow_schema(self.table.metadata().current_schema())
+                .map_err(|e| iceberg_err(&self.ident, e))?,
+        );
+        let batch = super::schema::conform(&batch, &target).map_err(|e| self.err(e))?;
+        let n = batch.num_rows();
+        let Some((_, writer)) = self.writer.as_mut() else {
+            return Err(self.err("no writer open"));
+        };
+        writer
+            .write(batch)
+            .await
+            .map_err(|e| iceberg_err(&self.ident, e))?;
+        let path = writer.current_file_path();
+        let base = (writer.current_row_num() - n) as u64;
+        let file: Arc<str> = match &self.open_file {
+            Some(f) if **f == *path => f.clone(),
+            _ => Arc::from(path),
+        };
+        self.open_file = Some(file.clone());
+        // Kept rows' places in the written batch.
+        let mut place = vec![0u64; keep.len()];
+        let mut next = 0;
+        for (j, k) in keep.iter().enumerate() {
+            if *k {
+                place[j] = next;
+                next += 1;
+            }
+        }
+        for (key, j) in in_chunk {
+            self.overlay.insert(
+                key.to_vec(),
+                Some(Loc {
+                    file: file.clone(),
+                    pos: base + place[j],
+                }),
+            );
+        }
+        self.rows_written += n as u64;
+        Ok(())
+    }
+
+    /// The values of the columns an update left unchanged (TOAST values PostgreSQL did
+    /// not send): from the old row it sent (`REPLICA IDENTITY FULL`), the key's earlier
+    /// row in this chunk, or the key's live row read back from its data file.
+    async fn fill_unchanged(
+        &mut self,
+        values: &mut [Value],
+        event: &Event,
+        previous: Option<Vec<Value>>,
+        old: Option<Loc>,
+    ) -> Result<(), SinkError> {
+        let full_before = event
+            .before
+            .as_ref()
+            .filter(|b| b.len() == values.len())
+            .cloned();
+        let source = match (full_before, previous) {
+            (Some(b), _) => Some(b),
+            (None, Some(p)) => Some(p),
+            (None, None) => match old {
+                Some(loc) => Some(self.read_back(&loc, values.len()).await?),
+                None => None,
+            },
+        };
+        let Some(source) = source else {
+            return Err(self.err(format!(
+                "an update at {} left TOASTed columns unchanged and the key has no earlier row to take them from",
+                crate::lsn::Lsn(event.commit_lsn)
+            )));
+        };
+        for &u in &event.unchanged {
+            let u = u as usize;
+            if let (Some(slot), Some(v)) = (values.get_mut(u), source.get(u)) {
+                *slot = v.clone();
+            }
+        }
+        Ok(())
+    }
+
+    /// The source columns of the row at `loc`, read from its data file (the open file
+    /// is completed first when the row is in it).
+    async fn read_back(&mut self, loc: &Loc, width: usize) -> Result<Vec<Value>, SinkError> {
+        if self.open_file.as_ref().is_some_and(|f| *f == loc.file) {
+            let version = self.writer.as_ref().map(|(v, _)| *v);
+            self.close_writer().await?;
+            if let Some(v) = version {
+                self.writers_reopen(v).await?;
+            }
+        }
+        let rows = read_rows(&loc.file, &[loc.pos])
+            .await
+            .map_err(|e| self.err(e))?;
+        let Some(row) = rows.first() else {
+            return Err(self.err(format!("row {} of {} is not there", loc.pos, loc.file)));
+        };
+        Ok(row.iter().take(width).cloned().collect())
+    }
+
+    /// Opens a new writer for the relation version `version` (after a read-back or a
+    /// truncate completed the open one).
+    async fn writers_reopen(&mut self, version: u32) -> Result<(), SinkError> {
+        self.writers += 1;
+        let files = format!("{}-r{}", self.files_prefix, self.writers);
+        let writer = new_writer(&self.table, &self.properties, &files, self.target_file_size)
+            .await
+            .map_err(|e| iceberg_err(&self.ident, e))?;
+        self.writer = Some((version, writer));
+        Ok(())
+    }
+
+    /// A truncate: every row written or live so far goes in the next commit.
+    async fn truncate_all(&mut self) -> Result<(), SinkError> {
+        let version = self.writer.as_ref().map(|(v, _)| *v);
+        self.close_writer().await?;
+        // Files written earlier in this round never join the table.
+        self.files.clear();
+        self.deletes.clear();
+        self.overlay.clear();
+        self.truncate = true;
+        if let Some(v) = version {
+            self.writers_reopen(v).await?;
+        }
+        Ok(())
+    }
+
+    async fn close_writer(&mut self) -> Result<(), SinkError> {
+        self.open_file = None;
+        let Some((_, mut writer)) = self.writer.take() else {
+            return Ok(());
+        };
+        let files = writer
+            .close()
+            .await
+            .map_err(|e| iceberg_err(&self.ident, e))?;
+        self.files.extend(files);
+        Ok(())
+    }
+
+    /// Writes the round's delete files and commits the row delta, then the index.
+    async fn commit(
+        &mut self,
+        config: &IcebergSinkConfig,
+        catalog: &dyn Catalog,
+        properties: &WriterProperties,
+        run: &str,
+        summary: HashMap<String, String>,
+    ) -> Result<(), SinkError> {
+        let mut deletes = Vec::new();
+        for (n, (file, positions)) in std::mem::take(&mut self.deletes).into_iter().enumerate() {
+            let path = format!(
+                "{}/data/{run}-del-{}-{n:05}.parquet",
+                self.table.metadata().location().trim_end_matches('/'),
+                self.table.metadata().last_sequence_number() + 1
+            );
+            let written =
+                super::position_delete::write(&self.table, properties, &path, &file, positions)
+                    .await
+                    .map_err(|e| iceberg_err(&self.ident, e))?;
+            deletes.push(written);
+        }
+        let delta = RowDelta {
+            data: std::mem::take(&mut self.files),
+            deletes,
+            truncate: self.truncate,
+            properties: summary,
+        };
+        let snapshot = commit_row_delta(config, &self.table, delta)
+            .await
+            .map_err(|e| SinkError::Iceberg {
+                table: self.ident.to_string(),
+                source: iceberg::Error::new(
+                    iceberg::ErrorKind::CatalogCommitConflicts,
+                    e.to_string(),
+                ),
+            })?;
+        self.table = catalog
+            .load_table(&self.ident)
+            .await
+            .map_err(|e| iceberg_err(&self.ident, e))?;
+        if self.truncate {
+            self.index.clear().map_err(|e| index_err(&self.ident, e))?;
+            self.truncate = false;
+        }
+        let changes = std::mem::take(&mut self.overlay);
+        self.index
+            .apply(changes, snapshot)
+            .map_err(|e| index_err(&self.ident, e))?;
+        tracing::debug!(table = %self.ident, snapshot, "Iceberg mirror table committed.");
+        Ok(())
+    }
+}
+
+/// Rows `positions` of a data file, as source values.
+async fn read_rows(file: &str, positions: &[u64]) -> Result<Vec<Vec<Value>>, String> {
+    let (store, path) = crate::storage::object_store_for(file).map_err(|e| e.to_string())?;
+    let meta = store.head(&path).await.map_err(|e| e.to_string())?;
+    let reader = parquet::arrow::async_reader::ParquetObjectReader::new(store, path)
+        .with_file_size(meta.size);
+    let mut stream = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .and_then(|b| b.build())
+        .map_err(|e| e.to_string())?;
+    let wanted: std::collections::HashSet<u64> = positions.iter().copied().collect();
+    let (mut out, mut at) = (Vec::new(), 0u64);
+    while let Some(batch) = stream.try_next().await.map_err(|e| e.to_string())? {
+        for r in 0..batch.num_rows() {
+            if wanted.contains(&(at + r as u64)) {
+                out.push(
+                    batch
+                        .columns()
+                        .iter()
+                        .map(|c| crate::replay::value(c.as_ref(), r))
+                        .collect(),
+                );
+            }
+        }
+        at += batch.num_rows() as u64;
+    }
+    Ok(out)
+}
+
+/// Rebuilds the index from the table: the key columns of every live data file, minus
+/// the rows its position deletes remove, row positions counted in file order.
+async fn rebuild(
+    index: &mut PkIndex,
+    table: &Table,
+    codec: &KeyCodec,
+    key_names: &[String],
+) -> Result<(), SinkError> {
+    let ident = table.identifier().clone();
+    index.clear().map_err(|e| index_err(&ident, e))?;
+    let Some(snapshot) = table.metadata().current_snapshot_id() else {
+        return index.apply(Vec::new(), 0).map_err(|e| index_err(&ident, e));
+    };
+    let started = Instant::now();
+    let tasks: Vec<iceberg::scan::FileScanTask> = table
+        .scan()
+        .snapshot_id(snapshot)
+        .select_all()
+        .build()
+        .map_err(|e| iceberg_err(&ident, e))?
+        .plan_files()
+        .await
+        .map_err(|e| iceberg_err(&ident, e))?
+        .try_collect()
+        .await
+        .map_err(|e| iceberg_err(&ident, e))?;
+    tracing::info!(table = %ident, files = tasks.len(), "Rebuilding the mirror table's primary-key index from the table.");
+    let read_err = |e: String| SinkError::Schema {
+        table: ident.to_string(),
+        source: format!("rebuilding the primary-key index: {e}").into(),
+    };
+    let mut deleted: HashMap<String, std::collections::HashSet<u64>> = HashMap::new();
+    let mut seen_deletes = std::collections::HashSet::new();
+    for task in &tasks {
+        for d in &task.deletes {
+            if seen_deletes.insert(d.file_path.clone()) {
+                for (file, pos) in read_position_deletes(&d.file_path)
+                    .await
+                    .map_err(read_err)?
+                {
+                    deleted.entry(file).or_default().insert(pos);
+                }
+            }
+        }
+    }
+    let (mut keys_total, mut last_report) = (0u64, Instant::now());
+    for (n, task) in tasks.iter().enumerate() {
+        let file: Arc<str> = Arc::from(task.data_file_path.as_str());
+        let gone = deleted.get(&task.data_file_path);
+        let columns = read_columns(&task.data_file_path, key_names)
+            .await
+            .map_err(read_err)?;
+        let mut changes = Vec::new();
+        let mut pos = 0u64;
+        for batch in columns {
+            let keys = codec.keys(&batch).map_err(|e| read_err(e.to_string()))?;
+            for key in keys {
+                if gone.is_none_or(|g| !g.contains(&pos)) {
+                    changes.push((
+                        key,
+                        Some(Loc {
+                            file: file.clone(),
+                            pos,
+                        }),
+                    ));
+                }
+                pos += 1;
+            }
+        }
+        keys_total += changes.len() as u64;
+        index.apply(changes, 0).map_err(|e| index_err(&ident, e))?;
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            tracing::info!(table = %ident, files = n + 1, of = tasks.len(), keys = keys_total, "Rebuilding the primary-key index.");
+        }
+    }
+    index
+        .apply(Vec::new(), snapshot)
+        .map_err(|e| index_err(&ident, e))?;
+    tracing::info!(table = %ident, keys = keys_total, seconds = started.elapsed().as_secs(), "Primary-key index rebuilt.");
+    Ok(())
+}
+
+/// The named columns of a data file, batch by batch, rows in file order.
+async fn read_columns(file: &str, names: &[String]) -> Result<Vec<Vec<ArrayRef>>, String> {
+    let (store, path) = crate::storage::object_store_for(file).map_err(|e| e.to_string())?;
+    let meta = store.head(&path).await.map_err(|e| e.to_string())?;
+    let reader = parquet::arrow::async_reader::ParquetObjectReader::new(store, path)
+        .with_file_size(meta.size);
+    let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| e.to_string())?;
+    let schema = builder.schema().clone();
+    let indices: Vec<usize> = names
+        .iter()
+        .map(|n| schema.index_of(n).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), indices.clone());
+    let mut stream = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    while let Some(batch) = stream.try_next().await.map_err(|e| e.to_string())? {
+        // The projection keeps file order; pick the columns in key order.
+        let cols = names
+            .iter()
+            .map(|n| {
+                batch
+                    .column_by_name(n)
+                    .cloned()
+                    .ok_or_else(|| format!("no column {n}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push(cols);
+    }
+    Ok(out)
+}
+
+/// The (data file, position) rows of a position delete file.
+async fn read_position_deletes(file: &str) -> Result<Vec<(String, u64)>, String> {
+    let columns = read_columns(file, &["file_path".into(), "pos".into()]).await?;
+    let mut out = Vec::new();
+    for cols in columns {
+        let paths = arrow::compute::cast(&cols[0], &DataType::Utf8).map_err(|e| e.to_string())?;
+        let paths = paths
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .ok_or("file_path is not a string column")?;
+        let pos = arrow::compute::cast(&cols[1], &DataType::Int64).map_err(|e| e.to_string())?;
+        let pos = pos
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .ok_or("pos is not a long column")?;
+        for r in 0..paths.len() {
+            out.push((paths.value(r).to_owned(), pos.value(r) as u64));
+        }
+    }
+    Ok(out)
+}
