@@ -4,7 +4,7 @@
 //! current one (a crash between a commit and the index update, a lost disk, another
 //! writer), it is rebuilt from the table.
 
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 
 /// Key bytes -> (file number, row position).
@@ -179,6 +179,7 @@ impl PkIndex {
     /// Live keys.
     #[cfg(test)]
     pub fn len(&self) -> Result<u64, IndexError> {
+        use redb::ReadableTableMetadata;
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         match tx.open_table(KEYS) {
             Ok(t) => t.len().map_err(|e| self.err(e)),
