@@ -25,11 +25,14 @@ pub enum LakeCommand {
         #[command(flatten)]
         table: TableArgs,
         /// Read this snapshot (an id from `weir lake snapshots`).
-        #[arg(long, conflicts_with = "as_of")]
+        #[arg(long, conflicts_with_all = ["as_of", "lsn"])]
         snapshot: Option<i64>,
         /// Read the snapshot current at this time (RFC 3339, `2026-11-22T08:00:00Z`).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "lsn")]
         as_of: Option<String>,
+        /// Read the table as of this source LSN: the last weir commit at or before it.
+        #[arg(long)]
+        lsn: Option<crate::lsn::Lsn>,
         /// Most rows to print.
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -151,9 +154,23 @@ pub async fn lake(command: LakeCommand) -> anyhow::Result<()> {
         LakeCommand::Query {
             snapshot,
             as_of,
+            lsn,
             limit,
             ..
-        } => show_rows(&table, &ident, snapshot, as_of, limit).await?,
+        } => {
+            let at = match (snapshot, as_of, lsn) {
+                (Some(id), _, _) => lake::At::Snapshot(id),
+                (None, Some(t), _) => {
+                    let t = chrono::DateTime::parse_from_rfc3339(&t).with_context(|| {
+                        format!("--as-of `{t}`: write RFC 3339, like 2026-11-22T08:00:00Z")
+                    })?;
+                    lake::At::Time(t.timestamp_millis())
+                }
+                (None, None, Some(l)) => lake::At::Lsn(l),
+                (None, None, None) => lake::At::Current,
+            };
+            show_rows(&table, &ident, at, limit).await?
+        }
         LakeCommand::Rollback {
             snapshot, force, ..
         } => {
@@ -227,20 +244,14 @@ fn show_snapshots(table: &Table, json: bool) -> anyhow::Result<()> {
 async fn show_rows(
     table: &Table,
     ident: &TableIdent,
-    snapshot: Option<i64>,
-    as_of: Option<String>,
+    at: lake::At,
     limit: usize,
 ) -> anyhow::Result<()> {
-    let at = match (snapshot, as_of) {
-        (Some(id), _) => lake::At::Snapshot(id),
-        (None, Some(t)) => {
-            let t = chrono::DateTime::parse_from_rfc3339(&t).with_context(|| {
-                format!("--as-of `{t}`: write RFC 3339, like 2026-11-22T08:00:00Z")
-            })?;
-            lake::At::Time(t.timestamp_millis())
-        }
-        (None, None) => lake::At::Current,
-    };
+    let mirror = table
+        .metadata()
+        .properties()
+        .get(iceberg::mirror::PROP_MODE)
+        .is_some_and(|m| m == "mirror");
     let id = lake::resolve(table, at).map_err(anyhow::Error::msg)?;
     let batches = lake::query(table, at, limit)
         .await
@@ -248,6 +259,9 @@ async fn show_rows(
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
     match id {
+        Some(id) if mirror => println!(
+            "{rows} rows (limit {limit}) of the mirror table {ident} at snapshot {id}: the source table as of that commit"
+        ),
         Some(id) => println!(
             "{rows} change rows (limit {limit}) of the changelog {ident} at snapshot {id}, in file order; order by _cdc_commit_lsn, _cdc_seq and apply them by key for the current state"
         ),

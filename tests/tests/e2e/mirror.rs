@@ -3,8 +3,11 @@
 //! workload, a lost primary-key index, and a truncate.
 
 use crate::harness::{TestDb, py, stderr};
+use crate::recovery::Writer;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
 
 /// A pipeline with one Iceberg mirror sink (SQL catalog in `out()`), committing every
 /// 300 ms, its index in `<dir>/index`.
@@ -30,14 +33,20 @@ fn index_dir(db: &TestDb) -> PathBuf {
     db.dir.path().join("index")
 }
 
-/// The mirror table as PyIceberg reads it.
-fn read_mirror(db: &TestDb, table: &str, key: &str) -> Value {
+/// The mirror table as PyIceberg reads it (at `snapshot`, or the current one).
+fn read_mirror_at(db: &TestDb, table: &str, key: &str, snapshot: Option<&str>) -> Value {
     let catalog = db.out().join("catalog.db");
-    let out = py(
-        "iceberg_mirror.py",
-        &[catalog.to_str().unwrap(), table, key],
-    );
-    serde_json::from_slice(&out).unwrap()
+    let mut args = vec![
+        catalog.to_str().unwrap().to_string(),
+        table.into(),
+        key.into(),
+    ];
+    args.extend(snapshot.map(str::to_string));
+    serde_json::from_slice(&py("iceberg_mirror.py", &args)).unwrap()
+}
+
+fn read_mirror(db: &TestDb, table: &str, key: &str) -> Value {
+    read_mirror_at(db, table, key, None)
 }
 
 /// The mirror of `table` holds exactly the source's rows.
@@ -143,4 +152,72 @@ fn mirror_mode_refuses_a_keyless_table_and_a_changelog_table_in_its_place() {
         "{err}"
     );
     let _ = Path::new("");
+}
+
+#[test]
+fn a_mirror_table_is_exact_across_kill_9_and_travels_back_to_earlier_lsns() {
+    let db = TestDb::new("mirror_kill");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
+    db.sql("INSERT INTO t SELECT -g, 0, 'existing' FROM generate_series(1, 1000) g");
+    let config = mirror_config(&db, &["public.t"]);
+    db.catch_up(&config);
+    // Source states at three LSNs where the pipeline had caught up.
+    let mut points = Vec::new();
+    let writer = Writer::start(db.url());
+    for round in 0..4u64 {
+        let mut weir = db
+            .weir(&["run", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1200 + 350 * round));
+        weir.kill().unwrap(); // SIGKILL: data files and index updates cut short
+        weir.wait().unwrap();
+        if round < 3 {
+            // A pause in the writes: catch up and note the state and its LSN.
+            let paused = writer.pause();
+            db.catch_up(&config);
+            let lsn = db.current_wal_lsn();
+            points.push((lsn, db.rows("public.t", "id")));
+            drop(paused);
+        }
+    }
+    let [inserts, updates, deletes] = writer.finish();
+    assert!(
+        inserts > 50 && updates > 0 && deletes > 0,
+        "{inserts} {updates} {deletes}"
+    );
+    db.catch_up(&config);
+    assert_mirrors(&db, "public.t", "id");
+
+    for (lsn, rows) in points {
+        let out = db
+            .weir(&[
+                "lake",
+                "query",
+                config.to_str().unwrap(),
+                "public.t",
+                "--lsn",
+                &lsn.to_string(),
+                "--limit",
+                "0",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}{}", stderr(&out));
+        let snapshot = text
+            .lines()
+            .last()
+            .and_then(|l| l.split("at snapshot ").nth(1))
+            .and_then(|r| r.split(':').next())
+            .unwrap_or_else(|| panic!("no snapshot named in:\n{text}"));
+        let then = read_mirror_at(&db, "public.t", "id", Some(snapshot));
+        assert_eq!(
+            then["rows"].as_array().unwrap(),
+            &rows,
+            "the table at {lsn}"
+        );
+    }
 }

@@ -58,7 +58,20 @@ fn sigterm_finishes_the_batch_checkpoints_and_exits_zero() {
 /// Writes random transactions and counts what committed.
 pub(crate) struct Writer {
     stop: Arc<AtomicBool>,
+    /// Set: the writer starts no new transaction; `idle` says it has stopped.
+    pause: Arc<AtomicBool>,
+    idle: Arc<AtomicBool>,
     handle: std::thread::JoinHandle<[u64; 3]>,
+}
+
+/// The writer paused until this is dropped.
+pub(crate) struct Paused<'a>(&'a Writer);
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        self.0.idle.store(false, Ordering::SeqCst);
+        self.0.pause.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Writer {
@@ -70,6 +83,11 @@ impl Writer {
     pub(crate) fn start_at(url: String, first: i32) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let (pause, idle) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (pausing, idling) = (pause.clone(), idle.clone());
         let handle = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -81,6 +99,11 @@ impl Writer {
                 let mut rng = rand::rng();
                 let (mut next_id, mut counts) = (first, [0u64; 3]); // inserts, updates, deletes
                 while !flag.load(Ordering::Relaxed) {
+                    if pausing.load(Ordering::SeqCst) {
+                        idling.store(true, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
                     let tx = client.transaction().await.unwrap();
                     let n = rng.random_range(1..20);
                     let inserted = tx
@@ -111,7 +134,21 @@ impl Writer {
                 counts
             })
         });
-        Writer { stop, handle }
+        Writer {
+            stop,
+            pause,
+            idle,
+            handle,
+        }
+    }
+
+    /// Stops writing (after the transaction under way) until the guard is dropped.
+    pub(crate) fn pause(&self) -> Paused<'_> {
+        self.pause.store(true, Ordering::SeqCst);
+        while !self.idle.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Paused(self)
     }
 
     pub(crate) fn finish(self) -> [u64; 3] {

@@ -136,6 +136,8 @@ pub enum At {
     Snapshot(i64),
     /// The snapshot that was current at this time (milliseconds since the epoch).
     Time(i64),
+    /// The last weir commit at or before this source LSN (its `weir.commit-lsn`).
+    Lsn(crate::lsn::Lsn),
 }
 
 /// The snapshot `at` names, or `None` for an empty table.
@@ -158,6 +160,24 @@ pub fn resolve(table: &Table, at: At) -> Result<Option<i64>, LakeError> {
                 Some(id) => Ok(Some(id)),
                 None => Err(LakeError::NoSnapshotThatOld),
             }
+        }
+        At::Lsn(lsn) => {
+            // Following parents from the current snapshot: the history as it stands.
+            let mut snapshot = metadata.current_snapshot().cloned();
+            while let Some(s) = snapshot {
+                let commit = s
+                    .summary()
+                    .additional_properties
+                    .get(SUMMARY_COMMIT_LSN)
+                    .and_then(|c| c.parse::<crate::lsn::Lsn>().ok());
+                if commit.is_some_and(|c| c <= lsn) {
+                    return Ok(Some(s.snapshot_id()));
+                }
+                snapshot = s
+                    .parent_snapshot_id()
+                    .and_then(|id| metadata.snapshot_by_id(id).cloned());
+            }
+            Err(LakeError::NoSnapshotThatOld)
         }
     }
 }
