@@ -191,6 +191,7 @@ impl Sink {
         match self {
             Sink::Parquet(s) => s.holds(record),
             Sink::Iceberg(s) => s.holds(record),
+            Sink::Mirror(s) => s.holds(record),
             _ => true,
         }
     }
@@ -371,6 +372,7 @@ impl Sinks {
             match sink {
                 Sink::Parquet(s) => s.set_ledger(link),
                 Sink::Iceberg(s) => s.set_ledger(link),
+                Sink::Mirror(s) => s.set_ledger(link),
                 _ => {}
             }
         }

@@ -50,9 +50,9 @@ struct OpenFile {
 }
 
 /// `_cdc_op` codes in the order of [`OpenFile::ops`].
-pub(super) const OPS: [&str; 5] = ["r", "c", "u", "d", "t"];
+pub(crate) const OPS: [&str; 5] = ["r", "c", "u", "d", "t"];
 
-pub(super) fn op_index(op: weir_sdk::Op) -> usize {
+pub(crate) fn op_index(op: weir_sdk::Op) -> usize {
     match op {
         weir_sdk::Op::Read => 0,
         weir_sdk::Op::Insert => 1,

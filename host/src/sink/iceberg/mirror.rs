@@ -198,6 +198,9 @@ struct MirrorTable {
     /// A truncate in this round: every file live before it goes.
     truncate: bool,
     rows_written: u64,
+    /// Changes per operation (`r c u d t`) and transforms this round, for the ledger.
+    ops: [u64; 5],
+    transforms: std::collections::BTreeSet<String>,
     /// How this table's writers are made.
     properties: WriterProperties,
     target_file_size: u64,
@@ -217,6 +220,8 @@ pub struct MirrorSink {
     run: String,
     writers: u64,
     index_dir: PathBuf,
+    /// Where each table commit is recorded, when the pipeline keeps a ledger.
+    ledger: Option<crate::ledger::LedgerLink>,
 }
 
 /// Where the index of a table lives by default: the user's cache directory.
@@ -257,6 +262,7 @@ impl MirrorSink {
             properties,
             last_commit: Instant::now(),
             index_dir,
+            ledger: None,
         };
         let tables = super::slot_tables(
             sink.catalog.as_ref(),
@@ -291,6 +297,20 @@ impl MirrorSink {
 
     pub fn durable(&self) -> Option<CommitPos> {
         self.durable
+    }
+
+    /// Gives the sink its place in the pipeline's ledger: each table commit appends a
+    /// record.
+    pub fn set_ledger(&mut self, link: crate::ledger::LedgerLink) {
+        self.ledger = Some(link);
+    }
+
+    /// Whether the sink holds the commit `record` describes.
+    pub fn holds(&self, record: &crate::ledger::Record) -> bool {
+        let Some(table) = record.table.as_ref().and_then(|t| self.tables.get(t)) else {
+            return record.table.is_none();
+        };
+        table_position(&table.table, &self.slot).is_some_and(|p| p.commit_lsn >= record.commit_lsn)
     }
 
     /// The last transaction any table holds: output exists up to there.
@@ -357,6 +377,8 @@ impl MirrorSink {
             deletes: HashMap::new(),
             truncate: false,
             rows_written: 0,
+            ops: [0; 5],
+            transforms: Default::default(),
             properties: self.properties.clone(),
             target_file_size: self.config.target_file_size,
             files_prefix: self.run.clone(),
@@ -394,6 +416,16 @@ impl MirrorSink {
             let relation = batch.batch.relation(events[0]);
             self.ensure_writer(&name, relation).await?;
             let table = self.tables.get_mut(&name).expect("opened above");
+            for event in &events {
+                table.ops[crate::sink::parquet::op_index(event.op)] += 1;
+            }
+            if let Some(labels) = batch
+                .transforms
+                .as_deref()
+                .filter(|_| self.ledger.is_some())
+            {
+                table.transforms.insert(labels.to_owned());
+            }
             for chunk in events.chunks(CHUNK) {
                 table.apply(chunk, relation).await?;
             }
@@ -558,15 +590,16 @@ impl MirrorSink {
                 (SUMMARY_END_LSN.to_string(), last_commit.end_lsn.to_string()),
                 (SUMMARY_SLOT.to_string(), self.slot.clone()),
             ]);
-            table
-                .commit(
-                    &self.config,
-                    self.catalog.as_ref(),
-                    &self.properties,
-                    &self.run,
-                    properties,
-                )
-                .await?;
+            let round = Round {
+                config: &self.config,
+                catalog: self.catalog.as_ref(),
+                properties: &self.properties,
+                run: &self.run,
+                ledger: self.ledger.as_ref(),
+                slot: &self.slot,
+                to: last_commit,
+            };
+            table.commit(&round, properties).await?;
             table.skip_through = last_commit.commit_lsn.0;
         }
         tracing::debug!(ms = started.elapsed().as_millis() as u64, checkpoint = %last_commit.end_lsn, "Iceberg mirror commit round done.");
@@ -832,15 +865,15 @@ impl MirrorTable {
         Ok(())
     }
 
-    /// Writes the round's delete files and commits the row delta, then the index.
+    /// Writes the round's delete files and commits the row delta (its ledger record
+    /// first), then the index.
     async fn commit(
         &mut self,
-        config: &IcebergSinkConfig,
-        catalog: &dyn Catalog,
-        properties: &WriterProperties,
-        run: &str,
+        round: &Round<'_>,
         summary: HashMap<String, String>,
     ) -> Result<(), SinkError> {
+        let (config, catalog, properties, run) =
+            (round.config, round.catalog, round.properties, round.run);
         let mut deletes = Vec::new();
         for (n, (file, positions)) in std::mem::take(&mut self.deletes).into_iter().enumerate() {
             let path = format!(
@@ -854,8 +887,13 @@ impl MirrorTable {
                     .map_err(|e| iceberg_err(&self.ident, e))?;
             deletes.push(written);
         }
+        let data = std::mem::take(&mut self.files);
+        if let Some(link) = round.ledger {
+            self.record(link, round.slot, &data, &deletes, round.to)
+                .await?;
+        }
         let delta = RowDelta {
-            data: std::mem::take(&mut self.files),
+            data,
             deletes,
             truncate: self.truncate,
             properties: summary,
@@ -882,6 +920,57 @@ impl MirrorTable {
             .apply(changes, snapshot)
             .map_err(|e| index_err(&self.ident, e))?;
         tracing::debug!(table = %self.ident, snapshot, "Iceberg mirror table committed.");
+        Ok(())
+    }
+}
+
+/// What a commit round shares across tables.
+struct Round<'a> {
+    config: &'a IcebergSinkConfig,
+    catalog: &'a dyn Catalog,
+    properties: &'a WriterProperties,
+    run: &'a str,
+    ledger: Option<&'a crate::ledger::LedgerLink>,
+    slot: &'a str,
+    to: CommitPos,
+}
+
+impl MirrorTable {
+    /// Appends the ledger record of this table's commit: data and delete files hashed.
+    async fn record(
+        &mut self,
+        link: &crate::ledger::LedgerLink,
+        slot: &str,
+        data: &[DataFile],
+        deletes: &[DataFile],
+        to: CommitPos,
+    ) -> Result<(), SinkError> {
+        let mut files = super::hashed_files(&self.table, &self.ident, data).await?;
+        files.extend(super::hashed_files(&self.table, &self.ident, deletes).await?);
+        let mut rows = crate::ledger::RowCounts::default();
+        for (op, n) in crate::sink::parquet::OPS
+            .iter()
+            .zip(std::mem::take(&mut self.ops))
+        {
+            rows.add(&self.source, op, n);
+        }
+        let record = crate::ledger::Record {
+            seq: 0,
+            sink: link.sink,
+            sink_name: link.name.clone(),
+            flush: None,
+            table: Some(self.source.clone()),
+            from_lsn: table_position(&self.table, slot)
+                .map_or(crate::lsn::Lsn::ZERO, |p| p.end_lsn),
+            commit_lsn: to.commit_lsn,
+            end_lsn: to.end_lsn,
+            files,
+            rows: rows.take(),
+            transforms: std::mem::take(&mut self.transforms).into_iter().collect(),
+            written_at: String::new(),
+            prev: None,
+        };
+        link.ledger.lock().await.append(record).await?;
         Ok(())
     }
 }

@@ -682,23 +682,7 @@ impl ChangeTable {
             .get(PROP_SOURCE)
             .cloned()
             .unwrap_or_else(|| self.ident.to_string());
-        let mut entries = Vec::new();
-        for file in files {
-            let path = file.file_path();
-            let bytes = self
-                .table
-                .file_io()
-                .new_input(path)
-                .map_err(|e| iceberg_err(&self.ident, e))?
-                .read()
-                .await
-                .map_err(|e| iceberg_err(&self.ident, e))?;
-            entries.push(crate::ledger::FileEntry {
-                path: path.to_owned(),
-                size: bytes.len() as u64,
-                sha256: crate::ledger::sha256_hex(&bytes),
-            });
-        }
+        let entries = hashed_files(&self.table, &self.ident, files).await?;
         let mut rows = crate::ledger::RowCounts::default();
         for (op, n) in super::parquet::OPS
             .iter()
@@ -841,4 +825,29 @@ pub(super) async fn evolve_table(
         .map_err(|e| iceberg_err(ident, e))?;
     tracing::info!(table = %ident, columns = ?widened, schema_id = table.metadata().current_schema_id(), "Iceberg schema evolved: column types widened.");
     Ok(())
+}
+
+/// Each of `files` read back once and hashed, as the ledger names them.
+pub(super) async fn hashed_files(
+    table: &Table,
+    ident: &TableIdent,
+    files: &[DataFile],
+) -> Result<Vec<crate::ledger::FileEntry>, SinkError> {
+    let mut entries = Vec::new();
+    for file in files {
+        let path = file.file_path();
+        let bytes = table
+            .file_io()
+            .new_input(path)
+            .map_err(|e| iceberg_err(ident, e))?
+            .read()
+            .await
+            .map_err(|e| iceberg_err(ident, e))?;
+        entries.push(crate::ledger::FileEntry {
+            path: path.to_owned(),
+            size: bytes.len() as u64,
+            sha256: crate::ledger::sha256_hex(&bytes),
+        });
+    }
+    Ok(entries)
 }
