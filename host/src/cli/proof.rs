@@ -101,6 +101,12 @@ fn print_table(t: &TableReport) {
     ] {
         print_examples(what, tally);
     }
+    if c.newer > 0 {
+        println!(
+            "  {} key(s) changed in the output after the verify position: not compared",
+            c.newer
+        );
+    }
     if t.sample_percent < 100.0 {
         println!("  sample: {}% of the keys", t.sample_percent);
     }

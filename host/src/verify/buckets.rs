@@ -44,6 +44,9 @@ pub struct Comparison {
     pub different: Tally,
     /// Changes the output holds twice (the same key at the same position).
     pub duplicated: Tally,
+    /// Keys a current-state output (a mirror table) holds a newer row of than the
+    /// verify position: not compared.
+    pub newer: u64,
     /// Buckets whose rows had to be compared one by one.
     pub buckets_differing: usize,
 }
@@ -64,6 +67,8 @@ pub enum ChangeOp {
     Row,
     Update,
     Delete,
+    /// A current-state row written after the verify position: the key is not compared.
+    Newer,
 }
 
 impl ChangeOp {
@@ -72,12 +77,14 @@ impl ChangeOp {
             ChangeOp::Row => 0,
             ChangeOp::Update => 1,
             ChangeOp::Delete => 2,
+            ChangeOp::Newer => 3,
         }
     }
     fn from_code(c: u8) -> ChangeOp {
         match c {
             1 => ChangeOp::Update,
             2 => ChangeOp::Delete,
+            3 => ChangeOp::Newer,
             _ => ChangeOp::Row,
         }
     }
@@ -195,22 +202,38 @@ impl Buckets {
         }
         self.truncates.sort_unstable();
         for b in 0..self.count {
-            let changes = self.read_changes(b)?;
-            let state = fold(changes, &self.truncates, layout, &mut self.comparison);
-            self.comparison.output_rows += state.len() as u64;
-            let digest = state
-                .iter()
-                .fold(0u128, |d, (k, r)| d.wrapping_add(entry_digest(k, *r)));
-            if (state.len() as u64, digest) == self.source_digest[b] {
-                self.comparison.matching += state.len() as u64;
-            } else {
-                self.comparison.buckets_differing += 1;
-                let source = self.read_source(b)?;
-                diff(source, state, layout, &mut self.comparison);
-            }
+            self.compare_bucket(b, layout)?;
             progress(b + 1, self.count);
         }
         Ok(self.comparison)
+    }
+
+    /// One bucket: its digest first, row by row only when that differs (or when the
+    /// output holds keys newer than the verify position, which leave the comparison).
+    fn compare_bucket(&mut self, b: usize, layout: &Layout) -> Result<(), String> {
+        let changes = self.read_changes(b)?;
+        let (state, newer) = fold(changes, &self.truncates, layout, &mut self.comparison);
+        self.comparison.output_rows += state.len() as u64;
+        let digest = state
+            .iter()
+            .fold(0u128, |d, (k, r)| d.wrapping_add(entry_digest(k, *r)));
+        if newer.is_empty() && (state.len() as u64, digest) == self.source_digest[b] {
+            self.comparison.matching += state.len() as u64;
+            return Ok(());
+        }
+        let mut source = self.read_source(b)?;
+        self.comparison.newer += newer.len() as u64;
+        for key in &newer {
+            source.remove(key);
+        }
+        let c = &self.comparison;
+        let before = c.missing.count + c.extra.count + c.different.count;
+        diff(source, state, layout, &mut self.comparison);
+        let c = &self.comparison;
+        if c.missing.count + c.extra.count + c.different.count > before {
+            self.comparison.buckets_differing += 1;
+        }
+        Ok(())
     }
 
     fn read_source(&self, b: usize) -> Result<HashMap<Vec<u8>, u128>, String> {
@@ -270,20 +293,26 @@ fn fold(
     truncates: &[(u64, u32)],
     layout: &Layout,
     comparison: &mut Comparison,
-) -> Vec<(Vec<u8>, u128)> {
+) -> (Vec<(Vec<u8>, u128)>, Vec<Vec<u8>>) {
     changes.sort_by(|a, b| a.key.cmp(&b.key).then(a.pos.cmp(&b.pos)));
     // Whether a truncate lies strictly between two positions.
     let truncated_between = |after: (u64, u32), before: (u64, u32)| {
         truncates.partition_point(|t| *t <= after) < truncates.partition_point(|t| *t < before)
     };
-    let mut state = Vec::new();
+    let (mut state, mut newer) = (Vec::new(), Vec::new());
     let mut i = 0;
     while i < changes.len() {
         let key = &changes[i].key;
         let mut row: Option<Vec<u128>> = None;
         let mut last: Option<(u64, u32)> = None;
+        let mut is_newer = false;
         while i < changes.len() && changes[i].key == *key {
             let c = &changes[i];
+            if c.op == ChangeOp::Newer {
+                is_newer = true;
+                i += 1;
+                continue;
+            }
             if last == Some(c.pos) {
                 comparison.duplicated.add(layout, &c.key);
                 i += 1;
@@ -294,7 +323,7 @@ fn fold(
             }
             row = match c.op {
                 ChangeOp::Row => Some(c.columns.clone()),
-                ChangeOp::Delete => None,
+                ChangeOp::Delete | ChangeOp::Newer => None,
                 ChangeOp::Update => {
                     let mut new = c.columns.clone();
                     for &u in &c.unchanged {
@@ -308,11 +337,13 @@ fn fold(
             i += 1;
         }
         let truncated_after = last.is_some_and(|l| truncated_between(l, (u64::MAX, u32::MAX)));
-        if let Some(r) = row.filter(|_| !truncated_after) {
+        if is_newer {
+            newer.push(changes[i - 1].key.clone());
+        } else if let Some(r) = row.filter(|_| !truncated_after) {
             state.push((changes[i - 1].key.clone(), row_hash(&r)));
         }
     }
-    state
+    (state, newer)
 }
 
 /// Row-by-row differences of one bucket.

@@ -515,6 +515,51 @@ async fn compare_output(
         .map_err(VerifyError::Compare)
 }
 
+/// One record batch of a current-state output (a mirror table: one row per key, with
+/// the `_cdc_commit_lsn` of the change that wrote it) into the buckets: a row written
+/// after `at` takes its key out of the comparison.
+fn spill_current_state(
+    rows: &RecordBatch,
+    layout: &Layout,
+    at: Lsn,
+    sample: f64,
+    buckets: &mut Buckets,
+) -> Result<(), VerifyError> {
+    let lsn = rows
+        .column_by_name("_cdc_commit_lsn")
+        .cloned()
+        .ok_or_else(|| VerifyError::Compare("no column _cdc_commit_lsn".into()))?;
+    let lsn = lsn.as_primitive::<arrow::datatypes::Int64Type>();
+    let columns = layout
+        .columns(rows)
+        .map_err(|e| VerifyError::Compare(e.to_string()))?;
+    let hashed = layout
+        .hash(&columns)
+        .map_err(|e| VerifyError::Compare(e.to_string()))?;
+    let w = layout.width();
+    for (r, key) in hashed.keys.iter().enumerate() {
+        let Some(b) = bucket(key, buckets.count(), sample) else {
+            continue;
+        };
+        let written = lsn.value(r) as u64;
+        let op = match written >= at.0 {
+            true => ChangeOp::Newer,
+            false => ChangeOp::Row,
+        };
+        buckets
+            .add_change(
+                b,
+                key,
+                (written, 0),
+                op,
+                &[],
+                &hashed.columns[r * w..(r + 1) * w],
+            )
+            .map_err(VerifyError::Compare)?;
+    }
+    Ok(())
+}
+
 /// One record batch of changelog rows into the buckets: changes before `at` only.
 fn spill_changes(
     rows: &RecordBatch,
@@ -524,6 +569,10 @@ fn spill_changes(
     buckets: &mut Buckets,
 ) -> Result<(), VerifyError> {
     let bad = |m: String| VerifyError::Compare(format!("not a weir changelog: {m}"));
+    if rows.column_by_name("_cdc_op").is_none() && rows.column_by_name("_cdc_commit_lsn").is_some()
+    {
+        return spill_current_state(rows, layout, at, sample, buckets);
+    }
     let column = |name: &str| {
         rows.column_by_name(name)
             .cloned()

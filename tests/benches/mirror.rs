@@ -1,0 +1,193 @@
+//! Mirror table benchmark: weir keeping an Iceberg mirror table (position deletes, the
+//! primary-key index) against `pg_recvlogical` draining a copy of the same slot, in one
+//! run.
+//!
+//! `cargo bench -p weir-tests --bench mirror` (env `WEIR_BENCH_ROWS`, default 1M;
+//! `WEIR_BENCH_ROUNDS`, default 2).
+//!
+//! A throwaway PostgreSQL gets the benchmarks' 7-column table and a slot, then the
+//! workload: `WEIR_BENCH_ROWS` inserts (the load), then as many changes spread over the
+//! key space, 60% updates, 20% inserts and 20% deletes, all in 10k-row transactions. Each
+//! round drains a copy of the slot with `pg_recvlogical` and another with `weir run
+//! --until-caught-up` into a fresh warehouse (`mode = "mirror"`, SQL catalog,
+//! `commit_interval = "10s"`), then checks the mirror against the source with `weir
+//! verify`.
+//! Reported: changes per second and the ratio, weir's peak RSS, the index's size on disk,
+//! and data and delete files per commit.
+
+use std::path::Path;
+use std::time::Instant;
+use weir::pgtemp::TempPostgres;
+use weir_tests::bench::{
+    TABLE, insert_rows, machine, recvlogical, run_measured, weir_until_caught_up,
+};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let rows = env_or("WEIR_BENCH_ROWS", 1_000_000);
+    let rounds = env_or("WEIR_BENCH_ROUNDS", 2) as usize;
+    let pg = TempPostgres::start().expect("start PostgreSQL");
+    println!(
+        "weir mirror benchmark: {rows}-row load, then {rows} changes (60% updates, 20% inserts, 20% deletes), 7 columns"
+    );
+    println!("machine: {}", machine());
+    let db = "bench_mirror";
+    pg.psql("postgres", &format!("CREATE DATABASE {db}"))
+        .unwrap();
+    pg.psql(db, TABLE).unwrap();
+    pg.psql(db, "CREATE PUBLICATION weir_bench FOR TABLE bench")
+        .unwrap();
+    pg.psql(
+        db,
+        "SELECT pg_create_logical_replication_slot('mirror_src', 'pgoutput')",
+    )
+    .unwrap();
+    let load = Instant::now();
+    let mut start = 1;
+    while start <= rows {
+        let end = (start + 9_999).min(rows);
+        pg.psql(db, &insert_rows(start, end)).unwrap();
+        start = end + 1;
+    }
+    // 10k changes per transaction: 6k updates, 2k deletes, 2k inserts, spread by a
+    // stride over the key space.
+    let (mut next, mut done) = (rows + 1, 0);
+    let mut round = 0u64;
+    while done < rows {
+        let stride = 997 + round % 13;
+        pg.psql(
+            db,
+            &format!(
+                "BEGIN; \
+                 UPDATE bench SET amount = amount + 1, status = 'paid' WHERE id IN (SELECT (({round} * 6000 + g) * {stride}) % {next} + 1 FROM generate_series(1, 6000) g); \
+                 DELETE FROM bench WHERE id IN (SELECT (({round} * 2000 + g) * {stride} + 7) % {next} + 1 FROM generate_series(1, 2000) g); \
+                 {}; COMMIT;",
+                insert_rows(next, next + 1_999)
+            ),
+        )
+        .unwrap();
+        next += 2_000;
+        done += 10_000;
+        round += 1;
+    }
+    let changes = pg
+        .psql(db, "SELECT count(*) FROM pg_logical_slot_peek_binary_changes('mirror_src', NULL, NULL, 'proto_version', '1', 'publication_names', 'weir_bench') WHERE get_byte(data, 0) IN (73, 85, 68)")
+        .unwrap();
+    let changes: u64 = changes.trim().parse().unwrap();
+    let end_lsn = pg
+        .psql(db, "SELECT pg_current_wal_lsn()")
+        .unwrap()
+        .trim()
+        .to_string();
+    let source_rows: u64 = pg
+        .psql(db, "SELECT count(*) FROM bench")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    println!(
+        "written in {:.1}s: {changes} row changes (inserts, updates, deletes), WAL end {end_lsn}, {source_rows} rows now",
+        load.elapsed().as_secs_f64(),
+    );
+    let total = changes as f64;
+    for r in 0..rounds {
+        let (ref_slot, weir_slot) = (format!("mirror_ref_{r}"), format!("mirror_weir_{r}"));
+        for s in [&ref_slot, &weir_slot] {
+            pg.psql(
+                db,
+                &format!("SELECT pg_copy_logical_replication_slot('mirror_src', '{s}')"),
+            )
+            .unwrap();
+        }
+        let reference = recvlogical(&pg.url(db), &ref_slot, &end_lsn);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("bench.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[source]\nurl = \"{}\"\nslot = \"{weir_slot}\"\npublication = \"weir_bench\"\ntables = [\"public.bench\"]\nsnapshot = \"never\"\n\n\
+                 [[sink]]\ntype = \"iceberg\"\nwarehouse = \"file://{}\"\nmode = \"mirror\"\ncommit_interval = \"10s\"\nindex_dir = \"{}\"\n",
+                pg.url(db),
+                dir.path().join("lake").display(),
+                dir.path().join("index").display()
+            ),
+        )
+        .unwrap();
+        let bin = env!("CARGO_BIN_EXE_weir-e2e");
+        let (status, seconds, peak) = run_measured(&mut weir_until_caught_up(bin, &config), false);
+        assert!(status.success(), "weir failed");
+        let verified = std::process::Command::new(bin)
+            .args(["verify", config.to_str().unwrap()])
+            .env("WEIR_LOG", "warn")
+            .output()
+            .expect("run weir verify");
+        assert!(
+            verified.status.success(),
+            "the mirror differs from the source:\n{}",
+            String::from_utf8_lossy(&verified.stdout)
+        );
+        let index = dir_size(&dir.path().join("index"));
+        let data = dir.path().join("lake").join("public").join("bench");
+        let (data_files, delete_files) = count_files(&data.join("data"));
+        let commits = count_named(&data.join("metadata"), "snap-");
+        println!(
+            "  round {}: pg_recvlogical {:>8.0} changes/s   weir {:>8.0} changes/s   ratio {:.2}   peak RSS {} MiB   index {} MiB   {} commits, {:.1} data and {:.1} delete files per commit",
+            r + 1,
+            total / reference,
+            total / seconds,
+            reference / seconds,
+            peak / 1024,
+            index >> 20,
+            commits,
+            data_files as f64 / commits.max(1) as f64,
+            delete_files as f64 / commits.max(1) as f64,
+        );
+        for s in [&ref_slot, &weir_slot] {
+            pg.psql(db, &format!("SELECT pg_drop_replication_slot('{s}')"))
+                .unwrap();
+        }
+    }
+}
+
+fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| match e.path().is_dir() {
+                    true => dir_size(&e.path()),
+                    false => e.metadata().map_or(0, |m| m.len()),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Data files and position delete files (named `-del-`) under `dir`.
+fn count_files(dir: &Path) -> (usize, usize) {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .map(|e| {
+            e.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let deletes = names.iter().filter(|n| n.contains("-del-")).count();
+    (names.len() - deletes, deletes)
+}
+
+fn count_named(dir: &Path, prefix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|e| {
+            e.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .count()
+        })
+        .unwrap_or(0)
+}
