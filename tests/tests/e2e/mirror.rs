@@ -5,7 +5,7 @@
 use crate::harness::{TestDb, py, stderr};
 use crate::recovery::Writer;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -49,15 +49,27 @@ fn read_mirror(db: &TestDb, table: &str, key: &str) -> Value {
     read_mirror_at(db, table, key, None)
 }
 
-/// The mirror of `table` holds exactly the source's rows.
+/// The mirror of `table` holds exactly the source's rows, read by PyIceberg and by
+/// DuckDB (applying the position deletes itself).
 fn assert_mirrors(db: &TestDb, table: &str, key: &str) -> Value {
     let mirror = read_mirror(db, table, key);
     assert_eq!(mirror["repeated_keys"], 0, "one row per key");
-    let rows = mirror["rows"].as_array().unwrap();
     let source = db.rows(table, key);
-    assert_eq!(rows.len(), source.len(), "rows in {table}");
-    for (m, s) in rows.iter().zip(&source) {
-        assert_eq!(m, s, "{table}: mirror row differs from the source");
+    let catalog = db.out().join("catalog.db");
+    let duck: Value = serde_json::from_slice(&py(
+        "mirror_duckdb.py",
+        &[catalog.to_str().unwrap(), table, key],
+    ))
+    .unwrap();
+    for (reader, rows) in [("PyIceberg", &mirror["rows"]), ("DuckDB", &duck["rows"])] {
+        let rows = rows.as_array().unwrap();
+        assert_eq!(rows.len(), source.len(), "rows in {table} read by {reader}");
+        for (m, s) in rows.iter().zip(&source) {
+            assert_eq!(
+                m, s,
+                "{table} read by {reader}: a row differs from the source"
+            );
+        }
     }
     mirror
 }
@@ -123,10 +135,16 @@ fn a_mirror_table_holds_the_source_table_through_changes_a_lost_index_and_a_trun
     assert_mirrors(&db, "public.t", "id");
     assert_mirrors(&db, "public.docs", "id");
     // weir verify reads mirror tables too (the current state, by key).
-    let out = db.weir(&["verify", config.to_str().unwrap()]).output().unwrap();
+    let out = db
+        .weir(&["verify", config.to_str().unwrap()])
+        .output()
+        .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{report}{}", stderr(&out));
-    assert!(report.contains("public.docs in iceberg") && report.contains(": OK: "), "{report}");
+    assert!(
+        report.contains("public.docs in iceberg") && report.contains(": OK: "),
+        "{report}"
+    );
 
     // A truncate removes every live file; rows after it are the table.
     db.sql("TRUNCATE docs");
@@ -138,7 +156,7 @@ fn a_mirror_table_holds_the_source_table_through_changes_a_lost_index_and_a_trun
 }
 
 #[test]
-fn mirror_mode_refuses_a_keyless_table_and_a_changelog_table_in_its_place() {
+fn mirror_mode_refuses_a_keyless_table_and_a_rest_catalog() {
     let db = TestDb::new("mirror_bad");
     db.sql("CREATE TABLE k (a int, b text)");
     db.sql("ALTER TABLE k REPLICA IDENTITY FULL");
@@ -156,7 +174,21 @@ fn mirror_mode_refuses_a_keyless_table_and_a_changelog_table_in_its_place() {
             && err.contains("mode = \"changelog\""),
         "{err}"
     );
-    let _ = Path::new("");
+    // A REST catalog cannot take a mirror commit: refused when the file is read.
+    let rest = db.dir.path().join("rest.toml");
+    let text = std::fs::read_to_string(&config).unwrap()
+        + "\n[sink.catalog]\ntype = \"rest\"\nuri = \"http://127.0.0.1:9/catalog\"\n";
+    std::fs::write(&rest, text).unwrap();
+    let out = db
+        .weir(&["validate", rest.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("\"mirror\" needs the SQL catalog"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -191,8 +191,12 @@ struct MirrorTable {
     /// The data file the open writer is filling, once it has rows.
     open_file: Option<Arc<str>>,
     files: Vec<DataFile>,
-    /// Keys changed this round: where the live row is now (`None`: no live row).
+    /// Keys changed in the chunk under way: where the live row is now (`None`: no
+    /// live row). Staged in the index after each chunk, so memory does not grow with
+    /// the commit interval.
     overlay: HashMap<Vec<u8>, Option<Loc>>,
+    /// Changes staged in the index since the last commit.
+    changed: bool,
     /// Rows to delete, by data file.
     deletes: HashMap<Arc<str>, Vec<u64>>,
     /// A truncate in this round: every file live before it goes.
@@ -357,6 +361,8 @@ impl MirrorSink {
             ident.name()
         ));
         let mut index = PkIndex::open(&path).map_err(|e| index_err(&ident, e))?;
+        // Changes a crash left staged belong to a commit that did not happen.
+        index.drop_staged().map_err(|e| index_err(&ident, e))?;
         let current = table.metadata().current_snapshot_id();
         if index.snapshot().map_err(|e| index_err(&ident, e))? != current.or(Some(0)) {
             rebuild(&mut index, &table, &codec, &key_names).await?;
@@ -374,6 +380,7 @@ impl MirrorSink {
             open_file: None,
             files: Vec::new(),
             overlay: HashMap::new(),
+            changed: false,
             deletes: HashMap::new(),
             truncate: false,
             rows_written: 0,
@@ -387,9 +394,9 @@ impl MirrorSink {
     }
 
     fn pending(&self) -> bool {
-        self.tables.values().any(|t| {
-            t.writer.is_some() || !t.files.is_empty() || !t.overlay.is_empty() || t.truncate
-        })
+        self.tables
+            .values()
+            .any(|t| t.writer.is_some() || !t.files.is_empty() || t.changed || t.truncate)
     }
 
     /// Writes a batch's events; commits when the interval has passed at a transaction
@@ -579,7 +586,11 @@ impl MirrorSink {
         for table in self.tables.values_mut() {
             table.close_writer().await?;
             if table.files.is_empty() && table.deletes.is_empty() && !table.truncate {
-                table.overlay.clear();
+                table
+                    .index
+                    .drop_staged()
+                    .map_err(|e| index_err(&table.ident, e))?;
+                table.changed = false;
                 continue;
             }
             let properties = HashMap::from([
@@ -651,12 +662,12 @@ impl MirrorTable {
         let keys = self.codec.event_keys(events, &self.key_columns)?;
         let unknown: Vec<&[u8]> = keys
             .iter()
-            .filter(|k| !self.truncate && !self.overlay.contains_key(*k))
+            .filter(|k| !self.overlay.contains_key(*k))
             .map(Vec::as_slice)
             .collect();
         let found = self
             .index
-            .get_many(&unknown)
+            .lookup(&unknown, self.truncate)
             .map_err(|e| index_err(&self.ident, e))?;
         let mut indexed: HashMap<&[u8], Option<Loc>> = unknown.into_iter().zip(found).collect();
         let mut rows = MirrorRows::new(relation);
@@ -707,7 +718,15 @@ impl MirrorTable {
             keep.push(true);
             in_chunk.insert(key.as_slice(), keep.len() - 1);
         }
-        self.write_rows(rows, &keep, in_chunk).await
+        self.write_rows(rows, &keep, in_chunk).await?;
+        if !self.overlay.is_empty() {
+            let changes: Vec<_> = self.overlay.drain().collect();
+            self.index
+                .stage(changes)
+                .map_err(|e| index_err(&self.ident, e))?;
+            self.changed = true;
+        }
+        Ok(())
     }
 
     /// Writes the kept rows of a chunk and records where each key's row went.
@@ -845,6 +864,9 @@ impl MirrorTable {
         self.files.clear();
         self.deletes.clear();
         self.overlay.clear();
+        self.index
+            .drop_staged()
+            .map_err(|e| index_err(&self.ident, e))?;
         self.truncate = true;
         if let Some(v) = version {
             self.writers_reopen(v).await?;
@@ -911,14 +933,11 @@ impl MirrorTable {
             .load_table(&self.ident)
             .await
             .map_err(|e| iceberg_err(&self.ident, e))?;
-        if self.truncate {
-            self.index.clear().map_err(|e| index_err(&self.ident, e))?;
-            self.truncate = false;
-        }
-        let changes = std::mem::take(&mut self.overlay);
         self.index
-            .apply(changes, snapshot)
+            .commit_staged(snapshot, self.truncate)
             .map_err(|e| index_err(&self.ident, e))?;
+        self.truncate = false;
+        self.changed = false;
         tracing::debug!(table = %self.ident, snapshot, "Iceberg mirror table committed.");
         Ok(())
     }

@@ -14,6 +14,10 @@ const FILES: TableDefinition<u32, &str> = TableDefinition::new("files");
 const FILE_IDS: TableDefinition<&str, u32> = TableDefinition::new("file_ids");
 /// `snapshot`: the table snapshot the index describes; `format`: the key encoding.
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+/// The changes of the commit under way, kept out of `keys` until it is committed
+/// ([`GONE`] for a key without a live row), so that memory does not grow with them.
+const STAGED: TableDefinition<&[u8], (u32, u64)> = TableDefinition::new("staged");
+const GONE: (u32, u64) = (u32::MAX, 0);
 
 /// The key encoding's version: a change makes every index be rebuilt.
 const FORMAT: i64 = 1;
@@ -84,7 +88,125 @@ impl PkIndex {
         }
     }
 
-    /// Where each key's live row is (`None`: no live row).
+    /// Where each key's live row is as of the changes staged so far: a staged change,
+    /// else (unless the table was truncated in this commit) the committed index.
+    pub fn lookup(&self, keys: &[&[u8]], truncated: bool) -> Result<Vec<Option<Loc>>, IndexError> {
+        let staged = self.staged(keys)?;
+        let unstaged: Vec<&[u8]> = keys
+            .iter()
+            .zip(&staged)
+            .filter(|(_, s)| s.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        let mut committed = match truncated {
+            true => vec![None; unstaged.len()],
+            false => self.get_many(&unstaged)?,
+        }
+        .into_iter();
+        Ok(staged
+            .into_iter()
+            .map(|s| match s {
+                Some(found) => found,
+                None => committed.next().flatten(),
+            })
+            .collect())
+    }
+
+    /// Staged entries of `keys`: `None` when a key has none, `Some(None)` when its row
+    /// is gone.
+    fn staged(&self, keys: &[&[u8]]) -> Result<Vec<Option<Option<Loc>>>, IndexError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let (t, f) = match (tx.open_table(STAGED), tx.open_table(FILES)) {
+            (Ok(t), Ok(f)) => (t, f),
+            (Err(redb::TableError::TableDoesNotExist(_)), _)
+            | (_, Err(redb::TableError::TableDoesNotExist(_))) => {
+                return Ok(vec![None; keys.len()]);
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(self.err(e)),
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let found = t.get(*key).map_err(|e| self.err(e))?.map(|v| v.value());
+            out.push(match found {
+                None => None,
+                Some(GONE) => Some(None),
+                Some((file, pos)) => {
+                    let name = f
+                        .get(file)
+                        .map_err(|e| self.err(e))?
+                        .map(|v| std::sync::Arc::from(v.value()))
+                        .ok_or_else(|| self.err(format!("file number {file} is not recorded")))?;
+                    Some(Some(Loc { file: name, pos }))
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stages changes of the commit under way (not durable: a crash drops them).
+    pub fn stage(
+        &mut self,
+        changes: impl IntoIterator<Item = (Vec<u8>, Option<Loc>)>,
+    ) -> Result<(), IndexError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(redb::Durability::None);
+        {
+            let mut staged = tx.open_table(STAGED).map_err(|e| self.err(e))?;
+            let mut files = tx.open_table(FILES).map_err(|e| self.err(e))?;
+            let mut ids = tx.open_table(FILE_IDS).map_err(|e| self.err(e))?;
+            for (key, loc) in changes {
+                let value = match loc {
+                    None => GONE,
+                    Some(loc) => (
+                        file_id(&mut files, &mut ids, &loc.file).map_err(|e| self.err(e))?,
+                        loc.pos,
+                    ),
+                };
+                staged
+                    .insert(key.as_slice(), value)
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Drops the staged changes (a commit that will not happen, or a crash's leftovers).
+    pub fn drop_staged(&mut self) -> Result<(), IndexError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.delete_table(STAGED).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Makes the staged changes the index's, which now describes `snapshot` (after a
+    /// truncate, they are all it holds), in one durable write.
+    pub fn commit_staged(&mut self, snapshot: i64, truncated: bool) -> Result<(), IndexError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        if truncated {
+            tx.delete_table(KEYS).map_err(|e| self.err(e))?;
+        }
+        {
+            let mut keys = tx.open_table(KEYS).map_err(|e| self.err(e))?;
+            let staged = tx.open_table(STAGED).map_err(|e| self.err(e))?;
+            for entry in staged.iter().map_err(|e| self.err(e))? {
+                let (k, v) = entry.map_err(|e| self.err(e))?;
+                match v.value() {
+                    GONE => {
+                        keys.remove(k.value()).map_err(|e| self.err(e))?;
+                    }
+                    loc => {
+                        keys.insert(k.value(), loc).map_err(|e| self.err(e))?;
+                    }
+                }
+            }
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            meta.insert("format", FORMAT).map_err(|e| self.err(e))?;
+            meta.insert("snapshot", snapshot).map_err(|e| self.err(e))?;
+        }
+        tx.delete_table(STAGED).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Where each key's live row is in the committed index (`None`: no live row).
     pub fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Loc>>, IndexError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let (k, f) = match (tx.open_table(KEYS), tx.open_table(FILES)) {
@@ -131,29 +253,14 @@ impl PkIndex {
             let mut keys = tx.open_table(KEYS).map_err(|e| self.err(e))?;
             let mut files = tx.open_table(FILES).map_err(|e| self.err(e))?;
             let mut ids = tx.open_table(FILE_IDS).map_err(|e| self.err(e))?;
-            let mut next = files
-                .last()
-                .map_err(|e| self.err(e))?
-                .map_or(0, |(k, _)| k.value() + 1);
             for (key, loc) in changes {
                 match loc {
                     None => {
                         keys.remove(key.as_slice()).map_err(|e| self.err(e))?;
                     }
                     Some(loc) => {
-                        let known = ids
-                            .get(&*loc.file)
-                            .map_err(|e| self.err(e))?
-                            .map(|v| v.value());
-                        let id = match known {
-                            Some(id) => id,
-                            None => {
-                                files.insert(next, &*loc.file).map_err(|e| self.err(e))?;
-                                ids.insert(&*loc.file, next).map_err(|e| self.err(e))?;
-                                next += 1;
-                                next - 1
-                            }
-                        };
+                        let id =
+                            file_id(&mut files, &mut ids, &loc.file).map_err(|e| self.err(e))?;
                         keys.insert(key.as_slice(), (id, loc.pos))
                             .map_err(|e| self.err(e))?;
                     }
@@ -173,6 +280,7 @@ impl PkIndex {
         tx.delete_table(FILES).map_err(|e| self.err(e))?;
         tx.delete_table(FILE_IDS).map_err(|e| self.err(e))?;
         tx.delete_table(META).map_err(|e| self.err(e))?;
+        tx.delete_table(STAGED).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))
     }
 
@@ -187,6 +295,21 @@ impl PkIndex {
             Err(e) => Err(self.err(e)),
         }
     }
+}
+
+/// The number of a data file path, recorded the first time it is met.
+fn file_id(
+    files: &mut redb::Table<u32, &str>,
+    ids: &mut redb::Table<&str, u32>,
+    path: &str,
+) -> Result<u32, redb::StorageError> {
+    if let Some(id) = ids.get(path)?.map(|v| v.value()) {
+        return Ok(id);
+    }
+    let next = files.last()?.map_or(0, |(k, _)| k.value() + 1);
+    files.insert(next, path)?;
+    ids.insert(path, next)?;
+    Ok(next)
 }
 
 #[cfg(test)]
