@@ -13,8 +13,8 @@
 use super::commit::{RowDelta, commit_row_delta};
 use super::pk_index::{Loc, PkIndex};
 use super::{
-    PROP_CREATED_AFTER, PROP_SLOT, PROP_SOURCE, SUMMARY_COMMIT_LSN, SUMMARY_END_LSN, SUMMARY_SLOT,
-    iceberg_err, not_ours, table_ident, table_position,
+    PROP_SLOT, PROP_SOURCE, SUMMARY_COMMIT_LSN, SUMMARY_END_LSN, SUMMARY_SLOT, iceberg_err,
+    not_ours, table_ident, table_position,
 };
 use crate::batch::{CommitPos, Position, SourceBatch};
 use crate::config::IcebergSinkConfig;
@@ -498,35 +498,10 @@ impl MirrorSink {
                 message: "has no primary key: a mirror table keeps one row per key; add a primary key, or use mode = \"changelog\" for this table".into(),
             });
         }
-        let catalog = self.catalog.as_ref();
-        let exists = catalog
-            .table_exists(&ident)
-            .await
-            .map_err(|e| iceberg_err(&ident, e))?;
-        let table = match exists {
-            true => catalog.load_table(&ident).await,
-            false => {
-                let namespace = ident.namespace();
-                if !catalog
-                    .namespace_exists(namespace)
-                    .await
-                    .map_err(|e| iceberg_err(&ident, e))?
-                {
-                    catalog
-                        .create_namespace(namespace, HashMap::new())
-                        .await
-                        .map_err(|e| iceberg_err(&ident, e))?;
-                }
-                let table = catalog
-                    .create_table(namespace, self.creation(relation, &ident)?)
-                    .await;
-                if table.is_ok() {
-                    tracing::info!(table = %ident, source = %source, "Iceberg mirror table created.");
-                }
-                table
-            }
-        }
-        .map_err(|e| iceberg_err(&ident, e))?;
+        let table = super::load_or_create(self.catalog.as_ref(), &ident, || {
+            self.creation(relation, &ident)
+        })
+        .await?;
         let props = table.metadata().properties();
         let ours = props.get(PROP_SOURCE) == Some(&source)
             && props.get(PROP_SLOT) == Some(&self.slot)
@@ -550,24 +525,13 @@ impl MirrorSink {
     ) -> Result<TableCreation, SinkError> {
         let schema = super::schema::table_schema(&mirror_arrow_schema(relation), relation)
             .map_err(|e| iceberg_err(ident, e))?;
-        let mut properties = vec![
-            (PROP_SOURCE, relation.qualified_name()),
-            (PROP_SLOT, self.slot.clone()),
-            (PROP_MODE, "mirror".into()),
-            ("write.parquet.compression-codec", "zstd".into()),
+        let mut properties =
+            super::table_properties(relation, &self.slot, &self.config, self.durable);
+        properties.extend([
+            (PROP_MODE, "mirror".to_string()),
             ("write.delete.mode", "merge-on-read".into()),
             ("write.update.mode", "merge-on-read".into()),
-            (
-                "write.target-file-size-bytes",
-                self.config.target_file_size.to_string(),
-            ),
-        ];
-        if let Some(d) = self.durable {
-            properties.push((
-                PROP_CREATED_AFTER,
-                format!("{} {}", d.commit_lsn, d.end_lsn),
-            ));
-        }
+        ]);
         Ok(TableCreation::builder()
             .name(ident.name().to_string())
             .schema(schema)

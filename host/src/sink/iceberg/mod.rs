@@ -321,31 +321,10 @@ impl IcebergSink {
     async fn open_table(&self, relation: &Relation) -> Result<ChangeTable, SinkError> {
         let ident = table_ident(&self.config, &relation.schema, &relation.table);
         let source = relation.qualified_name();
-        let catalog = self.catalog.as_ref();
-        let table = match catalog.table_exists(&ident).await {
-            Ok(true) => catalog.load_table(&ident).await,
-            Ok(false) => {
-                let namespace = ident.namespace();
-                if !catalog
-                    .namespace_exists(namespace)
-                    .await
-                    .map_err(|e| iceberg_err(&ident, e))?
-                {
-                    catalog
-                        .create_namespace(namespace, HashMap::new())
-                        .await
-                        .map_err(|e| iceberg_err(&ident, e))?;
-                }
-                let creation = self.creation(relation, &ident)?;
-                let table = catalog.create_table(namespace, creation).await;
-                if table.is_ok() {
-                    tracing::info!(table = %ident, source = %source, "Iceberg table created.");
-                }
-                table
-            }
-            Err(e) => Err(e),
-        }
-        .map_err(|e| iceberg_err(&ident, e))?;
+        let table = load_or_create(self.catalog.as_ref(), &ident, || {
+            self.creation(relation, &ident)
+        })
+        .await?;
         let props = table.metadata().properties();
         if let Some(other) = props.get(PROP_SOURCE).filter(|s| **s != source) {
             return Err(not_ours(
@@ -395,21 +374,7 @@ impl IcebergSink {
                 .add_partition_field(ts, name, transform)
                 .map_err(|e| iceberg_err(ident, e))?;
         }
-        let mut properties = vec![
-            (PROP_SOURCE, relation.qualified_name()),
-            (PROP_SLOT, self.slot.clone()),
-            ("write.parquet.compression-codec", "zstd".into()),
-            (
-                "write.target-file-size-bytes",
-                self.config.target_file_size.to_string(),
-            ),
-        ];
-        if let Some(d) = self.durable {
-            properties.push((
-                PROP_CREATED_AFTER,
-                format!("{} {}", d.commit_lsn, d.end_lsn),
-            ));
-        }
+        let properties = table_properties(relation, &self.slot, &self.config, self.durable);
         Ok(TableCreation::builder()
             .name(ident.name().to_string())
             .schema(schema)
@@ -850,4 +815,64 @@ pub(super) async fn hashed_files(
         });
     }
     Ok(entries)
+}
+
+/// Loads the table `ident`, or creates it (and its namespace) as `creation` says.
+pub(super) async fn load_or_create(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    creation: impl FnOnce() -> Result<TableCreation, SinkError>,
+) -> Result<Table, SinkError> {
+    let exists = catalog
+        .table_exists(ident)
+        .await
+        .map_err(|e| iceberg_err(ident, e))?;
+    if exists {
+        return catalog
+            .load_table(ident)
+            .await
+            .map_err(|e| iceberg_err(ident, e));
+    }
+    let namespace = ident.namespace();
+    if !catalog
+        .namespace_exists(namespace)
+        .await
+        .map_err(|e| iceberg_err(ident, e))?
+    {
+        catalog
+            .create_namespace(namespace, HashMap::new())
+            .await
+            .map_err(|e| iceberg_err(ident, e))?;
+    }
+    let table = catalog
+        .create_table(namespace, creation()?)
+        .await
+        .map_err(|e| iceberg_err(ident, e))?;
+    tracing::info!(table = %ident, "Iceberg table created.");
+    Ok(table)
+}
+
+/// The properties weir gives a table it creates: whose it is and how it is written.
+pub(super) fn table_properties(
+    relation: &Relation,
+    slot: &str,
+    config: &IcebergSinkConfig,
+    durable: Option<CommitPos>,
+) -> Vec<(&'static str, String)> {
+    let mut properties = vec![
+        (PROP_SOURCE, relation.qualified_name()),
+        (PROP_SLOT, slot.to_owned()),
+        ("write.parquet.compression-codec", "zstd".into()),
+        (
+            "write.target-file-size-bytes",
+            config.target_file_size.to_string(),
+        ),
+    ];
+    if let Some(d) = durable {
+        properties.push((
+            PROP_CREATED_AFTER,
+            format!("{} {}", d.commit_lsn, d.end_lsn),
+        ));
+    }
+    properties
 }

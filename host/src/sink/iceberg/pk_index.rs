@@ -143,13 +143,14 @@ impl PkIndex {
         Ok(out)
     }
 
-    /// Stages changes of the commit under way (not durable: a crash drops them).
+    /// Stages changes of the commit under way (dropped at the next open after a crash).
     pub fn stage(
         &mut self,
         changes: impl IntoIterator<Item = (Vec<u8>, Option<Loc>)>,
     ) -> Result<(), IndexError> {
-        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        tx.set_durability(redb::Durability::None);
+        // Durable like every commit: redb reuses freed pages only after a durable
+        // commit, and staging without one made the file grow by gigabytes.
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut staged = tx.open_table(STAGED).map_err(|e| self.err(e))?;
             let mut files = tx.open_table(FILES).map_err(|e| self.err(e))?;
