@@ -90,6 +90,22 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Runs async host code (a sink's write or flush); a panic in it becomes an error that
+/// names `stage`, never an abort.
+pub async fn guarded<T>(
+    stage: &str,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, HostPanic> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(f)
+        .catch_unwind()
+        .await
+        .map_err(|payload| HostPanic {
+            stage: stage.into(),
+            message: panic_message(payload.as_ref()),
+        })
+}
+
 /// Runs blocking host code (a plugin call, fsync, compiling a component) on a blocking
 /// thread; a panic there becomes an error that names `stage`, never an abort.
 pub async fn blocking<T: Send + 'static>(
@@ -104,6 +120,19 @@ pub async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_async_host_code_is_an_error_naming_the_stage() {
+        let err = guarded("sink write", async { panic!("no writer open") })
+            .await
+            .map(|()| ())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "internal error in sink write: no writer open (a defect in weir: please report it)"
+        );
+        assert_eq!(guarded("sink flush", async { 7 }).await.unwrap(), 7);
+    }
 
     #[tokio::test]
     async fn a_panic_in_blocking_host_code_is_an_error_naming_the_stage() {

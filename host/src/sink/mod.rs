@@ -445,7 +445,9 @@ impl Sinks {
     pub async fn write_all(&mut self, batch: &SourceBatch) -> Result<(), NamedSinkError> {
         for i in 0..self.sinks.len() {
             let started = std::time::Instant::now();
-            let result = self.sinks[i].write(batch).await;
+            let result = crate::error::guarded("sink write", self.sinks[i].write(batch))
+                .await
+                .unwrap_or_else(|panic| Err(panic.into()));
             self.count(i, started, &result);
             result.map_err(self.failed(i))?;
         }
@@ -459,7 +461,9 @@ impl Sinks {
             for i in 0..self.sinks.len() {
                 if self.sinks[i].native() == native {
                     let started = std::time::Instant::now();
-                    let result = self.sinks[i].flush(position).await;
+                    let result = crate::error::guarded("sink flush", self.sinks[i].flush(position))
+                        .await
+                        .unwrap_or_else(|panic| Err(panic.into()));
                     self.count(i, started, &result);
                     result.map_err(self.failed(i))?;
                 }
