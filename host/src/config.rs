@@ -492,10 +492,19 @@ pub struct MaintenanceConfig {
         deserialize_with = "de_duration"
     )]
     pub expire_older_than: Duration,
-    /// Also rewrite small data files into `target_file_size` files (SQL catalog only).
+    /// Also compact: rewrite small data files, and data files position deletes have
+    /// thinned (mirror tables), into `target_file_size` files (SQL catalog only).
     /// Default `false`.
     #[serde(default)]
     pub compact: bool,
+    /// The fraction of a data file's rows deleted at which compaction rewrites it.
+    /// Default `0.3`.
+    #[serde(default = "default_delete_threshold")]
+    pub delete_threshold: f64,
+}
+
+fn default_delete_threshold() -> f64 {
+    crate::sink::iceberg::compact::DEFAULT_DELETE_THRESHOLD
 }
 
 fn default_maintenance_every() -> Duration {
@@ -930,17 +939,17 @@ impl PipelineConfig {
                         "\"mirror\" needs the SQL catalog: iceberg 0.10.1 cannot send a commit with position deletes to a REST catalog; use mode = \"changelog\" with a REST catalog".into(),
                     ));
                 }
-                if c.mode == IcebergMode::Mirror && c.maintenance.is_some() {
-                    return Err(invalid(
-                        &format!("{key}.maintenance"),
-                        "is not run on mirror tables yet: remove [sink.maintenance] (expire old snapshots with `weir lake expire-snapshots`)".into(),
-                    ));
-                }
                 if let Some(m) = &c.maintenance {
                     if m.every.is_zero() || m.expire_older_than.is_zero() {
                         return Err(invalid(
                             &format!("{key}.maintenance"),
                             "every and expire_older_than must be greater than zero".into(),
+                        ));
+                    }
+                    if !(0.0..=1.0).contains(&m.delete_threshold) {
+                        return Err(invalid(
+                            &format!("{key}.maintenance.delete_threshold"),
+                            "give a fraction from 0 to 1 (0.3 rewrites data files with 30% of their rows deleted)".into(),
                         ));
                     }
                     if m.compact && matches!(c.catalog, CatalogConfig::Rest { .. }) {
@@ -1272,6 +1281,27 @@ url = "file:///tmp/weir-out"
         assert_eq!(p.compression, Compression::Zstd);
         assert_eq!(p.target_file_size, 128 << 20);
         assert_eq!(p.flush_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn mirror_maintenance_gets_its_delete_threshold_and_refuses_one_out_of_range() {
+        let mirror = "[source]\nurl = \"postgres://app@localhost/shop\"\ntables = [\"orders\"]\n\n\
+                      [[sink]]\ntype = \"iceberg\"\nwarehouse = \"file:///tmp/lake\"\nmode = \"mirror\"\n\n\
+                      [sink.maintenance]\ncompact = true\n";
+        let c = parse(mirror).unwrap();
+        let SinkConfig::Iceberg(i) = &c.sinks[0] else {
+            panic!("an iceberg sink")
+        };
+        let m = i.maintenance.as_ref().unwrap();
+        assert!(m.compact);
+        assert_eq!(m.delete_threshold, 0.3);
+        let err = parse(&format!("{mirror}delete_threshold = 1.5\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sink[0].maintenance.delete_threshold") && err.contains("from 0 to 1"),
+            "{err}"
+        );
     }
 
     #[test]

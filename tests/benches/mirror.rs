@@ -3,7 +3,7 @@
 //! run.
 //!
 //! `cargo bench -p weir-tests --bench mirror` (env `WEIR_BENCH_ROWS`, default 1M;
-//! `WEIR_BENCH_ROUNDS`, default 2).
+//! `WEIR_BENCH_CHANGES`, default as many as rows; `WEIR_BENCH_ROUNDS`, default 2).
 //!
 //! A throwaway PostgreSQL gets the benchmarks' 7-column table and a slot, then the
 //! workload: `WEIR_BENCH_ROWS` inserts (the load), then as many changes spread over the
@@ -14,6 +14,13 @@
 //! verify`.
 //! Reported: changes per second and the ratio, weir's peak RSS, the index's size on disk,
 //! and data and delete files per commit.
+//!
+//! Before the rounds, a read study: a pipeline on its own slot mirrors the load (read
+//! time of the fresh table), then runs while the changes are written, committing every
+//! second (about a hundred commits: the position deletes of a day of 60-second commits
+//! on a busy table), then `weir lake compact` runs. Each state is read in full with
+//! PyIceberg (`tests/py/read_time.py`, `WEIR_TEST_PYTHON`, best of three) and its row
+//! count checked against the source.
 
 use std::path::Path;
 use std::time::Instant;
@@ -31,10 +38,11 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 fn main() {
     let rows = env_or("WEIR_BENCH_ROWS", 1_000_000);
+    let changes_wanted = env_or("WEIR_BENCH_CHANGES", rows);
     let rounds = env_or("WEIR_BENCH_ROUNDS", 2) as usize;
     let pg = TempPostgres::start().expect("start PostgreSQL");
     println!(
-        "weir mirror benchmark: {rows}-row load, then {rows} changes (60% updates, 20% inserts, 20% deletes), 7 columns"
+        "weir mirror benchmark: {rows}-row load, then {changes_wanted} changes (60% updates, 20% inserts, 20% deletes), 7 columns"
     );
     println!("machine: {}", machine());
     let db = "bench_mirror";
@@ -43,11 +51,13 @@ fn main() {
     pg.psql(db, TABLE).unwrap();
     pg.psql(db, "CREATE PUBLICATION weir_bench FOR TABLE bench")
         .unwrap();
-    pg.psql(
-        db,
-        "SELECT pg_create_logical_replication_slot('mirror_src', 'pgoutput')",
-    )
-    .unwrap();
+    for slot in ["mirror_src", "mirror_read"] {
+        pg.psql(
+            db,
+            &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
+        )
+        .unwrap();
+    }
     let load = Instant::now();
     let mut start = 1;
     while start <= rows {
@@ -55,11 +65,15 @@ fn main() {
         pg.psql(db, &insert_rows(start, end)).unwrap();
         start = end + 1;
     }
+    let study = ReadStudy::new(&pg.url(db));
+    study.catch_up();
+    let fresh = study.read("after the load", rows);
+    let mut running = study.run();
     // 10k changes per transaction: 6k updates, 2k deletes, 2k inserts, spread by a
     // stride over the key space.
     let (mut next, mut done) = (rows + 1, 0);
     let mut round = 0u64;
-    while done < rows {
+    while done < changes_wanted {
         let stride = 997 + round % 13;
         pg.psql(
             db,
@@ -94,6 +108,27 @@ fn main() {
     println!(
         "written in {:.1}s: {changes} row changes (inserts, updates, deletes), WAL end {end_lsn}, {source_rows} rows now",
         load.elapsed().as_secs_f64(),
+    );
+    // SIGTERM: the pipeline finishes the batch in hand and stops.
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &running.id().to_string()])
+        .status();
+    assert!(
+        stopped.unwrap().success(),
+        "kill -TERM the read study's pipeline"
+    );
+    assert!(
+        running.wait().unwrap().success(),
+        "the read study's pipeline failed"
+    );
+    study.catch_up();
+    let changed = study.read("after the changes", source_rows);
+    study.compact();
+    let compacted = study.read("after weir lake compact", source_rows);
+    println!(
+        "  read time: {:.2}x the fresh table's after the changes, {:.2}x after compaction",
+        changed / fresh,
+        compacted / fresh
     );
     let total = changes as f64;
     for r in 0..rounds {
@@ -152,6 +187,94 @@ fn main() {
             pg.psql(db, &format!("SELECT pg_drop_replication_slot('{s}')"))
                 .unwrap();
         }
+    }
+}
+
+/// A mirror pipeline on the slot `mirror_read` (commits every second) and its table's
+/// read time.
+struct ReadStudy {
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+impl ReadStudy {
+    fn new(url: &str) -> ReadStudy {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("read.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[source]\nurl = \"{url}\"\nslot = \"mirror_read\"\npublication = \"weir_bench\"\ntables = [\"public.bench\"]\nsnapshot = \"never\"\n\n\
+                 [[sink]]\ntype = \"iceberg\"\nwarehouse = \"file://{}\"\nmode = \"mirror\"\ncommit_interval = \"1s\"\nindex_dir = \"{}\"\n",
+                dir.path().join("lake").display(),
+                dir.path().join("index").display()
+            ),
+        )
+        .unwrap();
+        ReadStudy { dir, config }
+    }
+
+    fn weir(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_weir-e2e"));
+        command.args(args).env("WEIR_LOG", "warn");
+        command
+    }
+
+    fn catch_up(&self) {
+        let config = self.config.to_str().unwrap();
+        let status = self.weir(&["run", config, "--until-caught-up"]).status();
+        assert!(
+            status.unwrap().success(),
+            "the read study's pipeline failed"
+        );
+    }
+
+    /// The pipeline running until stopped.
+    fn run(&self) -> std::process::Child {
+        let config = self.config.to_str().unwrap();
+        self.weir(&["run", config])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn compact(&self) {
+        let config = self.config.to_str().unwrap();
+        let out = self
+            .weir(&["lake", "compact", config, "public.bench"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "weir lake compact failed: {said}");
+        println!("  weir lake compact: {}", said.trim().replace('\n', "; "));
+    }
+
+    /// Seconds PyIceberg takes to read the whole table (best of three); the rows must be
+    /// `rows`.
+    fn read(&self, when: &str, rows: u64) -> f64 {
+        let python = std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/read_time.py");
+        let catalog = self.dir.path().join("lake").join("catalog.db");
+        let out = std::process::Command::new(python)
+            .args([script, catalog.to_str().unwrap(), "public.bench"])
+            .output()
+            .expect("run tests/py/read_time.py (set WEIR_TEST_PYTHON to a Python with pyiceberg)");
+        assert!(
+            out.status.success(),
+            "read_time.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            read["rows"], rows,
+            "the mirror table {when} has the source's rows"
+        );
+        let seconds = read["seconds"].as_f64().unwrap();
+        println!(
+            "  read with PyIceberg {when}: {seconds:.2}s ({} data files, {} delete files)",
+            read["data_files"], read["delete_files"]
+        );
+        seconds
     }
 }
 

@@ -4,12 +4,17 @@ deletes), used by the e2e tests.
 Usage: iceberg_mirror.py CATALOG_DB TABLE KEY [SNAPSHOT_ID]
 
 Prints one JSON object: the table's rows (source columns only, sorted by KEY), how many
-keys appear more than once, the data and delete files the scan plans, and the snapshots.
+keys appear more than once, the data and delete files the scan plans, the snapshots and
+the current one.
 """
 import json
 import sys
 
 from pyiceberg.catalog.sql import SqlCatalog
+
+
+def snapshot(s):
+    return {"id": s.snapshot_id, "operation": s.summary.operation.value, "summary": dict(s.summary.additional_properties)}
 
 
 def main():
@@ -30,10 +35,8 @@ def main():
         "delete_files": len({d.file_path for t in tasks for d in t.delete_files}),
         "columns": [f.name for f in schema.fields],
         "identifier_fields": [schema.find_field(i).name for i in schema.identifier_field_ids],
-        "snapshots": [
-            {"id": s.snapshot_id, "operation": str(s.summary.operation), "summary": dict(s.summary.additional_properties)}
-            for s in table.snapshots()
-        ],
+        "snapshots": [snapshot(s) for s in table.snapshots()],
+        "current": snapshot(table.current_snapshot()),
         "properties": dict(table.properties),
     }
     print(json.dumps(out, default=str))

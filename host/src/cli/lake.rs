@@ -1,6 +1,7 @@
 //! `weir lake`: the history of an Iceberg sink's tables, time travel and maintenance.
 
 use crate::config::{IcebergSinkConfig, PipelineConfig, SinkConfig};
+use crate::sink::iceberg::compact::{self, CompactOptions};
 use crate::sink::iceberg::{self, lake};
 use ::iceberg::TableIdent;
 use ::iceberg::table::Table;
@@ -76,14 +77,18 @@ pub enum LakeCommand {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Rewrite small data files into target-size files in one `replace` commit (same
-    /// rows; the SQL catalog only). Safe beside a running pipeline.
+    /// Rewrite small data files, and data files position deletes have thinned (mirror
+    /// tables), into target-size files without their deleted rows, in one `replace`
+    /// commit (same content; the SQL catalog only). Safe beside a running pipeline.
     Compact {
         #[command(flatten)]
         table: TableArgs,
         /// Size of the files written. Default: the sink's target_file_size.
         #[arg(long, value_parser = parse_size)]
         target_size: Option<u64>,
+        /// Rewrite a data file once this fraction of its rows is deleted.
+        #[arg(long, default_value_t = crate::sink::iceberg::compact::DEFAULT_DELETE_THRESHOLD)]
+        delete_threshold: f64,
     },
 }
 
@@ -203,9 +208,16 @@ pub async fn lake(command: LakeCommand) -> anyhow::Result<()> {
             dry_run,
             ..
         } => remove_orphans(&table, &ident, older_than, force, dry_run).await?,
-        LakeCommand::Compact { target_size, .. } => {
-            let target = target_size.unwrap_or(config.target_file_size);
-            compact(&config, &table, target).await?;
+        LakeCommand::Compact {
+            target_size,
+            delete_threshold,
+            ..
+        } => {
+            let options = CompactOptions {
+                target_size: target_size.unwrap_or(config.target_file_size),
+                delete_threshold,
+            };
+            compact(&config, &table, options).await?;
         }
     }
     Ok(())
@@ -314,19 +326,33 @@ async fn remove_orphans(
     Ok(())
 }
 
-/// `weir lake compact`, into files of up to `target` bytes.
-async fn compact(config: &IcebergSinkConfig, table: &Table, target: u64) -> anyhow::Result<()> {
-    let done = lake::compact(config, table, target)
+/// `weir lake compact`.
+async fn compact(
+    config: &IcebergSinkConfig,
+    table: &Table,
+    options: CompactOptions,
+) -> anyhow::Result<()> {
+    let done = compact::compact(config, table, options)
         .await
         .map_err(anyhow::Error::msg)?;
     match done.snapshot {
-        Some(id) => println!(
-            "{} small files rewritten into {} ({} rows) in snapshot {id}",
-            done.removed_files, done.added_files, done.rows
-        ),
+        Some(id) => {
+            println!(
+                "{} data files rewritten into {} ({} rows) in snapshot {id}",
+                done.removed_files, done.added_files, done.rows
+            );
+            if done.thinned_files > 0 || done.removed_delete_files > 0 {
+                println!(
+                    "{} of them thinned by deletes: {} deleted rows purged, {} position delete files dropped",
+                    done.thinned_files, done.purged_rows, done.removed_delete_files
+                );
+            }
+        }
         None => println!(
-            "nothing to compact: no partition has two files under 3/4 of {}",
-            bytesize::ByteSize(target).display().iec()
+            "nothing to compact: no partition has two files under 3/4 of {}, and no data file has {}% of its rows deleted or {} delete files",
+            bytesize::ByteSize(options.target_size).display().iec(),
+            options.delete_threshold * 100.0,
+            compact::DELETE_FILES_LIMIT
         ),
     }
     Ok(())

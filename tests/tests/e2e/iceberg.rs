@@ -423,7 +423,7 @@ fn compaction_rewrites_small_files_in_one_replace_commit_and_streaming_goes_on()
 
     let out = lake(&db, &config, &["compact", "public.t"]);
     assert!(
-        out.contains(&format!("{} small files rewritten into 1", before.files)),
+        out.contains(&format!("{} data files rewritten into 1", before.files)),
         "{out}"
     );
     let (after, report) = read_iceberg(&catalog(&db), "public.t", "id", None, &[]);
@@ -479,7 +479,7 @@ fn scheduled_maintenance_compacts_and_expires_while_the_pipeline_streams() {
     let out = weir.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains("Maintenance compacted small files."), "{log}");
+    assert!(log.contains("Maintenance compacted the table."), "{log}");
     assert!(log.contains("Maintenance expired old snapshots."), "{log}");
     db.catch_up(&config);
     let (changes, report) = read_iceberg(&catalog(&db), "public.t", "id", None, &[]);

@@ -12,11 +12,16 @@ use std::time::Duration;
 /// A pipeline with one Iceberg mirror sink (SQL catalog in `out()`), committing every
 /// 300 ms, its index in `<dir>/index`.
 fn mirror_config(db: &TestDb, tables: &[&str]) -> PathBuf {
+    mirror_config_with(db, tables, "")
+}
+
+/// [`mirror_config`] with `extra` appended to the sink's table.
+fn mirror_config_with(db: &TestDb, tables: &[&str], extra: &str) -> PathBuf {
     let tables: Vec<String> = tables.iter().map(|t| format!("\"{t}\"")).collect();
     let text = format!(
         "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\ntables = [{}]\n\n\
          [batch]\nmax_delay = \"100ms\"\nmax_events = 300\n\n\
-         [[sink]]\ntype = \"iceberg\"\nwarehouse = \"file://{}\"\nmode = \"mirror\"\ncommit_interval = \"300ms\"\nindex_dir = \"{}\"\n",
+         [[sink]]\ntype = \"iceberg\"\nwarehouse = \"file://{}\"\nmode = \"mirror\"\ncommit_interval = \"300ms\"\nindex_dir = \"{}\"\n{extra}",
         db.url(),
         db.name,
         db.name,
@@ -146,6 +151,36 @@ fn a_mirror_table_holds_the_source_table_through_changes_a_lost_index_and_a_trun
         "{report}"
     );
 
+    // Compaction applies the deletes: the thinned files are rewritten without their
+    // deleted rows, the delete files go, the content stays.
+    let deleted_before = read_mirror(&db, "public.t", "id")["delete_files"]
+        .as_u64()
+        .unwrap();
+    let out = db
+        .weir(&["lake", "compact", config.to_str().unwrap(), "public.t"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", stderr(&out));
+    assert!(
+        said.contains(&format!("{deleted_before} position delete files dropped")),
+        "{deleted_before} delete files before:\n{said}"
+    );
+    let compacted = assert_mirrors(&db, "public.t", "id");
+    assert_eq!(compacted["delete_files"], 0, "{said}");
+    assert_eq!(compacted["data_files"], 1, "{said}");
+    let current = &compacted["current"];
+    assert_eq!(current["operation"], "replace", "{current}");
+    assert_eq!(current["summary"]["weir.compaction"], "true", "{current}");
+    // The pipeline goes on from the compacted files: its index is remapped, not rebuilt.
+    db.sql("UPDATE t SET v = v + 1000 WHERE id % 4 = 0");
+    db.sql("DELETE FROM t WHERE id % 13 = 0");
+    let out = db.catch_up(&config);
+    let log = stderr(&out);
+    assert!(log.contains("remapped to the compacted files"), "{log}");
+    assert!(!log.contains("Primary-key index rebuilt"), "{log}");
+    assert_mirrors(&db, "public.t", "id");
+
     // A truncate removes every live file; rows after it are the table.
     db.sql("TRUNCATE docs");
     db.sql("INSERT INTO docs VALUES (1, 1, 'after the truncate')");
@@ -196,7 +231,12 @@ fn a_mirror_table_is_exact_across_kill_9_and_travels_back_to_earlier_lsns() {
     let db = TestDb::new("mirror_kill");
     db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
     db.sql("INSERT INTO t SELECT -g, 0, 'existing' FROM generate_series(1, 1000) g");
-    let config = mirror_config(&db, &["public.t"]);
+    // Maintenance compacts the table as it goes (about every second), killed or not.
+    let config = mirror_config_with(
+        &db,
+        &["public.t"],
+        "\n[sink.maintenance]\nevery = \"1s\"\ncompact = true\n",
+    );
     db.catch_up(&config);
     // Source states at three LSNs where the pipeline had caught up.
     let mut points = Vec::new();
@@ -208,7 +248,21 @@ fn a_mirror_table_is_exact_across_kill_9_and_travels_back_to_earlier_lsns() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(1200 + 350 * round));
+        // `weir lake compact` beside the running pipeline: one of the two commits meets
+        // the other's and fails its compare-and-swap (the compaction says to try again;
+        // the pipeline starts again from its last commit and remaps its index).
+        std::thread::sleep(Duration::from_millis(600));
+        let compact = db
+            .weir(&["lake", "compact", config.to_str().unwrap(), "public.t"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&compact.stdout);
+        assert!(
+            compact.status.success() || stderr(&compact).contains("try again"),
+            "{said}{}",
+            stderr(&compact)
+        );
+        std::thread::sleep(Duration::from_millis(600 + 350 * round));
         weir.kill().unwrap(); // SIGKILL: data files and index updates cut short
         weir.wait().unwrap();
         if round < 3 {
@@ -226,7 +280,14 @@ fn a_mirror_table_is_exact_across_kill_9_and_travels_back_to_earlier_lsns() {
         "{inserts} {updates} {deletes}"
     );
     db.catch_up(&config);
-    assert_mirrors(&db, "public.t", "id");
+    let mirror = assert_mirrors(&db, "public.t", "id");
+    let compactions = mirror["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["summary"]["weir.compaction"] == "true")
+        .count();
+    assert!(compactions > 0, "maintenance compacted nothing");
     // A ledger record for every table commit (data and delete files), none for one a
     // kill undid.
     crate::harness::assert_audit_passes(&db, &config);

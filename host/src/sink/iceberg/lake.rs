@@ -1,21 +1,16 @@
 //! Table history and maintenance: what `weir lake` and scheduled maintenance do.
 
 use super::catalog::{SUMMARY_COMMIT_LSN, SUMMARY_REPLAY};
-use super::commit::{SnapshotWriter, commit_metadata, sql_only};
+use super::commit::{commit_metadata, sql_only};
 use crate::config::IcebergSinkConfig;
 use arrow::array::RecordBatch;
 use futures::TryStreamExt;
-use iceberg::scan::FileScanTask;
-use iceberg::spec::{
-    DataFile, MAIN_BRANCH, Manifest, ManifestContentType, ManifestEntryRef, ManifestFile,
-    Operation, SnapshotRef, SnapshotReference, SnapshotRetention, Struct,
-};
+use iceberg::spec::{MAIN_BRANCH, SnapshotReference, SnapshotRetention};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableIdent};
 use object_store::path::Path as ObjectPath;
-use parquet::file::properties::WriterProperties;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,11 +31,17 @@ pub enum LakeError {
     #[error("a manifest entry without a sequence number")]
     NoSequenceNumber,
     #[error(
-        "this is a mirror table: weir does not compact mirror tables yet (their position deletes would be lost); nothing was changed"
+        "the table has equality delete files, which weir does not write: compact it with the engine that wrote them; nothing was changed"
     )]
-    MirrorTable,
+    EqualityDeletes,
+    #[error("reading the position delete file {path}: {message}")]
+    DeleteFile { path: String, message: String },
     #[error(
-        "read {read} rows from the small files where their manifests count {counted}; nothing was committed"
+        "delete threshold {0}: give a fraction from 0 to 1 (0.3 rewrites files with 30% of their rows deleted)"
+    )]
+    DeleteThreshold(f64),
+    #[error(
+        "read {read} live rows from the files to rewrite where their manifests and delete files count {counted}; nothing was committed"
     )]
     RowCount { read: u64, counted: u64 },
     #[error(
@@ -250,336 +251,6 @@ pub async fn rollback(
         .and_then(|b| b.build())?
         .metadata;
     commit_metadata(config, ident, table, updated).await
-}
-
-/// What a compaction did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Compacted {
-    /// Small data files replaced.
-    pub removed_files: usize,
-    /// Files written in their place.
-    pub added_files: usize,
-    pub rows: u64,
-    /// The `replace` snapshot committed, if there was anything to compact.
-    pub snapshot: Option<i64>,
-}
-
-/// Rewrites the table's small data files (under three quarters of `target_size`), per
-/// partition where there are at least two, into files of up to `target_size`, and
-/// commits one `replace` snapshot: the small files leave the table and the new ones join
-/// it, with the same rows. The snapshot carries the position of the one it replaces, so
-/// a pipeline resumes from it as before. Runs beside a pipeline: if the pipeline commits
-/// meanwhile, nothing is changed and the command says to try again.
-///
-/// iceberg 0.10.1 has no rewrite action, so weir writes the manifests, the manifest list
-/// and the metadata itself, and commits through the SQL catalog as `rollback` does.
-pub async fn compact(
-    config: &IcebergSinkConfig,
-    table: &Table,
-    target_size: u64,
-) -> Result<Compacted, LakeError> {
-    sql_only(config)?;
-    let metadata = table.metadata();
-    if metadata
-        .properties()
-        .get(super::mirror::PROP_MODE)
-        .map(String::as_str)
-        == Some("mirror")
-    {
-        return Err(LakeError::MirrorTable);
-    }
-    let Some(current) = metadata.current_snapshot().cloned() else {
-        return Ok(Compacted::default());
-    };
-    if metadata.partition_specs_iter().count() != 1 {
-        return Err(LakeError::SeveralPartitionSpecs);
-    }
-    let manifests = load_manifests(table, &current).await?;
-    let small = small_files(&manifests, target_size);
-    if small.is_empty() {
-        return Ok(Compacted::default());
-    }
-    let removed: HashSet<String> = small.values().flatten().cloned().collect();
-    let run = Compaction::new(table, current, target_size);
-    let (added, rows) = run.rewrite(&small).await?;
-    let replaced = live_entries(&manifests, &removed);
-    let removed_rows: u64 = replaced.iter().map(|e| e.record_count()).sum();
-    if rows != removed_rows {
-        return Err(LakeError::RowCount {
-            read: rows,
-            counted: removed_rows,
-        });
-    }
-    let removed_size: u64 = replaced.iter().map(|e| e.file_size_in_bytes()).sum();
-    let manifest_list = run.write_manifests(manifests, &removed, &added).await?;
-    let summary = run.summary(removed.len(), removed_size, &added, rows);
-    run.commit(config, manifest_list, summary).await?;
-    Ok(Compacted {
-        removed_files: removed.len(),
-        added_files: added.len(),
-        rows,
-        snapshot: Some(run.snap.snapshot_id),
-    })
-}
-
-/// The manifests of the snapshot `current`, each read.
-async fn load_manifests(
-    table: &Table,
-    current: &SnapshotRef,
-) -> Result<Vec<(ManifestFile, Manifest)>, LakeError> {
-    let list = table.manifest_list_reader(current).load().await?;
-    let mut manifests = Vec::new();
-    for manifest_file in list.entries() {
-        let manifest = manifest_file.load_manifest(table.file_io()).await?;
-        manifests.push((manifest_file.clone(), manifest));
-    }
-    Ok(manifests)
-}
-
-/// The live data files under three quarters of `target_size`, by partition, in the
-/// partitions that have at least two.
-fn small_files(
-    manifests: &[(ManifestFile, Manifest)],
-    target_size: u64,
-) -> HashMap<Struct, Vec<String>> {
-    let mut small: HashMap<Struct, Vec<String>> = HashMap::new();
-    for (manifest_file, manifest) in manifests {
-        if manifest_file.content != ManifestContentType::Data {
-            continue;
-        }
-        for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
-            if entry.file_size_in_bytes() < target_size * 3 / 4 {
-                small
-                    .entry(entry.data_file().partition().clone())
-                    .or_default()
-                    .push(entry.file_path().to_string());
-            }
-        }
-    }
-    small.retain(|_, files| files.len() >= 2);
-    small
-}
-
-/// The live entries of the files in `paths`.
-fn live_entries(
-    manifests: &[(ManifestFile, Manifest)],
-    paths: &HashSet<String>,
-) -> Vec<ManifestEntryRef> {
-    manifests
-        .iter()
-        .flat_map(|(_, m)| m.entries().iter())
-        .filter(|e| e.is_alive() && paths.contains(e.file_path()))
-        .cloned()
-        .collect()
-}
-
-/// A compaction under way: the snapshot it starts from and the one it commits.
-struct Compaction<'a> {
-    table: &'a Table,
-    current: SnapshotRef,
-    snap: SnapshotWriter<'a>,
-    target_size: u64,
-}
-
-impl<'a> Compaction<'a> {
-    fn new(table: &'a Table, current: SnapshotRef, target_size: u64) -> Compaction<'a> {
-        Compaction {
-            table,
-            current,
-            snap: SnapshotWriter::new(table, "compact"),
-            target_size,
-        }
-    }
-
-    /// Rewrites each partition's small files, read in the current schema. Returns the
-    /// files written and the rows they hold.
-    async fn rewrite(
-        &self,
-        small: &HashMap<Struct, Vec<String>>,
-    ) -> Result<(Vec<DataFile>, u64), LakeError> {
-        let tasks: Vec<FileScanTask> = self
-            .table
-            .scan()
-            .snapshot_id(self.current.snapshot_id())
-            .select_all()
-            .build()?
-            .plan_files()
-            .await?
-            .try_collect::<Vec<_>>()
-            .await?;
-        let properties = WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-            .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
-            .build();
-        let (mut added, mut rows) = (Vec::new(), 0);
-        for (n, (partition, files)) in small.iter().enumerate() {
-            let paths: HashSet<&String> = files.iter().collect();
-            let group: Vec<FileScanTask> = tasks
-                .iter()
-                .filter(|t| paths.contains(&t.data_file_path))
-                .cloned()
-                .collect();
-            let (files, read) = self
-                .rewrite_partition(n, partition, group, &properties)
-                .await?;
-            added.extend(files);
-            rows += read;
-        }
-        Ok((added, rows))
-    }
-
-    /// Reads the files of one partition (`group`, the `n`th) and writes their rows
-    /// again, in files of up to the target size.
-    async fn rewrite_partition(
-        &self,
-        n: usize,
-        partition: &Struct,
-        group: Vec<FileScanTask>,
-        properties: &WriterProperties,
-    ) -> Result<(Vec<DataFile>, u64), LakeError> {
-        use iceberg::spec::{DataFileFormat, PartitionKey};
-        use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
-        use iceberg::writer::file_writer::ParquetWriterBuilder;
-        use iceberg::writer::file_writer::location_generator::{
-            DefaultFileNameGenerator, DefaultLocationGenerator,
-        };
-        use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
-        use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
-
-        let group: Vec<iceberg::Result<FileScanTask>> = group.into_iter().map(Ok).collect();
-        let mut stream = self
-            .table
-            .reader_builder()
-            .build()
-            .read(Box::pin(futures::stream::iter(group)))?
-            .stream();
-        let rolling = RollingFileWriterBuilder::new(
-            ParquetWriterBuilder::new(properties.clone(), self.snap.schema.clone()),
-            self.target_size as usize,
-            self.table.file_io().clone(),
-            DefaultLocationGenerator::new(self.table.metadata())?,
-            DefaultFileNameGenerator::new(
-                format!("{}-{n}", self.snap.run),
-                None,
-                DataFileFormat::Parquet,
-            ),
-        );
-        let key = PartitionKey::new(
-            (*self.snap.spec).clone(),
-            self.snap.schema.clone(),
-            partition.clone(),
-        );
-        let mut writer = DataFileWriterBuilder::new(rolling).build(Some(key)).await?;
-        let mut rows = 0;
-        while let Some(batch) = stream.try_next().await? {
-            rows += batch.num_rows() as u64;
-            writer.write(batch).await?;
-        }
-        Ok((writer.close().await?, rows))
-    }
-
-    /// Writes the new snapshot's manifests and its manifest list; returns the list's
-    /// path. Unchanged manifests stay as they are; those listing a replaced file are
-    /// written again; one new manifest, first, holds the new files.
-    async fn write_manifests(
-        &self,
-        manifests: Vec<(ManifestFile, Manifest)>,
-        removed: &HashSet<String>,
-        added: &[DataFile],
-    ) -> Result<String, LakeError> {
-        let mut new_list = Vec::new();
-        for (i, (manifest_file, manifest)) in manifests.into_iter().enumerate() {
-            let touched = manifest
-                .entries()
-                .iter()
-                .any(|e| e.is_alive() && removed.contains(e.file_path()));
-            if touched {
-                let rewritten = self
-                    .snap
-                    .rewrite_manifest(i, &manifest_file, &manifest, &|p| removed.contains(p))
-                    .await?;
-                new_list.push(rewritten);
-            } else {
-                new_list.push(manifest_file);
-            }
-        }
-        let added = self
-            .snap
-            .added_manifest("added", ManifestContentType::Data, added)
-            .await?;
-        new_list.insert(0, added);
-        self.snap.write_list(new_list).await
-    }
-
-    /// The new snapshot's summary: weir's position carried over, the totals of records
-    /// and deletes unchanged, those of files and their size adjusted.
-    fn summary(
-        &self,
-        removed_files: usize,
-        removed_size: u64,
-        added: &[DataFile],
-        rows: u64,
-    ) -> HashMap<String, String> {
-        let parent = &self.current.summary().additional_properties;
-        let mut summary: HashMap<String, String> = [
-            super::catalog::SUMMARY_COMMIT_LSN,
-            super::catalog::SUMMARY_END_LSN,
-            super::catalog::SUMMARY_SLOT,
-            "total-records",
-            "total-delete-files",
-            "total-position-deletes",
-            "total-equality-deletes",
-        ]
-        .iter()
-        .filter_map(|k| parent.get(*k).map(|v| (k.to_string(), v.clone())))
-        .collect();
-        let added_size: u64 = added.iter().map(|f| f.file_size_in_bytes()).sum();
-        let total = |k: &str| parent.get(k).and_then(|v| v.parse::<i64>().ok());
-        if let Some(files) = total("total-data-files") {
-            let files = files - removed_files as i64 + added.len() as i64;
-            summary.insert("total-data-files".into(), files.to_string());
-        }
-        if let Some(size) = total("total-files-size") {
-            let size = size - removed_size as i64 + added_size as i64;
-            summary.insert("total-files-size".into(), size.to_string());
-        }
-        summary.insert("added-files-size".into(), added_size.to_string());
-        summary.insert("removed-files-size".into(), removed_size.to_string());
-        if let Some(position) = self
-            .table
-            .metadata()
-            .properties()
-            .get(super::catalog::PROP_SLOT)
-            .and_then(|slot| super::catalog::committed_position(self.table, slot))
-        {
-            summary.insert(
-                super::catalog::SUMMARY_COMMIT_LSN.into(),
-                position.commit_lsn.to_string(),
-            );
-            summary.insert(
-                super::catalog::SUMMARY_END_LSN.into(),
-                position.end_lsn.to_string(),
-            );
-        }
-        summary.insert("added-data-files".into(), added.len().to_string());
-        summary.insert("deleted-data-files".into(), removed_files.to_string());
-        summary.insert("added-records".into(), rows.to_string());
-        summary.insert("deleted-records".into(), rows.to_string());
-        summary.insert("weir.compaction".into(), "true".into());
-        summary
-    }
-
-    /// Commits the `replace` snapshot through the SQL catalog.
-    async fn commit(
-        &self,
-        config: &IcebergSinkConfig,
-        manifest_list: String,
-        summary: HashMap<String, String>,
-    ) -> Result<(), LakeError> {
-        self.snap
-            .commit(config, manifest_list, Operation::Replace, summary)
-            .await
-    }
 }
 
 /// Files under a table's location that no snapshot, manifest or metadata file the

@@ -185,6 +185,8 @@ struct MirrorTable {
     skip_through: u64,
     index: PkIndex,
     codec: KeyCodec,
+    /// The table's key columns.
+    key_names: Vec<String>,
     /// Key columns' places in the relation.
     key_columns: Vec<usize>,
     writer: Option<(u32, Writer)>,
@@ -226,6 +228,7 @@ pub struct MirrorSink {
     index_dir: PathBuf,
     /// Where each table commit is recorded, when the pipeline keeps a ledger.
     ledger: Option<crate::ledger::LedgerLink>,
+    last_maintenance: Instant,
 }
 
 /// Where the index of a table lives by default: the user's cache directory.
@@ -267,6 +270,7 @@ impl MirrorSink {
             last_commit: Instant::now(),
             index_dir,
             ledger: None,
+            last_maintenance: Instant::now(),
         };
         let tables = super::slot_tables(
             sink.catalog.as_ref(),
@@ -363,10 +367,7 @@ impl MirrorSink {
         let mut index = PkIndex::open(&path).map_err(|e| index_err(&ident, e))?;
         // Changes a crash left staged belong to a commit that did not happen.
         index.drop_staged().map_err(|e| index_err(&ident, e))?;
-        let current = table.metadata().current_snapshot_id();
-        if index.snapshot().map_err(|e| index_err(&ident, e))? != current.or(Some(0)) {
-            rebuild(&mut index, &table, &codec, &key_names).await?;
-        }
+        catch_up_index(&mut index, &table, &codec, &key_names).await?;
         let position = table_position(&table, &self.slot);
         Ok(MirrorTable {
             ident,
@@ -375,6 +376,7 @@ impl MirrorSink {
             table,
             index,
             codec,
+            key_names,
             key_columns: Vec::new(),
             writer: None,
             open_file: None,
@@ -444,6 +446,28 @@ impl MirrorSink {
             } else if self.last_commit.elapsed() >= self.config.commit_interval {
                 self.flush(position).await?;
             }
+        }
+        self.maintain().await
+    }
+
+    /// Runs the configured maintenance when it is due and nothing is pending: a
+    /// compaction moves rows to other files, so the index is brought to it at once.
+    async fn maintain(&mut self) -> Result<(), SinkError> {
+        let Some(m) = self.config.maintenance.clone() else {
+            return Ok(());
+        };
+        if self.last_maintenance.elapsed() < m.every || self.pending() {
+            return Ok(());
+        }
+        self.last_maintenance = Instant::now();
+        for t in self.tables.values_mut() {
+            let (table, _) =
+                super::maintain_table(&self.config, self.catalog.as_ref(), &m, &t.table).await;
+            if let Some(table) = table {
+                t.table = table;
+            }
+            let (codec, keys) = (&t.codec, &t.key_names);
+            catch_up_index(&mut t.index, &t.table, codec, keys).await?;
         }
         Ok(())
     }
@@ -987,6 +1011,132 @@ async fn read_rows(file: &str, positions: &[u64]) -> Result<Vec<Vec<Value>>, Str
     Ok(out)
 }
 
+/// Brings the index to the table's current snapshot: at once when it describes it,
+/// by remapping the files compactions wrote when only compactions came between, by a
+/// rebuild otherwise.
+async fn catch_up_index(
+    index: &mut PkIndex,
+    table: &Table,
+    codec: &KeyCodec,
+    key_names: &[String],
+) -> Result<(), SinkError> {
+    let ident = table.identifier().clone();
+    let described = index.snapshot().map_err(|e| index_err(&ident, e))?;
+    let current = table.metadata().current_snapshot_id();
+    if described == current.or(Some(0)) {
+        return Ok(());
+    }
+    let compactions = described.and_then(|d| compactions_since(table, d));
+    match (compactions, current) {
+        (Some(chain), Some(current)) => {
+            remap(index, table, &chain, codec, key_names).await?;
+            index
+                .apply(Vec::new(), current)
+                .map_err(|e| index_err(&ident, e))?;
+            tracing::info!(table = %ident, compactions = chain.len(), "Primary-key index remapped to the compacted files.");
+            Ok(())
+        }
+        _ => rebuild(index, table, codec, key_names).await,
+    }
+}
+
+/// The snapshots from `described` (excluded) to the current one, oldest first, if all
+/// of them are weir compactions (and none has expired).
+fn compactions_since(table: &Table, described: i64) -> Option<Vec<iceberg::spec::SnapshotRef>> {
+    let metadata = table.metadata();
+    let mut chain = Vec::new();
+    let mut at = metadata.current_snapshot_id();
+    while let Some(id) = at.filter(|id| *id != described) {
+        let snapshot = metadata.snapshot_by_id(id)?;
+        let props = &snapshot.summary().additional_properties;
+        if props
+            .get(super::compact::SUMMARY_COMPACTION)
+            .map(String::as_str)
+            != Some("true")
+        {
+            return None;
+        }
+        chain.push(snapshot.clone());
+        at = snapshot.parent_snapshot_id();
+    }
+    at?;
+    chain.reverse();
+    Some(chain)
+}
+
+/// Points the keys of the data files the compactions `chain` added at their rows
+/// there: a compaction moves every live row of the files it replaces, and only those.
+/// The index says it describes no snapshot until the caller says which.
+async fn remap(
+    index: &mut PkIndex,
+    table: &Table,
+    chain: &[iceberg::spec::SnapshotRef],
+    codec: &KeyCodec,
+    key_names: &[String],
+) -> Result<(), SinkError> {
+    use iceberg::spec::{ManifestContentType, ManifestStatus};
+    let ident = table.identifier().clone();
+    let err = |e| iceberg_err(&ident, e);
+    for snapshot in chain {
+        let list = table
+            .manifest_list_reader(snapshot)
+            .load()
+            .await
+            .map_err(err)?;
+        for manifest_file in list.entries().iter().filter(|m| {
+            m.added_snapshot_id == snapshot.snapshot_id() && m.content == ManifestContentType::Data
+        }) {
+            let manifest = manifest_file
+                .load_manifest(table.file_io())
+                .await
+                .map_err(err)?;
+            let added = manifest
+                .entries()
+                .iter()
+                .filter(|e| e.status() == ManifestStatus::Added);
+            for entry in added {
+                index_file(index, &ident, entry.file_path(), None, codec, key_names).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Indexes the keys of one data file, its rows at positions `gone` left out. Returns
+/// how many keys it indexed. The index says it describes no snapshot afterwards.
+async fn index_file(
+    index: &mut PkIndex,
+    ident: &TableIdent,
+    file: &str,
+    gone: Option<&std::collections::HashSet<u64>>,
+    codec: &KeyCodec,
+    key_names: &[String],
+) -> Result<u64, SinkError> {
+    let read_err = |e: String| SinkError::Schema {
+        table: ident.to_string(),
+        source: format!("indexing the keys of {file}: {e}").into(),
+    };
+    let columns = super::position_delete::read_columns(file, key_names)
+        .await
+        .map_err(read_err)?;
+    let path: Arc<str> = Arc::from(file);
+    let mut changes = Vec::new();
+    let mut pos = 0u64;
+    for batch in columns {
+        let keys = codec.keys(&batch).map_err(|e| read_err(e.to_string()))?;
+        for key in keys {
+            if gone.is_none_or(|g| !g.contains(&pos)) {
+                let file = path.clone();
+                changes.push((key, Some(Loc { file, pos })));
+            }
+            pos += 1;
+        }
+    }
+    let indexed = changes.len() as u64;
+    index.apply(changes, 0).map_err(|e| index_err(ident, e))?;
+    Ok(indexed)
+}
+
 /// Rebuilds the index from the table: the key columns of every live data file, minus
 /// the rows its position deletes remove, row positions counted in file order.
 async fn rebuild(
@@ -1023,7 +1173,7 @@ async fn rebuild(
     for task in &tasks {
         for d in &task.deletes {
             if seen_deletes.insert(d.file_path.clone()) {
-                for (file, pos) in read_position_deletes(&d.file_path)
+                for (file, pos) in super::position_delete::read(&d.file_path)
                     .await
                     .map_err(read_err)?
                 {
@@ -1034,30 +1184,9 @@ async fn rebuild(
     }
     let (mut keys_total, mut last_report) = (0u64, Instant::now());
     for (n, task) in tasks.iter().enumerate() {
-        let file: Arc<str> = Arc::from(task.data_file_path.as_str());
         let gone = deleted.get(&task.data_file_path);
-        let columns = read_columns(&task.data_file_path, key_names)
-            .await
-            .map_err(read_err)?;
-        let mut changes = Vec::new();
-        let mut pos = 0u64;
-        for batch in columns {
-            let keys = codec.keys(&batch).map_err(|e| read_err(e.to_string()))?;
-            for key in keys {
-                if gone.is_none_or(|g| !g.contains(&pos)) {
-                    changes.push((
-                        key,
-                        Some(Loc {
-                            file: file.clone(),
-                            pos,
-                        }),
-                    ));
-                }
-                pos += 1;
-            }
-        }
-        keys_total += changes.len() as u64;
-        index.apply(changes, 0).map_err(|e| index_err(&ident, e))?;
+        keys_total +=
+            index_file(index, &ident, &task.data_file_path, gone, codec, key_names).await?;
         if last_report.elapsed() >= Duration::from_secs(5) {
             last_report = Instant::now();
             tracing::info!(table = %ident, files = n + 1, of = tasks.len(), keys = keys_total, "Rebuilding the primary-key index.");
@@ -1068,62 +1197,4 @@ async fn rebuild(
         .map_err(|e| index_err(&ident, e))?;
     tracing::info!(table = %ident, keys = keys_total, seconds = started.elapsed().as_secs(), "Primary-key index rebuilt.");
     Ok(())
-}
-
-/// The named columns of a data file, batch by batch, rows in file order.
-async fn read_columns(file: &str, names: &[String]) -> Result<Vec<Vec<ArrayRef>>, String> {
-    let (store, path) = crate::storage::object_store_for(file).map_err(|e| e.to_string())?;
-    let meta = store.head(&path).await.map_err(|e| e.to_string())?;
-    let reader = parquet::arrow::async_reader::ParquetObjectReader::new(store, path)
-        .with_file_size(meta.size);
-    let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
-        .await
-        .map_err(|e| e.to_string())?;
-    let schema = builder.schema().clone();
-    let indices: Vec<usize> = names
-        .iter()
-        .map(|n| schema.index_of(n).map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()?;
-    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), indices.clone());
-    let mut stream = builder
-        .with_projection(mask)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    while let Some(batch) = stream.try_next().await.map_err(|e| e.to_string())? {
-        // The projection keeps file order; pick the columns in key order.
-        let cols = names
-            .iter()
-            .map(|n| {
-                batch
-                    .column_by_name(n)
-                    .cloned()
-                    .ok_or_else(|| format!("no column {n}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        out.push(cols);
-    }
-    Ok(out)
-}
-
-/// The (data file, position) rows of a position delete file.
-async fn read_position_deletes(file: &str) -> Result<Vec<(String, u64)>, String> {
-    let columns = read_columns(file, &["file_path".into(), "pos".into()]).await?;
-    let mut out = Vec::new();
-    for cols in columns {
-        let paths = arrow::compute::cast(&cols[0], &DataType::Utf8).map_err(|e| e.to_string())?;
-        let paths = paths
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .ok_or("file_path is not a string column")?;
-        let pos = arrow::compute::cast(&cols[1], &DataType::Int64).map_err(|e| e.to_string())?;
-        let pos = pos
-            .as_any()
-            .downcast_ref::<arrow::array::Int64Array>()
-            .ok_or("pos is not a long column")?;
-        for r in 0..paths.len() {
-            out.push((paths.value(r).to_owned(), pos.value(r) as u64));
-        }
-    }
-    Ok(out)
 }

@@ -12,6 +12,7 @@
 
 mod catalog;
 pub mod commit;
+pub mod compact;
 pub mod lake;
 pub mod mirror;
 mod pk_index;
@@ -508,30 +509,11 @@ impl IcebergSink {
         }
         self.last_maintenance = Instant::now();
         for table in self.tables.values_mut() {
-            if m.compact {
-                match lake::compact(&self.config, &table.table, self.config.target_file_size).await
-                {
-                    Ok(done) if done.snapshot.is_some() => {
-                        tracing::info!(table = %table.ident, removed = done.removed_files, added = done.added_files, rows = done.rows, "Maintenance compacted small files.")
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(table = %table.ident, error = %e, "Compaction failed; it runs again later.")
-                    }
-                }
-            }
-            match lake::expire_snapshots(self.catalog.as_ref(), &table.ident, m.expire_older_than)
+            if let Some(t) = maintain_table(&self.config, self.catalog.as_ref(), &m, &table.table)
                 .await
+                .0
             {
-                Ok((t, expired)) => {
-                    table.table = t;
-                    if expired > 0 {
-                        tracing::info!(table = %table.ident, expired, "Maintenance expired old snapshots.");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(table = %table.ident, error = %e, "Maintenance failed; it runs again later.")
-                }
+                table.table = t;
             }
         }
     }
@@ -718,6 +700,48 @@ impl TableWriter {
                 .map_err(|e| iceberg_err(ident, e))?;
         }
         Ok(())
+    }
+}
+
+/// One table's scheduled maintenance: compaction when configured, then the expiry of
+/// old snapshots. Returns the table as it is afterwards (when it could be read) and
+/// whether a compaction committed. A failure is logged, never fatal: maintenance only
+/// rewrites files and removes history, and runs again later.
+pub(super) async fn maintain_table(
+    config: &IcebergSinkConfig,
+    catalog: &dyn Catalog,
+    m: &crate::config::MaintenanceConfig,
+    table: &Table,
+) -> (Option<Table>, bool) {
+    let ident = table.identifier();
+    let mut compacted = false;
+    if m.compact {
+        let options = compact::CompactOptions {
+            target_size: config.target_file_size,
+            delete_threshold: m.delete_threshold,
+        };
+        match compact::compact(config, table, options).await {
+            Ok(done) if done.snapshot.is_some() => {
+                compacted = true;
+                tracing::info!(table = %ident, removed = done.removed_files, thinned = done.thinned_files, added = done.added_files, rows = done.rows, purged = done.purged_rows, delete_files = done.removed_delete_files, "Maintenance compacted the table.")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(table = %ident, error = %e, "Compaction failed; it runs again later.")
+            }
+        }
+    }
+    match lake::expire_snapshots(catalog, ident, m.expire_older_than).await {
+        Ok((t, expired)) => {
+            if expired > 0 {
+                tracing::info!(table = %ident, expired, "Maintenance expired old snapshots.");
+            }
+            (Some(t), compacted)
+        }
+        Err(e) => {
+            tracing::warn!(table = %ident, error = %e, "Maintenance failed; it runs again later.");
+            (catalog.load_table(ident).await.ok(), compacted)
+        }
     }
 }
 
