@@ -44,6 +44,9 @@ fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/py/requirements.txt
 export WEIR_TEST_PYTHON="$venv/bin/python"
 
+# The container and Kubernetes files: hadolint, the Kubernetes API schemas, the alert rules.
+bash scripts/lint-deploy.sh "$venv"
+
 # ComponentizeJS, which builds the JavaScript example plugin (examples/plugins/route-js).
 # Installed from the example's lockfile, again only when the lockfile changes.
 need_package node nodejs
