@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs weir's whole test suite against a real PostgreSQL (started by the tests).
 # Installs what it needs: the wasm32-wasip2 target; in a Python venv, DuckDB, PyIceberg,
-# moto, boto3 and componentize-py (tests/py/requirements.txt); ComponentizeJS (npm); and,
-# as root from Debian packages when missing, python3-venv, Node.js, npm and e2fsprogs.
+# moto, boto3, componentize-py and PySpark (tests/py/requirements.txt); ComponentizeJS
+# (npm); and, as root from Debian packages when missing, python3-venv, Node.js, npm,
+# e2fsprogs and Java 17.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,8 @@ fi
 
 # chattr makes the output unwritable in a fault test (root ignores permissions).
 need_package chattr e2fsprogs
+# Java runs Spark (PySpark, local mode), one of the changelog's independent readers.
+need_package java openjdk-17-jre-headless
 
 venv="$CARGO_TARGET_DIR/pyenv"
 if [ ! -x "$venv/bin/python" ]; then

@@ -6,6 +6,7 @@ mod lake;
 mod pipeline_status;
 mod plugin;
 mod proof;
+mod sdk_files;
 mod status;
 
 use crate::config::{PipelineConfig, SinkConfig};

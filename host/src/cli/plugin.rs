@@ -21,10 +21,14 @@ pub enum PluginCommand {
         /// Where to create it. Default: `./NAME`.
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Use the weir-sdk crate at this path instead of the published one.
+        /// Use the weir-sdk crate at this path instead of the one this binary carries
+        /// (written once under ~/.cache/weir/sdk/).
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
+    /// Print the plugin contract (the WIT, `weir:plugin@0.1.0`) this binary runs, for
+    /// tools that build components in other languages: `weir plugin wit > wit/weir-plugin.wit`.
+    Wit,
     /// Build a Rust plugin crate into a component (cargo, target wasm32-wasip2) and put
     /// it where its manifest says. Installs nothing: says what is missing.
     Build {
@@ -80,6 +84,10 @@ pub async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
             .await?
         }
         PluginCommand::Inspect { plugin } => inspect(&plugin),
+        PluginCommand::Wit => {
+            print!("{}", super::sdk_files::WIT);
+            Ok(())
+        }
     }
 }
 
@@ -96,9 +104,9 @@ fn new(name: &str, kind: Kind, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> an
         );
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
-    if dir.join("Cargo.toml").exists() || dir.join("weir-plugin.toml").exists() {
+    if std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_some()) {
         bail!(
-            "{} already holds a crate or a plugin; choose another --dir",
+            "{} exists and is not empty: choose another name or --dir",
             dir.display()
         );
     }
@@ -114,10 +122,16 @@ fn new(name: &str, kind: Kind, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> an
                 path.display()
             )
         }
-        None => format!(
-            "{{ version = \"{}\", features = [\"guest\"] }}",
-            env!("CARGO_PKG_VERSION")
-        ),
+        None => {
+            let base = super::sdk_files::cache_base().context(
+                "no cache directory for the SDK (set HOME or WEIR_CACHE_DIR), or give --sdk",
+            )?;
+            let path = super::sdk_files::install(&base)?;
+            format!(
+                "{{ path = \"{}\", features = [\"guest\"] }}",
+                path.display()
+            )
+        }
     };
     let (kind_name, template) = match kind {
         Kind::Transform => ("transform", include_str!("templates/transform.rs.txt")),
@@ -152,7 +166,26 @@ fn new(name: &str, kind: Kind, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> an
         dir.display(),
         dir.display()
     );
+    if !wasm_target_installed() {
+        eprintln!(
+            "note: the Rust target wasm32-wasip2 is not installed; `weir plugin build` needs it: run `rustup target add wasm32-wasip2`"
+        );
+    }
     Ok(())
+}
+
+/// Whether rustup says the wasm32-wasip2 target is installed (true when there is no
+/// rustup to ask: cargo then says what is missing).
+fn wasm_target_installed() -> bool {
+    match Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+    {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim() == "wasm32-wasip2"),
+        _ => true,
+    }
 }
 
 fn build(dir: &Path) -> anyhow::Result<()> {
@@ -169,14 +202,7 @@ fn build(dir: &Path) -> anyhow::Result<()> {
             "cargo was not found: install Rust from https://rustup.rs, then run `rustup target add wasm32-wasip2`"
         );
     }
-    if let Ok(out) = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        && out.status.success()
-        && !String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .any(|l| l.trim() == "wasm32-wasip2")
-    {
+    if !wasm_target_installed() {
         bail!(
             "the Rust target wasm32-wasip2 is not installed: run `rustup target add wasm32-wasip2`"
         );

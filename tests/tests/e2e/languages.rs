@@ -1,10 +1,25 @@
 //! Plugins written in Python (componentize-py) and JavaScript (ComponentizeJS), built
-//! from `examples/plugins/` by the test and run in a real pipeline.
+//! from `examples/plugins/` against the WIT `weir plugin wit` prints, and run in a real
+//! pipeline.
 
-use crate::harness::{TestDb, read_changelog, stderr, workspace};
+use crate::harness::{TestDb, read_changelog, stderr, weir_bin, workspace};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The plugin contract as the binary prints it (`weir plugin wit`), in `<dir>/wit/`:
+/// what a plugin author without weir's sources builds against.
+fn wit_dir(dir: &Path) -> PathBuf {
+    let wit = dir.join("wit");
+    std::fs::create_dir_all(&wit).unwrap();
+    let out = Command::new(weir_bin())
+        .args(["plugin", "wit"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "weir plugin wit: {}", stderr(&out));
+    std::fs::write(wit.join("weir-plugin.wit"), &out.stdout).unwrap();
+    wit
+}
 
 /// Builds an example plugin into `<dir>/<name>/`: its manifest and its component.
 fn build(dir: &Path, example: &str, wasm: &str, command: &mut Command) -> PathBuf {
@@ -34,7 +49,7 @@ fn build(dir: &Path, example: &str, wasm: &str, command: &mut Command) -> PathBu
 pub fn python_plugin(dir: &Path) -> PathBuf {
     let python = crate::harness::python();
     let bin = Path::new(&python).with_file_name("componentize-py");
-    let wit = workspace().join("wit");
+    let wit = wit_dir(dir);
     let mut c = Command::new(bin);
     c.args([
         "-d",
@@ -56,7 +71,7 @@ pub fn javascript_plugin(dir: &Path) -> PathBuf {
             std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "/var/tmp/weir-target".into());
         format!("{target}/jsenv/node_modules")
     });
-    let wit = workspace().join("wit");
+    let wit = wit_dir(dir);
     let mut c = Command::new(Path::new(&modules).join(".bin/componentize-js"));
     c.args([
         "route.js",

@@ -26,6 +26,8 @@
 //! - `operations`: `/metrics`, `/healthz`, `/readyz` during a run, and `weir status`.
 //! - `verify`: `weir verify` against the source while it is written, and planted damage.
 //! - `conformance`: every built-in plugin as a component against its native logic.
+//! - `spark`: Apache Spark (PySpark, local mode) rebuilds the current state from the
+//!   Parquet changelog with one Spark SQL query.
 
 mod harness;
 
@@ -45,6 +47,7 @@ mod reload;
 mod s3;
 mod sinks;
 mod snapshot;
+mod spark;
 mod streaming;
 mod tls;
 mod tooling;
