@@ -39,8 +39,19 @@ fn index_dir(db: &TestDb) -> PathBuf {
     db.dir.path().join("index")
 }
 
-/// The mirror table as PyIceberg reads it (at `snapshot`, or the current one).
-fn read_mirror_at(db: &TestDb, table: &str, key: &str, snapshot: Option<&str>) -> Value {
+/// The readers of mirror tables: PyIceberg and DuckDB's Iceberg extension.
+const PYICEBERG: &str = "iceberg_mirror.py";
+const DUCKDB: &str = "mirror_duckdb.py";
+
+/// The mirror table as `reader` (a script in `tests/py`) reads it, at `snapshot` or the
+/// current one.
+fn read_mirror_with(
+    reader: &str,
+    db: &TestDb,
+    table: &str,
+    key: &str,
+    snapshot: Option<&str>,
+) -> Value {
     let catalog = db.out().join("catalog.db");
     let mut args = vec![
         catalog.to_str().unwrap().to_string(),
@@ -48,24 +59,11 @@ fn read_mirror_at(db: &TestDb, table: &str, key: &str, snapshot: Option<&str>) -
         key.into(),
     ];
     args.extend(snapshot.map(str::to_string));
-    serde_json::from_slice(&py("iceberg_mirror.py", &args)).unwrap()
+    serde_json::from_slice(&py(reader, &args)).unwrap()
 }
 
 fn read_mirror(db: &TestDb, table: &str, key: &str) -> Value {
-    read_mirror_at(db, table, key, None)
-}
-
-/// The mirror table as DuckDB's Iceberg extension reads it (at `snapshot`, or the
-/// current one).
-fn read_mirror_duckdb(db: &TestDb, table: &str, key: &str, snapshot: Option<&str>) -> Value {
-    let catalog = db.out().join("catalog.db");
-    let mut args = vec![
-        catalog.to_str().unwrap().to_string(),
-        table.into(),
-        key.into(),
-    ];
-    args.extend(snapshot.map(str::to_string));
-    serde_json::from_slice(&py("mirror_duckdb.py", &args)).unwrap()
+    read_mirror_with(PYICEBERG, db, table, key, None)
 }
 
 /// The mirror of `table` holds exactly the source's rows, read by PyIceberg and by
@@ -74,7 +72,7 @@ fn assert_mirrors(db: &TestDb, table: &str, key: &str) -> Value {
     let mirror = read_mirror(db, table, key);
     assert_eq!(mirror["repeated_keys"], 0, "one row per key");
     let source = db.rows(table, key);
-    let duck = read_mirror_duckdb(db, table, key, None);
+    let duck = read_mirror_with(DUCKDB, db, table, key, None);
     for (reader, rows) in [("PyIceberg", &mirror["rows"]), ("DuckDB", &duck["rows"])] {
         let rows = rows.as_array().unwrap();
         assert_eq!(rows.len(), source.len(), "rows in {table} read by {reader}");
@@ -323,13 +321,13 @@ fn a_mirror_table_is_exact_across_kill_9_and_travels_back_to_earlier_lsns() {
             .and_then(|l| l.split("at snapshot ").nth(1))
             .and_then(|r| r.split(':').next())
             .unwrap_or_else(|| panic!("no snapshot named in:\n{text}"));
-        let then = read_mirror_at(&db, "public.t", "id", Some(snapshot));
+        let then = read_mirror_with(PYICEBERG, &db, "public.t", "id", Some(snapshot));
         assert_eq!(
             then["rows"].as_array().unwrap(),
             &rows,
             "the table at {lsn}, read by PyIceberg"
         );
-        let then = read_mirror_duckdb(&db, "public.t", "id", Some(snapshot));
+        let then = read_mirror_with(DUCKDB, &db, "public.t", "id", Some(snapshot));
         assert_eq!(
             then["rows"].as_array().unwrap(),
             &rows,
