@@ -49,6 +49,8 @@ export WEIR_TEST_PYTHON="$venv/bin/python"
 
 # The container and Kubernetes files: hadolint, the Kubernetes API schemas, the alert rules.
 bash scripts/lint-deploy.sh "$venv"
+# The Dockerfile's build stage, run outside Docker (there is no Docker engine here).
+bash scripts/docker-build-stage.sh --quick
 
 # ComponentizeJS, which builds the JavaScript example plugin (examples/plugins/route-js).
 # Installed from the example's lockfile, again only when the lockfile changes.

@@ -7,21 +7,71 @@
 //! the same position) are drained by `pg_recvlogical` (pgoutput, the WAL sender's own
 //! decode rate: the ceiling for one slot) and by `weir run --until-caught-up` writing
 //! zstd Parquet. Rates are rows per second of wall time, start to exit. weir's peak RSS
-//! is read from /proc while it runs. Workloads: many 10k-row transactions, and one
-//! transaction of a quarter and of all the rows (peak memory must not grow with
-//! transaction size); and the first again with a transform (`mask`), and without the
-//! evidence ledger (`[state] ledger = false`), which shows what keeping it costs.
+//! is read from /proc while it runs, and its CPU time (user and system) from
+//! `getrusage`, reported as CPU seconds per million events. Workloads: many 10k-row
+//! transactions, and one transaction of a quarter and of all the rows (peak memory must
+//! not grow with transaction size); and the first again with a transform (`mask` hashing
+//! one column), with a chain of three (`mask`, `filter` dropping a quarter of the rows,
+//! `rename` of the table and a column), and without the evidence ledger
+//! (`[state] ledger = false`), which shows what keeping it costs.
+//!
+//! `WEIR_BENCH_ONLY=<text>` runs the workloads whose label contains it.
 
 use std::path::Path;
 use std::time::Instant;
 use weir::pgtemp::TempPostgres;
-use weir_tests::bench::{
-    TABLE, insert_rows, machine, recvlogical, run_measured, weir_until_caught_up,
-};
+use weir_tests::bench::{TABLE, insert_rows, machine, measure, recvlogical, weir_until_caught_up};
 
 struct Run {
     seconds: f64,
     peak_rss_kib: u64,
+    cpu_seconds: f64,
+}
+
+/// The transforms a workload runs.
+#[derive(Clone, Copy)]
+enum Transforms {
+    None,
+    /// `mask` hashing `note`.
+    Mask,
+    /// `mask` hashing `note`, `filter` keeping status other than `returned` (three rows
+    /// in four), `rename` of the table and of `amount`.
+    Chain,
+}
+
+impl Transforms {
+    /// The rows that reach the output when rows `1..=rows` go in.
+    fn rows_out(self, rows: u64) -> u64 {
+        match self {
+            // insert_rows: status `returned` is row g with g % 4 == 3.
+            Transforms::Chain => (1..=rows).filter(|g| g % 4 != 3).count() as u64,
+            _ => rows,
+        }
+    }
+
+    fn config(self, plugins: &Plugins) -> String {
+        let mask = format!(
+            "[[transform]]\nplugin = \"{}\"\nconfig = {{ salt = \"bench\", rules = [ {{ columns = [\"note\"], method = \"hash\" }} ] }}\n\n",
+            plugins.mask.display()
+        );
+        match self {
+            Transforms::None => String::new(),
+            Transforms::Mask => mask,
+            Transforms::Chain => format!(
+                "{mask}[[transform]]\nplugin = \"{}\"\nconfig = {{ where = [ {{ column = \"status\", not_in = [\"returned\"] }} ] }}\n\n\
+                 [[transform]]\nplugin = \"{}\"\nconfig = {{ tables = {{ \"public.bench\" = \"sales.bench\" }}, columns = {{ \"amount\" = \"total\" }} }}\n\n",
+                plugins.filter.display(),
+                plugins.rename.display()
+            ),
+        }
+    }
+}
+
+/// The built-in plugins the workloads use, built as components.
+struct Plugins {
+    mask: std::path::PathBuf,
+    filter: std::path::PathBuf,
+    rename: std::path::PathBuf,
 }
 
 fn main() {
@@ -36,31 +86,42 @@ fn main() {
     let pg = TempPostgres::start().expect("start PostgreSQL");
     println!("weir throughput benchmark: {rows} rows, 7 columns, best of {rounds} rounds each");
     println!("machine: {}", machine());
-    let mask = mask_plugin();
+    let plugins = Plugins {
+        mask: plugin("mask"),
+        filter: plugin("filter"),
+        rename: plugin("rename"),
+    };
     let scenarios = [
-        ("10k-row transactions", rows, 10_000, None, true),
+        ("10k-row transactions", rows, 10_000, Transforms::None, true),
         (
             "10k-row transactions, without the evidence ledger",
             rows,
             10_000,
-            None,
+            Transforms::None,
             false,
         ),
         (
             "10k-row transactions, mask plugin hashing a column",
             rows,
             10_000,
-            Some(&mask),
+            Transforms::Mask,
+            true,
+        ),
+        (
+            "10k-row transactions, chain of mask, filter and rename",
+            rows,
+            10_000,
+            Transforms::Chain,
             true,
         ),
         (
             "one transaction of a quarter of the rows",
             rows / 4,
             rows / 4,
-            None,
+            Transforms::None,
             true,
         ),
-        ("one transaction", rows, rows, None, true),
+        ("one transaction", rows, rows, Transforms::None, true),
     ];
     let only = std::env::var("WEIR_BENCH_ONLY").unwrap_or_default();
     for (i, (label, rows, per_tx, transform, ledger)) in scenarios.into_iter().enumerate() {
@@ -111,22 +172,17 @@ fn main() {
             let r = Run {
                 seconds: recvlogical(&pg.url(&db), &ref_slot, &end_lsn),
                 peak_rss_kib: 0,
+                cpu_seconds: 0.0,
             };
-            let w = run_weir(
-                &pg,
-                &db,
-                &weir_slot,
-                rows,
-                transform.map(|p| p.as_path()),
-                ledger,
-            );
+            let w = run_weir(&pg, &db, &weir_slot, rows, transform, &plugins, ledger);
             println!(
-                "  round {}: pg_recvlogical {:>9.0} rows/s   weir {:>9.0} rows/s   ratio {:.2}   weir peak RSS {} MiB",
+                "  round {}: pg_recvlogical {:>9.0} rows/s   weir {:>9.0} rows/s   ratio {:.2}   weir peak RSS {} MiB   weir CPU {:.2} s per M events",
                 round + 1,
                 rows as f64 / r.seconds,
                 rows as f64 / w.seconds,
                 r.seconds / w.seconds,
-                w.peak_rss_kib / 1024
+                w.peak_rss_kib / 1024,
+                w.cpu_seconds * 1e6 / rows as f64
             );
             if best_ref.as_ref().is_none_or(|b| r.seconds < b.seconds) {
                 best_ref = Some(r);
@@ -141,11 +197,12 @@ fn main() {
         }
         let (r, w) = (best_ref.unwrap(), best_weir.unwrap());
         println!(
-            "  best:    pg_recvlogical {:>9.0} rows/s   weir {:>9.0} rows/s   ratio {:.2}   weir peak RSS {} MiB",
+            "  best:    pg_recvlogical {:>9.0} rows/s   weir {:>9.0} rows/s   ratio {:.2}   weir peak RSS {} MiB   weir CPU {:.2} s per M events",
             rows as f64 / r.seconds,
             rows as f64 / w.seconds,
             r.seconds / w.seconds,
-            w.peak_rss_kib / 1024
+            w.peak_rss_kib / 1024,
+            w.cpu_seconds * 1e6 / rows as f64
         );
     }
 }
@@ -155,18 +212,13 @@ fn run_weir(
     db: &str,
     slot: &str,
     rows: u64,
-    transform: Option<&Path>,
+    transforms: Transforms,
+    plugins: &Plugins,
     ledger: bool,
 ) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bench.toml");
-    let transform = match transform {
-        Some(plugin) => format!(
-            "[[transform]]\nplugin = \"{}\"\nconfig = {{ salt = \"bench\", rules = [ {{ columns = [\"note\"], method = \"hash\" }} ] }}\n\n",
-            plugin.display()
-        ),
-        None => String::new(),
-    };
+    let transform = transforms.config(plugins);
     let state = match ledger {
         true => "",
         false => "[state]\nledger = false\n\n",
@@ -183,25 +235,26 @@ fn run_weir(
     .unwrap();
     let trace = std::env::var_os("WEIR_BENCH_TRACE_RSS").is_some();
     let bin = env!("CARGO_BIN_EXE_weir-e2e");
-    let (status, seconds, peak) = run_measured(&mut weir_until_caught_up(bin, &config), trace);
-    assert!(status.success(), "weir failed");
+    let m = measure(&mut weir_until_caught_up(bin, &config), trace);
+    assert!(m.status.success(), "weir failed");
     let written = parquet_rows(&dir.path().join("out"));
-    assert_eq!(written, rows, "weir wrote every row");
+    assert_eq!(written, transforms.rows_out(rows), "weir wrote every row");
     Run {
-        seconds,
-        peak_rss_kib: peak,
+        seconds: m.seconds,
+        peak_rss_kib: m.peak_rss_kib,
+        cpu_seconds: m.cpu_seconds,
     }
 }
 
-/// The mask plugin built as a component, in a plugin directory with its manifest.
-fn mask_plugin() -> std::path::PathBuf {
+/// Built-in plugin `name` built as a component, in a plugin directory with its manifest.
+fn plugin(name: &str) -> std::path::PathBuf {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let wasm = weir_tests::build_component("weir-plugin-mask", &tmp.join("wasm"));
-    let dir = tmp.join("bench-mask");
+    let wasm = weir_tests::build_component(&format!("weir-plugin-{name}"), &tmp.join("wasm"));
+    let dir = tmp.join(format!("bench-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let manifest = weir_tests::workspace().join("plugins/mask/weir-plugin.toml");
+    let manifest = weir_tests::workspace().join(format!("plugins/{name}/weir-plugin.toml"));
     std::fs::copy(manifest, dir.join("weir-plugin.toml")).unwrap();
-    std::fs::copy(wasm, dir.join("mask.wasm")).unwrap();
+    std::fs::copy(wasm, dir.join(format!("{name}.wasm"))).unwrap();
     dir
 }
 

@@ -102,12 +102,30 @@ pub mod bench {
         started.elapsed().as_secs_f64()
     }
 
+    /// A benchmarked process's run: exit status, wall seconds, peak RSS (KiB) and the
+    /// CPU seconds (user and system) it used.
+    pub struct Measured {
+        pub status: std::process::ExitStatus,
+        pub seconds: f64,
+        pub peak_rss_kib: u64,
+        pub cpu_seconds: f64,
+    }
+
     /// Runs `command` to its end, reading its peak RSS from /proc every 20 ms (printed
     /// every 500 ms with `trace`); returns its status, wall seconds and peak RSS (KiB).
     pub fn run_measured(
         command: &mut std::process::Command,
         trace: bool,
     ) -> (std::process::ExitStatus, f64, u64) {
+        let m = measure(command, trace);
+        (m.status, m.seconds, m.peak_rss_kib)
+    }
+
+    /// [`run_measured`], with the process's CPU time: the growth of the waited-for
+    /// children's user and system time (`getrusage(RUSAGE_CHILDREN)`) across its run, so
+    /// nothing else may be waited for meanwhile (this function is the only waiter).
+    pub fn measure(command: &mut std::process::Command, trace: bool) -> Measured {
+        let cpu_before = children_cpu_seconds();
         let started = std::time::Instant::now();
         let mut child = command.spawn().expect("start the benchmarked process");
         let (mut peak, mut last_trace) = (0, started);
@@ -123,7 +141,25 @@ pub mod bench {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
-        (status, started.elapsed().as_secs_f64(), peak)
+        Measured {
+            status,
+            seconds: started.elapsed().as_secs_f64(),
+            peak_rss_kib: peak,
+            cpu_seconds: children_cpu_seconds() - cpu_before,
+        }
+    }
+
+    /// User plus system CPU seconds of every child this process has waited for.
+    #[allow(unsafe_code)] // one libc call, with no safe wrapper among the dependencies
+    fn children_cpu_seconds() -> f64 {
+        // SAFETY: getrusage fills the zeroed struct it is given.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+            usage
+        };
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        secs(usage.ru_utime) + secs(usage.ru_stime)
     }
 
     /// `weir run CONFIG --until-caught-up` of binary `bin`, logging at `WEIR_BENCH_LOG`

@@ -129,7 +129,7 @@ fn an_unwritable_output_is_refused_by_validate_and_run_before_the_publication() 
     db.sql("CREATE TABLE t (id int PRIMARY KEY)");
     let config = db.config(&["public.t"]);
     std::fs::create_dir_all(db.out()).unwrap();
-    let _locked = Unwritable::set(&db.out());
+    let locked = Unwritable::set(&db.out());
     for out in [validate(&db, &config), run(&db, &config)] {
         let err = stderr(&out);
         assert!(!out.status.success(), "{err}");
@@ -142,6 +142,49 @@ fn an_unwritable_output_is_refused_by_validate_and_run_before_the_publication() 
         );
     }
     assert_eq!((publications(&db), slots(&db)), (0, 0), "nothing created");
+
+    // A volume mounted read-only, as a container's can be: one line naming the cause.
+    drop(locked);
+    let _mounted = ReadOnlyMount::at(&db.out());
+    for out in [validate(&db, &config), run(&db, &config)] {
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{err}");
+        let line = err
+            .lines()
+            .find(|l| l.contains("is not writable"))
+            .unwrap_or_else(|| panic!("a line naming the output: {err}"));
+        assert!(
+            line.contains(&format!("file://{}", db.out().display()))
+                && line.contains("Read-only file system"),
+            "{err}"
+        );
+    }
+    assert_eq!((publications(&db), slots(&db)), (0, 0), "nothing created");
+}
+
+/// A read-only file system (tmpfs) mounted over a directory until dropped.
+struct ReadOnlyMount(std::path::PathBuf);
+
+impl ReadOnlyMount {
+    fn at(dir: &Path) -> ReadOnlyMount {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount a read-only tmpfs (the tests run as root): {}",
+            stderr(&out)
+        );
+        ReadOnlyMount(dir.to_path_buf())
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
 
 /// Regression: lag read 0 while a change waited on an unwritable output, `/readyz`
