@@ -122,23 +122,86 @@ impl TransformPlugin {
         decoded
     }
 
-    /// Runs a batch under the plugin's failure policy.
-    pub fn apply(&mut self, batch: Batch) -> Result<Batch, PluginFailure> {
+    /// Runs a batch under the plugin's failure policy. The output is passed on as the
+    /// plugin returned it, checked ([`Batch::check`]) but not decoded: the next transform
+    /// takes bytes, so only the chain's end decodes (a failure decodes the input, for
+    /// the policy).
+    fn apply_passing(&mut self, input: Passing) -> Result<Passing, PluginFailure> {
         let started = std::time::Instant::now();
-        let processed = self.process(&batch);
-        let errored = processed.is_err();
-        let result = match processed {
-            Ok(out) => Ok(out),
-            Err(e) => match self.common.manifest.on_error {
+        let (bytes, decoded) = match input {
+            Passing::Decoded(batch) => (batch.encode(), Some(batch)),
+            Passing::Encoded { bytes, .. } => (bytes, None),
+        };
+        let encoded = started.elapsed();
+        let (limits, label) = (self.common.manifest.limits.clone(), self.label());
+        let called = call::retry_transient(&limits, &label, || self.call(&bytes));
+        let call_us = (started.elapsed() - encoded).as_micros() as u64;
+        let checked = called.and_then(|out| match Batch::check(&out) {
+            Ok(events) => Ok(Passing::Encoded { bytes: out, events }),
+            Err(e) => Err(CallError::Malformed(e.to_string())),
+        });
+        tracing::debug!(
+            plugin = %label,
+            bytes_in = bytes.len(),
+            encode_us = encoded.as_micros() as u64,
+            call_us,
+            check_us = (started.elapsed() - encoded).as_micros() as u64 - call_us,
+            "Transform call."
+        );
+        let errored = checked.is_err();
+        let result = checked.or_else(|e| {
+            let batch = match decoded {
+                Some(batch) => batch,
+                // Checked when the previous transform returned it.
+                None => Batch::decode(&bytes).map_err(|d| {
+                    self.common
+                        .failure(&Batch::default(), &CallError::Malformed(d.to_string()))
+                })?,
+            };
+            match self.common.manifest.on_error {
                 OnError::Fail => Err(self.common.failure(&batch, &e)),
                 OnError::Skip | OnError::DeadLetter => {
                     let mut out = Batch::default();
-                    call::isolate(self, batch, e, &mut out).map(|()| out)
+                    call::isolate(self, batch, e, &mut out).map(|()| Passing::Decoded(out))
                 }
-            },
-        };
+            }
+        });
         self.common.calls.record(started, errored, &result);
         result
+    }
+}
+
+impl TransformPlugin {
+    /// Runs a batch under the plugin's failure policy.
+    pub fn apply(&mut self, batch: Batch) -> Result<Batch, PluginFailure> {
+        let out = self.apply_passing(Passing::Decoded(batch))?;
+        out.into_batch(self)
+    }
+}
+
+/// A batch between two transforms: decoded, or as the previous one returned it.
+enum Passing {
+    Decoded(Batch),
+    Encoded { bytes: Vec<u8>, events: usize },
+}
+
+impl Passing {
+    fn is_empty(&self) -> bool {
+        match self {
+            Passing::Decoded(batch) => batch.events.is_empty(),
+            Passing::Encoded { events, .. } => *events == 0,
+        }
+    }
+
+    /// The batch, decoded; `from` is the transform that returned it.
+    fn into_batch(self, from: &TransformPlugin) -> Result<Batch, PluginFailure> {
+        match self {
+            Passing::Decoded(batch) => Ok(batch),
+            Passing::Encoded { bytes, .. } => Batch::decode(&bytes).map_err(|e| {
+                from.common
+                    .failure(&Batch::default(), &CallError::Malformed(e.to_string()))
+            }),
+        }
     }
 }
 
@@ -203,13 +266,24 @@ impl TransformChain {
 
     /// Runs a batch through the transforms from position `first` on (a dead letter's
     /// replay starts where it failed).
-    pub fn apply_from(&mut self, first: usize, mut batch: Batch) -> Result<Batch, PluginFailure> {
-        for plugin in self.plugins.iter_mut().skip(first) {
-            if batch.events.is_empty() {
-                break;
-            }
-            batch = plugin.apply(batch)?;
+    pub fn apply_from(&mut self, first: usize, batch: Batch) -> Result<Batch, PluginFailure> {
+        let Some((last, before)) = self
+            .plugins
+            .get_mut(first..)
+            .and_then(|rest| rest.split_last_mut())
+        else {
+            return Ok(batch);
+        };
+        if batch.events.is_empty() {
+            return Ok(batch);
         }
-        Ok(batch)
+        let mut batch = Passing::Decoded(batch);
+        for plugin in before {
+            batch = plugin.apply_passing(batch)?;
+            if batch.is_empty() {
+                return batch.into_batch(plugin);
+            }
+        }
+        last.apply_passing(batch)?.into_batch(last)
     }
 }

@@ -250,6 +250,41 @@ fn malformed_output_is_refused() {
     assert!(err.contains("malformed batch"), "{err}");
 }
 
+/// Between two transforms the batch passes as bytes, checked but not decoded: a
+/// malformed one is still caught at the transform that returned it, not the next.
+#[test]
+fn malformed_output_is_named_before_the_next_transform_reads_it() {
+    let db = TestDb::new("hostile_garbage_chain");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let hostile = db.plugin(HOSTILE.0, HOSTILE.1, |m| m);
+    let filter = db.plugin(FILTER.0, FILTER.1, |m| m);
+    let keep_inserts = transform(&filter, "{ ops = [\"c\"] }");
+    db.catch_up(&with_transforms(&db, &["public.t"], &keep_inserts));
+    db.sql("INSERT INTO t SELECT g, 'v' FROM generate_series(1, 10) g");
+    let chain = format!(
+        "{}{keep_inserts}",
+        transform(&hostile, "{ mode = \"garbage\" }")
+    );
+    let config = with_transforms(&db, &["public.t"], &chain);
+    let out = db
+        .weir(&["run", config.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: plugin hostile@0.1.0") && last.contains("malformed batch"),
+        "{last}"
+    );
+    assert!(!last.contains("filter"), "{last}");
+    assert_eq!(
+        db.changelog("public.t", "id").rows.len(),
+        0,
+        "nothing written"
+    );
+}
+
 #[test]
 fn files_environment_clock_and_network_are_denied_without_capabilities() {
     let (_, err) = hostile_fails("probe", |m| m);
