@@ -214,13 +214,13 @@ impl Writer<'_> {
 pub(crate) enum Rows {
     /// Builds them.
     Keep,
-    /// Checks them and leaves `before` and `after` empty: a check of the whole layout
-    /// with no allocation per value.
+    /// Checks them and the events, keeping no event: a check of the whole layout with
+    /// no allocation per event or value.
     Check,
 }
 
-/// Reads a batch (its layout version is checked by the caller).
-pub(crate) fn decode(bytes: &[u8], rows: Rows) -> Result<Batch, DecodeError> {
+/// Reads a batch and counts its events (its layout version is checked by the caller).
+pub(crate) fn decode(bytes: &[u8], rows: Rows) -> Result<(Batch, usize), DecodeError> {
     let mut r = Reader { bytes, at: 0, rows };
     let batch = r.batch()?;
     if r.at != bytes.len() {
@@ -377,6 +377,18 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A field name or another string matched against known ones: its bytes, unchecked
+    /// (an invalid one matches nothing).
+    fn key(&mut self, what: &str) -> Result<&'a [u8], DecodeError> {
+        match self.head()? {
+            Head::Str(n) => self.take(n),
+            other => Err(self.error(format!(
+                "{what}: expected a string, got {}",
+                other.describe()
+            ))),
+        }
+    }
+
     fn map(&mut self, what: &str) -> Result<usize, DecodeError> {
         match self.head()? {
             Head::Map(n) => Ok(n),
@@ -430,12 +442,15 @@ impl<'a> Reader<'a> {
         read(self).map(Some)
     }
 
-    fn batch(&mut self) -> Result<Batch, DecodeError> {
+    /// The batch and how many events it holds (in [`Rows::Check`] its `events` stay
+    /// empty); every event's relation index is checked.
+    fn batch(&mut self) -> Result<(Batch, usize), DecodeError> {
         let (mut v, mut relations, mut events, mut committed) = (None, None, None, 0);
+        let (mut count, mut highest) = (0, None::<(usize, u32)>);
         for _ in 0..self.map("batch")? {
-            match self.str("a batch field")? {
-                "v" => v = Some(self.integer("v")?),
-                "relations" => {
+            match self.key("a batch field")? {
+                b"v" => v = Some(self.integer("v")?),
+                b"relations" => {
                     let n = self.array("relations")?;
                     let mut rels = Vec::with_capacity(n);
                     for _ in 0..n {
@@ -443,36 +458,52 @@ impl<'a> Reader<'a> {
                     }
                     relations = Some(rels);
                 }
-                "events" => {
-                    let n = self.array("events")?;
-                    let mut evs = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        evs.push(self.event()?);
+                b"events" => {
+                    count = self.array("events")?;
+                    let keep = self.rows == Rows::Keep;
+                    let mut evs = Vec::with_capacity(if keep { count } else { 0 });
+                    for i in 0..count {
+                        let event = self.event()?;
+                        if highest.is_none_or(|(_, rel)| event.rel > rel) {
+                            highest = Some((i, event.rel));
+                        }
+                        if keep {
+                            evs.push(event);
+                        }
                     }
                     events = Some(evs);
                 }
-                "committed" => committed = self.integer("committed")?,
+                b"committed" => committed = self.integer("committed")?,
                 _ => self.skip()?,
             }
         }
-        Ok(Batch {
+        let batch = Batch {
             v: v.ok_or_else(|| missing("v"))?,
             relations: relations.ok_or_else(|| missing("relations"))?,
             events: events.ok_or_else(|| missing("events"))?,
             committed,
-        })
+        };
+        if let Some((i, rel)) = highest
+            && rel as usize >= batch.relations.len()
+        {
+            return Err(DecodeError(format!(
+                "event {i} refers to relation {rel} but the batch has {}",
+                batch.relations.len()
+            )));
+        }
+        Ok((batch, count))
     }
 
     fn relation(&mut self) -> Result<Relation, DecodeError> {
         let (mut id, mut schema, mut table, mut version, mut columns) =
             (None, None, None, None, None);
         for _ in 0..self.map("relation")? {
-            match self.str("a relation field")? {
-                "id" => id = Some(self.integer("relation id")?),
-                "schema" => schema = Some(self.str("schema")?.to_owned()),
-                "table" => table = Some(self.str("table")?.to_owned()),
-                "version" => version = Some(self.integer("version")?),
-                "columns" => {
+            match self.key("a relation field")? {
+                b"id" => id = Some(self.integer("relation id")?),
+                b"schema" => schema = Some(self.str("schema")?.to_owned()),
+                b"table" => table = Some(self.str("table")?.to_owned()),
+                b"version" => version = Some(self.integer("version")?),
+                b"columns" => {
                     let n = self.array("columns")?;
                     let mut cols = Vec::with_capacity(n);
                     for _ in 0..n {
@@ -496,12 +527,12 @@ impl<'a> Reader<'a> {
         let (mut name, mut type_oid, mut type_name, mut typmod, mut key) =
             (None, None, None, None, None);
         for _ in 0..self.map("column")? {
-            match self.str("a column field")? {
-                "name" => name = Some(self.str("column name")?.to_owned()),
-                "type_oid" => type_oid = Some(self.integer("type_oid")?),
-                "type_name" => type_name = Some(self.str("type_name")?.to_owned()),
-                "typmod" => typmod = Some(self.integer("typmod")?),
-                "key" => key = Some(self.bool("key")?),
+            match self.key("a column field")? {
+                b"name" => name = Some(self.str("column name")?.to_owned()),
+                b"type_oid" => type_oid = Some(self.integer("type_oid")?),
+                b"type_name" => type_name = Some(self.str("type_name")?.to_owned()),
+                b"typmod" => typmod = Some(self.integer("typmod")?),
+                b"key" => key = Some(self.bool("key")?),
                 _ => self.skip()?,
             }
         }
@@ -519,29 +550,30 @@ impl<'a> Reader<'a> {
             (None, None, None, None, None, None);
         let (mut before, mut after, mut unchanged) = (None, None, Vec::new());
         for _ in 0..self.map("event")? {
-            match self.str("an event field")? {
-                "op" => {
-                    op = Some(match self.str("op")? {
-                        "r" => Op::Read,
-                        "c" => Op::Insert,
-                        "u" => Op::Update,
-                        "d" => Op::Delete,
-                        "t" => Op::Truncate,
+            match self.key("an event field")? {
+                b"op" => {
+                    op = Some(match self.key("op")? {
+                        b"r" => Op::Read,
+                        b"c" => Op::Insert,
+                        b"u" => Op::Update,
+                        b"d" => Op::Delete,
+                        b"t" => Op::Truncate,
                         other => {
                             return Err(self.error(format!(
-                                "unknown op `{other}`, expected one of `r`, `c`, `u`, `d`, `t`"
+                                "unknown op `{}`, expected one of `r`, `c`, `u`, `d`, `t`",
+                                String::from_utf8_lossy(other)
                             )));
                         }
                     })
                 }
-                "rel" => rel = Some(self.integer("rel")?),
-                "commit_lsn" => commit_lsn = Some(self.integer("commit_lsn")?),
-                "seq" => seq = Some(self.integer("seq")?),
-                "xid" => xid = Some(self.integer("xid")?),
-                "commit_ts" => commit_ts = Some(self.integer("commit_ts")?),
-                "before" => before = self.nil_or(Self::row)?.flatten(),
-                "after" => after = self.nil_or(Self::row)?.flatten(),
-                "unchanged" => {
+                b"rel" => rel = Some(self.integer("rel")?),
+                b"commit_lsn" => commit_lsn = Some(self.integer("commit_lsn")?),
+                b"seq" => seq = Some(self.integer("seq")?),
+                b"xid" => xid = Some(self.integer("xid")?),
+                b"commit_ts" => commit_ts = Some(self.integer("commit_ts")?),
+                b"before" => before = self.nil_or(Self::row)?.flatten(),
+                b"after" => after = self.nil_or(Self::row)?.flatten(),
+                b"unchanged" => {
                     unchanged = self
                         .nil_or(|r| {
                             let n = r.array("unchanged")?;

@@ -154,34 +154,25 @@ impl Batch {
 
     /// Decodes a batch, checking its layout version.
     pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
-        Batch::checked(codec::decode(bytes, codec::Rows::Keep)?)
+        let (batch, _) = codec::decode(bytes, codec::Rows::Keep)?;
+        Batch::check_version(batch.v).map(|()| batch)
     }
 
     /// Checks that `bytes` decode as a batch, as [`Batch::decode`] does, without
-    /// building the rows' values; returns how many events it holds. For handing a
-    /// plugin's output to the next one as it is.
+    /// building its events; returns how many it holds. For handing a plugin's output to
+    /// the next one as it is.
     pub fn check(bytes: &[u8]) -> Result<usize, DecodeError> {
-        Batch::checked(codec::decode(bytes, codec::Rows::Check)?).map(|b| b.events.len())
+        let (batch, events) = codec::decode(bytes, codec::Rows::Check)?;
+        Batch::check_version(batch.v).map(|()| events)
     }
 
-    /// The batch, if its layout version and relation indexes hold.
-    fn checked(batch: Batch) -> Result<Batch, DecodeError> {
-        if batch.v != LAYOUT_VERSION {
+    fn check_version(v: u32) -> Result<(), DecodeError> {
+        if v != LAYOUT_VERSION {
             return Err(DecodeError(format!(
-                "batch layout version {} is not supported (expected {LAYOUT_VERSION})",
-                batch.v
+                "batch layout version {v} is not supported (expected {LAYOUT_VERSION})"
             )));
         }
-        for (i, ev) in batch.events.iter().enumerate() {
-            if ev.rel as usize >= batch.relations.len() {
-                return Err(DecodeError(format!(
-                    "event {i} refers to relation {} but the batch has {}",
-                    ev.rel,
-                    batch.relations.len()
-                )));
-            }
-        }
-        Ok(batch)
+        Ok(())
     }
 
     /// Adds a relation and returns its index for [`Event::rel`].
@@ -562,6 +553,7 @@ mod tests {
         b.events[0].rel = 7;
         let err = Batch::decode(&b.encode()).unwrap_err();
         assert!(err.to_string().contains("refers to relation 7"), "{err}");
+        assert_eq!(Batch::check(&b.encode()), Err(err));
     }
 
     #[test]
@@ -704,9 +696,11 @@ mod tests {
         ]);
         b.committed = 9;
         let bytes = b.encode();
+        assert_eq!(Batch::check(&bytes), Ok(2));
         for end in 0..bytes.len() {
             let err = Batch::decode(&bytes[..end]).unwrap_err().to_string();
             assert!(err.starts_with("malformed batch: "), "{err}");
+            assert!(Batch::check(&bytes[..end]).is_err(), "checked as decoded");
         }
         let mut trailing = bytes.clone();
         trailing.push(0xc0);
