@@ -25,11 +25,6 @@
 //! # Ok(()) }
 //! ```
 
-/// mimalloc for every binary built on weir: events are allocated on the decoding thread
-/// and freed on the sink's, which glibc's malloc does slowly (README, Performance).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 pub mod audit;
 pub mod backfill;
 pub mod batch;
