@@ -79,6 +79,7 @@ pipeline="$work/pipeline.toml"
     echo '[source]'
     echo 'url = "postgres://weir@localhost:5432/shop"'
     echo 'tables = ["public.orders"]'
+    printf '[[sink]]\ntype = "parquet"\nurl = "file://%s"\n' "$work/data"
     for manifest in plugins/*/weir-plugin.toml; do
         name="$(basename "$(dirname "$manifest")")"
         [ -f "$out/plugins/$name/$name.wasm" ] || {
