@@ -34,6 +34,10 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../sdk/src/lib.rs"),
     ),
     (
+        "weir-sdk/src/codec.rs",
+        include_str!("../../../sdk/src/codec.rs"),
+    ),
+    (
         "weir-sdk/src/guest.rs",
         include_str!("../../../sdk/src/guest.rs"),
     ),
@@ -148,6 +152,23 @@ mod tests {
         assert_eq!(deps, workspace_dependencies());
         let sdk: toml::Table = toml::from_str(include_str!("../../../sdk/Cargo.toml")).unwrap();
         assert_eq!(carried["features"], sdk["features"]);
+    }
+
+    #[test]
+    fn every_source_file_of_the_sdk_is_carried() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/src");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&src)
+            .unwrap()
+            .map(|e| format!("weir-sdk/src/{}", e.unwrap().file_name().to_string_lossy()))
+            .collect();
+        on_disk.sort();
+        let mut carried: Vec<String> = FILES
+            .iter()
+            .map(|(path, _)| path.to_string())
+            .filter(|path| path.starts_with("weir-sdk/src/"))
+            .collect();
+        carried.sort();
+        assert_eq!(carried, on_disk, "add new SDK files to FILES");
     }
 
     #[test]
