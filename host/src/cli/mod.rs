@@ -303,14 +303,16 @@ fn shutdown_on_signals(timeout: std::time::Duration) -> CancellationToken {
     }
     let token = CancellationToken::new();
     let t = token.clone();
+    // Registered here, not in the task: a signal that arrives before the task first runs
+    // is still a clean stop, not the default action's kill.
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return token;
+    };
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return;
-        };
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
         if std::io::stderr().is_terminal() {
             eprintln!(); // leave the status line before logging
