@@ -3,7 +3,7 @@
 # Installs what it needs: the wasm32-wasip2 target; in a Python venv, DuckDB, PyIceberg,
 # moto, boto3, componentize-py and PySpark (tests/py/requirements.txt); ComponentizeJS
 # (npm); and, as root from Debian packages when missing, python3-venv, Node.js, npm,
-# e2fsprogs and Java 17.
+# e2fsprogs, binutils and Java 17.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,7 +49,9 @@ export WEIR_TEST_PYTHON="$venv/bin/python"
 
 # The container and Kubernetes files: hadolint, the Kubernetes API schemas, the alert rules.
 bash scripts/lint-deploy.sh "$venv"
-# The Dockerfile's build stage, run outside Docker (there is no Docker engine here).
+# The Dockerfile's build stage, run outside Docker (there is no Docker engine here);
+# readelf tells whether the binary is stripped.
+need_package readelf binutils
 bash scripts/docker-build-stage.sh --quick
 
 # ComponentizeJS, which builds the JavaScript example plugin (examples/plugins/route-js).

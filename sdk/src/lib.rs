@@ -634,8 +634,8 @@ mod tests {
     fn the_codec_reads_what_other_writers_may_write() {
         use serde_json::json;
         let b = sample();
-        // Fields in another order, an unknown field of every shape, optional fields
-        // left out, integers as floats would not be: written by a generic encoder.
+        // Written by a generic encoder: fields in another order, unknown fields of every
+        // shape, optional fields left out or nil.
         let other = json!({
             "events": [
                 {"xid": 9, "seq": 3, "rel": 0, "op": "u", "commit_ts": -5,

@@ -169,9 +169,7 @@ impl TransformPlugin {
         self.common.calls.record(started, errored, &result);
         result
     }
-}
 
-impl TransformPlugin {
     /// Runs a batch under the plugin's failure policy.
     pub fn apply(&mut self, batch: Batch) -> Result<Batch, PluginFailure> {
         let out = self.apply_passing(Passing::Decoded(batch))?;
