@@ -304,37 +304,31 @@ impl Backfills {
         Ok((rows, last_key))
     }
 
-    /// Waits up to `limit` for the transactions in progress now to end.
+    /// Waits up to `limit` for every transaction that holds a transaction id now to end.
+    ///
+    /// The snapshot's list of running transactions is not enough: it names only those
+    /// below its `xmax` (one past the newest that has ended), so the newest transaction,
+    /// whose commit record may already be in the WAL while it has not yet left the process
+    /// array, is in no list. Instead weir takes a transaction id of its own (its statement
+    /// ends at once): every transaction that could have committed before the watermark has
+    /// a smaller one, and they have all ended, as any new query sees it, when a snapshot's
+    /// `xmin` has passed it.
     async fn in_progress_ended(&self, limit: Duration) -> Result<bool, SourceError> {
         let err = sql_err("waiting for open transactions before a backfill chunk");
-        let xids: Vec<i64> = self
-            .control
-            .client
-            .query(
-                "SELECT x::text::bigint FROM txid_snapshot_xip(txid_current_snapshot()) x",
-                &[],
-            )
+        let client = &self.control.client;
+        let mark: i64 = client
+            .query_one("SELECT txid_current()", &[])
             .await
             .map_err(&err)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .get(0);
         let deadline = std::time::Instant::now() + limit;
         loop {
-            if xids.is_empty() {
-                return Ok(true);
-            }
-            let open: i64 = self
-                .control
-                .client
-                .query_one(
-                    "SELECT count(*) FROM unnest($1::bigint[]) x WHERE txid_status(x) = 'in progress'",
-                    &[&xids],
-                )
+            let xmin: i64 = client
+                .query_one("SELECT txid_snapshot_xmin(txid_current_snapshot())", &[])
                 .await
                 .map_err(&err)?
                 .get(0);
-            if open == 0 {
+            if xmin > mark {
                 return Ok(true);
             }
             if std::time::Instant::now() >= deadline {

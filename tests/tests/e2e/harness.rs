@@ -40,17 +40,30 @@ pub fn weir_bin() -> &'static str {
 pub struct TestDb {
     pub name: String,
     pub dir: tempfile::TempDir,
+    /// A server of the test's own (one whose settings it changes), or `None`: the shared one.
+    own: Option<TempPostgres>,
 }
 
 impl TestDb {
     pub fn new(prefix: &str) -> TestDb {
+        TestDb::create(prefix, None)
+    }
+
+    /// A database on a server of its own, for a test that changes server settings.
+    pub fn on_own_server(prefix: &str) -> TestDb {
+        TestDb::create(prefix, Some(TempPostgres::start().unwrap()))
+    }
+
+    fn create(prefix: &str, own: Option<TempPostgres>) -> TestDb {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "{prefix}_{}_{}",
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
         );
-        pg().psql("postgres", &format!("CREATE DATABASE {name}"))
+        own.as_ref()
+            .unwrap_or_else(|| pg())
+            .psql("postgres", &format!("CREATE DATABASE {name}"))
             .unwrap();
         // WEIR_TEST_KEEP=1 leaves each test's directory (pipeline, output, logs) behind.
         let dir = tempfile::Builder::new()
@@ -58,16 +71,22 @@ impl TestDb {
             .disable_cleanup(std::env::var_os("WEIR_TEST_KEEP").is_some())
             .tempdir()
             .unwrap();
-        TestDb { name, dir }
+        TestDb { name, dir, own }
+    }
+
+    /// The server this database is on.
+    pub fn server(&self) -> &TempPostgres {
+        self.own.as_ref().unwrap_or_else(|| pg())
     }
 
     pub fn url(&self) -> String {
-        pg().url(&self.name)
+        self.server().url(&self.name)
     }
 
     /// Runs SQL; panics with the server's message on error.
     pub fn sql(&self, sql: &str) -> String {
-        pg().psql(&self.name, sql)
+        self.server()
+            .psql(&self.name, sql)
             .unwrap_or_else(|e| panic!("{e}\nSQL: {sql}"))
     }
 
@@ -197,7 +216,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         // Free the slot (it would hold WAL for the rest of the run).
-        let _ = pg().psql(
+        let _ = self.server().psql(
             "postgres",
             &format!(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{}' AND NOT active",
