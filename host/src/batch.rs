@@ -256,10 +256,11 @@ impl Batcher {
         }
     }
 
-    /// The batch holds events and ends at a transaction boundary: it can be handed over
-    /// early.
-    pub fn at_commit_with_events(&self) -> bool {
-        !self.position.in_tx && !self.current.events.is_empty()
+    /// The batch holds events or markers and ends at a transaction boundary: it can be
+    /// handed over early. (A backfill chunk waits for its high watermark: an idle stream
+    /// hands it over at once instead of after `max_delay`.)
+    pub fn ready_early(&self) -> bool {
+        !self.position.in_tx && !self.is_empty()
     }
 
     /// When the current batch must be cut because of `max_delay`.

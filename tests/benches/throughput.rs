@@ -20,7 +20,9 @@
 use std::path::Path;
 use std::time::Instant;
 use weir::pgtemp::TempPostgres;
-use weir_tests::bench::{TABLE, insert_rows, machine, measure, recvlogical, weir_until_caught_up};
+use weir_tests::bench::{
+    TABLE, insert_rows, machine, measure, parquet_rows, recvlogical, weir_until_caught_up,
+};
 
 struct Run {
     seconds: f64,
@@ -256,26 +258,4 @@ fn plugin(name: &str) -> std::path::PathBuf {
     std::fs::copy(manifest, dir.join("weir-plugin.toml")).unwrap();
     std::fs::copy(wasm, dir.join(format!("{name}.wasm"))).unwrap();
     dir
-}
-
-/// Rows in the Parquet files below `path`, from their footers.
-fn parquet_rows(path: &Path) -> u64 {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .map(|e| {
-            let p = e.path();
-            if p.is_dir() {
-                parquet_rows(&p)
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                let reader = SerializedFileReader::new(std::fs::File::open(&p).unwrap()).unwrap();
-                reader.metadata().file_metadata().num_rows() as u64
-            } else {
-                0
-            }
-        })
-        .sum()
 }

@@ -201,4 +201,27 @@ pub mod bench {
              FROM generate_series({start}, {end}) g"
         )
     }
+
+    /// Rows in the Parquet files below `path`, from their footers.
+    pub fn parquet_rows(path: &std::path::Path) -> u64 {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let Ok(entries) = std::fs::read_dir(path) else {
+            return 0;
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    parquet_rows(&p)
+                } else if p.extension().is_some_and(|x| x == "parquet") {
+                    let file = std::fs::File::open(&p).expect("open a Parquet file");
+                    let reader = SerializedFileReader::new(file).expect("read a Parquet footer");
+                    reader.metadata().file_metadata().num_rows() as u64
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
 }

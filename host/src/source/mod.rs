@@ -1378,9 +1378,10 @@ impl Stream {
                         if let Err(e) = self.handle(event) {
                             break Err(e);
                         }
-                        // An idle pipeline gets each transaction as soon as it commits:
-                        // max_delay only bounds the wait while it is busy.
-                        if self.batcher.at_commit_with_events()
+                        // An idle pipeline gets each transaction (and each of weir's
+                        // messages) as soon as it is decoded: max_delay only bounds the
+                        // wait while it is busy.
+                        if self.batcher.ready_early()
                             && self.waiting.load(std::sync::atomic::Ordering::Relaxed)
                             && !self.send().await
                         {

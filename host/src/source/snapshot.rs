@@ -3,25 +3,29 @@
 //! exactly where the snapshot ends: no row missed, none doubled.
 //!
 //! The slot is created on a replication session with `SNAPSHOT 'export'`; a second
-//! session imports that snapshot (`SET TRANSACTION SNAPSHOT`) and reads each table
-//! through a cursor, `batch.max_events` rows at a time. Every row becomes an `op = r`
+//! session imports that snapshot (`SET TRANSACTION SNAPSHOT`) and reads each table with
+//! one `COPY (SELECT ...) TO STDOUT (FORMAT binary)`, decoded on a task of its own while
+//! the stages write the previous batch (see [`CopyColumn`] for how each type travels).
+//! Batches hold `batch.max_events` rows. Every row becomes an `op = r`
 //! event at commit LSN `consistent point - 1`, so it sorts before every streamed change.
 //! For the sinks the whole snapshot is one transaction: nothing is checkpointed until its
 //! last row is written, so a crash mid-snapshot leaves no checkpoint, and the next start
 //! drops the slot and takes the snapshot again. Progress is recorded in
 //! `<state>/_weir/<slot>/snapshot.json`.
 
-use super::decoder::{builtin_type_name, kind, text_value};
+use super::decoder::{Kind, builtin_type_name, kind, text_value};
 use super::{Control, SourceError, SourceInfo, quote_table, sql_err};
 use crate::batch::CommitPos;
 use crate::batch::{Position, SourceBatch};
 use crate::config::TableName;
+use crate::error::HostPanic;
 use crate::lsn::Lsn;
 use crate::storage::{StateFile, StorageError};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weir_sdk::{Batch, Column, Event, Op, Relation};
+use tokio::sync::mpsc;
+use weir_sdk::{Batch, Column, Event, Op, Relation, Value};
 
 /// What `snapshot.json` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,12 +123,12 @@ pub struct SnapshotReader {
 
 struct TableScan {
     relation: Arc<Relation>,
-    kinds: Vec<super::decoder::Kind>,
-    select: String,
+    /// Batches of rows (values and the bytes they carried) from the COPY task.
+    batches: mpsc::Receiver<Result<(Vec<Vec<Value>>, u64), SourceError>>,
+    task: tokio::task::JoinHandle<()>,
     rows: u64,
     started: Instant,
     last_report: Instant,
-    done: bool,
 }
 
 impl SnapshotReader {
@@ -168,19 +172,8 @@ impl SnapshotReader {
     /// snapshot's transaction; then `None`.
     pub async fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError> {
         loop {
-            if self.current.as_ref().is_none_or(|t| t.done) {
-                if let Some(done) = self.current.take() {
-                    let secs = done.started.elapsed().as_secs_f64().max(0.001);
-                    tracing::info!(table = %done.relation.qualified_name(), rows = done.rows, rows_per_s = (done.rows as f64 / secs) as u64, "Snapshot of the table done.");
-                    self.client
-                        .batch_execute("CLOSE weir_snapshot")
-                        .await
-                        .map_err(sql_err("closing the snapshot cursor"))?;
-                }
+            if self.current.is_none() {
                 if self.next_table == self.tables.len() {
-                    if self.next_table == usize::MAX {
-                        return Ok(None);
-                    }
                     self.next_table = usize::MAX;
                     self.client
                         .batch_execute("COMMIT")
@@ -206,31 +199,22 @@ impl SnapshotReader {
                 self.current = Some(self.open(&table).await?);
             }
             let scan = self.current.as_mut().expect("opened above");
-            // The simple protocol returns each value as its type's output function
-            // renders it: the same text pgoutput sends while streaming.
-            let rows: Vec<tokio_postgres::SimpleQueryRow> = self
-                .client
-                .simple_query(scan.select.as_str())
-                .await
-                .map_err(sql_err("reading the snapshot"))?
-                .into_iter()
-                .filter_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
-                    _ => None,
-                })
-                .collect();
-            if rows.len() < self.batch_rows {
-                scan.done = true;
-            }
-            if rows.is_empty() {
+            let Some(received) = scan.batches.recv().await else {
+                let done = self.current.take().expect("read above");
+                if let Err(e) = done.task.await
+                    && e.is_panic()
+                {
+                    return Err(HostPanic::from_join("snapshot reader", e).into());
+                }
+                let secs = done.started.elapsed().as_secs_f64().max(0.001);
+                tracing::info!(table = %done.relation.qualified_name(), rows = done.rows, rows_per_s = (done.rows as f64 / secs) as u64, "Snapshot of the table done.");
                 continue;
-            }
+            };
+            let (rows, bytes) = received?;
             let mut batch = Batch::default();
             let rel = batch.push_relation((*scan.relation).clone());
-            let mut bytes = 0u64;
-            for row in &rows {
-                let (values, n) = row_values(row, &scan.kinds);
-                bytes += n;
+            batch.events.reserve(rows.len());
+            for values in rows {
                 batch.events.push(Event {
                     op: Op::Read,
                     rel,
@@ -244,7 +228,7 @@ impl SnapshotReader {
                 });
                 scan.rows += 1;
             }
-            self.rows += rows.len() as u64;
+            self.rows += batch.events.len() as u64;
             if scan.last_report.elapsed() >= Duration::from_secs(5) {
                 scan.last_report = Instant::now();
                 let secs = scan.started.elapsed().as_secs_f64().max(0.001);
@@ -264,28 +248,185 @@ impl SnapshotReader {
         }
     }
 
-    /// The table's relation as streaming describes it, and a cursor over its rows.
+    /// The table's relation as streaming describes it, and a task copying its rows out.
     async fn open(&mut self, table: &TableName) -> Result<TableScan, SourceError> {
         let relation = table_relation(&self.client, &self.info, table).await?;
-        self.client
-            .batch_execute(&format!(
-                "DECLARE weir_snapshot NO SCROLL CURSOR FOR SELECT {} FROM ONLY {}",
-                select_list(&relation),
-                quote_table(table)
-            ))
+        let columns: Vec<CopyColumn> = relation.columns.iter().map(CopyColumn::of).collect();
+        let list: Vec<String> = relation
+            .columns
+            .iter()
+            .zip(&columns)
+            .map(|(c, how)| how.select(&super::quote_ident(&c.name)))
+            .collect();
+        let list = if list.is_empty() {
+            "NULL".to_string()
+        } else {
+            list.join(", ")
+        };
+        let copy = format!(
+            "COPY (SELECT {list} FROM ONLY {}) TO STDOUT (FORMAT binary)",
+            quote_table(table)
+        );
+        let stream = self
+            .client
+            .copy_out(copy.as_str())
             .await
-            .map_err(sql_err("opening the snapshot cursor"))?;
+            .map_err(sql_err("reading the snapshot"))?;
         tracing::info!(table = %table, "Snapshot of the table started.");
+        // Two batches ahead at most: memory stays bounded by `batch.max_events`.
+        let (tx, batches) = mpsc::channel(2);
+        let task = tokio::spawn(copy_rows(stream, columns, self.batch_rows, tx));
         let now = Instant::now();
         Ok(TableScan {
-            kinds: relation.columns.iter().map(|c| kind(c.type_oid)).collect(),
             relation: Arc::new(relation),
-            select: format!("FETCH {} FROM weir_snapshot", self.batch_rows),
+            batches,
+            task,
             rows: 0,
             started: now,
             last_report: now,
-            done: false,
         })
+    }
+}
+
+/// How a column travels in the snapshot's binary COPY, chosen by its base type so that
+/// every value equals what pgoutput's text sends while streaming (the same output
+/// function, the same session settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyColumn {
+    /// Its binary form, decoded here: booleans, integers, `float8`, `bytea`.
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Oid,
+    Float8,
+    Bytea,
+    /// Text as PostgreSQL renders it: the binary form of the text types is their text,
+    /// any other type is cast to `text` (I/O conversion: its output function) except
+    /// those whose cast to `text` is a function that renders differently (`inet`,
+    /// `cidr`, `"char"`), which go through `format('%s', ...)`.
+    Text(Kind, TextVia),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TextVia {
+    Itself,
+    Cast,
+    Format,
+}
+
+impl CopyColumn {
+    fn of(column: &Column) -> CopyColumn {
+        use weir_sdk::oid;
+        const CHAR: u32 = 18;
+        const INET: u32 = 869;
+        const CIDR: u32 = 650;
+        match column.type_oid {
+            oid::BOOL => CopyColumn::Bool,
+            oid::INT2 => CopyColumn::Int2,
+            oid::INT4 => CopyColumn::Int4,
+            oid::INT8 => CopyColumn::Int8,
+            oid::OID => CopyColumn::Oid,
+            oid::FLOAT8 => CopyColumn::Float8,
+            oid::BYTEA => CopyColumn::Bytea,
+            oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME => {
+                CopyColumn::Text(Kind::Text, TextVia::Itself)
+            }
+            CHAR | INET | CIDR => CopyColumn::Text(Kind::Text, TextVia::Format),
+            other => CopyColumn::Text(kind(other), TextVia::Cast),
+        }
+    }
+
+    /// The column's expression in the COPY's SELECT.
+    fn select(self, name: &str) -> String {
+        match self {
+            CopyColumn::Text(_, TextVia::Cast) => format!("{name}::text"),
+            CopyColumn::Text(_, TextVia::Format) => {
+                format!("CASE WHEN {name} IS NULL THEN NULL ELSE format('%s', {name}) END")
+            }
+            _ => name.to_string(),
+        }
+    }
+
+    /// A value from its COPY bytes (`None` when they do not have the type's binary
+    /// length, which a server never sends).
+    fn value(self, b: &[u8]) -> Option<Value> {
+        Some(match self {
+            CopyColumn::Bool => Value::Bool(*b.first()? != 0),
+            CopyColumn::Int2 => Value::Int(i16::from_be_bytes(b.try_into().ok()?).into()),
+            CopyColumn::Int4 => Value::Int(i32::from_be_bytes(b.try_into().ok()?).into()),
+            CopyColumn::Int8 => Value::Int(i64::from_be_bytes(b.try_into().ok()?)),
+            CopyColumn::Oid => Value::Int(u32::from_be_bytes(b.try_into().ok()?).into()),
+            CopyColumn::Float8 => Value::Float(f64::from_be_bytes(b.try_into().ok()?)),
+            CopyColumn::Bytea => Value::Bytes(b.to_vec()),
+            CopyColumn::Text(kind, _) => text_value(b, kind),
+        })
+    }
+}
+
+/// Decodes a table's binary COPY into batches of `batch_rows` rows, sent to `tx` (the
+/// task ends early when its receiver is gone).
+async fn copy_rows(
+    stream: tokio_postgres::CopyOutStream,
+    columns: Vec<CopyColumn>,
+    batch_rows: usize,
+    tx: mpsc::Sender<Result<(Vec<Vec<Value>>, u64), SourceError>>,
+) {
+    use futures::StreamExt;
+    use tokio_postgres::binary_copy::BinaryCopyOutStream;
+    use tokio_postgres::types::Type;
+    // Every field is read as raw bytes; `CopyColumn::value` decodes them.
+    let types = vec![Type::BYTEA; columns.len()];
+    let rows = BinaryCopyOutStream::new(stream, &types);
+    futures::pin_mut!(rows);
+    let decode = |row: &tokio_postgres::binary_copy::BinaryCopyOutRow,
+                  bytes: &mut u64|
+     -> Result<Vec<Value>, SourceError> {
+        (0..columns.len())
+            .map(|i| {
+                let raw: Option<&[u8]> = row.try_get(i).map_err(sql_err("reading the snapshot"))?;
+                Ok(match raw {
+                    None => Value::Null,
+                    Some(b) => {
+                        *bytes += b.len() as u64;
+                        columns[i].value(b).ok_or_else(|| SourceError::Sql {
+                            context: "reading the snapshot".into(),
+                            message: format!(
+                                "a value of column {} has an unexpected binary length {}",
+                                i + 1,
+                                b.len()
+                            ),
+                        })?
+                    }
+                })
+            })
+            .collect()
+    };
+    let (mut batch, mut bytes) = (Vec::with_capacity(batch_rows), 0u64);
+    while let Some(row) = rows.next().await {
+        let values = row
+            .map_err(sql_err("reading the snapshot"))
+            .and_then(|row| decode(&row, &mut bytes));
+        match values {
+            Ok(values) => batch.push(values),
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+        if batch.len() == batch_rows {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_rows));
+            if tx
+                .send(Ok((full, std::mem::take(&mut bytes))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(Ok((batch, bytes))).await;
     }
 }
 
