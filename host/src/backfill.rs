@@ -183,8 +183,9 @@ impl Backfills {
         self.refresh_columns().await?;
         self.next_id += 1;
         let id = format!("{}-{}", self.run, self.next_id);
-        self.control
-            .emit(&Signal::Watermark {
+        let (_, mark) = self
+            .control
+            .emit_with_xid(&Signal::Watermark {
                 edge: Edge::Low,
                 chunk: id.clone(),
             })
@@ -196,7 +197,7 @@ impl Backfills {
         // transaction in progress after the watermark has ended; if one is still open after
         // a second (a long transaction), this attempt is dropped (its watermark is
         // ignored) and the next loop tries again.
-        if !self.in_progress_ended(Duration::from_secs(1)).await? {
+        if !self.ended_before(mark, Duration::from_secs(1)).await? {
             let table = &self.active.as_ref().expect("set above").table;
             tracing::debug!(table = %table, "Backfill chunk waits for open transactions to end.");
             return Ok(());
@@ -304,26 +305,22 @@ impl Backfills {
         Ok((rows, last_key))
     }
 
-    /// Waits up to `limit` for every transaction that holds a transaction id now to end.
+    /// Waits up to `limit` for every transaction with an id below `mark` to end.
     ///
-    /// The snapshot's list of running transactions is not enough: it names only those
-    /// below its `xmax` (one past the newest that has ended), so the newest transaction,
-    /// whose commit record may already be in the WAL while it has not yet left the process
-    /// array, is in no list. Instead weir takes a transaction id of its own (its statement
-    /// ends at once): every transaction that could have committed before the watermark has
-    /// a smaller one, and they have all ended, as any new query sees it, when a snapshot's
-    /// `xmin` has passed it.
-    async fn in_progress_ended(&self, limit: Duration) -> Result<bool, SourceError> {
+    /// `mark` is the id the low watermark's statement took after writing it: every
+    /// transaction that could have committed before the watermark has a smaller one. A
+    /// snapshot's list of running transactions would not do: it names only those below
+    /// its `xmax` (one past the newest that has ended), so the newest transaction, whose
+    /// commit record may already be in the WAL while it has not yet left the process
+    /// array, is in no list. They have all ended, as any new query sees it, when a
+    /// snapshot's `xmin` has passed `mark`.
+    async fn ended_before(&self, mark: i64, limit: Duration) -> Result<bool, SourceError> {
         let err = sql_err("waiting for open transactions before a backfill chunk");
-        let client = &self.control.client;
-        let mark: i64 = client
-            .query_one("SELECT txid_current()", &[])
-            .await
-            .map_err(&err)?
-            .get(0);
         let deadline = std::time::Instant::now() + limit;
         loop {
-            let xmin: i64 = client
+            let xmin: i64 = self
+                .control
+                .client
                 .query_one("SELECT txid_snapshot_xmin(txid_current_snapshot())", &[])
                 .await
                 .map_err(&err)?

@@ -579,21 +579,32 @@ impl Control {
     /// Writes `signal` into the WAL as a non-transactional logical message; returns
     /// where it is.
     pub async fn emit(&self, signal: &Signal) -> Result<Lsn, SourceError> {
+        Ok(self.emit_with_xid(signal).await?.0)
+    }
+
+    /// [`emit`](Self::emit), also returning the transaction id its statement took after
+    /// writing the message. Taking one makes the statement's commit flush the WAL
+    /// through the message: the WAL sender decodes only flushed WAL, and a message alone
+    /// would wait for the WAL writer (up to `wal_writer_delay`, 200 ms by default).
+    pub async fn emit_with_xid(&self, signal: &Signal) -> Result<(Lsn, i64), SourceError> {
+        let context = "writing a message into the WAL";
         let (prefix, content) = signal.message();
         let row = self
             .client
             .query_one(
-                "SELECT pg_logical_emit_message(false, $1, $2)::text",
+                "SELECT pg_logical_emit_message(false, $1, $2)::text, txid_current()",
                 &[&prefix, &content],
             )
             .await
-            .map_err(sql_err("writing a message into the WAL"))?;
+            .map_err(sql_err(context))?;
         let text: String = row.get(0);
-        text.parse()
+        let lsn = text
+            .parse()
             .map_err(|e: crate::lsn::ParseLsnError| SourceError::Sql {
-                context: "writing a message into the WAL".into(),
+                context: context.into(),
                 message: e.to_string(),
-            })
+            })?;
+        Ok((lsn, row.get(1)))
     }
 
     /// Checks everything a pipeline needs, without changing anything.
@@ -1208,7 +1219,7 @@ pub struct PgSource {
     batches: mpsc::Receiver<Result<SourceBatch, SourceError>>,
     /// The pipeline waits for a batch (it has processed the last one): the stream hands
     /// the batch over at the next commit instead of filling it further.
-    waiting: Arc<std::sync::atomic::AtomicBool>,
+    waiting: Arc<Waiting>,
     ack: Acknowledger,
     stop: CancellationToken,
     /// `None` once awaited.
@@ -1264,7 +1275,7 @@ impl PgSource {
         .with_domains(info.domains.clone())
         .with_versions(info.versions.clone());
         let (tx, batches) = mpsc::channel(2);
-        let waiting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waiting = Arc::new(Waiting::default());
         let (ack, ack_rx) = watch::channel(start);
         let stop = CancellationToken::new();
         let task = tokio::spawn(
@@ -1297,9 +1308,10 @@ impl PgSource {
     /// The next batch; `None` once the stream has ended.
     pub async fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError> {
         use std::sync::atomic::Ordering::Relaxed;
-        self.waiting.store(true, Relaxed);
+        self.waiting.flag.store(true, Relaxed);
+        self.waiting.started.notify_one();
         let received = self.batches.recv().await;
-        self.waiting.store(false, Relaxed);
+        self.waiting.flag.store(false, Relaxed);
         if let Some(batch) = received {
             return batch.map(Some);
         }
@@ -1348,7 +1360,15 @@ struct Stream {
     /// Where streaming started (acknowledged from the start).
     start: Lsn,
     /// The pipeline waits for a batch (see [`PgSource`]).
-    waiting: Arc<std::sync::atomic::AtomicBool>,
+    waiting: Arc<Waiting>,
+}
+
+/// Whether the pipeline waits for a batch, and a wake-up for the stream when it starts
+/// to: what arrived while it was busy is handed over then, not at `max_delay`.
+#[derive(Default)]
+struct Waiting {
+    flag: std::sync::atomic::AtomicBool,
+    started: tokio::sync::Notify,
 }
 
 impl Stream {
@@ -1373,6 +1393,11 @@ impl Stream {
                         break Ok(());
                     }
                 }
+                _ = self.waiting.started.notified() => {
+                    if self.batcher.ready_early() && !self.send().await {
+                        break Ok(());
+                    }
+                }
                 event = self.client.recv() => match event {
                     Ok(Some(event)) => {
                         if let Err(e) = self.handle(event) {
@@ -1382,7 +1407,7 @@ impl Stream {
                         // messages) as soon as it is decoded: max_delay only bounds the
                         // wait while it is busy.
                         if self.batcher.ready_early()
-                            && self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+                            && self.waiting.flag.load(std::sync::atomic::Ordering::Relaxed)
                             && !self.send().await
                         {
                             break Ok(());
