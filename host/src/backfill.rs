@@ -58,6 +58,8 @@ struct Active {
     last_key: Option<Vec<Option<String>>>,
     /// The largest key at the start (`None`: the table was empty).
     until: Option<Vec<Option<String>>>,
+    /// What its rows are read from (see [`crate::source::rows_of`]).
+    from: String,
     rows: u64,
     started: std::time::Instant,
     last_report: std::time::Instant,
@@ -235,12 +237,15 @@ impl Backfills {
         }
         let progress = self.record.tables.entry(table.to_string()).or_default();
         let last_key = progress.chunks.last().map(|c| c.1.clone());
+        let from = crate::source::rows_of(&self.control.client, &table).await?;
         if progress.until.is_none() {
-            progress.until = largest_key(&self.control.client, &table, &relation, &key).await?;
+            progress.until =
+                largest_key(&self.control.client, &table, &from, &relation, &key).await?;
         }
         tracing::info!(table = %table, resumed = last_key.is_some(), "Backfill started.");
         Ok(Some(Active {
             until: progress.until.clone(),
+            from,
             kinds: relation.columns.iter().map(|c| kind(c.type_oid)).collect(),
             relation: Arc::new(relation),
             key,
@@ -280,9 +285,9 @@ impl Backfills {
             None => bounds.push("false".into()),
         }
         let sql = format!(
-            "SELECT {} FROM ONLY {} WHERE {} ORDER BY {key_list} LIMIT {}",
+            "SELECT {} FROM {} WHERE {} ORDER BY {key_list} LIMIT {}",
             select_list(&active.relation),
-            crate::source::quote_table(&active.table),
+            active.from,
             bounds.join(" AND "),
             self.chunk_rows
         );
@@ -525,15 +530,15 @@ fn key_columns(relation: &Relation, key: &[usize]) -> Vec<String> {
 async fn largest_key(
     client: &tokio_postgres::Client,
     table: &TableName,
+    from: &str,
     relation: &Relation,
     key: &[usize],
 ) -> Result<Option<Vec<Option<String>>>, SourceError> {
     let columns = key_columns(relation, key);
     let desc: Vec<String> = columns.iter().map(|k| format!("{k} DESC")).collect();
     let sql = format!(
-        "SELECT {} FROM ONLY {} ORDER BY {} LIMIT 1",
+        "SELECT {} FROM {from} ORDER BY {} LIMIT 1",
         columns.join(", "),
-        crate::source::quote_table(table),
         desc.join(", ")
     );
     let rows = simple_rows(client, &sql, table).await?;

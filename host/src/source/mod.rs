@@ -428,6 +428,29 @@ pub(crate) fn quote_table(t: &TableName) -> String {
     format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.table))
 }
 
+/// What a query reads a captured table's rows from: the table alone (`ONLY`: a table's
+/// inheritance children are tables of their own in the stream), or, for a partitioned
+/// table, every partition (its changes stream under its own name, see
+/// `publish_via_partition_root`).
+pub(crate) async fn rows_of(
+    client: &tokio_postgres::Client,
+    table: &TableName,
+) -> Result<String, SourceError> {
+    let partitioned: bool = client
+        .query_opt(
+            "SELECT c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&table.schema, &table.table],
+        )
+        .await
+        .map_err(sql_err("looking up the table's kind"))?
+        .is_some_and(|r| r.get(0));
+    Ok(match partitioned {
+        true => quote_table(table),
+        false => format!("ONLY {}", quote_table(table)),
+    })
+}
+
 /// The tables `source.tables` selects now.
 #[derive(Debug, Clone, Default)]
 pub struct Resolved {
@@ -1006,9 +1029,18 @@ impl Control {
             None => Ok((None, Vec::new())),
             Some(row) if row.get::<_, bool>(0) => Ok((Some(vec![]), Vec::new())),
             Some(_) => {
+                // The tables it publishes, not counting partitions (a publication that
+                // does not publish through the root lists a partitioned table's
+                // partitions), and the tables it names (a partitioned table itself).
                 let published: Vec<TableName> = c
                     .query(
-                        "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+                        "SELECT pt.schemaname::text, pt.tablename::text FROM pg_publication_tables pt \
+                         JOIN pg_namespace n ON n.nspname = pt.schemaname \
+                         JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+                         WHERE pt.pubname = $1 AND NOT c.relispartition \
+                         UNION SELECT n.nspname::text, c.relname::text FROM pg_publication_rel pr \
+                         JOIN pg_publication p ON p.oid = pr.prpubid JOIN pg_class c ON c.oid = pr.prrelid \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = $1",
                         &[&cfg.publication],
                     )
                     .await
@@ -1118,8 +1150,10 @@ impl Control {
         let tables = |ts: &[TableName]| ts.iter().map(quote_table).collect::<Vec<_>>().join(", ");
         match &info.publication_missing {
             None => {
+                // A partitioned table's changes then stream under its own name, as the
+                // snapshot reads it: one table, whatever partition a row is in.
                 let sql = format!(
-                    "CREATE PUBLICATION {} FOR TABLE {}",
+                    "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
                     quote_ident(&cfg.publication),
                     tables(&cfg.tables)
                 );
@@ -1170,6 +1204,44 @@ impl Control {
                 "Removed tables no longer in source.tables from the publication: the server stops decoding their changes for this pipeline."
             );
         }
+        self.publish_via_root(cfg).await
+    }
+
+    /// A publication made without `publish_via_partition_root` streams a partitioned
+    /// table's changes under its partitions' names, which the pipeline does not capture:
+    /// it is switched on when a captured table is partitioned.
+    async fn publish_via_root(&self, cfg: &SourceConfig) -> Result<(), SourceError> {
+        let partitioned: Vec<String> = self
+            .client
+            .query(
+                "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND c.relkind = 'p' \
+                 AND NOT (SELECT pubviaroot FROM pg_publication WHERE pubname = $3) ORDER BY 1",
+                &[
+                    &cfg.tables.iter().map(|t| t.schema.as_str()).collect::<Vec<_>>(),
+                    &cfg.tables.iter().map(|t| t.table.as_str()).collect::<Vec<_>>(),
+                    &cfg.publication,
+                ],
+            )
+            .await
+            .map_err(sql_err("looking up partitioned tables"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if partitioned.is_empty() {
+            return Ok(());
+        }
+        let name = quote_ident(&cfg.publication);
+        self.client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {name} SET (publish_via_partition_root = true)"
+            ))
+            .await
+            .map_err(sql_err(&format!(
+                "streaming partitioned table {} under its own name (ALTER PUBLICATION {name} SET (publish_via_partition_root = true))",
+                partitioned.join(", ")
+            )))?;
+        tracing::info!(publication = %cfg.publication, tables = %partitioned.join(", "), "Publishing partitioned tables through their root: their changes stream under their own names.");
         Ok(())
     }
 

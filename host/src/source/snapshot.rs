@@ -14,7 +14,7 @@
 //! `<state>/_weir/<slot>/snapshot.json`.
 
 use super::decoder::{Kind, builtin_type_name, kind, text_value};
-use super::{Control, SourceError, SourceInfo, quote_table, sql_err};
+use super::{Control, SourceError, SourceInfo, sql_err};
 use crate::batch::CommitPos;
 use crate::batch::{Position, SourceBatch};
 use crate::config::TableName;
@@ -264,8 +264,8 @@ impl SnapshotReader {
             list.join(", ")
         };
         let copy = format!(
-            "COPY (SELECT {list} FROM ONLY {}) TO STDOUT (FORMAT binary)",
-            quote_table(table)
+            "COPY (SELECT {list} FROM {}) TO STDOUT (FORMAT binary)",
+            super::rows_of(&self.client, table).await?
         );
         let stream = self
             .client

@@ -343,3 +343,56 @@ fn a_backfill_killed_midway_goes_on_after_its_last_durable_chunk() {
     let t = assert_same_state(&db, "public.t", "id");
     assert_eq!(t.op("r"), 200_000, "every row once");
 }
+
+#[test]
+fn a_partitioned_table_is_snapshotted_backfilled_and_streamed_as_one_table() {
+    let db = TestDb::new("partitioned");
+    let partitioned = |name: &str| {
+        db.sql(&format!(
+            "CREATE TABLE {name} (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)"
+        ));
+        db.sql(&format!(
+            "CREATE TABLE {name}_low PARTITION OF {name} FOR VALUES FROM (0) TO (1000)"
+        ));
+        db.sql(&format!(
+            "CREATE TABLE {name}_high PARTITION OF {name} FOR VALUES FROM (1000) TO (100000)"
+        ));
+        db.sql(&format!(
+            "INSERT INTO {name} SELECT g, md5(g::text) FROM generate_series(1, 3000) g"
+        ));
+    };
+    partitioned("m");
+    partitioned("q");
+    let config = db.config(&["public.m"]);
+    let out = db.catch_up(&config);
+    assert!(stderr(&out).contains("rows=3000"), "{}", stderr(&out));
+    // Changes in either partition, and one that moves a row across them.
+    let changes = "INSERT INTO m VALUES (5000, 'new'); UPDATE m SET v = 'changed' WHERE id IN (2, 2002); \
+                   UPDATE m SET id = id + 9000 WHERE id = 7; DELETE FROM m WHERE id = 1500";
+    db.sql(changes);
+    db.catch_up(&config);
+    let m = assert_same_state(&db, "public.m", "id");
+    assert_eq!((m.op("r"), m.op("c"), m.op("d")), (3000, 2, 2));
+
+    // A publication made without publishing through the root, and a partitioned table
+    // added later: weir switches the publication over, and the table is backfilled.
+    db.sql(&format!(
+        "ALTER PUBLICATION {} SET (publish_via_partition_root = false)",
+        db.name
+    ));
+    let config = db.config(&["public.m", "public.q"]);
+    let out = db.catch_up(&config);
+    let err = stderr(&out);
+    assert!(
+        err.contains("Publishing partitioned tables through their root"),
+        "{err}"
+    );
+    assert!(err.contains("Backfill done"), "{err}");
+    db.sql(&changes.replace(" m ", " q "));
+    db.sql("UPDATE m SET v = 'again' WHERE id = 3");
+    db.catch_up(&config);
+    let q = assert_same_state(&db, "public.q", "id");
+    assert_eq!((q.op("r"), q.op("c"), q.op("d")), (3000, 2, 2));
+    let m = assert_same_state(&db, "public.m", "id");
+    assert_eq!(m.op("u"), 3);
+}
