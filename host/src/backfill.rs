@@ -23,6 +23,7 @@ use crate::lsn::Lsn;
 use crate::source::decoder::{Kind, kind};
 use crate::source::snapshot::{row_values, select_list, table_relation};
 use crate::source::{Control, SourceError, SourceInfo, sql_err};
+use crate::stats::{CopyKind, Stats, TableCopy};
 use crate::storage::StateFile;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -60,8 +61,7 @@ struct Active {
     until: Option<Vec<Option<String>>>,
     /// What its rows are read from (see [`crate::source::rows_of`]).
     from: String,
-    rows: u64,
-    started: std::time::Instant,
+    progress: TableCopy,
     last_report: std::time::Instant,
 }
 
@@ -92,6 +92,8 @@ pub struct Backfills {
     run: String,
     /// The last chunk's position: later batches do not report an earlier one.
     floor: Option<CommitPos>,
+    /// Where each table's progress is reported (`/metrics`, `/status`, the status line).
+    pub stats: Option<Arc<Stats>>,
 }
 
 impl Backfills {
@@ -139,6 +141,7 @@ impl Backfills {
             chunk: None,
             next_id: 0,
             floor: None,
+            stats: None,
             run: format!("{:x}", chrono::Utc::now().timestamp_micros()),
         })
     }
@@ -235,24 +238,36 @@ impl Backfills {
             tracing::warn!(table = %table, "Backfill needs a primary key to read in chunks; skipped.");
             return Ok(None);
         }
-        let progress = self.record.tables.entry(table.to_string()).or_default();
-        let last_key = progress.chunks.last().map(|c| c.1.clone());
         let from = crate::source::rows_of(&self.control.client, &table).await?;
-        if progress.until.is_none() {
-            progress.until =
+        let record = self.record.tables.entry(table.to_string()).or_default();
+        let last_key = record.chunks.last().map(|c| c.1.clone());
+        if record.until.is_none() {
+            record.until =
                 largest_key(&self.control.client, &table, &from, &relation, &key).await?;
         }
-        tracing::info!(table = %table, resumed = last_key.is_some(), "Backfill started.");
+        let until = record.until.clone();
+        let estimated = crate::source::estimated_rows(&self.control.client, &table).await?;
+        if let Some(stats) = &self.stats {
+            stats.copy_started(&table.to_string(), CopyKind::Backfill, estimated);
+        }
+        tracing::info!(table = %table, resumed = last_key.is_some(), estimated_rows = %estimated.map_or("unknown".to_string(), |e| e.to_string()), "Backfill started.");
+        let progress = TableCopy {
+            table: table.to_string(),
+            kind: CopyKind::Backfill,
+            rows: 0,
+            estimated,
+            started: std::time::Instant::now(),
+            finished: None,
+        };
         Ok(Some(Active {
-            until: progress.until.clone(),
+            progress,
+            until,
             from,
             kinds: relation.columns.iter().map(|c| kind(c.type_oid)).collect(),
             relation: Arc::new(relation),
             key,
             last_key,
             table,
-            rows: 0,
-            started: std::time::Instant::now(),
             last_report: std::time::Instant::now(),
         }))
     }
@@ -456,7 +471,10 @@ impl Backfills {
                 unchanged: vec![],
             });
         }
-        active.rows += events.len() as u64;
+        active.progress.rows += events.len() as u64;
+        if let Some(stats) = &self.stats {
+            stats.copy_rows(&active.progress.table, events.len() as u64);
+        }
         // The rows form a transaction of their own at the watermark: the checkpoint can
         // name it, so a restart does not read the chunk again.
         let at = CommitPos {
@@ -474,8 +492,11 @@ impl Backfills {
             }
             None => {
                 progress.done_at = Some(h);
-                let secs = active.started.elapsed().as_secs_f64().max(0.001);
-                tracing::info!(table = %active.table, rows = active.rows, rows_per_s = (active.rows as f64 / secs) as u64, "Backfill done.");
+                active.progress.finished = Some(std::time::Instant::now());
+                if let Some(stats) = &self.stats {
+                    stats.copy_finished(&active.progress.table);
+                }
+                crate::source::log_copy_progress(&active.progress, "Backfill done.");
                 self.active = None;
             }
         }
@@ -483,8 +504,7 @@ impl Backfills {
             && a.last_report.elapsed() >= std::time::Duration::from_secs(5)
         {
             a.last_report = std::time::Instant::now();
-            let secs = a.started.elapsed().as_secs_f64().max(0.001);
-            tracing::info!(table = %a.table, rows = a.rows, rows_per_s = (a.rows as f64 / secs) as u64, "Backfill in progress.");
+            crate::source::log_copy_progress(&a.progress, "Backfill in progress.");
         }
         Some(events)
     }
@@ -513,7 +533,7 @@ impl Backfills {
     pub fn pending(&self) -> HashMap<String, u64> {
         self.active
             .iter()
-            .map(|a| (a.table.to_string(), a.rows))
+            .map(|a| (a.table.to_string(), a.progress.rows))
             .chain(self.queue.iter().map(|t| (t.to_string(), 0)))
             .collect()
     }

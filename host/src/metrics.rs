@@ -3,7 +3,7 @@
 //! and `/status` (the live state as JSON, read by `weir status`).
 
 use crate::config::{MetricsConfig, PipelineConfig};
-use crate::stats::{Component, Snapshot, Stats};
+use crate::stats::{Component, Snapshot, Stats, TableCopy};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -52,6 +52,40 @@ pub struct StatusReport {
     pub batches: u64,
     pub reconnects: u64,
     pub components: Vec<ComponentStatus>,
+    /// Tables whose existing rows this process copies or copied (initial snapshot and
+    /// backfills).
+    #[serde(default)]
+    pub copies: Vec<CopyStatus>,
+}
+
+/// One table's copy of its existing rows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyStatus {
+    pub table: String,
+    /// `initial` (the initial snapshot) or `backfill`.
+    pub kind: String,
+    pub rows: u64,
+    /// The catalog's estimate when it started (`pg_class.reltuples`), if any.
+    pub estimated_rows: Option<u64>,
+    pub rows_per_s: f64,
+    pub percent: Option<f64>,
+    pub seconds_left: Option<f64>,
+    pub done: bool,
+}
+
+impl From<&TableCopy> for CopyStatus {
+    fn from(c: &TableCopy) -> CopyStatus {
+        CopyStatus {
+            table: c.table.clone(),
+            kind: c.kind.name().to_string(),
+            rows: c.rows,
+            estimated_rows: c.estimated,
+            rows_per_s: c.rows_per_s(),
+            percent: c.percent(),
+            seconds_left: c.seconds_left(),
+            done: c.finished.is_some(),
+        }
+    }
 }
 
 /// The calls of one plugin or sink, and its health.
@@ -263,6 +297,7 @@ fn status(state: &State) -> StatusReport {
         batches: s.batches,
         reconnects: stats.reconnects(),
         components,
+        copies: stats.copies().iter().map(CopyStatus::from).collect(),
     }
 }
 
@@ -363,6 +398,7 @@ fn render(state: &State) -> String {
     );
     register_throughput(&mut registry, stats, &s);
     register_replication(&mut registry, stats, &s);
+    register_copies(&mut registry, stats);
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String does not fail");
     out
@@ -401,6 +437,50 @@ fn register_events(registry: &mut Registry, stats: &Stats) {
         "Change events read from the source, by table and op",
         per_table(stats.read()),
     );
+}
+
+/// The copies of tables' existing rows: rows, the estimate, time left, done.
+fn register_copies(registry: &mut Registry, stats: &Stats) {
+    let copies = stats.copies();
+    if copies.is_empty() {
+        return;
+    }
+    let labels = |c: &TableCopy| -> Labels {
+        vec![("table", c.table.clone()), ("kind", c.kind.name().into())]
+    };
+    let (rows, estimated, left, done) = (
+        Family::<Labels, Counter>::default(),
+        Family::<Labels, Gauge>::default(),
+        Family::<Labels, Gauge>::default(),
+        Family::<Labels, Gauge>::default(),
+    );
+    for c in &copies {
+        rows.get_or_create(&labels(c)).inc_by(c.rows);
+        if let Some(e) = c.estimated {
+            estimated.get_or_create(&labels(c)).set(e as i64);
+        }
+        if let Some(secs) = c.seconds_left() {
+            left.get_or_create(&labels(c)).set(secs.ceil() as i64);
+        }
+        done.get_or_create(&labels(c))
+            .set(i64::from(c.finished.is_some()));
+    }
+    registry.register(
+        "snapshot_rows",
+        "Existing rows copied by the initial snapshot (kind initial) or a backfill, by table",
+        rows,
+    );
+    registry.register(
+        "snapshot_rows_estimated",
+        "The catalog's row estimate (pg_class.reltuples) when the table's copy started",
+        estimated,
+    );
+    registry.register(
+        "snapshot_seconds_left",
+        "Estimated seconds until the table's copy ends, at its rate so far",
+        left,
+    );
+    registry.register("snapshot_done", "1 once the table's copy has ended", done);
 }
 
 /// Events decoded, bytes read, batches and reconnects.

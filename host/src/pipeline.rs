@@ -128,7 +128,9 @@ pub async fn run(
     if let (true, Some(t)) = (start.snapshot_taken, ends.caught_up.as_mut()) {
         t.slot_recreated();
     }
-    let mut backfills = start.backfills(config, &info, stages.sinks()).await?;
+    let mut backfills = start
+        .backfills(config, &info, stages.sinks(), &stats)
+        .await?;
     let gated = start.session;
     let mut source = PgSource::start(
         &control,

@@ -5,7 +5,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Calls into one plugin or sink: how many, how long, how many failed, and whether the
 /// last one failed (the component is unhealthy until a call succeeds again).
@@ -130,6 +130,66 @@ pub struct Stats {
     pub batch_seconds: BatchSeconds,
     /// Why the last run stopped, while weir waits to run again.
     retrying: Mutex<Option<String>>,
+    /// Tables whose existing rows are being copied (or were, in this process), by name.
+    copies: Mutex<BTreeMap<String, TableCopy>>,
+}
+
+/// How a table's existing rows are copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyKind {
+    /// The initial snapshot, in the slot's exported snapshot.
+    Initial,
+    /// A backfill, in chunks while the stream goes on.
+    Backfill,
+}
+
+impl CopyKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CopyKind::Initial => "initial",
+            CopyKind::Backfill => "backfill",
+        }
+    }
+}
+
+/// The progress of one table's copy: rows so far against the catalog's estimate.
+#[derive(Debug, Clone)]
+pub struct TableCopy {
+    pub table: String,
+    pub kind: CopyKind,
+    /// Rows copied (in this run).
+    pub rows: u64,
+    /// `pg_class.reltuples` when it started (summed over partitions); `None` when the
+    /// table was never vacuumed or analyzed.
+    pub estimated: Option<u64>,
+    pub started: Instant,
+    pub finished: Option<Instant>,
+}
+
+impl TableCopy {
+    pub fn rows_per_s(&self) -> f64 {
+        let end = self.finished.unwrap_or_else(Instant::now);
+        self.rows as f64 / (end - self.started).as_secs_f64().max(0.001)
+    }
+
+    /// Percent of the estimate copied, at most 100 (the estimate may be low).
+    pub fn percent(&self) -> Option<f64> {
+        match (self.finished, self.estimated) {
+            (Some(_), _) => Some(100.0),
+            (None, Some(e)) if e > 0 => Some((self.rows as f64 * 100.0 / e as f64).min(100.0)),
+            _ => None,
+        }
+    }
+
+    /// Seconds left at the rate so far (`None` before the first rows or without an
+    /// estimate; 0 once past the estimate or finished).
+    pub fn seconds_left(&self) -> Option<f64> {
+        if self.finished.is_some() {
+            return Some(0.0);
+        }
+        let (estimated, rate) = (self.estimated?, self.rows_per_s());
+        (self.rows > 0).then(|| estimated.saturating_sub(self.rows) as f64 / rate)
+    }
 }
 
 /// A copy of the counters at one moment.
@@ -298,6 +358,43 @@ impl Stats {
     /// The commit time of the last change received (µs since the Unix epoch).
     pub fn last_commit_ts(&self) -> i64 {
         self.last_commit_ts.load(Relaxed) as i64
+    }
+
+    /// A table's copy starts (again: its rows count from zero).
+    pub fn copy_started(&self, table: &str, kind: CopyKind, estimated: Option<u64>) {
+        let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
+        copies.insert(
+            table.to_string(),
+            TableCopy {
+                table: table.to_string(),
+                kind,
+                rows: 0,
+                estimated,
+                started: Instant::now(),
+                finished: None,
+            },
+        );
+    }
+
+    /// `rows` more rows of `table` copied.
+    pub fn copy_rows(&self, table: &str, rows: u64) {
+        let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = copies.get_mut(table) {
+            c.rows += rows;
+        }
+    }
+
+    pub fn copy_finished(&self, table: &str) {
+        let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = copies.get_mut(table) {
+            c.finished = Some(Instant::now());
+        }
+    }
+
+    /// Every table's copy, finished or not, by name.
+    pub fn copies(&self) -> Vec<TableCopy> {
+        let copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
+        copies.values().cloned().collect()
     }
 
     pub fn snapshot(&self) -> Snapshot {

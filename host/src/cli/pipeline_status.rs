@@ -422,6 +422,9 @@ impl Report<'_> {
                     "events      {} read, {} written in {} batches; {} reconnects",
                     l.events_read, l.events_written, l.batches, l.reconnects
                 );
+                for c in l.copies.iter().filter(|c| !c.done) {
+                    println!("copying     {}", copy_line(c));
+                }
             }
             (Some(Err(e)), _) => println!("state       {state} ({e})"),
             (None, "running") => {
@@ -590,4 +593,19 @@ pub async fn slot_drop(
         );
     }
     Ok(())
+}
+
+/// A table copy's progress in one line: `public.t (backfill) 43% 860000 of ~2000000 rows, 580000 rows/s, 2s left`.
+pub fn copy_line(c: &crate::metrics::CopyStatus) -> String {
+    let of = c
+        .estimated_rows
+        .map_or(String::new(), |e| format!(" of ~{e}"));
+    let percent = c.percent.map_or(String::new(), |p| format!("{p:.0}% "));
+    let left = c
+        .seconds_left
+        .map_or(String::new(), |s| format!(", {s:.0}s left"));
+    format!(
+        "{} ({}) {percent}{}{of} rows, {:.0} rows/s{left}",
+        c.table, c.kind, c.rows, c.rows_per_s
+    )
 }

@@ -45,13 +45,17 @@ pub fn spawn(stats: Arc<Stats>) -> Reporter {
             let now = (Instant::now(), stats.snapshot());
             let rate =
                 (now.1.events_read - last.1.events_read) as f64 / (now.0 - last.0).as_secs_f64();
-            let line = format!(
+            let mut line = format!(
                 "{:>9.0} events/s | {} events | lag {} | checkpoint {}",
                 rate,
                 now.1.events_read,
                 bytesize::ByteSize(now.1.lag_bytes()).display().iec(),
                 now.1.checkpoint
             );
+            // A table being copied (the initial snapshot, a backfill) as a progress bar.
+            if let Some(copy) = stats.copies().iter().find(|c| c.finished.is_none()) {
+                line = format!("{} | {line}", progress_bar(copy));
+            }
             if terminal {
                 let mut err = std::io::stderr().lock();
                 let _ = write!(err, "\r\x1b[2K{line}");
@@ -73,4 +77,33 @@ pub fn spawn(stats: Arc<Stats>) -> Reporter {
     };
     tokio::spawn(tracing::Instrument::instrument(task, span));
     Reporter { stop, terminal }
+}
+
+/// `public.t [#####.....] 52% 1.04M/2.00M rows 12s left`, or without an estimate
+/// `public.t 1.04M rows`.
+fn progress_bar(copy: &crate::stats::TableCopy) -> String {
+    let millions = |n: u64| format!("{:.2}M", n as f64 / 1e6);
+    match (copy.percent(), copy.estimated) {
+        (Some(p), Some(e)) => {
+            let filled = (p / 10.0).round() as usize;
+            let left = copy
+                .seconds_left()
+                .map_or(String::new(), |s| format!(" {s:.0}s left"));
+            format!(
+                "{} {} [{}{}] {p:.0}% {}/{} rows{left}",
+                copy.kind.name(),
+                copy.table,
+                "#".repeat(filled),
+                ".".repeat(10 - filled.min(10)),
+                millions(copy.rows),
+                millions(e)
+            )
+        }
+        _ => format!(
+            "{} {} {} rows",
+            copy.kind.name(),
+            copy.table,
+            millions(copy.rows)
+        ),
+    }
 }

@@ -12,6 +12,7 @@ use crate::source::{Control, SourceError, SourceInfo};
 use crate::stages::{StageError, Stages};
 use crate::stats::Stats;
 use pgwire_replication::ReplicationClient;
+use std::sync::Arc;
 
 /// Where streaming starts: after the checkpoint, or after the initial snapshot.
 pub(super) struct Start {
@@ -30,7 +31,7 @@ impl Start {
         info: &SourceInfo,
         stages: &mut Stages,
         options: &RunOptions,
-        stats: &Stats,
+        stats: &Arc<Stats>,
     ) -> Result<Option<Start>, PipelineError> {
         let mut start = Start {
             resume: stages.sinks().resume(),
@@ -86,6 +87,7 @@ impl Start {
         config: &PipelineConfig,
         info: &SourceInfo,
         sinks: &Sinks,
+        stats: &Arc<Stats>,
     ) -> Result<Option<Backfills>, PipelineError> {
         let (SnapshotMode::Initial, Some(state)) = (config.source.snapshot, config.state_url())
         else {
@@ -107,6 +109,7 @@ impl Start {
             durable,
         )
         .await?;
+        backfills.stats = Some(stats.clone());
         if !self.snapshot_taken {
             // The snapshot read every table; tables just added to the publication
             // need a backfill otherwise.
@@ -188,7 +191,7 @@ impl<'a> InitialSnapshot<'a> {
         self,
         stages: &mut Stages,
         options: &RunOptions,
-        stats: &Stats,
+        stats: &Arc<Stats>,
     ) -> Result<Option<(Lsn, ReplicationClient)>, PipelineError> {
         let started = std::time::Instant::now();
         let mut reader = SnapshotReader::begin(
@@ -200,6 +203,7 @@ impl<'a> InitialSnapshot<'a> {
             self.point,
         )
         .await?;
+        reader.stats = Some(stats.clone());
         let mut position = Position::default();
         while let Some(batch) = reader.next_batch().await? {
             if options.shutdown.is_cancelled() {

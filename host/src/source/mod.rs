@@ -428,6 +428,37 @@ pub(crate) fn quote_table(t: &TableName) -> String {
     format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.table))
 }
 
+/// The catalog's estimate of a table's rows (`pg_class.reltuples`, summed over a
+/// partitioned table's partitions); `None` when it was never vacuumed or analyzed.
+pub(crate) async fn estimated_rows(
+    client: &tokio_postgres::Client,
+    table: &TableName,
+) -> Result<Option<u64>, SourceError> {
+    let row = client
+        .query_one(
+            "SELECT CASE WHEN bool_and(c.reltuples >= 0) THEN sum(c.reltuples)::bigint END \
+             FROM pg_class c WHERE c.relkind <> 'p' AND (c.oid = $1::text::regclass \
+             OR c.oid IN (SELECT relid FROM pg_partition_tree($1::text::regclass) WHERE isleaf))",
+            &[&quote_table(table)],
+        )
+        .await
+        .map_err(sql_err("reading the table's estimated row count"))?;
+    Ok(row.get::<_, Option<i64>>(0).map(|n| n.max(0) as u64))
+}
+
+/// One log line of a table copy's progress.
+pub(crate) fn log_copy_progress(copy: &crate::stats::TableCopy, message: &str) {
+    tracing::info!(
+        table = %copy.table,
+        rows = copy.rows,
+        rows_per_s = copy.rows_per_s() as u64,
+        estimated_rows = %copy.estimated.map_or("unknown".to_string(), |e| e.to_string()),
+        percent = %copy.percent().map_or("unknown".to_string(), |p| format!("{p:.0}")),
+        seconds_left = %copy.seconds_left().map_or("unknown".to_string(), |s| format!("{s:.0}")),
+        "{message}"
+    );
+}
+
 /// What a query reads a captured table's rows from: the table alone (`ONLY`: a table's
 /// inheritance children are tables of their own in the stream), or, for a partitioned
 /// table, every partition (its changes stream under its own name, see

@@ -20,6 +20,7 @@ use crate::batch::{Position, SourceBatch};
 use crate::config::TableName;
 use crate::error::HostPanic;
 use crate::lsn::Lsn;
+use crate::stats::{CopyKind, Stats, TableCopy};
 use crate::storage::{StateFile, StorageError};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -119,6 +120,8 @@ pub struct SnapshotReader {
     commit_ts: i64,
     /// Rows read over all tables.
     pub rows: u64,
+    /// Where each table's progress is reported (`/metrics`, `/status`, the status line).
+    pub stats: Option<Arc<Stats>>,
 }
 
 struct TableScan {
@@ -126,8 +129,7 @@ struct TableScan {
     /// Batches of rows (values and the bytes they carried) from the COPY task.
     batches: mpsc::Receiver<Result<(Vec<Vec<Value>>, u64), SourceError>>,
     task: tokio::task::JoinHandle<()>,
-    rows: u64,
-    started: Instant,
+    progress: TableCopy,
     last_report: Instant,
 }
 
@@ -165,6 +167,7 @@ impl SnapshotReader {
             commit: snapshot_commit(consistent_point),
             commit_ts: chrono::Utc::now().timestamp_micros(),
             rows: 0,
+            stats: None,
         })
     }
 
@@ -206,8 +209,12 @@ impl SnapshotReader {
                 {
                     return Err(HostPanic::from_join("snapshot reader", e).into());
                 }
-                let secs = done.started.elapsed().as_secs_f64().max(0.001);
-                tracing::info!(table = %done.relation.qualified_name(), rows = done.rows, rows_per_s = (done.rows as f64 / secs) as u64, "Snapshot of the table done.");
+                let mut progress = done.progress;
+                progress.finished = Some(Instant::now());
+                if let Some(stats) = &self.stats {
+                    stats.copy_finished(&progress.table);
+                }
+                super::log_copy_progress(&progress, "Snapshot of the table done.");
                 continue;
             };
             let (rows, bytes) = received?;
@@ -219,20 +226,23 @@ impl SnapshotReader {
                     op: Op::Read,
                     rel,
                     commit_lsn: self.commit.commit_lsn.0,
-                    seq: scan.rows as u32,
+                    seq: scan.progress.rows as u32,
                     xid: 0,
                     commit_ts: self.commit_ts,
                     before: None,
                     after: Some(values),
                     unchanged: vec![],
                 });
-                scan.rows += 1;
+                scan.progress.rows += 1;
             }
-            self.rows += batch.events.len() as u64;
+            let n = batch.events.len() as u64;
+            self.rows += n;
+            if let Some(stats) = &self.stats {
+                stats.copy_rows(&scan.progress.table, n);
+            }
             if scan.last_report.elapsed() >= Duration::from_secs(5) {
                 scan.last_report = Instant::now();
-                let secs = scan.started.elapsed().as_secs_f64().max(0.001);
-                tracing::info!(table = %scan.relation.qualified_name(), rows = scan.rows, rows_per_s = (scan.rows as f64 / secs) as u64, "Snapshot in progress.");
+                super::log_copy_progress(&scan.progress, "Snapshot in progress.");
             }
             return Ok(Some(SourceBatch {
                 batch,
@@ -267,12 +277,17 @@ impl SnapshotReader {
             "COPY (SELECT {list} FROM {}) TO STDOUT (FORMAT binary)",
             super::rows_of(&self.client, table).await?
         );
+        // Asked before the COPY: once it runs, the connection carries its rows only.
+        let estimated = super::estimated_rows(&self.client, table).await?;
         let stream = self
             .client
             .copy_out(copy.as_str())
             .await
             .map_err(sql_err("reading the snapshot"))?;
-        tracing::info!(table = %table, "Snapshot of the table started.");
+        if let Some(stats) = &self.stats {
+            stats.copy_started(&table.to_string(), CopyKind::Initial, estimated);
+        }
+        tracing::info!(table = %table, estimated_rows = %estimated.map_or("unknown".to_string(), |e| e.to_string()), "Snapshot of the table started.");
         // Two batches ahead at most: memory stays bounded by `batch.max_events`.
         let (tx, batches) = mpsc::channel(2);
         let task = tokio::spawn(copy_rows(stream, columns, self.batch_rows, tx));
@@ -281,8 +296,14 @@ impl SnapshotReader {
             relation: Arc::new(relation),
             batches,
             task,
-            rows: 0,
-            started: now,
+            progress: TableCopy {
+                table: table.to_string(),
+                kind: CopyKind::Initial,
+                rows: 0,
+                estimated,
+                started: now,
+                finished: None,
+            },
             last_report: now,
         })
     }

@@ -204,6 +204,117 @@ fn metrics_and_health_are_served_during_a_run_and_counters_move() {
     assert!(wait_with_timeout(&mut weir, Duration::from_secs(30)).success());
 }
 
+/// Waits (up to 60 s) until `/metrics` on `port` has a sample starting with `prefix`,
+/// with `label`, of value `value`; returns the text.
+fn wait_for_sample(port: u16, prefix: &str, label: &str, value: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // Not served yet while the run starts.
+        let body = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        if labelled(&body, prefix, label) == Some(value) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{prefix} {label} = {value} in\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn snapshot_and_backfill_progress_is_logged_and_served() {
+    let db = TestDb::new("copy_progress");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    db.sql("CREATE TABLE b (id int PRIMARY KEY, v text)");
+    db.sql("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 20000) g");
+    db.sql("INSERT INTO b SELECT g, 'x' FROM generate_series(1, 5000) g");
+    db.sql("ANALYZE t; ANALYZE b");
+    let port = free_port();
+    let with_metrics = |tables: &[&str]| {
+        let config = db.config_with(tables, "", "max_events = 1000", "");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let metrics = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+        std::fs::write(&config, format!("{text}\n{metrics}")).unwrap();
+        config
+    };
+
+    // The initial snapshot: rows against the catalog's estimate, in /metrics and the log.
+    let config = with_metrics(&["public.t"]);
+    let (mut weir, log) = db.spawn_logged(&config);
+    let t = "table=\"public.t\"";
+    let body = wait_for_sample(port, "weir_snapshot_done{", t, 1.0);
+    assert_eq!(
+        labelled(&body, "weir_snapshot_rows_total{", t),
+        Some(20000.0),
+        "{body}"
+    );
+    assert_eq!(
+        labelled(&body, "weir_snapshot_rows_estimated{", t),
+        Some(20000.0),
+        "{body}"
+    );
+    assert_eq!(
+        labelled(&body, "weir_snapshot_seconds_left{", t),
+        Some(0.0),
+        "{body}"
+    );
+    assert!(body.contains("kind=\"initial\""), "{body}");
+    assert_eq!(unsafe_kill(weir.id() as i32, libc::SIGTERM), 0);
+    assert!(wait_with_timeout(&mut weir, Duration::from_secs(30)).success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let done = text
+        .lines()
+        .find(|l| l.contains("Snapshot of the table done."));
+    assert!(
+        done.is_some_and(|l| l.contains("rows=20000")
+            && l.contains("estimated_rows=20000")
+            && l.contains("percent=100")),
+        "{text}"
+    );
+
+    // A backfill: the same, and in /status.
+    let config = with_metrics(&["public.t", "public.b"]);
+    let (mut weir, log) = db.spawn_logged(&config);
+    let b = "table=\"public.b\"";
+    let body = wait_for_sample(port, "weir_snapshot_done{", b, 1.0);
+    assert_eq!(
+        labelled(&body, "weir_snapshot_rows_total{", b),
+        Some(5000.0),
+        "{body}"
+    );
+    assert!(body.contains("kind=\"backfill\""), "{body}");
+    let (_, live) = get(port, "/status").unwrap();
+    let live: Value = serde_json::from_str(&live).unwrap();
+    let copy = &live["copies"][0];
+    assert_eq!(
+        (
+            copy["table"].as_str(),
+            copy["kind"].as_str(),
+            copy["rows"].as_u64(),
+            copy["estimated_rows"].as_u64(),
+            copy["done"].as_bool()
+        ),
+        (
+            Some("public.b"),
+            Some("backfill"),
+            Some(5000),
+            Some(5000),
+            Some(true)
+        ),
+        "{live}"
+    );
+    assert_eq!(unsafe_kill(weir.id() as i32, libc::SIGTERM), 0);
+    assert!(wait_with_timeout(&mut weir, Duration::from_secs(30)).success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines().any(|l| l.contains("Backfill done.")
+            && l.contains("estimated_rows=5000")
+            && l.contains("percent=100")),
+        "{text}"
+    );
+}
+
 #[test]
 fn weir_status_shows_the_slot_and_each_sinks_checkpoint() {
     let db = TestDb::new("status");
