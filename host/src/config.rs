@@ -186,6 +186,11 @@ pub struct SourceConfig {
     /// only changes from the slot's creation on.
     #[serde(default)]
     pub snapshot: SnapshotMode,
+    /// Connections that read the initial snapshot at once, sharing the slot's exported
+    /// snapshot: tables, and large tables' page ranges, are spread over them. Default:
+    /// the number of cores, at most 8.
+    #[serde(default = "default_snapshot_parallelism")]
+    pub snapshot_parallelism: usize,
     /// WAL the slot may hold on the server before weir acts (checked every 10 s), for
     /// example `"20GiB"`. Default: no limit.
     #[serde(default, deserialize_with = "de_opt_size")]
@@ -220,6 +225,10 @@ pub enum SnapshotMode {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_snapshot_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
 }
 
 fn default_weir() -> String {
@@ -848,6 +857,15 @@ impl PipelineConfig {
                 "max_events, max_bytes and max_delay must be greater than zero".into(),
             ));
         }
+        if !(1..=64).contains(&self.source.snapshot_parallelism) {
+            return Err(invalid(
+                "source.snapshot_parallelism",
+                format!(
+                    "{} connections: give 1 to 64",
+                    self.source.snapshot_parallelism
+                ),
+            ));
+        }
         if self.shutdown_timeout.is_zero() {
             return Err(invalid(
                 "shutdown_timeout",
@@ -1362,6 +1380,16 @@ url = "file:///tmp/weir-out"
             err.contains("source.tables") && err.contains("schema.table"),
             "{err}"
         );
+        let zero = MINIMAL.replace("tables =", "snapshot_parallelism = 0\ntables =");
+        let err = parse(&zero).unwrap_err().to_string();
+        assert!(
+            err.contains("source.snapshot_parallelism") && err.contains("1 to 64"),
+            "{err}"
+        );
+        let four = MINIMAL.replace("tables =", "snapshot_parallelism = 4\ntables =");
+        assert_eq!(parse(&four).unwrap().source.snapshot_parallelism, 4);
+        let default = parse(MINIMAL).unwrap().source.snapshot_parallelism;
+        assert!((1..=8).contains(&default), "{default}");
         let err = parse(&format!("{MINIMAL}\n[batch]\nmax_delay = \"soon\"\n"))
             .unwrap_err()
             .to_string();

@@ -10,7 +10,8 @@
 //! binary)"` into `/dev/null`: the server's own read and send rate for the table. Against
 //! it, in the same round:
 //! - **initial snapshot**: `weir run --until-caught-up` of a new pipeline (its slot
-//!   created with an exported snapshot) writing zstd Parquet, start to exit;
+//!   created with an exported snapshot) writing zstd Parquet, start to exit, with
+//!   `source.snapshot_parallelism = 1` and at its default;
 //! - **backfill**: a pipeline that already streams another table is given this one, and
 //!   `weir run --until-caught-up` backfills it in chunks while streaming, start to exit.
 //!
@@ -54,7 +55,11 @@ fn main() {
             "\n{rows} rows: loaded in {:.1}s",
             load.elapsed().as_secs_f64()
         );
-        for workload in [Workload::Initial, Workload::Backfill] {
+        for workload in [
+            Workload::Initial(Some(1)),
+            Workload::Initial(None),
+            Workload::Backfill,
+        ] {
             let label = format!("{rows} rows, {}", workload.label());
             if !label.contains(&only) {
                 continue;
@@ -92,15 +97,28 @@ fn main() {
 
 #[derive(Clone, Copy)]
 enum Workload {
-    Initial,
+    /// The initial snapshot at `source.snapshot_parallelism` (`None`: its default).
+    Initial(Option<usize>),
     Backfill,
 }
 
 impl Workload {
-    fn label(self) -> &'static str {
+    fn label(self) -> String {
         match self {
-            Workload::Initial => "initial snapshot",
-            Workload::Backfill => "backfill of a table added later",
+            Workload::Initial(Some(n)) => format!("initial snapshot, snapshot_parallelism = {n}"),
+            Workload::Initial(None) => format!(
+                "initial snapshot, default snapshot_parallelism ({})",
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+            ),
+            Workload::Backfill => "backfill of a table added later".into(),
+        }
+    }
+
+    /// The `[source]` line that sets the parallelism, if any.
+    fn source_line(self) -> String {
+        match self {
+            Workload::Initial(Some(n)) => format!("snapshot_parallelism = {n}\n"),
+            _ => String::new(),
         }
     }
 }
@@ -137,9 +155,10 @@ fn run_weir(pg: &TempPostgres, db: &str, slot: &str, rows: u64, workload: Worklo
         std::fs::write(
             &config,
             format!(
-                "[source]\nurl = \"{}\"\nslot = \"{slot}\"\npublication = \"{slot}\"\ntables = [{tables}]\n\n\
+                "[source]\nurl = \"{}\"\nslot = \"{slot}\"\npublication = \"{slot}\"\ntables = [{tables}]\n{}\n\
                  [[sink]]\ntype = \"parquet\"\nurl = \"file://{}\"\ncompression = \"zstd\"\n",
                 pg.url(db),
+                workload.source_line(),
                 out.display()
             ),
         )

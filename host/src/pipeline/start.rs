@@ -201,6 +201,7 @@ impl<'a> InitialSnapshot<'a> {
             self.info.clone(),
             self.config.batch.max_events,
             self.point,
+            self.config.source.snapshot_parallelism,
         )
         .await?;
         reader.stats = Some(stats.clone());

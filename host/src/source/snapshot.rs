@@ -14,7 +14,7 @@
 //! `<state>/_weir/<slot>/snapshot.json`.
 
 use super::decoder::{Kind, builtin_type_name, kind, text_value};
-use super::{Control, SourceError, SourceInfo, sql_err};
+use super::{Control, SourceError, SourceInfo, quote_table, sql_err};
 use crate::batch::CommitPos;
 use crate::batch::{Position, SourceBatch};
 use crate::config::TableName;
@@ -23,9 +23,11 @@ use crate::lsn::Lsn;
 use crate::stats::{CopyKind, Stats, TableCopy};
 use crate::storage::{StateFile, StorageError};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use weir_sdk::{Batch, Column, Event, Op, Relation, Value};
 
 /// What `snapshot.json` says.
@@ -109,32 +111,76 @@ pub fn snapshot_commit(consistent_point: Lsn) -> CommitPos {
 }
 
 /// Reads the tables in the exported snapshot, one batch at a time.
+///
+/// The tables are cut into chunks (with more than one connection, a large table into
+/// ranges of pages, `ctid` ranges, and a partitioned table into its partitions), which
+/// `parallelism` sessions, all in the exported snapshot, copy out at once; their batches
+/// reach [`next_batch`](Self::next_batch) in any order, which the snapshot does not need:
+/// it is one transaction for the sinks.
 pub struct SnapshotReader {
-    client: tokio_postgres::Client,
+    /// The session that plans the chunks, reads one of them, and ends the snapshot.
+    client: Arc<tokio_postgres::Client>,
+    url: String,
+    name: String,
+    parallelism: usize,
     tables: Vec<TableName>,
-    next_table: usize,
-    current: Option<TableScan>,
     info: SourceInfo,
     batch_rows: usize,
     commit: CommitPos,
     commit_ts: i64,
+    state: ReadState,
     /// Rows read over all tables.
     pub rows: u64,
     /// Where each table's progress is reported (`/metrics`, `/status`, the status line).
     pub stats: Option<Arc<Stats>>,
 }
 
-struct TableScan {
+enum ReadState {
+    Planned,
+    Reading(Reading),
+    /// The last batch (the snapshot's commit) was returned.
+    Ended,
+}
+
+struct Reading {
+    tables: Vec<TableRead>,
+    pieces: mpsc::Receiver<Result<Piece, SourceError>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+struct TableRead {
     relation: Arc<Relation>,
-    /// Batches of rows (values and the bytes they carried) from the COPY task.
-    batches: mpsc::Receiver<Result<(Vec<Vec<Value>>, u64), SourceError>>,
-    task: tokio::task::JoinHandle<()>,
+    chunks_left: usize,
     progress: TableCopy,
     last_report: Instant,
 }
 
+/// What a worker sends: rows of a table, or the end of one of its chunks.
+enum Piece {
+    Rows {
+        table: usize,
+        rows: Vec<Vec<Value>>,
+        bytes: u64,
+    },
+    ChunkDone {
+        table: usize,
+    },
+}
+
+/// One `COPY` of (part of) a table.
+struct Chunk {
+    table: usize,
+    sql: String,
+    columns: Arc<Vec<CopyColumn>>,
+}
+
+/// A chunk holds at least this many pages (8 KiB each by default): a table under twice
+/// as many is read in one piece.
+const SPLIT_PAGES: i64 = 256;
+
 impl SnapshotReader {
-    /// Opens a session in the exported snapshot `name`.
+    /// Opens a session in the exported snapshot `name`; reading starts with the first
+    /// batch, on up to `parallelism` sessions.
     pub async fn begin(
         url: &str,
         name: &str,
@@ -142,42 +188,48 @@ impl SnapshotReader {
         info: SourceInfo,
         batch_rows: usize,
         consistent_point: Lsn,
+        parallelism: usize,
     ) -> Result<SnapshotReader, SourceError> {
-        let control = Control::connect(url).await?;
-        control
-            .client
-            .batch_execute(super::READ_SESSION_SETTINGS)
-            .await
-            .map_err(sql_err("setting up the snapshot session"))?;
-        control
-            .client
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
-                name.replace('\'', "")
-            ))
-            .await
-            .map_err(sql_err("importing the slot's snapshot"))?;
+        let client = snapshot_session(url, name).await?;
         Ok(SnapshotReader {
-            client: control.client,
+            client: Arc::new(client),
+            url: url.to_string(),
+            name: name.to_string(),
+            parallelism: parallelism.max(1),
             tables,
-            next_table: 0,
-            current: None,
             info,
             batch_rows: batch_rows.max(1),
             commit: snapshot_commit(consistent_point),
             commit_ts: chrono::Utc::now().timestamp_micros(),
+            state: ReadState::Planned,
             rows: 0,
             stats: None,
         })
     }
 
-    /// The next batch of rows; after the last table, one empty batch that completes the
+    /// The next batch of rows; after the last one, one empty batch that completes the
     /// snapshot's transaction; then `None`.
     pub async fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError> {
         loop {
-            if self.current.is_none() {
-                if self.next_table == self.tables.len() {
-                    self.next_table = usize::MAX;
+            let reading = match &mut self.state {
+                ReadState::Ended => return Ok(None),
+                ReadState::Planned => {
+                    self.state = ReadState::Reading(self.start().await?);
+                    continue;
+                }
+                ReadState::Reading(reading) => reading,
+            };
+            let piece = match reading.pieces.recv().await {
+                Some(piece) => piece?,
+                None => {
+                    for worker in std::mem::take(&mut reading.workers) {
+                        if let Err(e) = worker.await
+                            && e.is_panic()
+                        {
+                            return Err(HostPanic::from_join("snapshot reader", e).into());
+                        }
+                    }
+                    self.state = ReadState::Ended;
                     self.client
                         .batch_execute("COMMIT")
                         .await
@@ -194,55 +246,48 @@ impl SnapshotReader {
                         transforms: None,
                     }));
                 }
-                if self.next_table == usize::MAX {
-                    return Ok(None);
-                }
-                let table = self.tables[self.next_table].clone();
-                self.next_table += 1;
-                self.current = Some(self.open(&table).await?);
-            }
-            let scan = self.current.as_mut().expect("opened above");
-            let Some(received) = scan.batches.recv().await else {
-                let done = self.current.take().expect("read above");
-                if let Err(e) = done.task.await
-                    && e.is_panic()
-                {
-                    return Err(HostPanic::from_join("snapshot reader", e).into());
-                }
-                let mut progress = done.progress;
-                progress.finished = Some(Instant::now());
-                if let Some(stats) = &self.stats {
-                    stats.copy_finished(&progress.table);
-                }
-                super::log_copy_progress(&progress, "Snapshot of the table done.");
-                continue;
             };
-            let (rows, bytes) = received?;
+            let (table, rows, bytes) = match piece {
+                Piece::ChunkDone { table } => {
+                    let t = &mut reading.tables[table];
+                    t.chunks_left -= 1;
+                    if t.chunks_left == 0 {
+                        t.progress.finished = Some(Instant::now());
+                        if let Some(stats) = &self.stats {
+                            stats.copy_finished(&t.progress.table);
+                        }
+                        super::log_copy_progress(&t.progress, "Snapshot of the table done.");
+                    }
+                    continue;
+                }
+                Piece::Rows { table, rows, bytes } => (table, rows, bytes),
+            };
+            let t = &mut reading.tables[table];
             let mut batch = Batch::default();
-            let rel = batch.push_relation((*scan.relation).clone());
+            let rel = batch.push_relation((*t.relation).clone());
             batch.events.reserve(rows.len());
             for values in rows {
                 batch.events.push(Event {
                     op: Op::Read,
                     rel,
                     commit_lsn: self.commit.commit_lsn.0,
-                    seq: scan.progress.rows as u32,
+                    seq: t.progress.rows as u32,
                     xid: 0,
                     commit_ts: self.commit_ts,
                     before: None,
                     after: Some(values),
                     unchanged: vec![],
                 });
-                scan.progress.rows += 1;
+                t.progress.rows += 1;
             }
             let n = batch.events.len() as u64;
             self.rows += n;
             if let Some(stats) = &self.stats {
-                stats.copy_rows(&scan.progress.table, n);
+                stats.copy_rows(&t.progress.table, n);
             }
-            if scan.last_report.elapsed() >= Duration::from_secs(5) {
-                scan.last_report = Instant::now();
-                super::log_copy_progress(&scan.progress, "Snapshot in progress.");
+            if t.last_report.elapsed() >= Duration::from_secs(5) {
+                t.last_report = Instant::now();
+                super::log_copy_progress(&t.progress, "Snapshot in progress.");
             }
             return Ok(Some(SourceBatch {
                 batch,
@@ -258,9 +303,60 @@ impl SnapshotReader {
         }
     }
 
-    /// The table's relation as streaming describes it, and a task copying its rows out.
-    async fn open(&mut self, table: &TableName) -> Result<TableScan, SourceError> {
-        let relation = table_relation(&self.client, &self.info, table).await?;
+    /// Plans every table's chunks, then starts the workers: this session and up to
+    /// `parallelism - 1` more, as many as the server accepts.
+    async fn start(&mut self) -> Result<Reading, SourceError> {
+        let mut tables = Vec::new();
+        let mut chunks = VecDeque::new();
+        for (i, table) in self.tables.iter().enumerate() {
+            let (read, planned) = self.plan(i, table).await?;
+            tables.push(read);
+            chunks.extend(planned);
+        }
+        let workers = self.parallelism.min(chunks.len()).max(1);
+        let mut clients = vec![self.client.clone()];
+        for n in 1..workers {
+            match snapshot_session(&self.url, &self.name).await {
+                Ok(client) => clients.push(Arc::new(client)),
+                Err(e) => {
+                    tracing::warn!(error = %e, sessions = n, parallelism = self.parallelism, "The server did not take another snapshot session: reading with fewer.");
+                    break;
+                }
+            }
+        }
+        if clients.len() > 1 {
+            tracing::info!(
+                sessions = clients.len(),
+                chunks = chunks.len(),
+                "Reading the snapshot on several sessions at once."
+            );
+        }
+        let queue = Arc::new(std::sync::Mutex::new(chunks));
+        // Two batches ahead per session at most: memory is bounded by the parallelism
+        // times `batch.max_events`.
+        let (tx, pieces) = mpsc::channel(2 * clients.len());
+        let workers = clients
+            .into_iter()
+            .map(|client| {
+                let (queue, tx) = (queue.clone(), tx.clone());
+                tokio::spawn(copy_chunks(client, queue, self.batch_rows, tx).in_current_span())
+            })
+            .collect();
+        Ok(Reading {
+            tables,
+            pieces,
+            workers,
+        })
+    }
+
+    /// A table's relation, progress, and chunks.
+    async fn plan(
+        &self,
+        index: usize,
+        table: &TableName,
+    ) -> Result<(TableRead, Vec<Chunk>), SourceError> {
+        let client = &self.client;
+        let relation = table_relation(client, &self.info, table).await?;
         let columns: Vec<CopyColumn> = relation.columns.iter().map(CopyColumn::of).collect();
         let list: Vec<String> = relation
             .columns
@@ -273,29 +369,62 @@ impl SnapshotReader {
         } else {
             list.join(", ")
         };
-        let copy = format!(
-            "COPY (SELECT {list} FROM {}) TO STDOUT (FORMAT binary)",
-            super::rows_of(&self.client, table).await?
-        );
-        // Asked before the COPY: once it runs, the connection carries its rows only.
-        let estimated = super::estimated_rows(&self.client, table).await?;
-        let stream = self
-            .client
-            .copy_out(copy.as_str())
-            .await
-            .map_err(sql_err("reading the snapshot"))?;
+        let columns = Arc::new(columns);
+        let copy = |from: &str, filter: &str| Chunk {
+            table: index,
+            sql: format!("COPY (SELECT {list} FROM {from}{filter}) TO STDOUT (FORMAT binary)"),
+            columns: columns.clone(),
+        };
+        let mut chunks = Vec::new();
+        if self.parallelism == 1 {
+            chunks.push(copy(&super::rows_of(client, table).await?, ""));
+        } else {
+            // Each partition (a table that is not partitioned is its own only one), with
+            // its size in pages.
+            let parts = client
+                .query(
+                    "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), \
+                     pg_relation_size(c.oid) / current_setting('block_size')::int8 \
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE c.relkind <> 'p' AND (c.oid = $1::text::regclass \
+                     OR c.oid IN (SELECT relid FROM pg_partition_tree($1::text::regclass) WHERE isleaf)) \
+                     ORDER BY 2 DESC",
+                    &[&quote_table(table)],
+                )
+                .await
+                .map_err(sql_err("sizing the table for the snapshot"))?;
+            for part in parts {
+                let (from, pages): (String, i64) = (part.get(0), part.get(1));
+                let from = format!("ONLY {from}");
+                let per_chunk = (pages / (4 * self.parallelism as i64)).max(SPLIT_PAGES);
+                if pages < 2 * SPLIT_PAGES {
+                    chunks.push(copy(&from, ""));
+                    continue;
+                }
+                let mut first = 0;
+                while first < pages {
+                    let next = first + per_chunk;
+                    // The last range is open: nothing the snapshot sees is past it.
+                    let filter = match next >= pages {
+                        true => format!(" WHERE ctid >= '({first},0)'::tid"),
+                        false => format!(
+                            " WHERE ctid >= '({first},0)'::tid AND ctid < '({next},0)'::tid"
+                        ),
+                    };
+                    chunks.push(copy(&from, &filter));
+                    first = next;
+                }
+            }
+        }
+        let estimated = super::estimated_rows(client, table).await?;
         if let Some(stats) = &self.stats {
             stats.copy_started(&table.to_string(), CopyKind::Initial, estimated);
         }
-        tracing::info!(table = %table, estimated_rows = %estimated.map_or("unknown".to_string(), |e| e.to_string()), "Snapshot of the table started.");
-        // Two batches ahead at most: memory stays bounded by `batch.max_events`.
-        let (tx, batches) = mpsc::channel(2);
-        let task = tokio::spawn(copy_rows(stream, columns, self.batch_rows, tx));
+        tracing::info!(table = %table, estimated_rows = %estimated.map_or("unknown".to_string(), |e| e.to_string()), chunks = chunks.len(), "Snapshot of the table started.");
         let now = Instant::now();
-        Ok(TableScan {
+        let read = TableRead {
             relation: Arc::new(relation),
-            batches,
-            task,
+            chunks_left: chunks.len(),
             progress: TableCopy {
                 table: table.to_string(),
                 kind: CopyKind::Initial,
@@ -305,7 +434,54 @@ impl SnapshotReader {
                 finished: None,
             },
             last_report: now,
-        })
+        };
+        Ok((read, chunks))
+    }
+}
+
+/// A session in the exported snapshot `name`.
+async fn snapshot_session(url: &str, name: &str) -> Result<tokio_postgres::Client, SourceError> {
+    let control = Control::connect(url).await?;
+    control
+        .client
+        .batch_execute(super::READ_SESSION_SETTINGS)
+        .await
+        .map_err(sql_err("setting up the snapshot session"))?;
+    control
+        .client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+            name.replace('\'', "")
+        ))
+        .await
+        .map_err(sql_err("importing the slot's snapshot"))?;
+    Ok(control.client)
+}
+
+/// A worker: copies chunks from `queue` until it is empty (or the reader is gone).
+async fn copy_chunks(
+    client: Arc<tokio_postgres::Client>,
+    queue: Arc<std::sync::Mutex<VecDeque<Chunk>>>,
+    batch_rows: usize,
+    tx: mpsc::Sender<Result<Piece, SourceError>>,
+) {
+    loop {
+        let chunk = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        let Some(chunk) = chunk else { return };
+        let stream = match client.copy_out(chunk.sql.as_str()).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                let _ = tx.send(Err(sql_err("reading the snapshot")(e))).await;
+                return;
+            }
+        };
+        if !copy_rows(stream, &chunk, batch_rows, &tx).await {
+            return;
+        }
+        let done = Piece::ChunkDone { table: chunk.table };
+        if tx.send(Ok(done)).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -385,17 +561,18 @@ impl CopyColumn {
     }
 }
 
-/// Decodes a table's binary COPY into batches of `batch_rows` rows, sent to `tx` (the
-/// task ends early when its receiver is gone).
+/// Decodes a chunk's binary COPY into batches of `batch_rows` rows, sent to `tx`; false
+/// when it stopped early (an error, sent; or the receiver is gone).
 async fn copy_rows(
     stream: tokio_postgres::CopyOutStream,
-    columns: Vec<CopyColumn>,
+    chunk: &Chunk,
     batch_rows: usize,
-    tx: mpsc::Sender<Result<(Vec<Vec<Value>>, u64), SourceError>>,
-) {
+    tx: &mpsc::Sender<Result<Piece, SourceError>>,
+) -> bool {
     use futures::StreamExt;
     use tokio_postgres::binary_copy::BinaryCopyOutStream;
     use tokio_postgres::types::Type;
+    let columns = &chunk.columns;
     // Every field is read as raw bytes; `CopyColumn::value` decodes them.
     let types = vec![Type::BYTEA; columns.len()];
     let rows = BinaryCopyOutStream::new(stream, &types);
@@ -423,6 +600,11 @@ async fn copy_rows(
             })
             .collect()
     };
+    let piece = |rows, bytes| Piece::Rows {
+        table: chunk.table,
+        rows,
+        bytes,
+    };
     let (mut batch, mut bytes) = (Vec::with_capacity(batch_rows), 0u64);
     while let Some(row) = rows.next().await {
         let values = row
@@ -432,23 +614,18 @@ async fn copy_rows(
             Ok(values) => batch.push(values),
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
-                return;
+                return false;
             }
         }
         if batch.len() == batch_rows {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_rows));
-            if tx
-                .send(Ok((full, std::mem::take(&mut bytes))))
-                .await
-                .is_err()
-            {
-                return;
+            let sent = tx.send(Ok(piece(full, std::mem::take(&mut bytes)))).await;
+            if sent.is_err() {
+                return false;
             }
         }
     }
-    if !batch.is_empty() {
-        let _ = tx.send(Ok((batch, bytes))).await;
-    }
+    batch.is_empty() || tx.send(Ok(piece(batch, bytes))).await.is_ok()
 }
 
 /// A table's relation as streaming describes it (columns in order, without dropped and

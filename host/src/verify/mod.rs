@@ -434,6 +434,7 @@ impl SourceSide<'_> {
             self.info.clone(),
             CHUNK_ROWS,
             self.at,
+            1,
         )
         .await?;
         let (started, mut reported) = (Instant::now(), Instant::now());

@@ -58,16 +58,32 @@ fn snapshot_progress(db: &TestDb) -> String {
 
 #[test]
 fn the_snapshot_hands_over_to_the_stream_exactly_under_concurrent_writes() {
+    snapshot_under_concurrent_writes(1);
+}
+
+#[test]
+fn a_snapshot_read_on_four_sessions_hands_over_exactly_under_concurrent_writes() {
+    snapshot_under_concurrent_writes(4);
+}
+
+fn snapshot_under_concurrent_writes(parallelism: usize) {
     let db = TestDb::new("snap_concurrent");
     db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
-    db.sql("INSERT INTO t SELECT -g, 0, md5(g::text) FROM generate_series(1, 40000) g");
-    let config = db.config_with(&["public.t"], "", "max_events = 500", "");
+    // About 1000 pages: cut into page ranges when read on several sessions.
+    db.sql("INSERT INTO t SELECT -g, 0, md5(g::text) FROM generate_series(1, 100000) g");
+    let source = format!("snapshot_parallelism = {parallelism}");
+    let config = db.config_with(&["public.t"], &source, "max_events = 500", "");
     let writer = Writer::start(db.url());
-    let churn = Churn::start(&db, 40000);
+    let churn = Churn::start(&db, 100000);
     std::thread::sleep(Duration::from_millis(300));
     let out = db.catch_up(&config);
     let err = stderr(&out);
     assert!(err.contains("Initial snapshot done"), "{err}");
+    assert_eq!(
+        err.contains("Reading the snapshot on several sessions at once. sessions=4"),
+        parallelism == 4,
+        "{err}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     let rounds = churn.finish();
     let [inserts, _, _] = writer.finish();
@@ -78,7 +94,7 @@ fn the_snapshot_hands_over_to_the_stream_exactly_under_concurrent_writes() {
     db.catch_up(&config);
     let t = assert_same_state(&db, "public.t", "id");
     assert!(
-        t.op("r") > 30_000,
+        t.op("r") > 90_000,
         "the existing rows came as op = r ({})",
         t.op("r")
     );
@@ -97,7 +113,7 @@ fn a_snapshot_killed_midway_is_taken_again_and_nothing_doubles() {
     db.sql("INSERT INTO t SELECT g, 0, md5(g::text) FROM generate_series(1, 300000) g");
     let config = db.config_with(
         &["public.t"],
-        "",
+        "snapshot_parallelism = 4",
         "max_events = 1000",
         "target_file_size = \"256KiB\"\nrow_group_rows = 2000",
     );
