@@ -20,8 +20,8 @@ use crate::batch::CommitPos;
 use crate::batch::{Edge, Marker, Signal, SourceBatch};
 use crate::config::TableName;
 use crate::lsn::Lsn;
-use crate::source::decoder::{Kind, kind};
-use crate::source::snapshot::{row_values, select_list, table_relation};
+use crate::source::decoder::Kind;
+use crate::source::snapshot::{CopyColumn, TextVia, copy_all, copy_list, table_relation};
 use crate::source::{Control, SourceError, SourceInfo, sql_err};
 use crate::stats::{CopyKind, Stats, TableCopy};
 use crate::storage::StateFile;
@@ -53,7 +53,6 @@ struct Record {
 struct Active {
     table: TableName,
     relation: Arc<Relation>,
-    kinds: Vec<Kind>,
     key: Vec<usize>,
     /// The last key read, as text (`None` before the first chunk).
     last_key: Option<Vec<Option<String>>>,
@@ -263,7 +262,6 @@ impl Backfills {
             progress,
             until,
             from,
-            kinds: relation.columns.iter().map(|c| kind(c.type_oid)).collect(),
             relation: Arc::new(relation),
             key,
             last_key,
@@ -278,7 +276,6 @@ impl Backfills {
         let relation = table_relation(&self.control.client, &self.info, &table).await?;
         let active = self.active.as_mut().expect("set above");
         if relation.columns != active.relation.columns {
-            active.kinds = relation.columns.iter().map(|c| kind(c.type_oid)).collect();
             active.relation = Arc::new(relation);
         }
         Ok(())
@@ -290,7 +287,13 @@ impl Backfills {
         &self,
     ) -> Result<(Vec<ChunkRow>, Option<Vec<Option<String>>>), SourceError> {
         let active = self.active.as_ref().expect("set above");
-        let key_list = key_columns(&active.relation, &active.key).join(", ");
+        // Qualified: in ORDER BY a bare name would be the output column, which for
+        // some types is their text (`::text` in the COPY's list), sorted as text.
+        let key_list = key_columns(&active.relation, &active.key)
+            .iter()
+            .map(|k| format!("weir_row.{k}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut bounds = Vec::new();
         if let Some(k) = &active.last_key {
             bounds.push(format!("({key_list}) > ({})", literals(k)));
@@ -299,25 +302,51 @@ impl Backfills {
             Some(k) => bounds.push(format!("({key_list}) <= ({})", literals(k))),
             None => bounds.push("false".into()),
         }
+        // A binary COPY, decoded as the initial snapshot's; the key columns again as
+        // text at the end, for the next chunk's bound (their text is input to their type).
+        let (list, mut columns) = copy_list(&active.relation);
+        let key_text: Vec<String> = key_columns(&active.relation, &active.key)
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("weir_row.{k}::text AS weir_key_{i}"))
+            .collect();
+        columns.extend(
+            active
+                .key
+                .iter()
+                .map(|_| CopyColumn::Text(Kind::Text, TextVia::Itself)),
+        );
         let sql = format!(
-            "SELECT {} FROM {} WHERE {} ORDER BY {key_list} LIMIT {}",
-            select_list(&active.relation),
+            "COPY (SELECT {list}, {} FROM {} AS weir_row WHERE {} ORDER BY {key_list} LIMIT {}) TO STDOUT (FORMAT binary)",
+            key_text.join(", "),
             active.from,
             bounds.join(" AND "),
             self.chunk_rows
         );
-        let rows = simple_rows(&self.control.client, &sql, &active.table).await?;
+        let read = copy_all(&self.control.client, &sql, &columns).await;
+        let rows = read.map_err(|e| match e {
+            SourceError::Sql { context, message } => SourceError::Sql {
+                context: format!("backfilling {} ({context})", active.table),
+                message,
+            },
+            other => other,
+        })?;
+        let width = active.relation.columns.len();
         let last_key = rows.last().map(|r| {
-            active
-                .key
+            r[width..]
                 .iter()
-                .map(|&i| r.get(i).map(str::to_owned))
+                .map(|v| match v {
+                    Value::Null => None,
+                    Value::Text(t) => Some(t.clone()),
+                    Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                    other => Some(format!("{other:?}")),
+                })
                 .collect()
         });
         let rows = rows
-            .iter()
-            .map(|r| {
-                let (values, _) = row_values(r, &active.kinds);
+            .into_iter()
+            .map(|mut values| {
+                values.truncate(width);
                 let key = active.key.iter().map(|&i| values[i].clone()).collect();
                 (key, values)
             })

@@ -357,18 +357,7 @@ impl SnapshotReader {
     ) -> Result<(TableRead, Vec<Chunk>), SourceError> {
         let client = &self.client;
         let relation = table_relation(client, &self.info, table).await?;
-        let columns: Vec<CopyColumn> = relation.columns.iter().map(CopyColumn::of).collect();
-        let list: Vec<String> = relation
-            .columns
-            .iter()
-            .zip(&columns)
-            .map(|(c, how)| how.select(&super::quote_ident(&c.name)))
-            .collect();
-        let list = if list.is_empty() {
-            "NULL".to_string()
-        } else {
-            list.join(", ")
-        };
+        let (list, columns) = copy_list(&relation);
         let columns = Arc::new(columns);
         let copy = |from: &str, filter: &str| Chunk {
             table: index,
@@ -489,7 +478,7 @@ async fn copy_chunks(
 /// every value equals what pgoutput's text sends while streaming (the same output
 /// function, the same session settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CopyColumn {
+pub(crate) enum CopyColumn {
     /// Its binary form, decoded here: booleans, integers, `float8`, `bytea`.
     Bool,
     Int2,
@@ -506,14 +495,14 @@ enum CopyColumn {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TextVia {
+pub(crate) enum TextVia {
     Itself,
     Cast,
     Format,
 }
 
 impl CopyColumn {
-    fn of(column: &Column) -> CopyColumn {
+    pub(crate) fn of(column: &Column) -> CopyColumn {
         use weir_sdk::oid;
         const CHAR: u32 = 18;
         const INET: u32 = 869;
@@ -535,7 +524,7 @@ impl CopyColumn {
     }
 
     /// The column's expression in the COPY's SELECT.
-    fn select(self, name: &str) -> String {
+    pub(crate) fn select(self, name: &str) -> String {
         match self {
             CopyColumn::Text(_, TextVia::Cast) => format!("{name}::text"),
             CopyColumn::Text(_, TextVia::Format) => {
@@ -570,36 +559,14 @@ async fn copy_rows(
     tx: &mpsc::Sender<Result<Piece, SourceError>>,
 ) -> bool {
     use futures::StreamExt;
-    use tokio_postgres::binary_copy::BinaryCopyOutStream;
+    use tokio_postgres::binary_copy::{BinaryCopyOutRow, BinaryCopyOutStream};
     use tokio_postgres::types::Type;
     let columns = &chunk.columns;
     // Every field is read as raw bytes; `CopyColumn::value` decodes them.
     let types = vec![Type::BYTEA; columns.len()];
     let rows = BinaryCopyOutStream::new(stream, &types);
     futures::pin_mut!(rows);
-    let decode = |row: &tokio_postgres::binary_copy::BinaryCopyOutRow,
-                  bytes: &mut u64|
-     -> Result<Vec<Value>, SourceError> {
-        (0..columns.len())
-            .map(|i| {
-                let raw: Option<&[u8]> = row.try_get(i).map_err(sql_err("reading the snapshot"))?;
-                Ok(match raw {
-                    None => Value::Null,
-                    Some(b) => {
-                        *bytes += b.len() as u64;
-                        columns[i].value(b).ok_or_else(|| SourceError::Sql {
-                            context: "reading the snapshot".into(),
-                            message: format!(
-                                "a value of column {} has an unexpected binary length {}",
-                                i + 1,
-                                b.len()
-                            ),
-                        })?
-                    }
-                })
-            })
-            .collect()
-    };
+    let decode = |row: &BinaryCopyOutRow, bytes: &mut u64| decode_row(row, columns, bytes);
     let piece = |rows, bytes| Piece::Rows {
         table: chunk.table,
         rows,
@@ -626,6 +593,76 @@ async fn copy_rows(
         }
     }
     batch.is_empty() || tx.send(Ok(piece(batch, bytes))).await.is_ok()
+}
+
+/// The relation's columns as a binary COPY's SELECT list, and how each travels.
+pub(crate) fn copy_list(relation: &Relation) -> (String, Vec<CopyColumn>) {
+    let columns: Vec<CopyColumn> = relation.columns.iter().map(CopyColumn::of).collect();
+    let list: Vec<String> = relation
+        .columns
+        .iter()
+        .zip(&columns)
+        .map(|(c, how)| how.select(&super::quote_ident(&c.name)))
+        .collect();
+    let list = match list.is_empty() {
+        true => "NULL".to_string(),
+        false => list.join(", "),
+    };
+    (list, columns)
+}
+
+/// One row of a binary COPY as values (adding the bytes it carried to `bytes`).
+fn decode_row(
+    row: &tokio_postgres::binary_copy::BinaryCopyOutRow,
+    columns: &[CopyColumn],
+    bytes: &mut u64,
+) -> Result<Vec<Value>, SourceError> {
+    (0..columns.len())
+        .map(|i| {
+            let raw: Option<&[u8]> = row.try_get(i).map_err(sql_err("reading rows"))?;
+            Ok(match raw {
+                None => Value::Null,
+                Some(b) => {
+                    *bytes += b.len() as u64;
+                    columns[i].value(b).ok_or_else(|| SourceError::Sql {
+                        context: "reading rows".into(),
+                        message: format!(
+                            "a value of column {} has an unexpected binary length {}",
+                            i + 1,
+                            b.len()
+                        ),
+                    })?
+                }
+            })
+        })
+        .collect()
+}
+
+/// Every row of a binary `COPY ... TO STDOUT` (a backfill chunk: bounded by its `LIMIT`).
+pub(crate) async fn copy_all(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    columns: &[CopyColumn],
+) -> Result<Vec<Vec<Value>>, SourceError> {
+    use futures::StreamExt;
+    use tokio_postgres::binary_copy::BinaryCopyOutStream;
+    let stream = client
+        .copy_out(sql)
+        .await
+        .map_err(sql_err("reading rows"))?;
+    let types = vec![tokio_postgres::types::Type::BYTEA; columns.len()];
+    let rows = BinaryCopyOutStream::new(stream, &types);
+    futures::pin_mut!(rows);
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    while let Some(row) = rows.next().await {
+        out.push(decode_row(
+            &row.map_err(sql_err("reading rows"))?,
+            columns,
+            &mut bytes,
+        )?);
+    }
+    Ok(out)
 }
 
 /// A table's relation as streaming describes it (columns in order, without dropped and
@@ -675,39 +712,6 @@ pub(crate) async fn table_relation(
         version: info.versions.version_for(oid, &columns),
         columns,
     })
-}
-
-/// The relation's columns for a SELECT, in order.
-pub(crate) fn select_list(relation: &Relation) -> String {
-    let list: Vec<String> = relation
-        .columns
-        .iter()
-        .map(|c| super::quote_ident(&c.name))
-        .collect();
-    if list.is_empty() {
-        "NULL".to_string()
-    } else {
-        list.join(", ")
-    }
-}
-
-/// A row of the simple protocol (each value as its type's output renders it) as event
-/// values, and the bytes it carried.
-pub(crate) fn row_values(
-    row: &tokio_postgres::SimpleQueryRow,
-    kinds: &[super::decoder::Kind],
-) -> (Vec<weir_sdk::Value>, u64) {
-    let mut bytes = 0u64;
-    let values = (0..kinds.len())
-        .map(|i| match row.get(i) {
-            None => weir_sdk::Value::Null,
-            Some(t) => {
-                bytes += t.len() as u64;
-                text_value(t.as_bytes(), kinds[i])
-            }
-        })
-        .collect();
-    (values, bytes)
 }
 
 #[cfg(test)]
