@@ -21,7 +21,7 @@ use crate::batch::{Edge, Marker, Signal, SourceBatch};
 use crate::config::TableName;
 use crate::lsn::Lsn;
 use crate::source::decoder::Kind;
-use crate::source::snapshot::{CopyColumn, TextVia, copy_all, copy_list, table_relation};
+use crate::source::snapshot::{Copied, CopyColumn, TextVia, copy_all, copy_list, table_relation};
 use crate::source::{Control, SourceError, SourceInfo, sql_err};
 use crate::stats::{CopyKind, Stats, TableCopy};
 use crate::storage::StateFile;
@@ -42,6 +42,9 @@ struct TableProgress {
     chunks: Vec<(u64, Vec<Option<String>>)>,
     /// The high watermark of the empty chunk that ended it.
     done_at: Option<u64>,
+    /// Rows an unfinished initial snapshot copied, which the backfill leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    copied: Option<Copied>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -60,6 +63,8 @@ struct Active {
     until: Option<Vec<Option<String>>>,
     /// What its rows are read from (see [`crate::source::rows_of`]).
     from: String,
+    /// Rows the initial snapshot copied, left out.
+    copied: Option<Copied>,
     progress: TableCopy,
     last_report: std::time::Instant,
 }
@@ -148,6 +153,26 @@ impl Backfills {
     /// Nothing in progress or queued.
     pub fn idle(&self) -> bool {
         self.active.is_none() && self.queue.is_empty()
+    }
+
+    /// Queues the rest of a table an unfinished initial snapshot copied part of (or
+    /// none of): the rows `copied` names are left out.
+    pub async fn finish_snapshot(
+        &mut self,
+        table: &TableName,
+        copied: Copied,
+    ) -> Result<(), SourceError> {
+        if self.queue.contains(table) {
+            return Ok(());
+        }
+        let progress = TableProgress {
+            copied: Some(copied),
+            ..TableProgress::default()
+        };
+        self.record.tables.insert(table.to_string(), progress);
+        self.save().await?;
+        self.queue.push_back(table.clone());
+        Ok(())
     }
 
     /// Queues a table (again, if it was done).
@@ -245,6 +270,7 @@ impl Backfills {
                 largest_key(&self.control.client, &table, &from, &relation, &key).await?;
         }
         let until = record.until.clone();
+        let copied = record.copied.clone();
         let estimated = crate::source::estimated_rows(&self.control.client, &table).await?;
         if let Some(stats) = &self.stats {
             stats.copy_started(&table.to_string(), CopyKind::Backfill, estimated);
@@ -262,6 +288,7 @@ impl Backfills {
             progress,
             until,
             from,
+            copied,
             relation: Arc::new(relation),
             key,
             last_key,
@@ -301,6 +328,9 @@ impl Backfills {
         match &active.until {
             Some(k) => bounds.push(format!("({key_list}) <= ({})", literals(k))),
             None => bounds.push("false".into()),
+        }
+        if let Some(copied) = &active.copied {
+            bounds.push(copied.not_copied("weir_row"));
         }
         // A binary COPY, decoded as the initial snapshot's; the key columns again as
         // text at the end, for the next chunk's bound (their text is input to their type).

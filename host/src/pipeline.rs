@@ -116,8 +116,8 @@ pub async fn run(
         stopped_or_failed => {
             stages.close().await;
             stopped_or_failed?;
-            // Stopped by a signal during the initial snapshot: nothing of it is
-            // checkpointed; the next start takes it again.
+            // Stopped by a signal during the initial snapshot: the chunks committed
+            // so far are checkpointed; the next start reads the rest.
             return Ok(RunSummary {
                 events: stats.snapshot().events,
                 checkpoint: None,
@@ -128,6 +128,7 @@ pub async fn run(
     if let (true, Some(t)) = (start.snapshot_taken, ends.caught_up.as_mut()) {
         t.slot_recreated();
     }
+    let mut start = start;
     let mut backfills = start
         .backfills(config, &info, stages.sinks(), &stats)
         .await?;

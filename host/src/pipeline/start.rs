@@ -7,7 +7,9 @@ use crate::batch::{CommitPos, Position};
 use crate::config::{PipelineConfig, SnapshotMode};
 use crate::lsn::Lsn;
 use crate::sink::Sinks;
-use crate::source::snapshot::{Plan, Progress, SnapshotReader, SnapshotState, snapshot_commit};
+use crate::source::snapshot::{
+    Plan, Progress, Resumption, SnapshotReader, SnapshotState, snapshot_commit,
+};
 use crate::source::{Control, SourceError, SourceInfo};
 use crate::stages::{StageError, Stages};
 use crate::stats::Stats;
@@ -20,6 +22,9 @@ pub(super) struct Start {
     /// The replication session that created the slot for the snapshot: it streams.
     pub session: Option<ReplicationClient>,
     pub snapshot_taken: bool,
+    /// An unfinished initial snapshot whose chunks up to the checkpoint are kept: the
+    /// rest is read by backfills.
+    resumed: Option<(SnapshotState, Resumption)>,
 }
 
 impl Start {
@@ -37,6 +42,7 @@ impl Start {
             resume: stages.sinks().resume(),
             session: None,
             snapshot_taken: false,
+            resumed: None,
         };
         let plan = InitialSnapshot::plan(config, info, stages).await?;
         let taking = matches!(plan, Some((_, Plan::Take { .. })));
@@ -65,10 +71,24 @@ impl Start {
                     state.write(Progress::Done, None).await?;
                 }
             }
+            Some((state, Plan::Resume(resumption))) => {
+                control.prepare(&config.source, info).await?;
+                let left = resumption.unfinished(&config.source.tables);
+                let left: Vec<String> = left.iter().map(|(t, _)| t.to_string()).collect();
+                tracing::warn!(
+                    slot = %config.source.slot,
+                    kept_chunks = resumption.kept.len(),
+                    kept_rows = resumption.kept_rows(),
+                    tables_left = %left.join(","),
+                    "The initial snapshot did not finish: keeping the chunks every sink holds; the rest of each table is read as a backfill while streaming from the consistent point."
+                );
+                start.resumed = Some((state, resumption));
+            }
             Some((state, Plan::Take { drop_slot })) => {
                 let snapshot =
                     InitialSnapshot::begin(config, control, info, stages, &state, drop_slot);
-                let Some((point, session)) = snapshot.await?.take(stages, options, stats).await?
+                let Some((point, session)) =
+                    snapshot.await?.take(stages, options, stats, &state).await?
                 else {
                     return Ok(None);
                 };
@@ -81,9 +101,10 @@ impl Start {
         Ok(Some(start))
     }
 
-    /// Backfills of tables added to the publication, which have rows from before.
+    /// Backfills of tables added to the publication, which have rows from before, and
+    /// of what an unfinished initial snapshot did not copy.
     pub async fn backfills(
-        &self,
+        &mut self,
         config: &PipelineConfig,
         info: &SourceInfo,
         sinks: &Sinks,
@@ -110,6 +131,13 @@ impl Start {
         )
         .await?;
         backfills.stats = Some(stats.clone());
+        if let Some((state, resumption)) = self.resumed.take() {
+            for (table, copied) in resumption.unfinished(&config.source.tables) {
+                backfills.finish_snapshot(&table, copied).await?;
+            }
+            // The backfills' record holds the rest now.
+            state.write(Progress::Done, Some(resumption.point)).await?;
+        }
         if !self.snapshot_taken {
             // The snapshot read every table; tables just added to the publication
             // need a backfill otherwise.
@@ -145,10 +173,31 @@ impl<'a> InitialSnapshot<'a> {
             .state_url()
             .expect("validated: snapshot = \"initial\" has a state location");
         let state = SnapshotState::open(url, &config.source.slot)?;
-        let progress = state.read().await?;
+        let record = state.read().await?;
         let flushed = stages.sinks().all_flushed_once();
-        let plan = crate::source::snapshot::plan(progress, info.slot_exists, flushed);
-        if plan == Plan::Skip && progress.is_none() && info.slot_exists {
+        // A sink without a checkpoint beside others with one (a crash within the first
+        // flush) holds none of the snapshot: nothing is kept, every table is read again.
+        let nothing = CommitPos {
+            commit_lsn: Lsn::ZERO,
+            end_lsn: Lsn::ZERO,
+        };
+        let sinks = stages.sinks();
+        let held = sinks
+            .resume()
+            .or(sinks.lowest_checkpoint().map(|_| nothing));
+        let mut plan =
+            crate::source::snapshot::plan(record.as_ref(), info.slot_exists, flushed, held);
+        if let Plan::Resume(resumption) = &plan {
+            let unfinished = resumption.unfinished(&config.source.tables);
+            let keyless = unfinished
+                .iter()
+                .find(|(t, _)| info.primary_keys.get(t).is_none_or(Vec::is_empty));
+            if let Some((table, _)) = keyless {
+                tracing::warn!(table = %table, "The unfinished initial snapshot cannot be completed by a backfill: this table has no primary key.");
+                plan = Plan::Take { drop_slot: true };
+            }
+        }
+        if plan == Plan::Skip && record.is_none() && info.slot_exists {
             tracing::info!(slot = %config.source.slot, "The slot exists already: streaming from it without an initial snapshot.");
         }
         Ok(Some((state, plan)))
@@ -192,6 +241,7 @@ impl<'a> InitialSnapshot<'a> {
         stages: &mut Stages,
         options: &RunOptions,
         stats: &Arc<Stats>,
+        state: &SnapshotState,
     ) -> Result<Option<(Lsn, ReplicationClient)>, PipelineError> {
         let started = std::time::Instant::now();
         let mut reader = SnapshotReader::begin(
@@ -202,16 +252,23 @@ impl<'a> InitialSnapshot<'a> {
             self.config.batch.max_events,
             self.point,
             self.config.source.snapshot_parallelism,
+            Some(state.clone()),
         )
         .await?;
         reader.stats = Some(stats.clone());
         let mut position = Position::default();
+        let mut committed = Position::default();
         while let Some(batch) = reader.next_batch().await? {
             if options.shutdown.is_cancelled() {
+                // The chunks committed so far are kept: the next start goes on after them.
+                stages.flush(&committed).await?;
                 return Ok(None);
             }
             stats.add_events(batch.batch.events.len() as u64);
             position = stages.process(batch).await?;
+            if !position.in_tx {
+                committed = position;
+            }
         }
         stages.flush(&position).await?;
         tracing::info!(rows = reader.rows, seconds = started.elapsed().as_secs(), consistent_point = %self.point, "Initial snapshot done and checkpointed; streaming from its consistent point.");

@@ -2,16 +2,22 @@
 //! when it is created, so that streaming from the slot's consistent point continues
 //! exactly where the snapshot ends: no row missed, none doubled.
 //!
-//! The slot is created on a replication session with `SNAPSHOT 'export'`; a second
-//! session imports that snapshot (`SET TRANSACTION SNAPSHOT`) and reads each table with
-//! one `COPY (SELECT ...) TO STDOUT (FORMAT binary)`, decoded on a task of its own while
-//! the stages write the previous batch (see [`CopyColumn`] for how each type travels).
-//! Batches hold `batch.max_events` rows. Every row becomes an `op = r`
-//! event at commit LSN `consistent point - 1`, so it sorts before every streamed change.
-//! For the sinks the whole snapshot is one transaction: nothing is checkpointed until its
-//! last row is written, so a crash mid-snapshot leaves no checkpoint, and the next start
-//! drops the slot and takes the snapshot again. Progress is recorded in
-//! `<state>/_weir/<slot>/snapshot.json`.
+//! The slot is created on a replication session with `SNAPSHOT 'export'`; sessions that
+//! import that snapshot (`SET TRANSACTION SNAPSHOT`) read the tables in chunks (ranges of
+//! pages, each a partition's or a table's) with `COPY (SELECT ...) TO STDOUT (FORMAT
+//! binary)`, decoded on tasks of their own while the stages write the previous batch (see
+//! [`CopyColumn`] for how each type travels). Batches hold `batch.max_events` rows.
+//!
+//! Each chunk reaches the stages whole, as a transaction of its own: its rows are
+//! `op = r` events at a commit LSN below the consistent point (the `n`-th chunk of `N` at
+//! `consistent point - 1 - (N - n)`, the last at `consistent point - 1`), so they sort
+//! before every streamed change and the sinks' checkpoint moves chunk by chunk. Chunks
+//! are recorded in `<state>/_weir/<slot>/snapshot.json` before their commit reaches the
+//! sinks. A crash leaves the slot and the chunks up to the checkpoint; the next start
+//! keeps them and reads the rest of each table as a backfill (see [`Resumption`]),
+//! because the exported snapshot died with its session. Tables without a primary key
+//! cannot be backfilled, so they are read first and no chunk is committed before all of
+//! them are copied: a crash before that takes the whole snapshot again.
 
 use super::decoder::{Kind, builtin_type_name, kind, text_value};
 use super::{Control, SourceError, SourceInfo, quote_table, sql_err};
@@ -23,7 +29,7 @@ use crate::lsn::Lsn;
 use crate::stats::{CopyKind, Stats, TableCopy};
 use crate::storage::{StateFile, StorageError};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -34,20 +40,52 @@ use weir_sdk::{Batch, Column, Event, Op, Relation, Value};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Progress {
-    /// Taken by a run that has not finished it: the next start takes it again.
+    /// Taken by a run that has not finished it.
     Started,
-    /// Complete and checkpointed.
+    /// Complete and checkpointed (or handed over to backfills).
     Done,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Record {
+/// `snapshot.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
     progress: Progress,
     slot: String,
     consistent_point: Option<String>,
+    /// The exported snapshot, as `pg_current_snapshot()` renders it (`xmin:xmax:xip,...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    snapshot: Option<String>,
+    /// Chunks planned per table.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    planned: BTreeMap<String, usize>,
+    /// Chunks copied, in the order of their commits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    chunks: Vec<DoneChunk>,
+}
+
+/// A chunk the snapshot copied: pages `first_page` up to `end_page` (open: to the end)
+/// of one relation (a table, or one partition of a partitioned one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoneChunk {
+    pub table: String,
+    /// The relation read, quoted.
+    pub part: String,
+    pub first_page: i64,
+    pub end_page: Option<i64>,
+    pub commit_lsn: u64,
+    pub rows: u64,
+}
+
+impl Record {
+    fn point(&self) -> Option<Lsn> {
+        self.consistent_point
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+    }
 }
 
 /// The snapshot's progress record, kept with the pipeline's state.
+#[derive(Clone)]
 pub struct SnapshotState {
     file: StateFile<Record>,
     slot: String,
@@ -61,8 +99,8 @@ impl SnapshotState {
         })
     }
 
-    pub async fn read(&self) -> Result<Option<Progress>, StorageError> {
-        Ok(self.file.read().await?.map(|r| r.progress))
+    pub async fn read(&self) -> Result<Option<Record>, StorageError> {
+        self.file.read().await
     }
 
     pub async fn write(&self, progress: Progress, at: Option<Lsn>) -> Result<(), StorageError> {
@@ -71,13 +109,20 @@ impl SnapshotState {
                 progress,
                 slot: self.slot.clone(),
                 consistent_point: at.map(|l| l.to_string()),
+                snapshot: None,
+                planned: BTreeMap::new(),
+                chunks: vec![],
             })
             .await
+    }
+
+    async fn save(&self, record: &Record) -> Result<(), StorageError> {
+        self.file.write(record).await
     }
 }
 
 /// What the start of a run does about the snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     /// Nothing: it is done, not wanted, or the slot predates it.
     Skip,
@@ -85,20 +130,137 @@ pub enum Plan {
     Take { drop_slot: bool },
     /// It completed and was checkpointed, but the record says otherwise: fix the record.
     MarkDone,
+    /// It did not finish, but chunks of it are checkpointed: keep them, read the rest.
+    Resume(Resumption),
 }
 
-/// Decides from the record, the slot and the sinks' checkpoints.
-pub fn plan(progress: Option<Progress>, slot_exists: bool, any_checkpoint: bool) -> Plan {
-    match progress {
-        Some(Progress::Done) => Plan::Skip,
-        // The snapshot's rows reached a checkpoint only once all were written.
-        Some(Progress::Started) if any_checkpoint => Plan::MarkDone,
-        Some(Progress::Started) => Plan::Take {
+/// Decides from the record, the slot, whether every native sink flushed once, and the
+/// position every sink holds (`None` when one holds nothing).
+pub fn plan(
+    record: Option<&Record>,
+    slot_exists: bool,
+    flushed: bool,
+    held: Option<CommitPos>,
+) -> Plan {
+    let Some(record) = record else {
+        // A slot weir did not create for a snapshot (or an older pipeline's): keep it.
+        return match slot_exists || flushed {
+            true => Plan::Skip,
+            false => Plan::Take { drop_slot: false },
+        };
+    };
+    if record.progress == Progress::Done {
+        return Plan::Skip;
+    }
+    match (record.point(), &record.snapshot, held) {
+        (Some(point), _, Some(at)) if at >= snapshot_commit(point) => Plan::MarkDone,
+        (Some(point), Some(snapshot), Some(at)) if slot_exists => Plan::Resume(Resumption {
+            point,
+            snapshot: snapshot.clone(),
+            planned: record.planned.clone(),
+            kept: record
+                .chunks
+                .iter()
+                .filter(|c| c.commit_lsn <= at.commit_lsn.0)
+                .cloned()
+                .collect(),
+        }),
+        // A record from before chunks were committed one by one: its rows reached a
+        // checkpoint only once all were written.
+        (None, _, _) if flushed => Plan::MarkDone,
+        _ => Plan::Take {
             drop_slot: slot_exists,
         },
-        // A slot weir did not create for a snapshot (or an older pipeline's): keep it.
-        None if slot_exists || any_checkpoint => Plan::Skip,
-        None => Plan::Take { drop_slot: false },
+    }
+}
+
+/// An unfinished snapshot's chunks that every sink holds, and what is left to read.
+///
+/// The rest of a table is read as a backfill (chunks by key between watermarks, while
+/// the stream goes on from the consistent point), leaving out the rows the kept chunks
+/// copied: those in their page ranges whose version was already there in the snapshot
+/// (its `xmin` is visible in it). A row changed since has a new version, wherever it is
+/// now, and is read again: its `op = r` comes after its changes, with the current value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumption {
+    pub point: Lsn,
+    snapshot: String,
+    planned: BTreeMap<String, usize>,
+    pub kept: Vec<DoneChunk>,
+}
+
+/// What a backfill leaves out: rows an unfinished initial snapshot copied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Copied {
+    /// The snapshot they were copied in (`pg_current_snapshot()`'s text).
+    pub snapshot: String,
+    /// (relation, first page, end page or open) of each chunk copied.
+    pub ranges: Vec<(String, i64, Option<i64>)>,
+}
+
+impl Resumption {
+    /// Rows the kept chunks hold.
+    pub fn kept_rows(&self) -> u64 {
+        self.kept.iter().map(|c| c.rows).sum()
+    }
+
+    /// Every table in `tables` not copied whole, with what was copied of it.
+    pub fn unfinished(&self, tables: &[TableName]) -> Vec<(TableName, Copied)> {
+        tables
+            .iter()
+            .filter_map(|table| {
+                let name = table.to_string();
+                let ranges: Vec<_> = self
+                    .kept
+                    .iter()
+                    .filter(|c| c.table == name)
+                    .map(|c| (c.part.clone(), c.first_page, c.end_page))
+                    .collect();
+                let whole = self.planned.get(&name) == Some(&ranges.len());
+                let copied = Copied {
+                    snapshot: self.snapshot.clone(),
+                    ranges,
+                };
+                (!whole).then(|| (table.clone(), copied))
+            })
+            .collect()
+    }
+}
+
+impl Copied {
+    /// A condition on a query's row `alias` that is false for rows copied already.
+    pub fn not_copied(&self, alias: &str) -> String {
+        if self.ranges.is_empty() {
+            return "true".into();
+        }
+        let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let ranges: Vec<String> = self
+            .ranges
+            .iter()
+            .map(|(part, first, end)| {
+                let mut range = format!("{alias}.tableoid = to_regclass({})", literal(part));
+                if *first > 0 {
+                    range += &format!(" AND {alias}.ctid >= '({first},0)'::tid");
+                }
+                if let Some(end) = end {
+                    range += &format!(" AND {alias}.ctid < '({end},0)'::tid");
+                }
+                format!("({range})")
+            })
+            .collect();
+        // The row version's xmin as a full (epoch and xid) transaction id: from the
+        // epoch of the next id to be assigned, or the one before when the xid is past it.
+        let next = "(SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8)";
+        let base = format!("(({next} >> 32) << 32)");
+        let xid = format!("{alias}.xmin::text::int8");
+        let full = format!(
+            "greatest(3, {base} + {xid} - CASE WHEN {base} + {xid} >= {next} THEN 4294967296 ELSE 0 END)"
+        );
+        format!(
+            "NOT coalesce(({}) AND pg_visible_in_snapshot({full}::text::xid8, {}::pg_snapshot), false)",
+            ranges.join(" OR "),
+            literal(&self.snapshot)
+        )
     }
 }
 
@@ -110,15 +272,25 @@ pub fn snapshot_commit(consistent_point: Lsn) -> CommitPos {
     }
 }
 
+/// The commit of the `n`-th of `total` chunk commits: below the consistent point, the
+/// last one at `consistent point - 1` (the snapshot's own commit).
+fn chunk_commit(consistent_point: Lsn, n: usize, total: usize) -> CommitPos {
+    let commit = consistent_point.0 - 1 - total.saturating_sub(n) as u64;
+    CommitPos {
+        commit_lsn: Lsn(commit),
+        end_lsn: Lsn(commit + 1),
+    }
+}
+
 /// Reads the tables in the exported snapshot, one batch at a time.
 ///
-/// The tables are cut into chunks (with more than one connection, a large table into
-/// ranges of pages, `ctid` ranges, and a partitioned table into its partitions), which
-/// `parallelism` sessions, all in the exported snapshot, copy out at once; their batches
-/// reach [`next_batch`](Self::next_batch) in any order, which the snapshot does not need:
-/// it is one transaction for the sinks.
+/// The tables are cut into chunks (a partitioned table into its partitions, a large table
+/// or partition into ranges of pages, `ctid` ranges), which `parallelism` sessions, all
+/// in the exported snapshot, copy out at once. [`next_batch`](Self::next_batch) hands
+/// over one chunk at a time, whole, then its commit; the other sessions read ahead, two
+/// batches each at most.
 pub struct SnapshotReader {
-    /// The session that plans the chunks, reads one of them, and ends the snapshot.
+    /// The session that plans the chunks, reads some of them, and ends the snapshot.
     client: Arc<tokio_postgres::Client>,
     url: String,
     name: String,
@@ -126,9 +298,12 @@ pub struct SnapshotReader {
     tables: Vec<TableName>,
     info: SourceInfo,
     batch_rows: usize,
-    commit: CommitPos,
+    point: Lsn,
     commit_ts: i64,
     state: ReadState,
+    /// Where chunks are recorded as they are handed over (none for `weir verify`).
+    progress: Option<SnapshotState>,
+    record: Record,
     /// Rows read over all tables.
     pub rows: u64,
     /// Where each table's progress is reported (`/metrics`, `/status`, the status line).
@@ -144,8 +319,24 @@ enum ReadState {
 
 struct Reading {
     tables: Vec<TableRead>,
+    chunks: Vec<Arc<Chunk>>,
+    workers: Vec<Worker>,
+    /// The worker whose chunk is handed over now (or next).
+    current: usize,
+    /// The chunk being handed over: its rows so far.
+    open: Option<(usize, u64)>,
+    /// Commits made, of at most one per chunk.
+    commits: usize,
+    /// Chunks handed over since the last commit.
+    uncommitted: Vec<DoneChunk>,
+    /// Chunks of tables without a primary key not handed over yet: no commit before
+    /// they are all in (a restart could not backfill them).
+    keyless_left: usize,
+}
+
+struct Worker {
     pieces: mpsc::Receiver<Result<Piece, SourceError>>,
-    workers: Vec<tokio::task::JoinHandle<()>>,
+    handle: tokio::task::JoinHandle<()>,
 }
 
 struct TableRead {
@@ -155,21 +346,26 @@ struct TableRead {
     last_report: Instant,
 }
 
-/// What a worker sends: rows of a table, or the end of one of its chunks.
+/// What a worker sends: rows of a chunk, then the chunk's end.
 enum Piece {
     Rows {
-        table: usize,
+        chunk: usize,
         rows: Vec<Vec<Value>>,
         bytes: u64,
     },
     ChunkDone {
-        table: usize,
+        chunk: usize,
     },
 }
 
-/// One `COPY` of (part of) a table.
+/// One `COPY` of (part of) a table: pages `first` up to `end` of relation `part`.
 struct Chunk {
+    id: usize,
     table: usize,
+    part: String,
+    first: i64,
+    end: Option<i64>,
+    keyless: bool,
     sql: String,
     columns: Arc<Vec<CopyColumn>>,
 }
@@ -177,10 +373,13 @@ struct Chunk {
 /// A chunk holds at least this many pages (8 KiB each by default): a table under twice
 /// as many is read in one piece.
 const SPLIT_PAGES: i64 = 256;
+/// And at most this many (128 MiB), so that a crash loses little of a large table.
+const MAX_CHUNK_PAGES: i64 = 16_384;
 
 impl SnapshotReader {
     /// Opens a session in the exported snapshot `name`; reading starts with the first
-    /// batch, on up to `parallelism` sessions.
+    /// batch, on up to `parallelism` sessions. Chunks are recorded in `progress`, if any.
+    #[allow(clippy::too_many_arguments)]
     pub async fn begin(
         url: &str,
         name: &str,
@@ -189,8 +388,22 @@ impl SnapshotReader {
         batch_rows: usize,
         consistent_point: Lsn,
         parallelism: usize,
+        progress: Option<SnapshotState>,
     ) -> Result<SnapshotReader, SourceError> {
         let client = snapshot_session(url, name).await?;
+        let snapshot: String = client
+            .query_one("SELECT pg_current_snapshot()::text", &[])
+            .await
+            .map_err(sql_err("reading the exported snapshot"))?
+            .get(0);
+        let record = Record {
+            progress: Progress::Started,
+            slot: progress.as_ref().map_or(String::new(), |p| p.slot.clone()),
+            consistent_point: Some(consistent_point.to_string()),
+            snapshot: Some(snapshot),
+            planned: BTreeMap::new(),
+            chunks: vec![],
+        };
         Ok(SnapshotReader {
             client: Arc::new(client),
             url: url.to_string(),
@@ -199,16 +412,19 @@ impl SnapshotReader {
             tables,
             info,
             batch_rows: batch_rows.max(1),
-            commit: snapshot_commit(consistent_point),
+            point: consistent_point,
             commit_ts: chrono::Utc::now().timestamp_micros(),
             state: ReadState::Planned,
+            progress,
+            record,
             rows: 0,
             stats: None,
         })
     }
 
-    /// The next batch of rows; after the last one, one empty batch that completes the
-    /// snapshot's transaction; then `None`.
+    /// The next batch: rows of the chunk being handed over, or its commit (an empty
+    /// batch); after the last chunk, one empty batch with the snapshot's own commit;
+    /// then `None`.
     pub async fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError> {
         loop {
             let reading = match &mut self.state {
@@ -219,37 +435,35 @@ impl SnapshotReader {
                 }
                 ReadState::Reading(reading) => reading,
             };
-            let piece = match reading.pieces.recv().await {
+            if reading.workers.is_empty() {
+                self.state = ReadState::Ended;
+                self.client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(sql_err("ending the snapshot"))?;
+                return Ok(Some(commit_batch(snapshot_commit(self.point))));
+            }
+            let w = reading.current % reading.workers.len();
+            let piece = match reading.workers[w].pieces.recv().await {
                 Some(piece) => piece?,
                 None => {
-                    for worker in std::mem::take(&mut reading.workers) {
-                        if let Err(e) = worker.await
-                            && e.is_panic()
-                        {
-                            return Err(HostPanic::from_join("snapshot reader", e).into());
-                        }
+                    // Its queue is empty: a worker stops only between chunks.
+                    let worker = reading.workers.remove(w);
+                    if let Err(e) = worker.handle.await
+                        && e.is_panic()
+                    {
+                        return Err(HostPanic::from_join("snapshot reader", e).into());
                     }
-                    self.state = ReadState::Ended;
-                    self.client
-                        .batch_execute("COMMIT")
-                        .await
-                        .map_err(sql_err("ending the snapshot"))?;
-                    return Ok(Some(SourceBatch {
-                        batch: Batch::default(),
-                        position: Position {
-                            last_commit: Some(self.commit),
-                            in_tx: false,
-                            idle_wal_end: Lsn::ZERO,
-                        },
-                        bytes: 0,
-                        markers: vec![],
-                        transforms: None,
-                    }));
+                    continue;
                 }
             };
-            let (table, rows, bytes) = match piece {
-                Piece::ChunkDone { table } => {
-                    let t = &mut reading.tables[table];
+            match piece {
+                Piece::ChunkDone { chunk } => {
+                    let rows = reading.open.take().map_or(0, |(_, rows)| rows);
+                    let chunk = reading.chunks[chunk].clone();
+                    reading.current = w + 1;
+                    reading.keyless_left -= usize::from(chunk.keyless);
+                    let t = &mut reading.tables[chunk.table];
                     t.chunks_left -= 1;
                     if t.chunks_left == 0 {
                         t.progress.finished = Some(Instant::now());
@@ -258,60 +472,87 @@ impl SnapshotReader {
                         }
                         super::log_copy_progress(&t.progress, "Snapshot of the table done.");
                     }
-                    continue;
+                    reading.uncommitted.push(DoneChunk {
+                        table: t.progress.table.clone(),
+                        part: chunk.part.clone(),
+                        first_page: chunk.first,
+                        end_page: chunk.end,
+                        commit_lsn: 0,
+                        rows,
+                    });
+                    if reading.keyless_left > 0 {
+                        // Its rows stay in the transaction the next commit ends.
+                        continue;
+                    }
+                    reading.commits += 1;
+                    let commit = chunk_commit(self.point, reading.commits, reading.chunks.len());
+                    for mut done in reading.uncommitted.drain(..) {
+                        done.commit_lsn = commit.commit_lsn.0;
+                        self.record.chunks.push(done);
+                    }
+                    // Recorded before the commit can reach a checkpoint.
+                    if let Some(progress) = &self.progress {
+                        progress.save(&self.record).await?;
+                    }
+                    return Ok(Some(commit_batch(commit)));
                 }
-                Piece::Rows { table, rows, bytes } => (table, rows, bytes),
-            };
-            let t = &mut reading.tables[table];
-            let mut batch = Batch::default();
-            let rel = batch.push_relation((*t.relation).clone());
-            batch.events.reserve(rows.len());
-            for values in rows {
-                batch.events.push(Event {
-                    op: Op::Read,
-                    rel,
-                    commit_lsn: self.commit.commit_lsn.0,
-                    seq: t.progress.rows as u32,
-                    xid: 0,
-                    commit_ts: self.commit_ts,
-                    before: None,
-                    after: Some(values),
-                    unchanged: vec![],
-                });
-                t.progress.rows += 1;
+                Piece::Rows { chunk, rows, bytes } => {
+                    let chunk = reading.chunks[chunk].clone();
+                    let open = reading.open.get_or_insert((chunk.id, 0));
+                    open.1 += rows.len() as u64;
+                    let commit =
+                        chunk_commit(self.point, reading.commits + 1, reading.chunks.len());
+                    let t = &mut reading.tables[chunk.table];
+                    let batch = rows_batch(t, rows, commit.commit_lsn, self.commit_ts);
+                    let n = batch.events.len() as u64;
+                    self.rows += n;
+                    if let Some(stats) = &self.stats {
+                        stats.copy_rows(&t.progress.table, n);
+                    }
+                    if t.last_report.elapsed() >= Duration::from_secs(5) {
+                        t.last_report = Instant::now();
+                        super::log_copy_progress(&t.progress, "Snapshot in progress.");
+                    }
+                    return Ok(Some(SourceBatch {
+                        batch,
+                        position: Position {
+                            last_commit: None,
+                            in_tx: true,
+                            idle_wal_end: Lsn::ZERO,
+                        },
+                        bytes,
+                        markers: vec![],
+                        transforms: None,
+                    }));
+                }
             }
-            let n = batch.events.len() as u64;
-            self.rows += n;
-            if let Some(stats) = &self.stats {
-                stats.copy_rows(&t.progress.table, n);
-            }
-            if t.last_report.elapsed() >= Duration::from_secs(5) {
-                t.last_report = Instant::now();
-                super::log_copy_progress(&t.progress, "Snapshot in progress.");
-            }
-            return Ok(Some(SourceBatch {
-                batch,
-                position: Position {
-                    last_commit: None,
-                    in_tx: true,
-                    idle_wal_end: Lsn::ZERO,
-                },
-                bytes,
-                markers: vec![],
-                transforms: None,
-            }));
         }
     }
 
-    /// Plans every table's chunks, then starts the workers: this session and up to
-    /// `parallelism - 1` more, as many as the server accepts.
+    /// Plans every table's chunks (those of tables without a primary key first), records
+    /// the plan, then starts the workers: this session and up to `parallelism - 1` more,
+    /// as many as the server accepts.
     async fn start(&mut self) -> Result<Reading, SourceError> {
         let mut tables = Vec::new();
-        let mut chunks = VecDeque::new();
-        for (i, table) in self.tables.iter().enumerate() {
+        let mut chunks = Vec::new();
+        for (i, table) in self.tables.clone().iter().enumerate() {
             let (read, planned) = self.plan(i, table).await?;
+            self.record.planned.insert(table.to_string(), planned.len());
             tables.push(read);
             chunks.extend(planned);
+        }
+        chunks.sort_by_key(|c| !c.keyless);
+        let chunks: Vec<Arc<Chunk>> = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(id, mut c)| {
+                c.id = id;
+                Arc::new(c)
+            })
+            .collect();
+        let keyless_left = chunks.iter().filter(|c| c.keyless).count();
+        if let Some(progress) = &self.progress {
+            progress.save(&self.record).await?;
         }
         let workers = self.parallelism.min(chunks.len()).max(1);
         let mut clients = vec![self.client.clone()];
@@ -331,21 +572,27 @@ impl SnapshotReader {
                 "Reading the snapshot on several sessions at once."
             );
         }
-        let queue = Arc::new(std::sync::Mutex::new(chunks));
-        // Two batches ahead per session at most: memory is bounded by the parallelism
-        // times `batch.max_events`.
-        let (tx, pieces) = mpsc::channel(2 * clients.len());
+        let queue = Arc::new(std::sync::Mutex::new(chunks.iter().cloned().collect()));
         let workers = clients
             .into_iter()
             .map(|client| {
-                let (queue, tx) = (queue.clone(), tx.clone());
-                tokio::spawn(copy_chunks(client, queue, self.batch_rows, tx).in_current_span())
+                // Two batches ahead per session at most: memory is bounded by the
+                // parallelism times `batch.max_events`.
+                let (tx, pieces) = mpsc::channel(2);
+                let task = copy_chunks(client, queue.clone(), self.batch_rows, tx);
+                let handle = tokio::spawn(task.in_current_span());
+                Worker { pieces, handle }
             })
             .collect();
         Ok(Reading {
             tables,
-            pieces,
+            chunks,
             workers,
+            current: 0,
+            open: None,
+            commits: 0,
+            uncommitted: vec![],
+            keyless_left,
         })
     }
 
@@ -357,52 +604,60 @@ impl SnapshotReader {
     ) -> Result<(TableRead, Vec<Chunk>), SourceError> {
         let client = &self.client;
         let relation = table_relation(client, &self.info, table).await?;
+        let keyless = !relation.columns.iter().any(|c| c.key);
         let (list, columns) = copy_list(&relation);
         let columns = Arc::new(columns);
-        let copy = |from: &str, filter: &str| Chunk {
-            table: index,
-            sql: format!("COPY (SELECT {list} FROM {from}{filter}) TO STDOUT (FORMAT binary)"),
-            columns: columns.clone(),
+        let chunk = |part: &str, first: i64, end: Option<i64>| {
+            let mut filter = String::new();
+            if first > 0 {
+                filter += &format!(" WHERE ctid >= '({first},0)'::tid");
+            }
+            if let Some(end) = end {
+                filter += if first > 0 { " AND" } else { " WHERE" };
+                filter += &format!(" ctid < '({end},0)'::tid");
+            }
+            Chunk {
+                id: 0,
+                table: index,
+                part: part.to_string(),
+                first,
+                end,
+                keyless,
+                sql: format!(
+                    "COPY (SELECT {list} FROM ONLY {part}{filter}) TO STDOUT (FORMAT binary)"
+                ),
+                columns: columns.clone(),
+            }
         };
+        // Each partition (a table that is not partitioned is its own only one), with
+        // its size in pages.
+        let parts = client
+            .query(
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), \
+                 pg_relation_size(c.oid) / current_setting('block_size')::int8 \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind <> 'p' AND (c.oid = $1::text::regclass \
+                 OR c.oid IN (SELECT relid FROM pg_partition_tree($1::text::regclass) WHERE isleaf)) \
+                 ORDER BY 2 DESC",
+                &[&quote_table(table)],
+            )
+            .await
+            .map_err(sql_err("sizing the table for the snapshot"))?;
         let mut chunks = Vec::new();
-        if self.parallelism == 1 {
-            chunks.push(copy(&super::rows_of(client, table).await?, ""));
-        } else {
-            // Each partition (a table that is not partitioned is its own only one), with
-            // its size in pages.
-            let parts = client
-                .query(
-                    "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), \
-                     pg_relation_size(c.oid) / current_setting('block_size')::int8 \
-                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                     WHERE c.relkind <> 'p' AND (c.oid = $1::text::regclass \
-                     OR c.oid IN (SELECT relid FROM pg_partition_tree($1::text::regclass) WHERE isleaf)) \
-                     ORDER BY 2 DESC",
-                    &[&quote_table(table)],
-                )
-                .await
-                .map_err(sql_err("sizing the table for the snapshot"))?;
-            for part in parts {
-                let (from, pages): (String, i64) = (part.get(0), part.get(1));
-                let from = format!("ONLY {from}");
-                let per_chunk = (pages / (4 * self.parallelism as i64)).max(SPLIT_PAGES);
-                if pages < 2 * SPLIT_PAGES {
-                    chunks.push(copy(&from, ""));
-                    continue;
-                }
-                let mut first = 0;
-                while first < pages {
-                    let next = first + per_chunk;
-                    // The last range is open: nothing the snapshot sees is past it.
-                    let filter = match next >= pages {
-                        true => format!(" WHERE ctid >= '({first},0)'::tid"),
-                        false => format!(
-                            " WHERE ctid >= '({first},0)'::tid AND ctid < '({next},0)'::tid"
-                        ),
-                    };
-                    chunks.push(copy(&from, &filter));
-                    first = next;
-                }
+        for part in parts {
+            let (name, pages): (String, i64) = (part.get(0), part.get(1));
+            let per_chunk =
+                (pages / (4 * self.parallelism as i64)).clamp(SPLIT_PAGES, MAX_CHUNK_PAGES);
+            if pages < 2 * SPLIT_PAGES {
+                chunks.push(chunk(&name, 0, None));
+                continue;
+            }
+            let mut first = 0;
+            while first < pages {
+                let next = first + per_chunk;
+                // The last range is open: nothing the snapshot sees is past it.
+                chunks.push(chunk(&name, first, (next < pages).then_some(next)));
+                first = next;
             }
         }
         let estimated = super::estimated_rows(client, table).await?;
@@ -428,6 +683,43 @@ impl SnapshotReader {
     }
 }
 
+/// A batch of a table's rows as `op = r` events of the commit at `commit_lsn`.
+fn rows_batch(t: &mut TableRead, rows: Vec<Vec<Value>>, commit_lsn: Lsn, commit_ts: i64) -> Batch {
+    let mut batch = Batch::default();
+    let rel = batch.push_relation((*t.relation).clone());
+    batch.events.reserve(rows.len());
+    for values in rows {
+        batch.events.push(Event {
+            op: Op::Read,
+            rel,
+            commit_lsn: commit_lsn.0,
+            seq: t.progress.rows as u32,
+            xid: 0,
+            commit_ts,
+            before: None,
+            after: Some(values),
+            unchanged: vec![],
+        });
+        t.progress.rows += 1;
+    }
+    batch
+}
+
+/// An empty batch that ends the transaction `commit`.
+fn commit_batch(commit: CommitPos) -> SourceBatch {
+    SourceBatch {
+        batch: Batch::default(),
+        position: Position {
+            last_commit: Some(commit),
+            in_tx: false,
+            idle_wal_end: Lsn::ZERO,
+        },
+        bytes: 0,
+        markers: vec![],
+        transforms: None,
+    }
+}
+
 /// A session in the exported snapshot `name`.
 async fn snapshot_session(url: &str, name: &str) -> Result<tokio_postgres::Client, SourceError> {
     let control = Control::connect(url).await?;
@@ -450,7 +742,7 @@ async fn snapshot_session(url: &str, name: &str) -> Result<tokio_postgres::Clien
 /// A worker: copies chunks from `queue` until it is empty (or the reader is gone).
 async fn copy_chunks(
     client: Arc<tokio_postgres::Client>,
-    queue: Arc<std::sync::Mutex<VecDeque<Chunk>>>,
+    queue: Arc<std::sync::Mutex<VecDeque<Arc<Chunk>>>>,
     batch_rows: usize,
     tx: mpsc::Sender<Result<Piece, SourceError>>,
 ) {
@@ -467,7 +759,7 @@ async fn copy_chunks(
         if !copy_rows(stream, &chunk, batch_rows, &tx).await {
             return;
         }
-        let done = Piece::ChunkDone { table: chunk.table };
+        let done = Piece::ChunkDone { chunk: chunk.id };
         if tx.send(Ok(done)).await.is_err() {
             return;
         }
@@ -568,7 +860,7 @@ async fn copy_rows(
     futures::pin_mut!(rows);
     let decode = |row: &BinaryCopyOutRow, bytes: &mut u64| decode_row(row, columns, bytes);
     let piece = |rows, bytes| Piece::Rows {
-        table: chunk.table,
+        chunk: chunk.id,
         rows,
         bytes,
     };
@@ -718,19 +1010,103 @@ pub(crate) async fn table_relation(
 mod tests {
     use super::*;
 
+    fn record(progress: Progress, point: Option<Lsn>, chunks: Vec<DoneChunk>) -> Record {
+        Record {
+            progress,
+            slot: "s".into(),
+            consistent_point: point.map(|p| p.to_string()),
+            snapshot: point.map(|_| "10:12:10,11".into()),
+            planned: [("public.a".to_string(), 2), ("public.b".to_string(), 1)].into(),
+            chunks,
+        }
+    }
+
+    fn done(table: &str, first: i64, end: Option<i64>, commit_lsn: u64) -> DoneChunk {
+        DoneChunk {
+            table: table.into(),
+            part: table.into(),
+            first_page: first,
+            end_page: end,
+            commit_lsn,
+            rows: 10,
+        }
+    }
+
     #[test]
     fn the_plan_follows_the_record_the_slot_and_the_checkpoints() {
-        assert_eq!(plan(None, false, false), Plan::Take { drop_slot: false });
+        let point = Lsn(1000);
+        let at = |lsn: u64| {
+            Some(CommitPos {
+                commit_lsn: Lsn(lsn),
+                end_lsn: Lsn(lsn + 1),
+            })
+        };
         assert_eq!(
-            plan(None, true, false),
+            plan(None, false, false, None),
+            Plan::Take { drop_slot: false }
+        );
+        assert_eq!(
+            plan(None, true, false, None),
             Plan::Skip,
             "a slot weir did not snapshot"
         );
+        let started = record(Progress::Started, None, vec![]);
         assert_eq!(
-            plan(Some(Progress::Started), true, false),
+            plan(Some(&started), true, false, None),
             Plan::Take { drop_slot: true }
         );
-        assert_eq!(plan(Some(Progress::Started), true, true), Plan::MarkDone);
-        assert_eq!(plan(Some(Progress::Done), true, true), Plan::Skip);
+        assert_eq!(
+            plan(Some(&started), true, true, at(5)),
+            Plan::MarkDone,
+            "a record from before chunk commits"
+        );
+        let chunks = vec![
+            done("public.a", 0, Some(256), 997),
+            done("public.b", 0, None, 998),
+            done("public.a", 256, None, 999),
+        ];
+        let started = record(Progress::Started, Some(point), chunks.clone());
+        assert_eq!(
+            plan(Some(&started), true, true, None),
+            Plan::Take { drop_slot: true },
+            "nothing checkpointed"
+        );
+        assert_eq!(plan(Some(&started), true, true, at(999)), Plan::MarkDone);
+        let Plan::Resume(resume) = plan(Some(&started), true, true, at(998)) else {
+            panic!("resumes");
+        };
+        assert_eq!(resume.kept, chunks[..2]);
+        assert_eq!(resume.kept_rows(), 20);
+        let tables: Vec<TableName> = ["public.a", "public.b", "public.c"]
+            .iter()
+            .map(|t| t.parse().unwrap())
+            .collect();
+        let unfinished = resume.unfinished(&tables);
+        let names: Vec<String> = unfinished.iter().map(|(t, _)| t.to_string()).collect();
+        assert_eq!(names, ["public.a", "public.c"], "b was copied whole");
+        assert_eq!(unfinished[0].1.ranges, [("public.a".into(), 0, Some(256))]);
+        assert!(unfinished[1].1.ranges.is_empty());
+        assert_eq!(unfinished[1].1.not_copied("r"), "true");
+        let filter = unfinished[0].1.not_copied("r");
+        assert!(filter.contains("r.ctid < '(256,0)'::tid"), "{filter}");
+        assert!(!filter.contains("r.ctid >="), "{filter}");
+        assert!(filter.contains("'10:12:10,11'::pg_snapshot"), "{filter}");
+        assert_eq!(
+            plan(
+                Some(&record(Progress::Done, Some(point), vec![])),
+                true,
+                true,
+                at(999)
+            ),
+            Plan::Skip
+        );
+    }
+
+    #[test]
+    fn chunk_commits_rise_to_the_snapshots_own_commit() {
+        let point = Lsn(1000);
+        assert_eq!(chunk_commit(point, 1, 3).commit_lsn, Lsn(997));
+        assert_eq!(chunk_commit(point, 3, 3), snapshot_commit(point));
+        assert!(chunk_commit(point, 1, 3) < chunk_commit(point, 2, 3));
     }
 }

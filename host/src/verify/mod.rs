@@ -435,6 +435,7 @@ impl SourceSide<'_> {
             CHUNK_ROWS,
             self.at,
             1,
+            None,
         )
         .await?;
         let (started, mut reported) = (Instant::now(), Instant::now());

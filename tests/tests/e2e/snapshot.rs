@@ -106,27 +106,65 @@ fn snapshot_under_concurrent_writes(parallelism: usize) {
     assert_same_state(&db, "public.t", "id");
 }
 
+/// Chunks `snapshot.json` records as committed.
+fn chunks_committed(db: &TestDb) -> usize {
+    snapshot_progress(db).matches("\"commit_lsn\"").count()
+}
+
+/// Waits until `ready` holds (up to a minute), then kills weir; `ready` must not have
+/// been overtaken by the end of the snapshot.
+fn kill_when(weir: &mut std::process::Child, db: &TestDb, what: &str, ready: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        if let Some(status) = weir.try_wait().unwrap() {
+            panic!("weir ended ({status}) before {what}");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = weir.kill();
+            panic!("waited for {what}: {}", snapshot_progress(db));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    weir.kill().unwrap();
+    weir.wait().unwrap();
+}
+
+/// The `key=value` field of the first stderr line (a process's, read until `until`)
+/// that contains `message`.
+fn logged_field(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    message: &str,
+    field: &str,
+) -> String {
+    for line in lines {
+        let line = line.unwrap();
+        if line.contains(message) {
+            let value = line.split(&format!("{field}=")).nth(1).unwrap_or("");
+            return value
+                .split(' ')
+                .next()
+                .unwrap()
+                .trim_matches('"')
+                .to_string();
+        }
+    }
+    panic!("no line with {message}");
+}
+
 #[test]
-fn a_snapshot_killed_midway_is_taken_again_and_nothing_doubles() {
+fn a_snapshot_killed_before_its_first_checkpoint_is_taken_again_and_nothing_doubles() {
     let db = TestDb::new("snap_kill");
     db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
     db.sql("INSERT INTO t SELECT g, 0, md5(g::text) FROM generate_series(1, 300000) g");
+    // No flush before the end: nothing of the snapshot is checkpointed when killed.
     let config = db.config_with(
         &["public.t"],
         "snapshot_parallelism = 4",
         "max_events = 1000",
-        "target_file_size = \"256KiB\"\nrow_group_rows = 2000",
+        "flush_interval = \"1h\"\ntarget_file_size = \"256KiB\"\nrow_group_rows = 2000",
     );
     let mut weir = db.spawn(&config);
-    let mut lines = BufReader::new(weir.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("Snapshot of the table started") {
-            break;
-        }
-    }
-    std::thread::sleep(Duration::from_millis(700));
-    weir.kill().unwrap();
-    weir.wait().unwrap();
+    kill_when(&mut weir, &db, "two chunks", || chunks_committed(&db) >= 2);
     assert!(
         snapshot_progress(&db).contains("\"started\""),
         "killed during the snapshot: {}",
@@ -134,10 +172,143 @@ fn a_snapshot_killed_midway_is_taken_again_and_nothing_doubles() {
     );
     db.sql("UPDATE t SET v = 1 WHERE id <= 10");
     let out = db.catch_up(&config);
-    assert!(stderr(&out).contains("did not finish"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("did not finish: dropping its slot"),
+        "{}",
+        stderr(&out)
+    );
     let t = assert_same_state(&db, "public.t", "id");
     assert_eq!(t.op("r"), 300_000, "every row once");
     assert_eq!(t.op("u"), 0, "the update predates the new snapshot");
+}
+
+#[test]
+fn a_snapshot_killed_midway_keeps_its_durable_chunks_and_reads_only_the_rest() {
+    let db = TestDb::new("snap_resume");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
+    db.sql("INSERT INTO t SELECT g, 0, md5(g::text) FROM generate_series(1, 300000) g");
+    // A table without a key: its chunk is committed before any other.
+    db.sql("CREATE TABLE k (v int)");
+    db.sql("ALTER TABLE k REPLICA IDENTITY FULL");
+    db.sql("INSERT INTO k SELECT g FROM generate_series(1, 1000) g");
+    let config = db.config_with(
+        &["public.t", "public.k"],
+        "snapshot_parallelism = 4",
+        "max_events = 1000",
+        "flush_interval = \"50ms\"",
+    );
+    let mut weir = db.spawn(&config);
+    let kept_chunks = 4;
+    kill_when(&mut weir, &db, "four chunks", || {
+        chunks_committed(&db) >= kept_chunks
+    });
+    assert!(
+        snapshot_progress(&db).contains("\"started\""),
+        "{}",
+        snapshot_progress(&db)
+    );
+    let record = snapshot_progress(&db);
+    let k_at = record.find("\"public.k\"").unwrap();
+    assert!(
+        record[k_at..].contains("commit_lsn") && !record[..k_at].contains("\"part\""),
+        "the keyless table's chunk is the first committed: {record}"
+    );
+    // Nothing changes while it is down: the rows kept plus the rows read after are
+    // the table, each once.
+    let out = db.catch_up(&config);
+    let err = stderr(&out);
+    assert!(
+        err.contains("The initial snapshot did not finish: keeping"),
+        "{err}"
+    );
+    assert!(!err.contains("dropping its slot"), "{err}");
+    let mut lines = err.lines().map(|l| Ok(l.to_string()));
+    let kept: u64 = logged_field(&mut lines, "did not finish: keeping", "kept_rows")
+        .parse()
+        .unwrap();
+    assert!(
+        kept >= 1000,
+        "the keyless table and chunks of t were kept: {err}"
+    );
+    assert!(err.contains("tables_left=public.t"), "{err}");
+    assert!(err.contains("Backfill done"), "{err}");
+    let t = assert_same_state(&db, "public.t", "id");
+    assert_eq!(
+        t.op("r"),
+        300_000,
+        "every row once, {kept} of them (with k's) kept"
+    );
+    let k = db.changelog("public.k", "v");
+    assert_eq!(k.op("r"), 1000, "the keyless table once");
+    assert!(snapshot_progress(&db).contains("\"done\""));
+}
+
+#[test]
+fn a_snapshot_killed_at_three_points_under_writes_ends_equal_to_the_source() {
+    let db = TestDb::new("snap_kill3");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
+    db.sql("INSERT INTO t SELECT -g, 0, md5(g::text) FROM generate_series(1, 300000) g");
+    db.sql("ALTER TABLE t ALTER COLUMN note SET STORAGE EXTERNAL");
+    db.sql("UPDATE t SET note = repeat(note, 80) WHERE id % 1000 = 0");
+    let config = db.config_with(
+        &["public.t"],
+        "snapshot_parallelism = 4",
+        "max_events = 1000",
+        "flush_interval = \"50ms\"",
+    );
+    let writer = Writer::start(db.url());
+    let churn = Churn::start(&db, 300000);
+    // 1: during the initial snapshot.
+    let mut weir = db.spawn(&config);
+    kill_when(&mut weir, &db, "three chunks", || {
+        chunks_committed(&db) >= 3
+    });
+    assert!(
+        snapshot_progress(&db).contains("\"started\""),
+        "{}",
+        snapshot_progress(&db)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // 2 and 3: during the backfill that reads the rest, at two of its chunks.
+    let backfill = || {
+        std::fs::read_to_string(db.out().join("_weir").join(&db.name).join("backfill.json"))
+            .unwrap_or_default()
+    };
+    let mut kept = String::new();
+    for round in 0..2 {
+        let mut weir = db.spawn(&config);
+        let mut lines = BufReader::new(weir.stderr.take().unwrap()).lines();
+        if round == 0 {
+            kept = logged_field(&mut lines, "did not finish: keeping", "kept_rows");
+        }
+        logged_field(&mut lines, "Backfill started", "table");
+        let chunks = backfill().matches("],").count();
+        std::thread::spawn(move || for _ in lines {});
+        kill_when(&mut weir, &db, "a backfill chunk", || {
+            backfill().matches("],").count() > chunks + 1
+        });
+        assert!(
+            !backfill().contains("\"done_at\": 1"),
+            "killed midway: {}",
+            backfill()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(kept.parse::<u64>().unwrap() > 0, "rows were kept: {kept}");
+    let rounds = churn.finish();
+    let [inserts, _, _] = writer.finish();
+    assert!(
+        rounds > 2 && inserts > 20,
+        "writes ran ({rounds} rounds, {inserts} inserts)"
+    );
+    let out = db.catch_up(&config);
+    assert!(stderr(&out).contains("resumed=true"), "{}", stderr(&out));
+    let t = assert_same_state(&db, "public.t", "id");
+    assert!(
+        t.op("r") >= 250_000,
+        "the existing rows came as op = r ({})",
+        t.op("r")
+    );
 }
 
 #[test]
