@@ -426,7 +426,7 @@ impl Backfills {
         let events = std::mem::take(&mut batch.batch.events);
         let mut out: Vec<Event> = Vec::with_capacity(events.len());
         let mut next = 0;
-        let mut requests = Vec::new();
+        let (mut requests, mut added) = (Vec::new(), Vec::new());
         for marker in markers.iter().map(Some).chain([None]) {
             let until = marker.map_or(events.len(), |m| m.at);
             for event in &events[next..until] {
@@ -442,6 +442,9 @@ impl Backfills {
                         out.extend(inserted);
                     }
                 }
+                Signal::ColumnsAdded { table, columns } => {
+                    added.push((table.clone(), columns.clone()))
+                }
                 Signal::Reload { .. } | Signal::CaughtUp { .. } => {}
             }
         }
@@ -449,8 +452,49 @@ impl Backfills {
         for table in requests {
             self.request(&table).await?;
         }
+        for (table, columns) in added {
+            self.columns_added(&table, &columns).await?;
+        }
         self.save_if_changed(&markers).await?;
         Ok(batch)
+    }
+
+    /// Columns added to a captured table: when one has a default (a constant one lives in
+    /// the catalog as the value of every existing row, a volatile one rewrote the table;
+    /// either way PostgreSQL sent no change for the rows), the table's rows are read
+    /// again, so the output holds what the source holds.
+    async fn columns_added(
+        &mut self,
+        table: &TableName,
+        columns: &[String],
+    ) -> Result<(), SourceError> {
+        if !self.tables.contains(table) {
+            return Ok(());
+        }
+        let with_default: Vec<String> = self
+            .control
+            .client
+            .query(
+                "SELECT a.attname::text FROM pg_attribute a \
+                 WHERE a.attrelid = $1::text::regclass AND a.attname = ANY($2) \
+                 AND NOT a.attisdropped AND (a.atthasmissing OR a.atthasdef) ORDER BY a.attnum",
+                &[&crate::source::quote_table(table), &columns],
+            )
+            .await
+            .map_err(sql_err("reading the added columns' defaults"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if with_default.is_empty() {
+            return Ok(());
+        }
+        if self.active.as_ref().is_some_and(|a| a.table == *table) {
+            // Its chunks from before the change lack the column: read it all again.
+            self.active = None;
+            self.chunk = None;
+        }
+        tracing::info!(table = %table, columns = %with_default.join(","), "Columns added with a default: the table's existing rows are backfilled so that the output holds the value PostgreSQL gives them.");
+        self.request(table).await
     }
 
     /// A stream change: if it touches a row of the open chunk, the chunk drops that row.

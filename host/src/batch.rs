@@ -97,6 +97,12 @@ pub enum Signal {
     Reload { slot: String },
     /// The mark `--until-caught-up` waits for.
     CaughtUp { id: String },
+    /// A captured table gained columns (the decoder saw its new relation): existing rows
+    /// hold a default PostgreSQL sent no change for.
+    ColumnsAdded {
+        table: TableName,
+        columns: Vec<String>,
+    },
 }
 
 /// Which end of a backfill chunk a watermark is.
@@ -111,6 +117,7 @@ impl Signal {
     const WATERMARK: &str = "weir.watermark";
     const RELOAD: &str = "weir.reload";
     const CAUGHT_UP: &str = "weir.caught-up";
+    const COLUMNS_ADDED: &str = "weir.columns-added";
 
     /// The message's prefix and content, as written into the WAL.
     pub fn message(&self) -> (&'static str, String) {
@@ -125,6 +132,10 @@ impl Signal {
             }
             Signal::Reload { slot } => (Self::RELOAD, slot.clone()),
             Signal::CaughtUp { id } => (Self::CAUGHT_UP, id.clone()),
+            Signal::ColumnsAdded { table, columns } => (
+                Self::COLUMNS_ADDED,
+                serde_json::json!([table.to_string(), columns]).to_string(),
+            ),
         }
     }
 
@@ -148,6 +159,12 @@ impl Signal {
             Self::CAUGHT_UP => Some(Signal::CaughtUp {
                 id: content.to_owned(),
             }),
+            Self::COLUMNS_ADDED => serde_json::from_str::<(String, Vec<String>)>(content)
+                .ok()
+                .and_then(|(table, columns)| {
+                    let table = table.parse().ok()?;
+                    Some(Signal::ColumnsAdded { table, columns })
+                }),
             _ => return None,
         };
         Some(signal.ok_or_else(|| MalformedSignal {

@@ -5,7 +5,7 @@ mod start;
 mod tables;
 
 use crate::backfill::Backfills;
-use crate::batch::Position;
+use crate::batch::{Marker, Position, Signal};
 use crate::config::PipelineConfig;
 use crate::error::ErrorKind;
 use crate::lsn::Lsn;
@@ -185,6 +185,16 @@ struct Ends {
     new_tables: Option<TableWatch>,
 }
 
+/// Without backfills, rows from before a column added with a default keep null in the
+/// output: said once per change, so nobody takes it for the source's value.
+fn warn_columns_added(markers: &[Marker]) {
+    for marker in markers {
+        if let Signal::ColumnsAdded { table, columns } = &marker.signal {
+            tracing::warn!(table = %table, columns = %columns.join(","), "Columns added: rows written before keep null in the output if a column has a default, because backfills need source.snapshot = \"initial\" and a state location.");
+        }
+    }
+}
+
 /// The loop: batches from the source through the stages, then the checkpoint. Returns
 /// where it stopped, and whether the pipeline should run again at once (new tables).
 async fn stream(
@@ -213,7 +223,10 @@ async fn stream(
         stages.observe(&batch.markers);
         let batch = match backfills.as_deref_mut() {
             Some(b) => b.process(batch).await?, // backfilled rows at their watermarks
-            None => batch,
+            None => {
+                warn_columns_added(&batch.markers);
+                batch
+            }
         };
         position = stages.process(batch).await?; // transforms, then every sink
         versions.save_if_changed().await?; // schema versions, for the next run

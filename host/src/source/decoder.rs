@@ -4,8 +4,8 @@
 //! tuples into [`Value`]s by column type.
 
 use super::pgoutput::{Datum, Message, RelationMessage, Tuple};
-use crate::batch::Batcher;
 use crate::batch::CommitPos;
+use crate::batch::{Batcher, Signal};
 use crate::config::TableName;
 use crate::lsn::Lsn;
 use std::collections::{HashMap, HashSet};
@@ -142,7 +142,7 @@ impl Decoder {
                     end_lsn,
                 });
             }
-            Message::Relation(rel) => self.relation(rel),
+            Message::Relation(rel) => self.relation(rel, batcher),
             Message::Type {
                 oid,
                 namespace,
@@ -309,7 +309,7 @@ impl Decoder {
         Ok(())
     }
 
-    fn relation(&mut self, msg: RelationMessage<'_>) {
+    fn relation(&mut self, msg: RelationMessage<'_>, batcher: &mut Batcher) {
         let table = TableName {
             schema: msg.namespace.to_owned(),
             table: msg.name.to_owned(),
@@ -353,6 +353,21 @@ impl Decoder {
                 was = %names(&was),
                 "The table's columns changed: new files carry the new schema."
             );
+            let added: Vec<String> = columns
+                .iter()
+                .filter(|c| !was.iter().any(|w| w.name == c.name))
+                .map(|c| c.name.clone())
+                .collect();
+            if !added.is_empty() {
+                // Rows from before hold the columns' default without a change saying so:
+                // the backfills decide whether they must be read again.
+                let lsn = self.tx.as_ref().map_or(Lsn::ZERO, |t| t.commit_lsn);
+                let signal = Signal::ColumnsAdded {
+                    table: table.clone(),
+                    columns: added,
+                };
+                batcher.marker(lsn, signal);
+            }
         }
         let entry = RelEntry {
             kinds: columns.iter().map(|c| kind(c.type_oid)).collect(),

@@ -275,6 +275,11 @@ fn a_schema_change_mid_stream_changes_the_target_table() {
         "e"
     );
     assert_eq!(
+        target.sql("SELECT extra FROM public.t WHERE id = 2").trim(),
+        "d",
+        "a row untouched since the column was added holds its default"
+    );
+    assert_eq!(
         target
             .sql("SELECT coalesce(gone, 'null') FROM public.t WHERE id = 7")
             .trim(),

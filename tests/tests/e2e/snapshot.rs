@@ -605,3 +605,48 @@ fn a_table_keyed_by_a_numeric_is_backfilled_in_the_keys_order() {
         "every row once"
     );
 }
+
+#[test]
+fn a_column_added_with_a_default_reaches_the_rows_written_before() {
+    let db = TestDb::new("add_default");
+    db.sql("CREATE TABLE docs (id int PRIMARY KEY, body text)");
+    db.sql("INSERT INTO docs SELECT g, 'b' || g FROM generate_series(1, 5000) g");
+    let config = db.config_with(&["public.docs"], "", "", "");
+    db.catch_up(&config);
+
+    // Through a restart: PostgreSQL gives every row the constant default without
+    // rewriting the table (pg_attribute.attmissingval) and sends no change for them.
+    db.sql("ALTER TABLE docs ADD COLUMN tag text DEFAULT 'x'");
+    db.sql("ALTER TABLE docs ADD COLUMN plain int");
+    db.sql("UPDATE docs SET body = 'changed', tag = 'y' WHERE id = 1");
+    let out = db.catch_up(&config);
+    let err = stderr(&out);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("Columns added with a default") && l.ends_with("columns=tag")),
+        "only tag has a default: {err}"
+    );
+    assert!(err.contains("Backfill done"), "{err}");
+    let t = assert_same_state(&db, "public.docs", "id");
+    assert_eq!(
+        t.op("r"),
+        10_000,
+        "the snapshot, then every row again with tag = 'x'"
+    );
+
+    // While it streams: a volatile default rewrites the table, and again no change is
+    // sent for the rows.
+    let mut weir = db.spawn(&config);
+    let mut lines = BufReader::new(weir.stderr.take().unwrap()).lines();
+    logged_field(&mut lines, "Streaming started", "slot");
+    db.sql("ALTER TABLE docs ADD COLUMN at int DEFAULT (random() * 1000)::int");
+    db.sql("INSERT INTO docs (id, body) VALUES (5001, 'new')");
+    logged_field(&mut lines, "Columns added with a default", "columns");
+    logged_field(&mut lines, "Backfill done", "table");
+    std::thread::spawn(move || for _ in lines {});
+    std::thread::sleep(Duration::from_millis(500));
+    weir.kill().unwrap();
+    weir.wait().unwrap();
+    db.catch_up(&config);
+    assert_same_state(&db, "public.docs", "id");
+}
