@@ -35,6 +35,10 @@ pub struct Checkpoint {
     pub end_lsn: Lsn,
     /// When it was written (RFC 3339), for people reading the file.
     pub written_at: String,
+    /// Whether the output's files hold arrays as lists (`[sink] nested_types`); absent
+    /// in checkpoints of weir versions that wrote them as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nested_types: Option<bool>,
 }
 
 impl Checkpoint {
@@ -57,6 +61,8 @@ pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
     checkpoint: StateFile<Checkpoint>,
     intent: StateFile<Intent>,
+    /// Recorded with each checkpoint.
+    nested_types: Option<bool>,
 }
 
 impl CheckpointStore {
@@ -66,6 +72,15 @@ impl CheckpointStore {
             checkpoint: StateFile::at(store.clone(), prefix, slot, "checkpoint.json"),
             intent: StateFile::at(store.clone(), prefix, slot, "intent.json"),
             store,
+            nested_types: None,
+        }
+    }
+
+    /// Records the output's form of arrays with each checkpoint.
+    pub fn with_nested_types(self, nested: bool) -> CheckpointStore {
+        CheckpointStore {
+            nested_types: Some(nested),
+            ..self
         }
     }
 
@@ -74,7 +89,7 @@ impl CheckpointStore {
         CheckpointStore {
             checkpoint: self.checkpoint.with_local_sync(local.clone()),
             intent: self.intent.with_local_sync(local),
-            store: self.store,
+            ..self
         }
     }
 
@@ -124,6 +139,7 @@ impl CheckpointStore {
             commit_lsn: pos.commit_lsn,
             end_lsn: pos.end_lsn,
             written_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            nested_types: self.nested_types,
         };
         self.checkpoint.write(&checkpoint).await?;
         self.intent.remove().await?;

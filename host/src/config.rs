@@ -566,6 +566,11 @@ pub struct ParquetSinkConfig {
     /// on each open file's memory with wide rows. Default `32MiB`.
     #[serde(default = "default_row_group_size", deserialize_with = "de_size")]
     pub row_group_size: u64,
+    /// Arrays of mapped built-in types as Parquet lists (`true`) or as PostgreSQL's text
+    /// (`false`). Unset: lists for a new output, and whatever the output's checkpoint
+    /// records for an existing one (text for outputs written before lists existed).
+    #[serde(default)]
+    pub nested_types: Option<bool>,
 }
 
 fn default_target_file_size() -> u64 {

@@ -2,31 +2,80 @@
 //!
 //! The mapping (README, "Type mapping"): integers, floats, bool, numeric with a typmod of
 //! precision <= 38 as decimal, text types, bytea, date, timestamp, timestamptz (UTC), uuid
-//! (Parquet UUID), json/jsonb (Parquet JSON). Every other type is written as its
+//! (Parquet UUID), json/jsonb (Parquet JSON); with nested types, a one-dimensional array
+//! of any of those as a list of its element's type. Every other type is written as its
 //! PostgreSQL text rendering, which loses nothing.
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
+    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
     FixedSizeBinaryBuilder, Float32Builder, Float64Builder, Int16Builder, Int32Builder,
-    Int64Builder, StringBuilder, Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
+    Int64Builder, ListArray, NullBufferBuilder, StringArray, StringBuilder,
+    Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
 };
-use arrow::datatypes::{DataType, Field, TimeUnit};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
 use std::sync::Arc;
 use weir_sdk::{Column, Value};
 
 pub use weir_sdk::oid;
 
-/// The Arrow field for a source column. Every source column is nullable: deletes carry
-/// only the key and truncates no values at all.
+/// The Arrow field for a source column, arrays as text. Every source column is
+/// nullable: deletes carry only the key and truncates no values at all.
 pub fn arrow_field(col: &Column) -> Field {
-    let field = Field::new(&col.name, arrow_type(col.type_oid, col.typmod), true);
-    match col.type_oid {
+    arrow_field_in(col, false)
+}
+
+/// The Arrow field for a source column; with `nested`, an array of a mapped built-in
+/// type is a list of its element's type (the element keeps the column's typmod, as
+/// PostgreSQL applies it to each element).
+pub fn arrow_field_in(col: &Column, nested: bool) -> Field {
+    match array_element(col.type_oid).filter(|_| nested) {
+        Some(element) => {
+            let element = typed_field("element", element, col.typmod);
+            Field::new(&col.name, DataType::List(Arc::new(element)), true)
+        }
+        None => typed_field(&col.name, col.type_oid, col.typmod),
+    }
+}
+
+fn typed_field(name: &str, type_oid: u32, typmod: i32) -> Field {
+    let field = Field::new(name, arrow_type(type_oid, typmod), true);
+    match type_oid {
         oid::UUID => field.with_extension_type(arrow_schema::extension::Uuid),
         oid::JSON | oid::JSONB => {
             field.with_extension_type(arrow_schema::extension::Json::default())
         }
         _ => field,
     }
+}
+
+/// The element type of a built-in array type whose elements weir maps to a typed
+/// column (`int4[]` is 1007); other arrays (of enums, composites, ranges, user types)
+/// stay text.
+pub fn array_element(type_oid: u32) -> Option<u32> {
+    Some(match type_oid {
+        1000 => oid::BOOL,
+        1001 => oid::BYTEA,
+        1003 => oid::NAME,
+        1005 => oid::INT2,
+        1007 => oid::INT4,
+        1016 => oid::INT8,
+        1028 => oid::OID,
+        1021 => oid::FLOAT4,
+        1022 => oid::FLOAT8,
+        1009 => oid::TEXT,
+        1014 => oid::BPCHAR,
+        1015 => oid::VARCHAR,
+        1182 => oid::DATE,
+        1183 => oid::TIME,
+        1115 => oid::TIMESTAMP,
+        1185 => oid::TIMESTAMPTZ,
+        1231 => oid::NUMERIC,
+        2951 => oid::UUID,
+        199 => oid::JSON,
+        3807 => oid::JSONB,
+        _ => return None,
+    })
 }
 
 fn arrow_type(type_oid: u32, typmod: i32) -> DataType {
@@ -86,6 +135,15 @@ pub enum ColumnBuilder {
     Uuid(FixedSizeBinaryBuilder),
     Decimal(Decimal128Builder, u8, i8),
     Text(StringBuilder),
+    /// A one-dimensional array: its elements in `element`, each row's end in `offsets`.
+    List(Box<ListColumn>),
+}
+
+pub struct ListColumn {
+    field: FieldRef,
+    element: ColumnBuilder,
+    offsets: Vec<i32>,
+    nulls: NullBufferBuilder,
 }
 
 impl ColumnBuilder {
@@ -106,6 +164,12 @@ impl ColumnBuilder {
             }
             DataType::FixedSizeBinary(16) => ColumnBuilder::Uuid(FixedSizeBinaryBuilder::new(16)),
             DataType::Decimal128(p, s) => ColumnBuilder::Decimal(Decimal128Builder::new(), *p, *s),
+            DataType::List(field) => ColumnBuilder::List(Box::new(ListColumn {
+                field: field.clone(),
+                element: ColumnBuilder::new(field.data_type()),
+                offsets: vec![0],
+                nulls: NullBufferBuilder::new(0),
+            })),
             _ => ColumnBuilder::Text(StringBuilder::new()),
         }
     }
@@ -126,6 +190,31 @@ impl ColumnBuilder {
             ColumnBuilder::Uuid(b) => b.append_null(),
             ColumnBuilder::Decimal(b, _, _) => b.append_null(),
             ColumnBuilder::Text(b) => b.append_null(),
+            ColumnBuilder::List(l) => {
+                // Elements of a value that did not fit stay under the null, unread.
+                l.offsets.push(l.element.len() as i32);
+                l.nulls.append_null();
+            }
+        }
+    }
+
+    /// Values appended so far.
+    fn len(&self) -> usize {
+        match self {
+            ColumnBuilder::Bool(b) => b.len(),
+            ColumnBuilder::Int16(b) => b.len(),
+            ColumnBuilder::Int32(b) => b.len(),
+            ColumnBuilder::Int64(b) => b.len(),
+            ColumnBuilder::Float32(b) => b.len(),
+            ColumnBuilder::Float64(b) => b.len(),
+            ColumnBuilder::Binary(b) => b.len(),
+            ColumnBuilder::Date(b) => b.len(),
+            ColumnBuilder::Time(b) => b.len(),
+            ColumnBuilder::Timestamp(b, _) => b.len(),
+            ColumnBuilder::Uuid(b) => b.len(),
+            ColumnBuilder::Decimal(b, _, _) => b.len(),
+            ColumnBuilder::Text(b) => b.len(),
+            ColumnBuilder::List(l) => l.offsets.len() - 1,
         }
     }
 
@@ -180,6 +269,29 @@ impl ColumnBuilder {
                 Value::Text(s) => b.append_value(s),
                 other => b.append_value(render(other)),
             },
+            (ColumnBuilder::List(l), Value::Text(s)) => {
+                let elements = parse_array(s).ok_or_else(|| err("a one-dimensional array"))?;
+                let element_type = l.field.data_type().clone();
+                let mut fits = true;
+                for element in elements {
+                    let value = match element {
+                        None => Value::Null,
+                        Some(text) => match element_value(&element_type, text) {
+                            Some(v) => v,
+                            None => {
+                                fits = false;
+                                Value::Null
+                            }
+                        },
+                    };
+                    fits &= l.element.append(&value).is_ok();
+                }
+                if !fits {
+                    return Err(err(&format!("a list of {element_type}")));
+                }
+                l.offsets.push(l.element.len() as i32);
+                l.nulls.append_non_null();
+            }
             (_, _) => return Err(err("the column's type")),
         }
         Ok(())
@@ -205,8 +317,102 @@ impl ColumnBuilder {
                     .expect("precision checked at mapping"),
             ),
             ColumnBuilder::Text(b) => Arc::new(b.finish()),
+            ColumnBuilder::List(l) => {
+                let offsets = std::mem::replace(&mut l.offsets, vec![0]);
+                Arc::new(ListArray::new(
+                    l.field.clone(),
+                    OffsetBuffer::new(offsets.into()),
+                    l.element.finish(),
+                    l.nulls.finish(),
+                ))
+            }
         }
     }
+}
+
+/// Text columns holding arrays in PostgreSQL's form, as the lists nested types write
+/// (`{a,b}` becomes `["a", "b"]`); a value a list cannot hold is null.
+pub fn text_to_list(text: &StringArray, data_type: &DataType) -> ArrayRef {
+    let mut builder = ColumnBuilder::new(data_type);
+    for value in text {
+        let _ = builder.append(&value.map_or(Value::Null, |s| Value::Text(s.to_owned())));
+    }
+    builder.finish()
+}
+
+/// A one-dimensional array in PostgreSQL's text form (`{a,NULL,"b c","NULL"}`) as its
+/// elements, unquoted; None for any other form: several dimensions, or explicit
+/// bounds (`[0:2]={1,2,3}`), which a list cannot hold without shifting them.
+fn parse_array(s: &str) -> Option<Vec<Option<String>>> {
+    let inner = s.strip_prefix('{')?.strip_suffix('}')?;
+    let mut out = Vec::new();
+    if inner.is_empty() {
+        return Some(out);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        match chars.peek()? {
+            '"' => {
+                chars.next();
+                let mut v = String::new();
+                loop {
+                    match chars.next()? {
+                        '\\' => v.push(chars.next()?),
+                        '"' => break,
+                        c => v.push(c),
+                    }
+                }
+                out.push(Some(v));
+            }
+            '{' => return None,
+            _ => {
+                let mut v = String::new();
+                while let Some(&c) = chars.peek() {
+                    match c {
+                        ',' => break,
+                        '{' | '}' | '"' | '\\' => return None,
+                        c => v.push(c),
+                    }
+                    chars.next();
+                }
+                match v.as_str() {
+                    "" => return None,
+                    null if null.eq_ignore_ascii_case("NULL") => out.push(None),
+                    _ => out.push(Some(v)),
+                }
+            }
+        }
+        match chars.next() {
+            None => return Some(out),
+            Some(',') => {}
+            Some(_) => return None,
+        }
+    }
+}
+
+/// An array element's text as the value its list's element type takes.
+fn element_value(data_type: &DataType, text: String) -> Option<Value> {
+    Some(match data_type {
+        DataType::Boolean => match text.as_str() {
+            "t" => Value::Bool(true),
+            "f" => Value::Bool(false),
+            _ => return None,
+        },
+        DataType::Int16 | DataType::Int32 | DataType::Int64 => Value::Int(text.parse().ok()?),
+        DataType::Float32 | DataType::Float64 => Value::Float(text.parse().ok()?),
+        DataType::Binary => {
+            let hex = text.strip_prefix("\\x")?;
+            if hex.len() % 2 != 0 {
+                return None;
+            }
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()?;
+            Value::Bytes(bytes)
+        }
+        _ => Value::Text(text),
+    })
 }
 
 /// A value as text, for text columns and error messages.
@@ -370,6 +576,7 @@ fn parse_decimal(s: &str, precision: u8, scale: u8) -> Option<i128> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::Array;
 
     #[test]
     fn dates_and_timestamps() {
@@ -448,6 +655,83 @@ mod tests {
             .downcast_ref::<arrow::array::StringArray>()
             .unwrap();
         assert_eq!(arr.value(0), "\\x01ab");
+    }
+
+    #[test]
+    fn arrays_in_postgres_text_form() {
+        let some = |v: &[Option<&str>]| Some(v.iter().map(|e| e.map(String::from)).collect());
+        assert_eq!(parse_array("{}"), Some(vec![]));
+        assert_eq!(
+            parse_array(r#"{a,NULL,"NULL","b \"q\"","c,d",""}"#),
+            some(&[
+                Some("a"),
+                None,
+                Some("NULL"),
+                Some("b \"q\""),
+                Some("c,d"),
+                Some("")
+            ])
+        );
+        assert_eq!(parse_array(r#"{"\\x00ff"}"#), some(&[Some("\\x00ff")]));
+        assert_eq!(parse_array("{{1,2},{3,4}}"), None, "two dimensions");
+        assert_eq!(parse_array("[0:2]={1,2,3}"), None, "explicit bounds");
+        assert_eq!(parse_array("{1,2"), None);
+    }
+
+    #[test]
+    fn an_array_becomes_a_list_and_one_a_list_cannot_hold_is_unfit() {
+        let col = |type_oid| Column {
+            name: "a".into(),
+            type_oid,
+            type_name: String::new(),
+            typmod: -1,
+            key: false,
+        };
+        let field = arrow_field_in(&col(1007), true);
+        assert_eq!(
+            arrow_field_in(&col(1007), false).data_type(),
+            &DataType::Utf8,
+            "text form"
+        );
+        let mut b = ColumnBuilder::new(field.data_type());
+        b.append(&Value::Text("{1,NULL,3}".into())).unwrap();
+        b.append(&Value::Text("{}".into())).unwrap();
+        b.append(&Value::Null).unwrap();
+        let err = b.append(&Value::Text("[0:1]={1,2}".into())).unwrap_err();
+        assert_eq!(err.value, "[0:1]={1,2}", "the exact text, for _cdc_unfit");
+        b.append(&Value::Text("{99999999999}".into())).unwrap_err();
+        b.append(&Value::Text("{7}".into())).unwrap();
+        let arr = b.finish();
+        let list = arr.as_any().downcast_ref::<ListArray>().unwrap();
+        let ints = |i: usize| {
+            let v = list.value(i);
+            let v = v
+                .as_any()
+                .downcast_ref::<arrow::array::Int32Array>()
+                .unwrap();
+            v.iter().collect::<Vec<_>>()
+        };
+        assert_eq!(ints(0), [Some(1), None, Some(3)]);
+        assert_eq!(ints(1), []);
+        assert_eq!(
+            (0..6).map(|i| list.is_null(i)).collect::<Vec<_>>(),
+            [false, false, true, true, true, false]
+        );
+        assert_eq!(ints(5), [Some(7)], "after values that did not fit");
+
+        let bytes = ColumnBuilder::new(arrow_field_in(&col(1001), true).data_type());
+        let mut bytes = bytes;
+        bytes
+            .append(&Value::Text(r#"{"\\x00ff",NULL}"#.into()))
+            .unwrap();
+        let arr = bytes.finish();
+        let list = arr.as_any().downcast_ref::<ListArray>().unwrap();
+        let v = list.value(0);
+        let v = v
+            .as_any()
+            .downcast_ref::<arrow::array::BinaryArray>()
+            .unwrap();
+        assert_eq!(v.iter().collect::<Vec<_>>(), [Some(&[0u8, 0xff][..]), None]);
     }
 
     #[test]

@@ -121,6 +121,19 @@ pub fn same_transforms(a: &Option<Arc<str>>, b: &Option<Arc<str>>) -> bool {
     }
 }
 
+/// Whether arrays are written as lists: as configured, else as the output's checkpoint
+/// records (`recorded`: `None` without a checkpoint, `Some(None)` for a checkpoint of a
+/// weir that wrote text), so that an output never changes form by itself.
+fn nested_types(config: &ParquetSinkConfig, recorded: Option<Option<bool>>) -> bool {
+    let was = recorded.map(|r| r.unwrap_or(false));
+    let nested = config.nested_types.or(was).unwrap_or(true);
+    if was.is_some_and(|was| was != nested) {
+        let form = if nested { "lists" } else { "text" };
+        tracing::info!(url = %config.url, nested_types = nested, "Arrays change form in this output: files from now on hold them as {form}, files written before keep theirs (see the README's type mapping for reading both).");
+    }
+    nested
+}
+
 /// Writes changelog files and checkpoints them.
 pub struct ParquetSink {
     config: ParquetSinkConfig,
@@ -131,6 +144,8 @@ pub struct ParquetSink {
     /// fsync for local outputs.
     local: Option<crate::storage::LocalSync>,
     properties: WriterProperties,
+    /// Arrays as lists (`nested_types`), settled when the sink opens.
+    nested: bool,
     /// Sequence number of the last committed flush.
     seq: u64,
     durable: Option<CommitPos>,
@@ -181,6 +196,13 @@ impl ParquetSink {
         if let Some(c) = &checkpoint {
             tracing::info!(url = %config.url, checkpoint = %c.end_lsn, seq = c.seq, "Parquet sink resumes from its checkpoint.");
         }
+        let recorded = match &checkpoint {
+            Some(c) => Some(c.nested_types),
+            None if recover => None,
+            None => checkpoints.read().await?.map(|c| c.nested_types),
+        };
+        let nested = nested_types(&config, recorded);
+        let checkpoints = checkpoints.with_nested_types(nested);
         let compression = match config.compression {
             Compression::Zstd => parquet::basic::Compression::ZSTD(ZstdLevel::default()),
             Compression::Snappy => parquet::basic::Compression::SNAPPY,
@@ -195,6 +217,7 @@ impl ParquetSink {
             .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
             .build();
         Ok(ParquetSink {
+            nested,
             seq: checkpoint.as_ref().map_or(0, |c| c.seq),
             durable: checkpoint.map(|c| c.position()),
             config,
@@ -290,7 +313,7 @@ impl ParquetSink {
             UPLOAD_PART,
         )
         .with_max_concurrency(2);
-        let rows = ChangeRows::new(relation);
+        let rows = ChangeRows::in_form(relation, self.nested);
         let (out, written) = HashingWriter::new(ParquetObjectWriter::from_buf_writer(upload));
         let mut writer =
             AsyncArrowWriter::try_new(out, rows.schema().clone(), Some(self.properties.clone()))
@@ -548,6 +571,7 @@ mod tests {
             flush_interval: Duration::from_secs(3600),
             row_group_rows: 1000,
             row_group_size: 32 << 20,
+            nested_types: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! `_cdc_op`, `_cdc_commit_lsn`, `_cdc_seq`, `_cdc_xid`, `_cdc_commit_ts`,
 //! `_cdc_unchanged` and `_cdc_unfit`. Shared by the Parquet and Iceberg sinks.
 
-use super::columns::{ColumnBuilder, arrow_field};
+use super::columns::{ColumnBuilder, arrow_field_in};
 use crate::lsn::Lsn;
 use arrow::array::{
     ArrayRef, Int64Builder, ListBuilder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
@@ -23,9 +23,18 @@ pub const CDC_COLUMNS: [&str; 7] = [
     "_cdc_unfit",
 ];
 
-/// The changelog schema of a relation.
+/// The changelog schema of a relation, arrays as text.
 pub fn changelog_schema(relation: &Relation) -> SchemaRef {
-    let mut fields: Vec<Field> = relation.columns.iter().map(arrow_field).collect();
+    changelog_schema_in(relation, false)
+}
+
+/// The changelog schema of a relation; with `nested`, arrays as lists.
+pub fn changelog_schema_in(relation: &Relation, nested: bool) -> SchemaRef {
+    let mut fields: Vec<Field> = relation
+        .columns
+        .iter()
+        .map(|c| arrow_field_in(c, nested))
+        .collect();
     fields.push(Field::new("_cdc_op", DataType::Utf8, false));
     fields.push(Field::new("_cdc_commit_lsn", DataType::Int64, false));
     fields.push(Field::new("_cdc_seq", DataType::Int64, false));
@@ -63,8 +72,14 @@ pub struct ChangeRows {
 }
 
 impl ChangeRows {
+    /// Rows of `relation`, arrays as text.
     pub fn new(relation: &Relation) -> ChangeRows {
-        let schema = changelog_schema(relation);
+        ChangeRows::in_form(relation, false)
+    }
+
+    /// Rows of `relation`; with `nested`, arrays as lists.
+    pub fn in_form(relation: &Relation, nested: bool) -> ChangeRows {
+        let schema = changelog_schema_in(relation, nested);
         let columns = schema.fields()[..relation.columns.len()]
             .iter()
             .map(|f| ColumnBuilder::new(f.data_type()))

@@ -6,7 +6,8 @@
 //! (the source by the sinks' own conversion) or cast to them (what a reader of the
 //! output gets), so equal values have equal bytes whatever wrote them.
 
-use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
+use crate::sink::columns::text_to_list;
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, new_null_array};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use arrow::error::ArrowError;
@@ -80,7 +81,11 @@ impl Layout {
             .zip(&self.types)
             .map(|(name, t)| match schema.index_of(name) {
                 Ok(i) if batch.column(i).data_type() == t => Ok(batch.column(i).clone()),
-                Ok(i) => cast(batch.column(i), t),
+                Ok(i) => match (batch.column(i).as_string_opt::<i32>(), t) {
+                    // Arrays an output holds as PostgreSQL's text.
+                    (Some(text), DataType::List(_)) => Ok(text_to_list(text, t)),
+                    _ => cast(batch.column(i), t),
+                },
                 Err(_) => Ok(new_null_array(t, batch.num_rows())),
             })
             .collect()

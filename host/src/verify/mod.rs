@@ -19,7 +19,7 @@ pub use buckets::{Comparison, Tally};
 use crate::config::{PipelineConfig, SinkConfig, TableName};
 use crate::lsn::Lsn;
 use crate::plugin::{Instance, Plugins, TransformChain, load_chain};
-use crate::sink::rows::{ChangeRows, changelog_schema};
+use crate::sink::rows::{ChangeRows, changelog_schema_in};
 use crate::sink::sink_name;
 use crate::source::snapshot::{SnapshotReader, table_relation};
 use crate::source::{Control, SourceError, SourceInfo};
@@ -373,7 +373,8 @@ fn ignored_columns(
 
 /// The comparison's layout, or `None` for a table without a key.
 fn layout(relation: &Relation, ignored: &[String]) -> Result<Option<Layout>, VerifyError> {
-    let schema = changelog_schema(relation);
+    // Arrays compared as lists: an output holding them as text is read into lists.
+    let schema = changelog_schema_in(relation, true);
     let columns: Vec<(String, arrow::datatypes::DataType)> = relation
         .columns
         .iter()
@@ -451,7 +452,7 @@ impl SourceSide<'_> {
             let Some(relation) = batch.relations.first() else {
                 continue;
             };
-            let mut rows = ChangeRows::new(relation);
+            let mut rows = ChangeRows::in_form(relation, true);
             for event in &batch.events {
                 rows.append(event, &batch.relations[event.rel as usize]);
             }

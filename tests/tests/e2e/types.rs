@@ -158,25 +158,20 @@ fn same_float(pg: &str, duck: &str, single: bool) -> bool {
     if single { p as f32 == d as f32 } else { p == d }
 }
 
-#[test]
-fn every_type_round_trips_through_snapshot_and_stream() {
-    let db = TestDb::new("types");
-    db.sql("CREATE TYPE mood AS ENUM ('sad', 'happy')");
-    db.sql("CREATE DOMAIN posint AS int CHECK (VALUE > 0)");
-    db.sql("CREATE TYPE pair AS (a int, b text)");
-    db.sql("CREATE DOMAIN flag AS bool");
-    db.sql("CREATE DOMAIN ipaddr AS inet");
-    let columns: Vec<String> = COLUMNS
+/// Table `t` with an id and `columns`; rows 1-3 (each column's ordinary value, its edge
+/// value, NULL) exist before weir starts and are snapshotted, 4-6 are streamed.
+fn snapshot_then_stream(db: &TestDb, columns: &[Spec], config: &Path) {
+    let defs: Vec<String> = columns
         .iter()
         .map(|(n, t, _, _)| format!("{n} {t}"))
         .collect();
     db.sql(&format!(
         "CREATE TABLE t (id int PRIMARY KEY, {})",
-        columns.join(", ")
+        defs.join(", ")
     ));
-    let names: Vec<&str> = COLUMNS.iter().map(|c| c.0).collect();
+    let names: Vec<&str> = columns.iter().map(|c| c.0).collect();
     let insert = |id: i32, pick: &dyn Fn(&Spec) -> String| {
-        let values: Vec<String> = COLUMNS
+        let values: Vec<String> = columns
             .iter()
             .map(|c| format!("({})::{}", pick(c), c.1))
             .collect();
@@ -186,18 +181,29 @@ fn every_type_round_trips_through_snapshot_and_stream() {
             values.join(", ")
         ));
     };
-    // Rows 1-3 exist before weir starts (snapshot), 4-6 are streamed.
     for base in [0, 3] {
         if base == 3 {
-            let config = db.config(&["public.t"]);
-            db.catch_up(&config);
+            db.catch_up(config);
         }
         insert(base + 1, &|c| c.2.to_string());
         insert(base + 2, &|c| c.3.to_string());
         insert(base + 3, &|_| "NULL".to_string());
     }
-    let config = db.dir.path().join("pipeline.toml");
-    db.catch_up(&config);
+    db.catch_up(config);
+}
+
+#[test]
+fn every_type_round_trips_through_snapshot_and_stream() {
+    let db = TestDb::new("types");
+    db.sql("CREATE TYPE mood AS ENUM ('sad', 'happy')");
+    db.sql("CREATE DOMAIN posint AS int CHECK (VALUE > 0)");
+    db.sql("CREATE TYPE pair AS (a int, b text)");
+    db.sql("CREATE DOMAIN flag AS bool");
+    db.sql("CREATE DOMAIN ipaddr AS inet");
+    // Arrays in their text form here (an output written before lists); as lists in the
+    // test below.
+    let config = db.config_with(&["public.t"], "", "", "nested_types = false");
+    snapshot_then_stream(&db, COLUMNS, &config);
 
     let read = values_as_duckdb_reads_them(&db.out().join("public").join("t"));
     let rows = read["rows"].as_array().unwrap();
@@ -343,4 +349,233 @@ fn each_kind_of_alter_table_mid_stream_starts_a_new_schema_version() {
     let log = db.changelog("public.t", "id");
     assert_eq!((log.op("c"), log.op("u"), log.op("r")), (6, 1, 5));
     assert_eq!(log.duplicates, 0);
+}
+
+/// Column name, array type, two values (SQL literals), and the element's expected form
+/// in JSON as PostgreSQL computes it from `x` (what `lists.py` makes of pyarrow's value).
+type ArraySpec = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+const ARRAYS: &[ArraySpec] = &[
+    ("ai", "int4[]", "ARRAY[1, NULL, 3]", "'{}'", "x"),
+    (
+        "ai2",
+        "int2[]",
+        "ARRAY[-32768, 32767]",
+        "ARRAY[NULL]::int2[]",
+        "x",
+    ),
+    (
+        "ai8",
+        "int8[]",
+        "ARRAY[-9223372036854775808, 9223372036854775807]",
+        "'{0}'",
+        "x",
+    ),
+    (
+        "atx",
+        "text[]",
+        r#"ARRAY['a', 'b "q" \', NULL, 'NULL', 'c,d', '', '{x}']"#,
+        "'{}'",
+        "x",
+    ),
+    (
+        "avc",
+        "varchar(5)[]",
+        "ARRAY['ab', 'abcde']",
+        "ARRAY[' ']",
+        "x",
+    ),
+    ("abl", "bool[]", "ARRAY[true, NULL, false]", "'{}'", "x"),
+    (
+        "af8",
+        "float8[]",
+        "ARRAY[0.1, 'NaN', '-Infinity', NULL, -1e+100]",
+        "ARRAY['Infinity']::float8[]",
+        "to_json(x)",
+    ),
+    ("af4", "float4[]", "ARRAY[1.5, -0.25]", "'{}'", "to_json(x)"),
+    (
+        "an",
+        "numeric(10,2)[]",
+        "ARRAY[1.5, -12345678.90, NULL]",
+        "'{0}'",
+        "x::text",
+    ),
+    ("anu", "numeric[]", "ARRAY[1.25, 'NaN']", "'{}'", "x::text"),
+    (
+        "ats",
+        "timestamptz[]",
+        "ARRAY['2024-01-01 00:00:00+02'::timestamptz, 'infinity', '1999-12-31 23:59:59.999999+00']",
+        "'{}'",
+        "CASE WHEN isfinite(x) THEN (extract(epoch FROM x) * 1000000)::int8 \
+         WHEN x > 'epoch' THEN 9223372036854775807 ELSE -9223372036854775807 END",
+    ),
+    (
+        "ad",
+        "date[]",
+        "ARRAY['2024-02-29'::date, '1970-01-01']",
+        "'{}'",
+        "x - '1970-01-01'::date",
+    ),
+    (
+        "au",
+        "uuid[]",
+        "ARRAY['a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid, NULL]",
+        "'{}'",
+        "replace(x::text, '-', '')",
+    ),
+    (
+        "aby",
+        "bytea[]",
+        r"ARRAY['\x00ff10'::bytea, '', NULL]",
+        "'{}'",
+        "encode(x, 'hex')",
+    ),
+    (
+        "jb",
+        "jsonb[]",
+        r#"ARRAY['{"a": [1, "x"]}'::jsonb, 'null', NULL]"#,
+        "'{}'",
+        "x",
+    ),
+    // Not one-dimensional lists: null in the column, PostgreSQL's text in _cdc_unfit.
+    ("amd", "int4[]", "'{{1,2},{3,4}}'", "'[0:2]={1,2,3}'", "x"),
+];
+
+#[test]
+fn arrays_are_lists_read_back_equal_by_snapshot_and_stream() {
+    let db = TestDb::new("arrays");
+    let config = db.config(&["public.t"]);
+    let specs: Vec<Spec> = ARRAYS.iter().map(|a| (a.0, a.1, a.2, a.3)).collect();
+    snapshot_then_stream(&db, &specs, &config);
+
+    let read: Value = serde_json::from_slice(&crate::harness::py(
+        "lists.py",
+        &[db.out().join("public").join("t")],
+    ))
+    .unwrap();
+    let rows = read["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "3 snapshot rows and 3 streamed rows");
+    let expected: Vec<String> = ARRAYS
+        .iter()
+        .map(|(n, _, _, _, e)| {
+            format!(
+                "CASE WHEN {n} IS NOT NULL AND array_ndims({n}) IS DISTINCT FROM 2 \
+                 AND array_lower({n}, 1) IS DISTINCT FROM 0 THEN coalesce((SELECT \
+                 json_agg({e} ORDER BY o) FROM unnest({n}) WITH ORDINALITY u(x, o)), '[]') END"
+            )
+        })
+        .collect();
+    let pg: Value = serde_json::from_str(&db.sql(&format!(
+        "SELECT json_agg(json_build_array({}, amd::text) ORDER BY id) FROM t",
+        expected.join(", ")
+    )))
+    .unwrap();
+    let mut mismatches = Vec::new();
+    for (row, (read, pg)) in rows.iter().zip(pg.as_array().unwrap()).enumerate() {
+        for (i, (name, ty, ..)) in ARRAYS.iter().enumerate() {
+            if read[*name] != pg[i] {
+                mismatches.push(format!(
+                    "row {} {name} ({ty}): postgres {}, read back {}",
+                    row + 1,
+                    pg[i],
+                    read[*name]
+                ));
+            }
+        }
+        let unfit = read["_cdc_unfit"]["amd"].clone();
+        if unfit != pg[ARRAYS.len()] {
+            mismatches.push(format!("row {} amd in _cdc_unfit: {unfit}", row + 1));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "values differ:\n{}",
+        mismatches.join("\n")
+    );
+    for (column, expected) in [
+        ("ai", "INTEGER[]"),
+        ("atx", "VARCHAR[]"),
+        ("an", "DECIMAL(10,2)[]"),
+        ("ats", "TIMESTAMP WITH TIME ZONE[]"),
+        ("au", "UUID[]"),
+    ] {
+        assert_eq!(
+            read["types"][column], expected,
+            "DuckDB reads {column} as a list"
+        );
+    }
+    // `weir verify` compares the lists with the source.
+    let out = db
+        .weir(&["verify", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", crate::harness::stderr(&out));
+}
+
+#[test]
+fn an_output_keeps_its_form_of_arrays_until_the_user_changes_it() {
+    let db = TestDb::new("array_form");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, a text[])");
+    db.sql("INSERT INTO t VALUES (1, '{x,y}')");
+    let config = db.config_with(&["public.t"], "", "", "nested_types = false");
+    db.catch_up(&config);
+    let checkpoint = db
+        .out()
+        .join("_weir")
+        .join(&db.name)
+        .join("checkpoint.json");
+    let recorded =
+        || -> Value { serde_json::from_slice(&std::fs::read(&checkpoint).unwrap()).unwrap() };
+    assert_eq!(recorded()["nested_types"], false);
+
+    // Unset now: the checkpoint says text, so the output stays text.
+    let config = db.config(&["public.t"]);
+    db.sql("INSERT INTO t VALUES (2, '{z}')");
+    let out = db.catch_up(&config);
+    assert!(!crate::harness::stderr(&out).contains("Arrays change form"));
+    // An output written by a weir before lists (no record) is text too.
+    let mut old = recorded();
+    old.as_object_mut().unwrap().remove("nested_types");
+    std::fs::write(&checkpoint, old.to_string()).unwrap();
+    db.sql("INSERT INTO t VALUES (3, '{w}')");
+    db.catch_up(&config);
+    assert_eq!(recorded()["nested_types"], false);
+
+    // The user opts in: lists from the next file on, said in the log.
+    let config = db.config_with(&["public.t"], "", "", "nested_types = true");
+    db.sql("INSERT INTO t VALUES (4, '{v,NULL}')");
+    let out = db.catch_up(&config);
+    assert!(
+        crate::harness::stderr(&out).contains("Arrays change form"),
+        "{}",
+        crate::harness::stderr(&out)
+    );
+    let read: Value = serde_json::from_slice(&crate::harness::py(
+        "lists.py",
+        &[db.out().join("public").join("t")],
+    ))
+    .unwrap();
+    let a: Vec<Value> = read["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["a"].clone())
+        .collect();
+    assert_eq!(
+        a,
+        [
+            Value::from("{x,y}"),
+            Value::from("{z}"),
+            Value::from("{w}"),
+            serde_json::json!(["v", null])
+        ],
+        "each file in one form"
+    );
 }

@@ -1,0 +1,79 @@
+"""List columns of a changelog read back by pyarrow, for the array round-trip test.
+
+Usage: lists.py TABLE_DIR
+
+Prints {"types": {column: DuckDB's type}, "rows": [{column: value}]} for the rows with
+_cdc_op r or c, ordered by id, each file's columns read by pyarrow in its own schema:
+lists as JSON lists, timestamps and dates as integers (microseconds, days: infinities
+fit no Python datetime), decimals as text, bytes and UUIDs as hex, JSON elements parsed,
+non-finite floats as PostgreSQL spells them; _cdc_unfit parsed.
+"""
+import datetime
+import decimal
+import glob
+import json
+import math
+import sys
+import uuid
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def plain(v):
+    if isinstance(v, list):
+        return [plain(e) for e in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, decimal.Decimal):
+        return str(v)
+    if isinstance(v, (bytes, bytearray)):
+        return v.hex()
+    if isinstance(v, uuid.UUID):
+        return v.hex
+    return v
+
+
+def integers(column):
+    """Timestamps and dates (possibly inside lists) as their integers."""
+    t = column.type
+    if pa.types.is_list(t):
+        inner = t.value_type
+        if pa.types.is_timestamp(inner):
+            return column.cast(pa.list_(pa.int64()))
+        if pa.types.is_date32(inner):
+            return column.cast(pa.list_(pa.int32()))
+    return column
+
+
+def main():
+    files = sorted(glob.glob(f"{sys.argv[1]}/**/*.parquet", recursive=True))
+    rows = []
+    for f in files:
+        table = pq.read_table(f)
+        columns = {}
+        for name in table.column_names:
+            col = integers(table.column(name))
+            values = [plain(v) for v in col.to_pylist()]
+            t = table.schema.field(name).type
+            if pa.types.is_list(t) and name.startswith("j"):
+                values = [None if v is None else [json.loads(e) if isinstance(e, str) else e for e in v] for v in values]
+            columns[name] = values
+        for i in range(table.num_rows):
+            row = {n: columns[n][i] for n in table.column_names}
+            if row["_cdc_op"] in ("r", "c"):
+                row["_cdc_unfit"] = json.loads(row["_cdc_unfit"]) if row["_cdc_unfit"] else None
+                rows.append({k: v for k, v in row.items() if not k.startswith("_cdc_") or k == "_cdc_unfit"})
+    rows.sort(key=lambda r: r["id"])
+    con = duckdb.connect()
+    file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    try:
+        types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet([{file_list}], union_by_name = true)").fetchall()}
+    except duckdb.Error as e:  # files of both forms
+        types = {"error": str(e)}
+    print(json.dumps({"types": types, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
