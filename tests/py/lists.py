@@ -4,7 +4,7 @@ Usage: lists.py TABLE_DIR
 
 Prints {"types": {column: DuckDB's type}, "rows": [{column: value}]} for the rows with
 _cdc_op r or c, ordered by id, each file's columns read by pyarrow in its own schema:
-lists as JSON lists, timestamps and dates as integers (microseconds, days: infinities
+lists as JSON lists, structs as objects, timestamps and dates as integers (microseconds, days: infinities
 fit no Python datetime), decimals as text, bytes and UUIDs as hex, JSON elements parsed,
 non-finite floats as PostgreSQL spells them; _cdc_unfit parsed.
 """
@@ -24,6 +24,8 @@ import pyarrow.parquet as pq
 def plain(v):
     if isinstance(v, list):
         return [plain(e) for e in v]
+    if isinstance(v, dict):
+        return {k: plain(e) for k, e in v.items()}
     if isinstance(v, float) and not math.isfinite(v):
         return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
     if isinstance(v, decimal.Decimal):
@@ -35,16 +37,22 @@ def plain(v):
     return v
 
 
-def integers(column):
-    """Timestamps and dates (possibly inside lists) as their integers."""
-    t = column.type
+def intify(t):
+    """The type with timestamps and dates (at any depth) as their integers."""
+    if pa.types.is_timestamp(t):
+        return pa.int64()
+    if pa.types.is_date32(t):
+        return pa.int32()
     if pa.types.is_list(t):
-        inner = t.value_type
-        if pa.types.is_timestamp(inner):
-            return column.cast(pa.list_(pa.int64()))
-        if pa.types.is_date32(inner):
-            return column.cast(pa.list_(pa.int32()))
-    return column
+        return pa.list_(pa.field(t.value_field.name, intify(t.value_type)))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, intify(f.type)) for f in t])
+    return t
+
+
+def integers(column):
+    t = intify(column.type)
+    return column if t.equals(column.type) else column.cast(t)
 
 
 def main():

@@ -9,11 +9,11 @@
 use arrow::array::{
     ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
     FixedSizeBinaryBuilder, Float32Builder, Float64Builder, Int16Builder, Int32Builder,
-    Int64Builder, ListArray, NullBufferBuilder, StringArray, StringBuilder,
+    Int64Builder, ListArray, NullBufferBuilder, StringArray, StringBuilder, StructArray,
     Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, FieldRef, Fields, TimeUnit};
 use std::sync::Arc;
 use weir_sdk::{Column, Value};
 
@@ -25,17 +25,83 @@ pub fn arrow_field(col: &Column) -> Field {
     arrow_field_in(col, false)
 }
 
-/// The Arrow field for a source column; with `nested`, an array of a mapped built-in
-/// type is a list of its element's type (the element keeps the column's typmod, as
-/// PostgreSQL applies it to each element).
+/// The Arrow field for a source column; with `nested`, the types with a structure have
+/// it: an array of a mapped type is a list of its element's type (the element keeps
+/// the column's typmod, as PostgreSQL applies it to each element), an interval a struct
+/// of months, days and microseconds, a range a struct of its bounds, a multirange a list
+/// of those.
 pub fn arrow_field_in(col: &Column, nested: bool) -> Field {
-    match array_element(col.type_oid).filter(|_| nested) {
-        Some(element) => {
-            let element = typed_field("element", element, col.typmod);
-            Field::new(&col.name, DataType::List(Arc::new(element)), true)
-        }
+    match nested_type(col.type_oid, col.typmod).filter(|_| nested) {
+        Some(data_type) => Field::new(&col.name, data_type, true),
         None => typed_field(&col.name, col.type_oid, col.typmod),
     }
+}
+
+/// The structured Arrow type of a built-in type that has one.
+fn nested_type(type_oid: u32, typmod: i32) -> Option<DataType> {
+    let inner = |name: &str, type_oid: u32| match nested_type(type_oid, typmod) {
+        Some(data_type) => Field::new(name, data_type, true),
+        None => typed_field(name, type_oid, typmod),
+    };
+    if let Some(element) = array_element(type_oid) {
+        return Some(DataType::List(Arc::new(inner(ARRAY_ELEMENT, element))));
+    }
+    if type_oid == INTERVAL {
+        return Some(DataType::Struct(
+            vec![
+                Field::new("months", DataType::Int32, true),
+                Field::new("days", DataType::Int32, true),
+                Field::new("microseconds", DataType::Int64, true),
+            ]
+            .into(),
+        ));
+    }
+    if let Some(subtype) = range_subtype(type_oid) {
+        return Some(DataType::Struct(
+            vec![
+                typed_field("lower", subtype, -1),
+                typed_field("upper", subtype, -1),
+                Field::new("lower_inclusive", DataType::Boolean, true),
+                Field::new("upper_inclusive", DataType::Boolean, true),
+                Field::new("empty", DataType::Boolean, true),
+            ]
+            .into(),
+        ));
+    }
+    let range = multirange_range(type_oid)?;
+    Some(DataType::List(Arc::new(inner(MULTIRANGE_ELEMENT, range))))
+}
+
+/// The element field's name of an array's list, and of a multirange's.
+const ARRAY_ELEMENT: &str = "element";
+const MULTIRANGE_ELEMENT: &str = "range";
+
+const INTERVAL: u32 = 1186;
+
+/// The subtype of a built-in range type.
+fn range_subtype(type_oid: u32) -> Option<u32> {
+    Some(match type_oid {
+        3904 => oid::INT4,
+        3926 => oid::INT8,
+        3906 => oid::NUMERIC,
+        3908 => oid::TIMESTAMP,
+        3910 => oid::TIMESTAMPTZ,
+        3912 => oid::DATE,
+        _ => return None,
+    })
+}
+
+/// The range type of a built-in multirange type.
+fn multirange_range(type_oid: u32) -> Option<u32> {
+    Some(match type_oid {
+        4451 => 3904,
+        4536 => 3926,
+        4532 => 3906,
+        4533 => 3908,
+        4534 => 3910,
+        4535 => 3912,
+        _ => return None,
+    })
 }
 
 fn typed_field(name: &str, type_oid: u32, typmod: i32) -> Field {
@@ -50,8 +116,7 @@ fn typed_field(name: &str, type_oid: u32, typmod: i32) -> Field {
 }
 
 /// The element type of a built-in array type whose elements weir maps to a typed
-/// column (`int4[]` is 1007); other arrays (of enums, composites, ranges, user types)
-/// stay text.
+/// column (`int4[]` is 1007); other arrays (of enums, composites, user types) stay text.
 pub fn array_element(type_oid: u32) -> Option<u32> {
     Some(match type_oid {
         1000 => oid::BOOL,
@@ -74,6 +139,13 @@ pub fn array_element(type_oid: u32) -> Option<u32> {
         2951 => oid::UUID,
         199 => oid::JSON,
         3807 => oid::JSONB,
+        1187 => INTERVAL,
+        3905 => 3904,
+        3927 => 3926,
+        3907 => 3906,
+        3909 => 3908,
+        3911 => 3910,
+        3913 => 3912,
         _ => return None,
     })
 }
@@ -135,14 +207,35 @@ pub enum ColumnBuilder {
     Uuid(FixedSizeBinaryBuilder),
     Decimal(Decimal128Builder, u8, i8),
     Text(StringBuilder),
-    /// A one-dimensional array: its elements in `element`, each row's end in `offsets`.
+    /// A one-dimensional array or a multirange: its elements in `element`, each row's
+    /// end in `offsets`.
     List(Box<ListColumn>),
+    Interval(Box<IntervalColumn>),
+    Range(Box<RangeColumn>),
 }
 
 pub struct ListColumn {
     field: FieldRef,
     element: ColumnBuilder,
     offsets: Vec<i32>,
+    nulls: NullBufferBuilder,
+}
+
+pub struct IntervalColumn {
+    fields: Fields,
+    months: Int32Builder,
+    days: Int32Builder,
+    microseconds: Int64Builder,
+    nulls: NullBufferBuilder,
+}
+
+pub struct RangeColumn {
+    fields: Fields,
+    lower: ColumnBuilder,
+    upper: ColumnBuilder,
+    lower_inclusive: BooleanBuilder,
+    upper_inclusive: BooleanBuilder,
+    empty: BooleanBuilder,
     nulls: NullBufferBuilder,
 }
 
@@ -170,6 +263,26 @@ impl ColumnBuilder {
                 offsets: vec![0],
                 nulls: NullBufferBuilder::new(0),
             })),
+            DataType::Struct(fields) if fields[0].name() == "months" => {
+                ColumnBuilder::Interval(Box::new(IntervalColumn {
+                    fields: fields.clone(),
+                    months: Int32Builder::new(),
+                    days: Int32Builder::new(),
+                    microseconds: Int64Builder::new(),
+                    nulls: NullBufferBuilder::new(0),
+                }))
+            }
+            DataType::Struct(fields) if fields[0].name() == "lower" => {
+                ColumnBuilder::Range(Box::new(RangeColumn {
+                    fields: fields.clone(),
+                    lower: ColumnBuilder::new(fields[0].data_type()),
+                    upper: ColumnBuilder::new(fields[1].data_type()),
+                    lower_inclusive: BooleanBuilder::new(),
+                    upper_inclusive: BooleanBuilder::new(),
+                    empty: BooleanBuilder::new(),
+                    nulls: NullBufferBuilder::new(0),
+                }))
+            }
             _ => ColumnBuilder::Text(StringBuilder::new()),
         }
     }
@@ -195,6 +308,20 @@ impl ColumnBuilder {
                 l.offsets.push(l.element.len() as i32);
                 l.nulls.append_null();
             }
+            ColumnBuilder::Interval(i) => {
+                i.months.append_null();
+                i.days.append_null();
+                i.microseconds.append_null();
+                i.nulls.append_null();
+            }
+            ColumnBuilder::Range(r) => {
+                r.lower.append_null();
+                r.upper.append_null();
+                r.lower_inclusive.append_null();
+                r.upper_inclusive.append_null();
+                r.empty.append_null();
+                r.nulls.append_null();
+            }
         }
     }
 
@@ -215,6 +342,8 @@ impl ColumnBuilder {
             ColumnBuilder::Decimal(b, _, _) => b.len(),
             ColumnBuilder::Text(b) => b.len(),
             ColumnBuilder::List(l) => l.offsets.len() - 1,
+            ColumnBuilder::Interval(i) => i.nulls.len(),
+            ColumnBuilder::Range(r) => r.nulls.len(),
         }
     }
 
@@ -225,8 +354,10 @@ impl ColumnBuilder {
             self.append_null();
             return Ok(());
         }
+        let before = self.len();
         let result = self.try_append(value);
-        if result.is_err() {
+        // A structured value that did not fit may have ended its row as null already.
+        if result.is_err() && self.len() == before {
             self.append_null();
         }
         result
@@ -270,7 +401,10 @@ impl ColumnBuilder {
                 other => b.append_value(render(other)),
             },
             (ColumnBuilder::List(l), Value::Text(s)) => {
-                let elements = parse_array(s).ok_or_else(|| err("a one-dimensional array"))?;
+                let elements = match l.field.name().as_str() {
+                    MULTIRANGE_ELEMENT => parse_multirange(s).ok_or_else(|| err("a multirange"))?,
+                    _ => parse_array(s).ok_or_else(|| err("a one-dimensional array"))?,
+                };
                 let element_type = l.field.data_type().clone();
                 let mut fits = true;
                 for element in elements {
@@ -291,6 +425,38 @@ impl ColumnBuilder {
                 }
                 l.offsets.push(l.element.len() as i32);
                 l.nulls.append_non_null();
+            }
+            (ColumnBuilder::Interval(i), Value::Text(s)) => {
+                let (months, days, microseconds) =
+                    parse_interval(s).ok_or_else(|| err("an interval"))?;
+                i.months.append_value(months);
+                i.days.append_value(days);
+                i.microseconds.append_value(microseconds);
+                i.nulls.append_non_null();
+            }
+            (ColumnBuilder::Range(r), Value::Text(s)) => {
+                let range = parse_range(s).ok_or_else(|| err("a range"))?;
+                let subtype = r.fields[0].data_type().clone();
+                let bound = |b: Option<String>| match b {
+                    None => Some(Value::Null),
+                    Some(text) => element_value(&subtype, text),
+                };
+                let (Some(lower), Some(upper)) = (bound(range.lower), bound(range.upper)) else {
+                    return Err(err("a range"));
+                };
+                // Both bounds are appended whatever happens, so the row stays whole.
+                let fits = [
+                    r.lower.append(&lower).is_ok(),
+                    r.upper.append(&upper).is_ok(),
+                ];
+                r.lower_inclusive.append_value(range.lower_inclusive);
+                r.upper_inclusive.append_value(range.upper_inclusive);
+                r.empty.append_value(range.empty);
+                if fits != [true, true] {
+                    r.nulls.append_null();
+                    return Err(err(&format!("a range of {subtype}")));
+                }
+                r.nulls.append_non_null();
             }
             (_, _) => return Err(err("the column's type")),
         }
@@ -326,13 +492,34 @@ impl ColumnBuilder {
                     l.nulls.finish(),
                 ))
             }
+            ColumnBuilder::Interval(i) => Arc::new(StructArray::new(
+                i.fields.clone(),
+                vec![
+                    Arc::new(i.months.finish()),
+                    Arc::new(i.days.finish()),
+                    Arc::new(i.microseconds.finish()),
+                ],
+                i.nulls.finish(),
+            )),
+            ColumnBuilder::Range(r) => Arc::new(StructArray::new(
+                r.fields.clone(),
+                vec![
+                    r.lower.finish(),
+                    r.upper.finish(),
+                    Arc::new(r.lower_inclusive.finish()),
+                    Arc::new(r.upper_inclusive.finish()),
+                    Arc::new(r.empty.finish()),
+                ],
+                r.nulls.finish(),
+            )),
         }
     }
 }
 
-/// Text columns holding arrays in PostgreSQL's form, as the lists nested types write
-/// (`{a,b}` becomes `["a", "b"]`); a value a list cannot hold is null.
-pub fn text_to_list(text: &StringArray, data_type: &DataType) -> ArrayRef {
+/// A text column holding values in PostgreSQL's form, as nested types write them
+/// (`{a,b}` becomes `["a", "b"]`, `[1,5)` a range struct); a value that does not fit is
+/// null.
+pub fn text_to_nested(text: &StringArray, data_type: &DataType) -> ArrayRef {
     let mut builder = ColumnBuilder::new(data_type);
     for value in text {
         let _ = builder.append(&value.map_or(Value::Null, |s| Value::Text(s.to_owned())));
@@ -388,6 +575,158 @@ fn parse_array(s: &str) -> Option<Vec<Option<String>>> {
             Some(_) => return None,
         }
     }
+}
+
+/// A range in PostgreSQL's text form, its bounds unquoted (`None`: unbounded).
+#[derive(Debug, PartialEq)]
+struct RangeText {
+    lower: Option<String>,
+    upper: Option<String>,
+    lower_inclusive: bool,
+    upper_inclusive: bool,
+    empty: bool,
+}
+
+/// `[1,10)`, `(,)`, `["2024-01-01 00:00:00+00",)`, `empty`.
+fn parse_range(s: &str) -> Option<RangeText> {
+    if s == "empty" {
+        return Some(RangeText {
+            lower: None,
+            upper: None,
+            lower_inclusive: false,
+            upper_inclusive: false,
+            empty: true,
+        });
+    }
+    let lower_inclusive = match s.as_bytes().first()? {
+        b'[' => true,
+        b'(' => false,
+        _ => return None,
+    };
+    let upper_inclusive = match s.as_bytes().last()? {
+        b']' => true,
+        b')' => false,
+        _ => return None,
+    };
+    let inner = s.get(1..s.len() - 1)?;
+    let (lower, rest) = range_bound(inner)?;
+    let (upper, rest) = range_bound(rest.strip_prefix(',')?)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    Some(RangeText {
+        lower_inclusive: lower_inclusive && lower.is_some(),
+        upper_inclusive: upper_inclusive && upper.is_some(),
+        lower,
+        upper,
+        empty: false,
+    })
+}
+
+/// A range's bound and what follows it: quoted (`\x` and `""` escape a character), bare,
+/// or empty (unbounded).
+fn range_bound(s: &str) -> Option<(Option<String>, &str)> {
+    let Some(quoted) = s.strip_prefix('"') else {
+        let end = s.find(',').unwrap_or(s.len());
+        let bound = &s[..end];
+        return Some(((!bound.is_empty()).then(|| bound.to_owned()), &s[end..]));
+    };
+    let mut v = String::new();
+    let mut chars = quoted.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        match c {
+            '\\' => v.push(chars.next()?.1),
+            '"' if chars.peek().is_some_and(|&(_, n)| n == '"') => {
+                chars.next();
+                v.push('"');
+            }
+            '"' => {
+                let rest = chars.peek().map_or("", |&(i, _)| &quoted[i..]);
+                return Some((Some(v), rest));
+            }
+            c => v.push(c),
+        }
+    }
+    None
+}
+
+/// `{[1,3),[5,7)}` as the text of each range.
+fn parse_multirange(s: &str) -> Option<Vec<Option<String>>> {
+    let mut rest = s.strip_prefix('{')?.strip_suffix('}')?;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        // A range ends at the first `]` or `)` outside quotes.
+        let (mut quoted, mut escaped, mut end) = (false, false, None);
+        for (i, c) in rest.char_indices().skip(1) {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if quoted => escaped = true,
+                '"' => quoted = !quoted,
+                ']' | ')' if !quoted => {
+                    end = Some(i + 1);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let end = end?;
+        out.push(Some(rest[..end].to_owned()));
+        rest = rest[end..].trim_start();
+        rest = match rest.strip_prefix(',') {
+            Some(r) => r.trim_start(),
+            None if rest.is_empty() => rest,
+            None => return None,
+        };
+    }
+    Some(out)
+}
+
+/// An interval as PostgreSQL writes it with `IntervalStyle = postgres` (weir's
+/// sessions set it): `1 year 2 mons -3 days +04:05:06.789`, to months, days and
+/// microseconds.
+fn parse_interval(s: &str) -> Option<(i32, i32, i64)> {
+    let (mut months, mut days, mut micros) = (0i64, 0i64, 0i64);
+    let mut tokens = s.split(' ');
+    while let Some(token) = tokens.next() {
+        if token.contains(':') {
+            let (negative, clock) = match token.as_bytes().first()? {
+                b'-' => (true, &token[1..]),
+                b'+' => (false, &token[1..]),
+                _ => (false, token),
+            };
+            let mut f = clock.splitn(3, ':');
+            let (h, m, sec) = (f.next()?, f.next()?, f.next()?);
+            let (sec, frac) = sec.split_once('.').unwrap_or((sec, ""));
+            if frac.len() > 6 || (!frac.is_empty() && digits(frac).is_none()) {
+                return None;
+            }
+            let frac = match frac.is_empty() {
+                true => 0,
+                false => digits(frac)? as i64 * 10i64.pow(6 - frac.len() as u32),
+            };
+            let h: i64 = h
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| h.parse().ok())??;
+            let v = (h.checked_mul(3600)? + digits(m)? as i64 * 60 + digits(sec)? as i64)
+                .checked_mul(1_000_000)?
+                + frac;
+            micros = if negative { -v } else { v };
+            continue;
+        }
+        let n: i64 = token.parse().ok()?;
+        match tokens.next()? {
+            "year" | "years" => months += n.checked_mul(12)?,
+            "mon" | "mons" => months += n,
+            "day" | "days" => days += n,
+            _ => return None,
+        }
+    }
+    Some((
+        i32::try_from(months).ok()?,
+        i32::try_from(days).ok()?,
+        micros,
+    ))
 }
 
 /// An array element's text as the value its list's element type takes.
@@ -676,6 +1015,43 @@ mod tests {
         assert_eq!(parse_array("{{1,2},{3,4}}"), None, "two dimensions");
         assert_eq!(parse_array("[0:2]={1,2,3}"), None, "explicit bounds");
         assert_eq!(parse_array("{1,2"), None);
+    }
+
+    #[test]
+    fn ranges_multiranges_and_intervals_in_postgres_text_form() {
+        let r = parse_range(r#"["2024-01-01 00:00:00+00",)"#).unwrap();
+        assert_eq!(r.lower.as_deref(), Some("2024-01-01 00:00:00+00"));
+        assert_eq!(
+            (r.upper, r.lower_inclusive, r.upper_inclusive),
+            (None, true, false)
+        );
+        let r = parse_range("(,)").unwrap();
+        assert_eq!((r.lower, r.upper, r.lower_inclusive), (None, None, false));
+        assert!(parse_range("empty").unwrap().empty);
+        let r = parse_range(r#"["a""b","c\\d"]"#).unwrap();
+        assert_eq!(
+            (r.lower.unwrap(), r.upper.unwrap()),
+            ("a\"b".into(), "c\\d".into())
+        );
+        assert_eq!(parse_range("[1,2"), None);
+        assert_eq!(
+            parse_multirange(r#"{[1,3),["x)",y]}"#),
+            Some(vec![Some("[1,3)".into()), Some(r#"["x)",y]"#.into())])
+        );
+        assert_eq!(parse_multirange("{}"), Some(vec![]));
+        for (text, expected) in [
+            ("00:00:00", (0, 0, 0)),
+            ("1 year 2 mons 3 days 04:05:06.789", (14, 3, 14_706_789_000)),
+            ("-1 days", (0, -1, 0)),
+            ("1 day -00:00:01", (0, 1, -1_000_000)),
+            ("-10 mons -3 days +04:05:06", (-10, -3, 14_706_000_000)),
+            ("-00:00:00.000001", (0, 0, -1)),
+            ("100:00:00", (0, 0, 360_000_000_000)),
+            ("178000000 years", (2_136_000_000, 0, 0)),
+        ] {
+            assert_eq!(parse_interval(text), Some(expected), "{text}");
+        }
+        assert_eq!(parse_interval("P1Y"), None, "another IntervalStyle");
     }
 
     #[test]

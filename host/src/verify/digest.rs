@@ -6,7 +6,7 @@
 //! (the source by the sinks' own conversion) or cast to them (what a reader of the
 //! output gets), so equal values have equal bytes whatever wrote them.
 
-use crate::sink::columns::text_to_list;
+use crate::sink::columns::text_to_nested;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, new_null_array};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
@@ -82,8 +82,10 @@ impl Layout {
             .map(|(name, t)| match schema.index_of(name) {
                 Ok(i) if batch.column(i).data_type() == t => Ok(batch.column(i).clone()),
                 Ok(i) => match (batch.column(i).as_string_opt::<i32>(), t) {
-                    // Arrays an output holds as PostgreSQL's text.
-                    (Some(text), DataType::List(_)) => Ok(text_to_list(text, t)),
+                    // Arrays, ranges, intervals an output holds as PostgreSQL's text.
+                    (Some(text), DataType::List(_) | DataType::Struct(_)) => {
+                        Ok(text_to_nested(text, t))
+                    }
                     _ => cast(batch.column(i), t),
                 },
                 Err(_) => Ok(new_null_array(t, batch.num_rows())),

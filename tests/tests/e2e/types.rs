@@ -352,7 +352,8 @@ fn each_kind_of_alter_table_mid_stream_starts_a_new_schema_version() {
 }
 
 /// Column name, array type, two values (SQL literals), and the element's expected form
-/// in JSON as PostgreSQL computes it from `x` (what `lists.py` makes of pyarrow's value).
+/// in JSON as PostgreSQL computes it from `x` (what `lists.py` makes of pyarrow's value;
+/// see [`elements`]).
 type ArraySpec = (
     &'static str,
     &'static str,
@@ -409,21 +410,6 @@ const ARRAYS: &[ArraySpec] = &[
     ),
     ("anu", "numeric[]", "ARRAY[1.25, 'NaN']", "'{}'", "x::text"),
     (
-        "ats",
-        "timestamptz[]",
-        "ARRAY['2024-01-01 00:00:00+02'::timestamptz, 'infinity', '1999-12-31 23:59:59.999999+00']",
-        "'{}'",
-        "CASE WHEN isfinite(x) THEN (extract(epoch FROM x) * 1000000)::int8 \
-         WHEN x > 'epoch' THEN 9223372036854775807 ELSE -9223372036854775807 END",
-    ),
-    (
-        "ad",
-        "date[]",
-        "ARRAY['2024-02-29'::date, '1970-01-01']",
-        "'{}'",
-        "x - '1970-01-01'::date",
-    ),
-    (
         "au",
         "uuid[]",
         "ARRAY['a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid, NULL]",
@@ -448,12 +434,179 @@ const ARRAYS: &[ArraySpec] = &[
     ("amd", "int4[]", "'{{1,2},{3,4}}'", "'[0:2]={1,2,3}'", "x"),
 ];
 
+/// A timestamp's microseconds since the epoch, infinities as weir writes them.
+fn micros(x: &str) -> String {
+    format!(
+        "CASE WHEN {x} IS NULL THEN NULL WHEN isfinite({x}) THEN (extract(epoch FROM {x}) * 1000000)::int8 \
+         WHEN {x} > 'epoch' THEN 9223372036854775807 ELSE -9223372036854775807 END"
+    )
+}
+
+/// A date's days since the epoch, infinities as weir writes them.
+fn days(x: &str) -> String {
+    format!(
+        "CASE WHEN {x} IS NULL THEN NULL WHEN isfinite({x}) THEN {x} - '1970-01-01'::date \
+         WHEN {x} > 'epoch' THEN 2147483647 ELSE -2147483647 END"
+    )
+}
+
+fn interval(x: &str) -> String {
+    format!(
+        "CASE WHEN {x} IS NOT NULL THEN json_build_object('months', (extract(year FROM {x}) * 12 + extract(month FROM {x}))::int, \
+         'days', extract(day FROM {x})::int, 'microseconds', (extract(hour FROM {x}) * 3600000000 \
+         + extract(minute FROM {x}) * 60000000 + extract(microseconds FROM {x}))::int8) END"
+    )
+}
+
+fn range(x: &str, bound: &dyn Fn(&str) -> String) -> String {
+    format!(
+        "CASE WHEN {x} IS NOT NULL THEN json_build_object('lower', {}, 'upper', {}, \
+         'lower_inclusive', lower_inc({x}), 'upper_inclusive', upper_inc({x}), 'empty', isempty({x})) END",
+        bound(&format!("lower({x})")),
+        bound(&format!("upper({x})"))
+    )
+}
+
+/// An array (or multirange) `column` as a JSON list of `element` (over `x`), when it is
+/// one list: null for several dimensions or explicit bounds.
+fn elements(column: &str, element: &str) -> String {
+    format!(
+        "CASE WHEN {column} IS NOT NULL AND array_ndims({column}) IS DISTINCT FROM 2 \
+         AND array_lower({column}, 1) IS DISTINCT FROM 0 THEN coalesce((SELECT \
+         json_agg({element} ORDER BY o) FROM unnest({column}) WITH ORDINALITY u(x, o)), '[]') END"
+    )
+}
+
+/// Intervals, ranges and multiranges, and arrays of them: a name, a type, two values and
+/// the SQL of the expected JSON.
+fn structures() -> Vec<(
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    String,
+)> {
+    let text = |x: &str| format!("{x}::text");
+    let plain = |x: &str| x.to_string();
+    let when = |c: &str, e: String| format!("CASE WHEN {c} IS NOT NULL THEN {e} END");
+    vec![
+        (
+            "ats",
+            "timestamptz[]",
+            "ARRAY['2024-01-01 00:00:00+02'::timestamptz, 'infinity', '1999-12-31 23:59:59.999999+00']",
+            "'{}'",
+            elements("ats", &micros("x")),
+        ),
+        (
+            "ad",
+            "date[]",
+            "ARRAY['2024-02-29'::date, '1970-01-01', '-infinity']",
+            "'{}'",
+            elements("ad", &days("x")),
+        ),
+        (
+            "iv",
+            "interval",
+            "'1 year 2 mons 3 days 04:05:06.789'",
+            "'-1 days'",
+            when("iv", interval("iv")),
+        ),
+        (
+            "aiv",
+            "interval[]",
+            "ARRAY['1 day -00:00:01', '-1 year +2 mons -3 days +04:05:06', '-00:00:00.000001', '0', '178000000 years']::interval[]",
+            "ARRAY['-100:00:00.5', NULL]::interval[]",
+            elements("aiv", &interval("x")),
+        ),
+        (
+            "r4",
+            "int4range",
+            "'[1,10)'",
+            "'empty'",
+            when("r4", range("r4", &plain)),
+        ),
+        (
+            "r8",
+            "int8range",
+            "'(,5]'",
+            "'(,)'",
+            when("r8", range("r8", &plain)),
+        ),
+        (
+            "rn",
+            "numrange",
+            "'[1.5,2]'",
+            "'(0,)'",
+            when("rn", range("rn", &text)),
+        ),
+        (
+            "rts",
+            "tsrange",
+            "'[2024-01-01 00:00:00, 2024-02-01 12:00:00.5)'",
+            "'[-infinity,infinity]'",
+            when("rts", range("rts", &micros)),
+        ),
+        (
+            "rtz",
+            "tstzrange",
+            "'[2024-01-01 00:00:00+02,)'",
+            "'empty'",
+            when("rtz", range("rtz", &micros)),
+        ),
+        (
+            "rd",
+            "daterange",
+            "'[2024-01-01,2024-02-01)'",
+            "'[2024-01-01,infinity)'",
+            when("rd", range("rd", &days)),
+        ),
+        (
+            "mr",
+            "int4multirange",
+            "'{[1,3), [5,7)}'",
+            "'{}'",
+            when(
+                "mr",
+                format!(
+                    "coalesce((SELECT json_agg({} ORDER BY o) FROM unnest(mr) WITH ORDINALITY u(r, o)), '[]')",
+                    range("r", &plain)
+                ),
+            ),
+        ),
+        (
+            "mtz",
+            "tstzmultirange",
+            "'{[2024-01-01 00:00:00+00,2024-01-02 00:00:00+00), [2024-03-01 00:00:00+00,)}'",
+            "'{}'",
+            when(
+                "mtz",
+                format!(
+                    "coalesce((SELECT json_agg({} ORDER BY o) FROM unnest(mtz) WITH ORDINALITY u(r, o)), '[]')",
+                    range("r", &micros)
+                ),
+            ),
+        ),
+        (
+            "ar",
+            "int4range[]",
+            "ARRAY['[1,2)'::int4range, 'empty', NULL]",
+            "'{}'",
+            elements("ar", &range("x", &plain)),
+        ),
+    ]
+}
+
 #[test]
-fn arrays_are_lists_read_back_equal_by_snapshot_and_stream() {
+fn arrays_ranges_and_intervals_are_read_back_equal_by_snapshot_and_stream() {
     let db = TestDb::new("arrays");
     let config = db.config(&["public.t"]);
-    let specs: Vec<Spec> = ARRAYS.iter().map(|a| (a.0, a.1, a.2, a.3)).collect();
-    snapshot_then_stream(&db, &specs, &config);
+    let mut specs: Vec<(&str, &str, &str, &str, String)> = ARRAYS
+        .iter()
+        .map(|a| (a.0, a.1, a.2, a.3, elements(a.0, a.4)))
+        .collect();
+    specs.extend(structures());
+    let columns: Vec<Spec> = specs.iter().map(|a| (a.0, a.1, a.2, a.3)).collect();
+    snapshot_then_stream(&db, &columns, &config);
 
     let read: Value = serde_json::from_slice(&crate::harness::py(
         "lists.py",
@@ -462,16 +615,7 @@ fn arrays_are_lists_read_back_equal_by_snapshot_and_stream() {
     .unwrap();
     let rows = read["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 6, "3 snapshot rows and 3 streamed rows");
-    let expected: Vec<String> = ARRAYS
-        .iter()
-        .map(|(n, _, _, _, e)| {
-            format!(
-                "CASE WHEN {n} IS NOT NULL AND array_ndims({n}) IS DISTINCT FROM 2 \
-                 AND array_lower({n}, 1) IS DISTINCT FROM 0 THEN coalesce((SELECT \
-                 json_agg({e} ORDER BY o) FROM unnest({n}) WITH ORDINALITY u(x, o)), '[]') END"
-            )
-        })
-        .collect();
+    let expected: Vec<&str> = specs.iter().map(|s| s.4.as_str()).collect();
     let pg: Value = serde_json::from_str(&db.sql(&format!(
         "SELECT json_agg(json_build_array({}, amd::text) ORDER BY id) FROM t",
         expected.join(", ")
@@ -479,7 +623,7 @@ fn arrays_are_lists_read_back_equal_by_snapshot_and_stream() {
     .unwrap();
     let mut mismatches = Vec::new();
     for (row, (read, pg)) in rows.iter().zip(pg.as_array().unwrap()).enumerate() {
-        for (i, (name, ty, ..)) in ARRAYS.iter().enumerate() {
+        for (i, (name, ty, ..)) in specs.iter().enumerate() {
             if read[*name] != pg[i] {
                 mismatches.push(format!(
                     "row {} {name} ({ty}): postgres {}, read back {}",
@@ -490,7 +634,7 @@ fn arrays_are_lists_read_back_equal_by_snapshot_and_stream() {
             }
         }
         let unfit = read["_cdc_unfit"]["amd"].clone();
-        if unfit != pg[ARRAYS.len()] {
+        if unfit != pg[specs.len()] {
             mismatches.push(format!("row {} amd in _cdc_unfit: {unfit}", row + 1));
         }
     }
@@ -505,13 +649,21 @@ fn arrays_are_lists_read_back_equal_by_snapshot_and_stream() {
         ("an", "DECIMAL(10,2)[]"),
         ("ats", "TIMESTAMP WITH TIME ZONE[]"),
         ("au", "UUID[]"),
+        (
+            "iv",
+            r#"STRUCT("months" INTEGER, "days" INTEGER, "microseconds" BIGINT)"#,
+        ),
+        (
+            "r4",
+            "STRUCT(lower INTEGER, upper INTEGER, lower_inclusive BOOLEAN, upper_inclusive BOOLEAN, empty BOOLEAN)",
+        ),
     ] {
         assert_eq!(
             read["types"][column], expected,
-            "DuckDB reads {column} as a list"
+            "DuckDB reads {column} as a list or struct"
         );
     }
-    // `weir verify` compares the lists with the source.
+    // `weir verify` compares them with the source.
     let out = db
         .weir(&["verify", config.to_str().unwrap()])
         .output()
