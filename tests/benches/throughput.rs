@@ -12,8 +12,10 @@
 //! transactions, and one transaction of a quarter and of all the rows (peak memory must
 //! not grow with transaction size); and the first again with a transform (`mask` hashing
 //! one column), with a chain of three (`mask`, `filter` dropping a quarter of the rows,
-//! `rename` of the table and a column), and without the evidence ledger
-//! (`[state] ledger = false`), which shows what keeping it costs.
+//! `rename` of the table and a column), without the evidence ledger
+//! (`[state] ledger = false`), which shows what keeping it costs, and with an eighth
+//! column `tags text[]` of two elements, written as a Parquet list (what nested types
+//! cost against the same table without it).
 //!
 //! `WEIR_BENCH_ONLY=<text>` runs the workloads whose label contains it.
 
@@ -93,13 +95,22 @@ fn main() {
         filter: plugin("filter"),
         rename: plugin("rename"),
     };
+    // Label, rows, rows per transaction, transforms, evidence ledger, `tags text[]`.
     let scenarios = [
-        ("10k-row transactions", rows, 10_000, Transforms::None, true),
+        (
+            "10k-row transactions",
+            rows,
+            10_000,
+            Transforms::None,
+            true,
+            false,
+        ),
         (
             "10k-row transactions, without the evidence ledger",
             rows,
             10_000,
             Transforms::None,
+            false,
             false,
         ),
         (
@@ -108,12 +119,22 @@ fn main() {
             10_000,
             Transforms::Mask,
             true,
+            false,
         ),
         (
             "10k-row transactions, chain of mask, filter and rename",
             rows,
             10_000,
             Transforms::Chain,
+            true,
+            false,
+        ),
+        (
+            "10k-row transactions, with a text[] column",
+            rows,
+            10_000,
+            Transforms::None,
+            true,
             true,
         ),
         (
@@ -122,11 +143,12 @@ fn main() {
             rows / 4,
             Transforms::None,
             true,
+            false,
         ),
-        ("one transaction", rows, rows, Transforms::None, true),
+        ("one transaction", rows, rows, Transforms::None, true, false),
     ];
     let only = std::env::var("WEIR_BENCH_ONLY").unwrap_or_default();
-    for (i, (label, rows, per_tx, transform, ledger)) in scenarios.into_iter().enumerate() {
+    for (i, (label, rows, per_tx, transform, ledger, array)) in scenarios.into_iter().enumerate() {
         if !label.contains(&only) {
             continue;
         }
@@ -134,6 +156,15 @@ fn main() {
         pg.psql("postgres", &format!("CREATE DATABASE {db}"))
             .unwrap();
         pg.psql(&db, TABLE).unwrap();
+        if array {
+            // Evaluated for each inserted row: two elements, the first of 21 values.
+            pg.psql(
+                &db,
+                "ALTER TABLE bench ADD COLUMN tags text[] \
+                 DEFAULT ARRAY['tag' || (random() * 20)::int, 'x']",
+            )
+            .unwrap();
+        }
         pg.psql(&db, "CREATE PUBLICATION weir_bench FOR TABLE bench")
             .unwrap();
         let src = format!("{db}_src");

@@ -14,6 +14,7 @@ use arrow::array::{
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, TimeUnit};
+use std::borrow::Cow;
 use std::sync::Arc;
 use weir_sdk::{Column, Value};
 
@@ -405,23 +406,15 @@ impl ColumnBuilder {
                     MULTIRANGE_ELEMENT => parse_multirange(s).ok_or_else(|| err("a multirange"))?,
                     _ => parse_array(s).ok_or_else(|| err("a one-dimensional array"))?,
                 };
-                let element_type = l.field.data_type().clone();
                 let mut fits = true;
                 for element in elements {
-                    let value = match element {
-                        None => Value::Null,
-                        Some(text) => match element_value(&element_type, text) {
-                            Some(v) => v,
-                            None => {
-                                fits = false;
-                                Value::Null
-                            }
-                        },
-                    };
-                    fits &= l.element.append(&value).is_ok();
+                    match element {
+                        None => l.element.append_null(),
+                        Some(text) => fits &= l.element.append_text(&text),
+                    }
                 }
                 if !fits {
-                    return Err(err(&format!("a list of {element_type}")));
+                    return Err(err(&format!("a list of {}", l.field.data_type())));
                 }
                 l.offsets.push(l.element.len() as i32);
                 l.nulls.append_non_null();
@@ -436,31 +429,64 @@ impl ColumnBuilder {
             }
             (ColumnBuilder::Range(r), Value::Text(s)) => {
                 let range = parse_range(s).ok_or_else(|| err("a range"))?;
-                let subtype = r.fields[0].data_type().clone();
-                let bound = |b: Option<String>| match b {
-                    None => Some(Value::Null),
-                    Some(text) => element_value(&subtype, text),
-                };
-                let (Some(lower), Some(upper)) = (bound(range.lower), bound(range.upper)) else {
-                    return Err(err("a range"));
-                };
                 // Both bounds are appended whatever happens, so the row stays whole.
-                let fits = [
-                    r.lower.append(&lower).is_ok(),
-                    r.upper.append(&upper).is_ok(),
-                ];
+                let mut fits = true;
+                for (builder, bound) in [(&mut r.lower, range.lower), (&mut r.upper, range.upper)] {
+                    match bound {
+                        None => builder.append_null(),
+                        Some(text) => fits &= builder.append_text(&text),
+                    }
+                }
                 r.lower_inclusive.append_value(range.lower_inclusive);
                 r.upper_inclusive.append_value(range.upper_inclusive);
                 r.empty.append_value(range.empty);
-                if fits != [true, true] {
+                if !fits {
                     r.nulls.append_null();
-                    return Err(err(&format!("a range of {subtype}")));
+                    return Err(err(&format!("a range of {}", r.fields[0].data_type())));
                 }
                 r.nulls.append_non_null();
             }
             (_, _) => return Err(err("the column's type")),
         }
         Ok(())
+    }
+
+    /// Appends a value given as PostgreSQL's text for the column's type (an element of
+    /// an array, a bound of a range), without making a [`Value`] of it; false, and a
+    /// null appended, when it does not fit.
+    fn append_text(&mut self, text: &str) -> bool {
+        let fits = match self {
+            ColumnBuilder::Text(b) => {
+                b.append_value(text);
+                true
+            }
+            ColumnBuilder::Bool(b) => match text {
+                "t" => Some(b.append_value(true)),
+                "f" => Some(b.append_value(false)),
+                _ => None,
+            }
+            .is_some(),
+            ColumnBuilder::Int16(b) => text.parse().map(|v| b.append_value(v)).is_ok(),
+            ColumnBuilder::Int32(b) => text.parse().map(|v| b.append_value(v)).is_ok(),
+            ColumnBuilder::Int64(b) => text.parse().map(|v| b.append_value(v)).is_ok(),
+            ColumnBuilder::Float32(b) => text.parse().map(|v| b.append_value(v)).is_ok(),
+            ColumnBuilder::Float64(b) => text.parse().map(|v| b.append_value(v)).is_ok(),
+            ColumnBuilder::Binary(b) => parse_hex_bytes(text).map(|v| b.append_value(v)).is_some(),
+            ColumnBuilder::Date(b) => parse_date(text).map(|v| b.append_value(v)).is_some(),
+            ColumnBuilder::Time(b) => parse_time(text).map(|v| b.append_value(v)).is_some(),
+            ColumnBuilder::Timestamp(b, tz) => parse_timestamp(text, tz.is_some())
+                .map(|v| b.append_value(v))
+                .is_some(),
+            ColumnBuilder::Decimal(b, p, s) => parse_decimal(text, *p, *s as u8)
+                .map(|v| b.append_value(v))
+                .is_some(),
+            // UUIDs and structured values: by their own path.
+            _ => return self.append(&Value::Text(text.to_owned())).is_ok(),
+        };
+        if !fits {
+            self.append_null();
+        }
+        fits
     }
 
     /// The column built so far; the builder starts over.
@@ -530,48 +556,71 @@ pub fn text_to_nested(text: &StringArray, data_type: &DataType) -> ArrayRef {
 /// A one-dimensional array in PostgreSQL's text form (`{a,NULL,"b c","NULL"}`) as its
 /// elements, unquoted; None for any other form: several dimensions, or explicit
 /// bounds (`[0:2]={1,2,3}`), which a list cannot hold without shifting them.
-fn parse_array(s: &str) -> Option<Vec<Option<String>>> {
+fn parse_array(s: &str) -> Option<Vec<Option<Cow<'_, str>>>> {
     let inner = s.strip_prefix('{')?.strip_suffix('}')?;
     let mut out = Vec::new();
     if inner.is_empty() {
         return Some(out);
     }
-    let mut chars = inner.chars().peekable();
+    // Delimiters are ASCII, so byte positions are character boundaries.
+    let bytes = inner.as_bytes();
+    let mut i = 0;
     loop {
-        match chars.peek()? {
-            '"' => {
-                chars.next();
-                let mut v = String::new();
+        match bytes.get(i)? {
+            b'"' => {
+                let start = i + 1;
+                let mut owned: Option<String> = None;
+                let mut j = start;
                 loop {
-                    match chars.next()? {
-                        '\\' => v.push(chars.next()?),
-                        '"' => break,
-                        c => v.push(c),
+                    match bytes.get(j)? {
+                        b'\\' => {
+                            let o = owned.get_or_insert_with(String::new);
+                            if o.is_empty() {
+                                o.push_str(&inner[start..j]);
+                            }
+                            let c = inner.get(j + 1..)?.chars().next()?;
+                            o.push(c);
+                            j += 1 + c.len_utf8();
+                            continue;
+                        }
+                        b'"' => break,
+                        _ => {}
+                    }
+                    match owned.as_mut() {
+                        Some(o) => {
+                            let c = inner[j..].chars().next()?;
+                            o.push(c);
+                            j += c.len_utf8();
+                        }
+                        None => j += 1,
                     }
                 }
-                out.push(Some(v));
+                out.push(Some(match owned {
+                    Some(o) => Cow::Owned(o),
+                    None => Cow::Borrowed(&inner[start..j]),
+                }));
+                i = j + 1;
             }
-            '{' => return None,
+            b'{' => return None,
             _ => {
-                let mut v = String::new();
-                while let Some(&c) = chars.peek() {
-                    match c {
-                        ',' => break,
-                        '{' | '}' | '"' | '\\' => return None,
-                        c => v.push(c),
+                let start = i;
+                while let Some(&b) = bytes.get(i) {
+                    match b {
+                        b',' => break,
+                        b'{' | b'}' | b'"' | b'\\' => return None,
+                        _ => i += 1,
                     }
-                    chars.next();
                 }
-                match v.as_str() {
+                match &inner[start..i] {
                     "" => return None,
                     null if null.eq_ignore_ascii_case("NULL") => out.push(None),
-                    _ => out.push(Some(v)),
+                    v => out.push(Some(Cow::Borrowed(v))),
                 }
             }
         }
-        match chars.next() {
+        match bytes.get(i) {
             None => return Some(out),
-            Some(',') => {}
+            Some(b',') => i += 1,
             Some(_) => return None,
         }
     }
@@ -651,7 +700,7 @@ fn range_bound(s: &str) -> Option<(Option<String>, &str)> {
 }
 
 /// `{[1,3),[5,7)}` as the text of each range.
-fn parse_multirange(s: &str) -> Option<Vec<Option<String>>> {
+fn parse_multirange(s: &str) -> Option<Vec<Option<Cow<'_, str>>>> {
     let mut rest = s.strip_prefix('{')?.strip_suffix('}')?;
     let mut out = Vec::new();
     while !rest.is_empty() {
@@ -670,7 +719,7 @@ fn parse_multirange(s: &str) -> Option<Vec<Option<String>>> {
             }
         }
         let end = end?;
-        out.push(Some(rest[..end].to_owned()));
+        out.push(Some(Cow::Borrowed(&rest[..end])));
         rest = rest[end..].trim_start();
         rest = match rest.strip_prefix(',') {
             Some(r) => r.trim_start(),
@@ -729,31 +778,6 @@ fn parse_interval(s: &str) -> Option<(i32, i32, i64)> {
     ))
 }
 
-/// An array element's text as the value its list's element type takes.
-fn element_value(data_type: &DataType, text: String) -> Option<Value> {
-    Some(match data_type {
-        DataType::Boolean => match text.as_str() {
-            "t" => Value::Bool(true),
-            "f" => Value::Bool(false),
-            _ => return None,
-        },
-        DataType::Int16 | DataType::Int32 | DataType::Int64 => Value::Int(text.parse().ok()?),
-        DataType::Float32 | DataType::Float64 => Value::Float(text.parse().ok()?),
-        DataType::Binary => {
-            let hex = text.strip_prefix("\\x")?;
-            if hex.len() % 2 != 0 {
-                return None;
-            }
-            let bytes = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-                .collect::<Option<Vec<u8>>>()?;
-            Value::Bytes(bytes)
-        }
-        _ => Value::Text(text),
-    })
-}
-
 /// A value as text, for text columns and error messages.
 fn render(v: &Value) -> String {
     match v {
@@ -771,6 +795,18 @@ fn render(v: &Value) -> String {
             s
         }
     }
+}
+
+/// `\\x00ff` (bytea's hex output) to its bytes.
+fn parse_hex_bytes(text: &str) -> Option<Vec<u8>> {
+    let hex = text.strip_prefix("\\x")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn digits(s: &str) -> Option<u32> {
@@ -996,9 +1032,14 @@ mod tests {
         assert_eq!(arr.value(0), "\\x01ab");
     }
 
+    fn owned(v: Option<Vec<Option<Cow<'_, str>>>>) -> Option<Vec<Option<String>>> {
+        v.map(|v| v.into_iter().map(|e| e.map(Cow::into_owned)).collect())
+    }
+
     #[test]
     fn arrays_in_postgres_text_form() {
         let some = |v: &[Option<&str>]| Some(v.iter().map(|e| e.map(String::from)).collect());
+        let parse_array = |s| owned(parse_array(s));
         assert_eq!(parse_array("{}"), Some(vec![]));
         assert_eq!(
             parse_array(r#"{a,NULL,"NULL","b \"q\"","c,d",""}"#),
@@ -1015,6 +1056,11 @@ mod tests {
         assert_eq!(parse_array("{{1,2},{3,4}}"), None, "two dimensions");
         assert_eq!(parse_array("[0:2]={1,2,3}"), None, "explicit bounds");
         assert_eq!(parse_array("{1,2"), None);
+        assert_eq!(
+            parse_array(r#"{"é\"x",ü}"#),
+            some(&[Some("é\"x"), Some("ü")]),
+            "an escape after a multi-byte character"
+        );
     }
 
     #[test]
@@ -1034,6 +1080,7 @@ mod tests {
             ("a\"b".into(), "c\\d".into())
         );
         assert_eq!(parse_range("[1,2"), None);
+        let parse_multirange = |s| owned(parse_multirange(s));
         assert_eq!(
             parse_multirange(r#"{[1,3),["x)",y]}"#),
             Some(vec![Some("[1,3)".into()), Some(r#"["x)",y]"#.into())])
