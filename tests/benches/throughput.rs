@@ -95,7 +95,8 @@ fn main() {
         filter: plugin("filter"),
         rename: plugin("rename"),
     };
-    // Label, rows, rows per transaction, transforms, evidence ledger, `tags text[]`.
+    // Label, rows, rows per transaction, transforms, evidence ledger, `tags text[]` (as a
+    // list, `nested_types`, or as text).
     let scenarios = [
         (
             "10k-row transactions",
@@ -103,7 +104,7 @@ fn main() {
             10_000,
             Transforms::None,
             true,
-            false,
+            None,
         ),
         (
             "10k-row transactions, without the evidence ledger",
@@ -111,7 +112,7 @@ fn main() {
             10_000,
             Transforms::None,
             false,
-            false,
+            None,
         ),
         (
             "10k-row transactions, mask plugin hashing a column",
@@ -119,7 +120,7 @@ fn main() {
             10_000,
             Transforms::Mask,
             true,
-            false,
+            None,
         ),
         (
             "10k-row transactions, chain of mask, filter and rename",
@@ -127,7 +128,7 @@ fn main() {
             10_000,
             Transforms::Chain,
             true,
-            false,
+            None,
         ),
         (
             "10k-row transactions, with a text[] column",
@@ -135,7 +136,15 @@ fn main() {
             10_000,
             Transforms::None,
             true,
+            Some(true),
+        ),
+        (
+            "10k-row transactions, with a text[] column written as text",
+            rows,
+            10_000,
+            Transforms::None,
             true,
+            Some(false),
         ),
         (
             "one transaction of a quarter of the rows",
@@ -143,9 +152,9 @@ fn main() {
             rows / 4,
             Transforms::None,
             true,
-            false,
+            None,
         ),
-        ("one transaction", rows, rows, Transforms::None, true, false),
+        ("one transaction", rows, rows, Transforms::None, true, None),
     ];
     let only = std::env::var("WEIR_BENCH_ONLY").unwrap_or_default();
     for (i, (label, rows, per_tx, transform, ledger, array)) in scenarios.into_iter().enumerate() {
@@ -156,7 +165,7 @@ fn main() {
         pg.psql("postgres", &format!("CREATE DATABASE {db}"))
             .unwrap();
         pg.psql(&db, TABLE).unwrap();
-        if array {
+        if array.is_some() {
             // Evaluated for each inserted row: two elements, the first of 21 values.
             pg.psql(
                 &db,
@@ -207,7 +216,19 @@ fn main() {
                 peak_rss_kib: 0,
                 cpu_seconds: 0.0,
             };
-            let w = run_weir(&pg, &db, &weir_slot, rows, transform, &plugins, ledger);
+            let sink = match array {
+                Some(false) => "nested_types = false\n",
+                _ => "",
+            };
+            let w = run_weir(
+                &pg,
+                &db,
+                &weir_slot,
+                rows,
+                transform,
+                &plugins,
+                (ledger, sink),
+            );
             println!(
                 "  round {}: pg_recvlogical {:>9.0} rows/s   weir {:>9.0} rows/s   ratio {:.2}   weir peak RSS {} MiB   weir CPU {:.2} s per M events",
                 round + 1,
@@ -247,7 +268,7 @@ fn run_weir(
     rows: u64,
     transforms: Transforms,
     plugins: &Plugins,
-    ledger: bool,
+    (ledger, sink): (bool, &str),
 ) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bench.toml");
@@ -260,7 +281,7 @@ fn run_weir(
         &config,
         format!(
             "[source]\nurl = \"{}\"\nslot = \"{slot}\"\npublication = \"weir_bench\"\ntables = [\"public.bench\"]\n\n\
-             {state}{transform}[[sink]]\ntype = \"parquet\"\nurl = \"file://{}\"\ncompression = \"zstd\"\n",
+             {state}{transform}[[sink]]\ntype = \"parquet\"\nurl = \"file://{}\"\ncompression = \"zstd\"\n{sink}",
             pg.url(db),
             dir.path().join("out").display()
         ),
