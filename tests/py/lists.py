@@ -1,12 +1,15 @@
 """List columns of a changelog read back by pyarrow, for the array round-trip test.
 
-Usage: lists.py TABLE_DIR
+Usage: lists.py TABLE_DIR [all]
 
-Prints {"types": {column: DuckDB's type}, "rows": [{column: value}]} for the rows with
+Prints {"types": {column: DuckDB's type}, "rows": [{column: value}], "metadata":
+{column: the Arrow field's metadata}} for the rows with
 _cdc_op r or c, ordered by id, each file's columns read by pyarrow in its own schema:
 lists as JSON lists, structs as objects, timestamps and dates as integers (microseconds, days: infinities
 fit no Python datetime), decimals as text, bytes and UUIDs as hex, JSON elements parsed,
-non-finite floats as PostgreSQL spells them; _cdc_unfit parsed.
+non-finite floats as PostgreSQL spells them; _cdc_unfit parsed. With `all`: every
+change in source order, with _cdc_op, _cdc_commit_lsn, _cdc_seq and the file's schema
+version (_version).
 """
 import datetime
 import decimal
@@ -57,9 +60,15 @@ def integers(column):
 
 def main():
     files = sorted(glob.glob(f"{sys.argv[1]}/**/*.parquet", recursive=True))
+    every_change = len(sys.argv) > 2 and sys.argv[2] == "all"
     rows = []
+    metadata = {}
     for f in files:
         table = pq.read_table(f)
+        version = int(pq.read_metadata(f).metadata[b"weir.schema_version"])
+        for field in table.schema:
+            if field.metadata:
+                metadata[field.name] = {k.decode(): v.decode() for k, v in field.metadata.items()}
         columns = {}
         for name in table.column_names:
             col = integers(table.column(name))
@@ -70,17 +79,23 @@ def main():
             columns[name] = values
         for i in range(table.num_rows):
             row = {n: columns[n][i] for n in table.column_names}
-            if row["_cdc_op"] in ("r", "c"):
-                row["_cdc_unfit"] = json.loads(row["_cdc_unfit"]) if row["_cdc_unfit"] else None
+            row["_cdc_unfit"] = json.loads(row["_cdc_unfit"]) if row["_cdc_unfit"] else None
+            if every_change:
+                row["_version"] = version
+                rows.append({k: v for k, v in row.items() if k not in ("_cdc_xid", "_cdc_commit_ts", "_cdc_unchanged")})
+            elif row["_cdc_op"] in ("r", "c"):
                 rows.append({k: v for k, v in row.items() if not k.startswith("_cdc_") or k == "_cdc_unfit"})
-    rows.sort(key=lambda r: r["id"])
+    if every_change:
+        rows.sort(key=lambda r: (r["_cdc_commit_lsn"], r["_cdc_seq"]))
+    else:
+        rows.sort(key=lambda r: r["id"])
     con = duckdb.connect()
     file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     try:
         types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet([{file_list}], union_by_name = true)").fetchall()}
     except duckdb.Error as e:  # files of both forms
         types = {"error": str(e)}
-    print(json.dumps({"types": types, "rows": rows}))
+    print(json.dumps({"types": types, "rows": rows, "metadata": metadata}))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 //! of any of those as a list of its element's type. Every other type is written as its
 //! PostgreSQL text rendering, which loses nothing.
 
+use crate::source::types::{self, UserTypes};
 use arrow::array::{
     ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
     FixedSizeBinaryBuilder, Float32Builder, Float64Builder, Int16Builder, Int32Builder,
@@ -32,20 +33,57 @@ pub fn arrow_field(col: &Column) -> Field {
 /// of months, days and microseconds, a range a struct of its bounds, a multirange a list
 /// of those.
 pub fn arrow_field_in(col: &Column, nested: bool) -> Field {
-    match nested_type(col.type_oid, col.typmod).filter(|_| nested) {
-        Some(data_type) => Field::new(&col.name, data_type, true),
-        None => typed_field(&col.name, col.type_oid, col.typmod),
+    if !nested {
+        return typed_field(&col.name, col.type_oid, col.typmod);
+    }
+    nested_field(&col.name, col.type_oid, col.typmod, &types::registered(), 0)
+}
+
+/// A field of `type_oid` with its structure: see [`arrow_field_in`]. An enum is a string
+/// that carries its labels in the field's metadata (`weir.enum_labels`, a JSON list).
+fn nested_field(name: &str, type_oid: u32, typmod: i32, user: &UserTypes, depth: u8) -> Field {
+    if let Some(labels) = user.enums.get(&type_oid) {
+        let labels = serde_json::Value::from(labels.clone()).to_string();
+        return Field::new(name, DataType::Utf8, true)
+            .with_metadata([("weir.enum_labels".to_string(), labels)].into());
+    }
+    match nested_type(type_oid, typmod, user, depth) {
+        Some(data_type) => Field::new(name, data_type, true),
+        None => typed_field(name, type_oid, typmod),
     }
 }
 
-/// The structured Arrow type of a built-in type that has one.
-fn nested_type(type_oid: u32, typmod: i32) -> Option<DataType> {
-    let inner = |name: &str, type_oid: u32| match nested_type(type_oid, typmod) {
-        Some(data_type) => Field::new(name, data_type, true),
-        None => typed_field(name, type_oid, typmod),
+/// The structured Arrow type of a type that has one: built-in arrays, intervals, ranges
+/// and multiranges, and the database's composites, ranges and arrays of its own types.
+fn nested_type(type_oid: u32, typmod: i32, user: &UserTypes, depth: u8) -> Option<DataType> {
+    // Composites nest, but not without end.
+    if depth > 16 {
+        return None;
+    }
+    let inner = |name: &str, type_oid: u32, typmod: i32| {
+        nested_field(name, type_oid, typmod, user, depth + 1)
     };
     if let Some(element) = array_element(type_oid) {
-        return Some(DataType::List(Arc::new(inner(ARRAY_ELEMENT, element))));
+        return Some(DataType::List(Arc::new(inner(
+            ARRAY_ELEMENT,
+            element,
+            typmod,
+        ))));
+    }
+    if let Some(&(element, element_typmod)) = user.arrays.get(&type_oid) {
+        let typmod = if typmod >= 0 { typmod } else { element_typmod };
+        return Some(DataType::List(Arc::new(inner(
+            ARRAY_ELEMENT,
+            element,
+            typmod,
+        ))));
+    }
+    if let Some(fields) = user.composites.get(&type_oid) {
+        let fields: Vec<Field> = fields
+            .iter()
+            .map(|f| inner(&f.name, f.type_oid, f.typmod))
+            .collect();
+        return Some(DataType::Struct(fields.into()));
     }
     if type_oid == INTERVAL {
         return Some(DataType::Struct(
@@ -57,7 +95,7 @@ fn nested_type(type_oid: u32, typmod: i32) -> Option<DataType> {
             .into(),
         ));
     }
-    if let Some(subtype) = range_subtype(type_oid) {
+    if let Some(subtype) = range_subtype(type_oid).or_else(|| user.ranges.get(&type_oid).copied()) {
         return Some(DataType::Struct(
             vec![
                 typed_field("lower", subtype, -1),
@@ -69,8 +107,12 @@ fn nested_type(type_oid: u32, typmod: i32) -> Option<DataType> {
             .into(),
         ));
     }
-    let range = multirange_range(type_oid)?;
-    Some(DataType::List(Arc::new(inner(MULTIRANGE_ELEMENT, range))))
+    let range = multirange_range(type_oid).or_else(|| user.multiranges.get(&type_oid).copied())?;
+    Some(DataType::List(Arc::new(inner(
+        MULTIRANGE_ELEMENT,
+        range,
+        -1,
+    ))))
 }
 
 /// The element field's name of an array's list, and of a multirange's.
@@ -213,6 +255,14 @@ pub enum ColumnBuilder {
     List(Box<ListColumn>),
     Interval(Box<IntervalColumn>),
     Range(Box<RangeColumn>),
+    /// A composite type's fields.
+    Struct(Box<StructColumn>),
+}
+
+pub struct StructColumn {
+    fields: Fields,
+    children: Vec<ColumnBuilder>,
+    nulls: NullBufferBuilder,
 }
 
 pub struct ListColumn {
@@ -264,7 +314,7 @@ impl ColumnBuilder {
                 offsets: vec![0],
                 nulls: NullBufferBuilder::new(0),
             })),
-            DataType::Struct(fields) if fields[0].name() == "months" => {
+            DataType::Struct(fields) if is_interval(fields) => {
                 ColumnBuilder::Interval(Box::new(IntervalColumn {
                     fields: fields.clone(),
                     months: Int32Builder::new(),
@@ -273,7 +323,7 @@ impl ColumnBuilder {
                     nulls: NullBufferBuilder::new(0),
                 }))
             }
-            DataType::Struct(fields) if fields[0].name() == "lower" => {
+            DataType::Struct(fields) if is_range(fields) => {
                 ColumnBuilder::Range(Box::new(RangeColumn {
                     fields: fields.clone(),
                     lower: ColumnBuilder::new(fields[0].data_type()),
@@ -284,6 +334,14 @@ impl ColumnBuilder {
                     nulls: NullBufferBuilder::new(0),
                 }))
             }
+            DataType::Struct(fields) => ColumnBuilder::Struct(Box::new(StructColumn {
+                fields: fields.clone(),
+                children: fields
+                    .iter()
+                    .map(|f| ColumnBuilder::new(f.data_type()))
+                    .collect(),
+                nulls: NullBufferBuilder::new(0),
+            })),
             _ => ColumnBuilder::Text(StringBuilder::new()),
         }
     }
@@ -315,6 +373,10 @@ impl ColumnBuilder {
                 i.microseconds.append_null();
                 i.nulls.append_null();
             }
+            ColumnBuilder::Struct(c) => {
+                c.children.iter_mut().for_each(ColumnBuilder::append_null);
+                c.nulls.append_null();
+            }
             ColumnBuilder::Range(r) => {
                 r.lower.append_null();
                 r.upper.append_null();
@@ -345,6 +407,7 @@ impl ColumnBuilder {
             ColumnBuilder::List(l) => l.offsets.len() - 1,
             ColumnBuilder::Interval(i) => i.nulls.len(),
             ColumnBuilder::Range(r) => r.nulls.len(),
+            ColumnBuilder::Struct(c) => c.nulls.len(),
         }
     }
 
@@ -446,6 +509,24 @@ impl ColumnBuilder {
                 }
                 r.nulls.append_non_null();
             }
+            (ColumnBuilder::Struct(c), Value::Text(s)) => {
+                let values = parse_record(s)
+                    .filter(|v| v.len() == c.children.len())
+                    .ok_or_else(|| err(&format!("a record of {} fields", c.children.len())))?;
+                // Every field is appended whatever happens, so the row stays whole.
+                let mut fits = true;
+                for (child, value) in c.children.iter_mut().zip(values) {
+                    match value {
+                        None => child.append_null(),
+                        Some(text) => fits &= child.append_text(&text),
+                    }
+                }
+                if !fits {
+                    c.nulls.append_null();
+                    return Err(err("the composite type's fields"));
+                }
+                c.nulls.append_non_null();
+            }
             (_, _) => return Err(err("the column's type")),
         }
         Ok(())
@@ -526,6 +607,11 @@ impl ColumnBuilder {
                     Arc::new(i.microseconds.finish()),
                 ],
                 i.nulls.finish(),
+            )),
+            ColumnBuilder::Struct(c) => Arc::new(StructArray::new(
+                c.fields.clone(),
+                c.children.iter_mut().map(ColumnBuilder::finish).collect(),
+                c.nulls.finish(),
             )),
             ColumnBuilder::Range(r) => Arc::new(StructArray::new(
                 r.fields.clone(),
@@ -622,6 +708,66 @@ fn parse_array(s: &str) -> Option<Vec<Option<Cow<'_, str>>>> {
             None => return Some(out),
             Some(b',') => i += 1,
             Some(_) => return None,
+        }
+    }
+}
+
+/// Whether a struct's fields are an interval's, as [`nested_type`] makes them.
+fn is_interval(fields: &Fields) -> bool {
+    let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
+    names == ["months", "days", "microseconds"] && fields[2].data_type() == &DataType::Int64
+}
+
+/// Whether a struct's fields are a range's, as [`nested_type`] makes them.
+fn is_range(fields: &Fields) -> bool {
+    let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
+    names
+        == [
+            "lower",
+            "upper",
+            "lower_inclusive",
+            "upper_inclusive",
+            "empty",
+        ]
+        && fields[4].data_type() == &DataType::Boolean
+}
+
+/// A record (a composite value) in PostgreSQL's text form, `(1,"a b",,"")`, as its
+/// fields, unquoted (`""` and `\\x` escape a character); an empty unquoted field is null.
+fn parse_record(s: &str) -> Option<Vec<Option<Cow<'_, str>>>> {
+    let mut rest = s.strip_prefix('(')?.strip_suffix(')')?;
+    let mut out = Vec::new();
+    loop {
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let mut v = String::new();
+            let mut chars = quoted.char_indices().peekable();
+            let end = loop {
+                let (i, c) = chars.next()?;
+                match c {
+                    '\\' => v.push(chars.next()?.1),
+                    '"' if chars.peek().is_some_and(|&(_, n)| n == '"') => {
+                        chars.next();
+                        v.push('"');
+                    }
+                    '"' => break i + 1,
+                    c => v.push(c),
+                }
+            };
+            out.push(Some(Cow::Owned(v)));
+            rest = &quoted[end..];
+        } else {
+            let end = rest.find(',').unwrap_or(rest.len());
+            let field = &rest[..end];
+            if field.contains(['"', '\\', '(', ')']) {
+                return None;
+            }
+            out.push((!field.is_empty()).then_some(Cow::Borrowed(field)));
+            rest = &rest[end..];
+        }
+        match rest.strip_prefix(',') {
+            Some(r) => rest = r,
+            None if rest.is_empty() => return Some(out),
+            None => return None,
         }
     }
 }
@@ -1061,6 +1207,25 @@ mod tests {
             some(&[Some("é\"x"), Some("ü")]),
             "an escape after a multi-byte character"
         );
+    }
+
+    #[test]
+    fn records_in_postgres_text_form() {
+        let some = |v: &[Option<&str>]| Some(v.iter().map(|e| e.map(String::from)).collect());
+        let parse = |s| owned(parse_record(s));
+        assert_eq!(parse("(1,x)"), some(&[Some("1"), Some("x")]));
+        assert_eq!(
+            parse(r#"(,"")"#),
+            some(&[None, Some("")]),
+            "null, then empty"
+        );
+        assert_eq!(
+            parse(r#"(1,"(2,""a b"")","c\\d")"#),
+            some(&[Some("1"), Some(r#"(2,"a b")"#), Some("c\\d")]),
+            "a nested record, quotes doubled, a backslash escaped"
+        );
+        assert_eq!(parse("()"), some(&[None]));
+        assert_eq!(parse("(1,2"), None);
     }
 
     #[test]

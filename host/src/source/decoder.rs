@@ -337,7 +337,14 @@ impl Decoder {
             })
             .collect();
         let (version, was) = self.versions.change(msg.id, &columns);
-        if let Some(was) = was
+        if was.as_ref().is_some_and(|w| *w == columns) && self.captured.contains(&table) {
+            tracing::info!(
+                table = %table,
+                version,
+                types = %super::types::shape(&columns),
+                "A type the table uses has a new structure: new files carry the new schema."
+            );
+        } else if let Some(was) = was
             && self.captured.contains(&table)
         {
             let names = |cols: &[Column]| {

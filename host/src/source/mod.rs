@@ -6,6 +6,7 @@ pub mod pgoutput;
 pub mod schemas;
 pub mod snapshot;
 pub mod tls;
+pub mod types;
 
 use crate::batch::CommitPos;
 use crate::batch::{Batcher, Signal, SourceBatch};
@@ -669,9 +670,11 @@ impl Control {
         let (user, database) = self.check_server().await?;
         let (primary_keys, relids) = self.check_tables(&cfg.tables, &database).await?;
         self.check_readable(&relids, &user).await?;
+        let domains = self.domains().await?;
+        self.register_types(&domains).await?;
         Ok(SourceInfo {
             type_names: self.type_names(&relids).await?,
-            domains: self.domains().await?,
+            domains,
             database,
             user,
             primary_keys,
@@ -687,6 +690,7 @@ impl Control {
         let (primary_keys, relids) = self.check_tables(&cfg.tables, &database).await?;
         let type_names = self.type_names(&relids).await?;
         let domains = self.domains().await?;
+        self.register_types(&domains).await?;
         let slot_exists = self.check_slot(&cfg.slot, &database).await?;
         let (publication_missing, publication_extra) = self.publication_missing(cfg).await?;
         let changes = PublicationChanges {
@@ -955,6 +959,18 @@ impl Control {
             .iter()
             .map(|r| (r.get::<_, u32>(0), r.get::<_, String>(1)))
             .collect())
+    }
+
+    /// Reads the database's enums, composites, ranges and arrays of them for the column
+    /// mapping (see [`types`]).
+    async fn register_types(&self, domains: &HashMap<u32, (u32, i32)>) -> Result<(), SourceError> {
+        let read = types::read(&self.client, |oid, typmod| {
+            decoder::base_type(domains, oid, typmod)
+        })
+        .await
+        .map_err(sql_err("looking up enums, composite types and ranges"))?;
+        types::register(read);
+        Ok(())
     }
 
     /// Every domain of the database, to its base type and typmod: domains are few, and

@@ -1,14 +1,34 @@
 //! Schema versions that survive restarts: each captured relation's columns and version,
 //! kept in `<state>/_weir/<slot>/schemas.json`. A relation whose columns are the ones
-//! stored keeps its version after a restart; changed columns make the next version.
+//! stored keeps its version after a restart; changed columns make the next version, and
+//! so does a changed structure of a type they use (a composite type's fields, an enum's
+//! labels: see [`super::types::shape`]), as weir reads it when it starts.
 
 use crate::storage::{StateFile, StorageError};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use weir_sdk::Column;
 
-/// Relation OID to (version, columns).
-type Relations = BTreeMap<u32, (u32, Vec<Column>)>;
+/// Relation OID to (version, columns, the structure of the types they use).
+type Relations = BTreeMap<u32, Stored>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Stored {
+    Shaped(u32, Vec<Column>, String),
+    /// Written by a weir that did not record types' structure.
+    Plain(u32, Vec<Column>),
+}
+
+impl Stored {
+    fn parts(&self) -> (u32, &[Column], &str) {
+        match self {
+            Stored::Shaped(v, c, s) => (*v, c, s),
+            Stored::Plain(v, c) => (*v, c, ""),
+        }
+    }
+}
 
 #[derive(Default)]
 struct Known {
@@ -62,13 +82,15 @@ impl SchemaVersions {
     /// Like [`version_for`](Self::version_for), with the columns the relation had
     /// before when they changed (in this run or since the last).
     pub fn change(&self, id: u32, columns: &[Column]) -> (u32, Option<Vec<Column>>) {
+        let shapes = super::types::shape(columns);
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let (version, old) = match known.relations.get(&id) {
-            Some((v, cols)) if cols == columns => return (*v, None),
-            Some((v, cols)) => (v + 1, Some(cols.clone())),
+        let (version, old) = match known.relations.get(&id).map(Stored::parts) {
+            Some((v, cols, was)) if cols == columns && was == shapes => return (v, None),
+            Some((v, cols, _)) => (v + 1, Some(cols.to_vec())),
             None => (1, None),
         };
-        known.relations.insert(id, (version, columns.to_vec()));
+        let stored = Stored::Shaped(version, columns.to_vec(), shapes);
+        known.relations.insert(id, stored);
         known.dirty = true;
         (version, old)
     }

@@ -131,7 +131,7 @@ fn kill_when(weir: &mut std::process::Child, db: &TestDb, what: &str, ready: imp
 
 /// The `key=value` field of the first stderr line (a process's, read until `until`)
 /// that contains `message`.
-fn logged_field(
+pub(crate) fn logged_field(
     lines: &mut impl Iterator<Item = std::io::Result<String>>,
     message: &str,
     field: &str,

@@ -1,9 +1,12 @@
 //! Type fidelity: every built-in type, snapshotted and streamed, read back by DuckDB and
 //! compared value by value with PostgreSQL's own rendering; unchanged TOAST values.
 
-use crate::harness::{TestDb, assert_same_state};
-use serde_json::Value;
+use crate::harness::{TestDb, assert_same_state, stderr};
+use crate::snapshot::logged_field;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::time::Duration;
 
 /// Column name, type, and two values (SQL literals): ordinary and edge.
 type Spec = (&'static str, &'static str, &'static str, &'static str);
@@ -477,8 +480,8 @@ fn elements(column: &str, element: &str) -> String {
     )
 }
 
-/// Intervals, ranges and multiranges, and arrays of them: a name, a type, two values and
-/// the SQL of the expected JSON.
+/// Intervals, ranges and multiranges, composite types and enums, and arrays of them: a
+/// name, a type, two values and the SQL of the expected JSON.
 fn structures() -> Vec<(
     &'static str,
     &'static str,
@@ -593,12 +596,70 @@ fn structures() -> Vec<(
             "'{}'",
             elements("ar", &range("x", &plain)),
         ),
+        // The database's own types (created by the test below).
+        (
+            "cp",
+            "pair",
+            r#"ROW(1, 'x, "y"')"#,
+            "ROW(NULL, '')",
+            "to_jsonb(cp)".into(),
+        ),
+        (
+            "co",
+            "outer_t",
+            "ROW(ROW(2, 'z')::pair, ARRAY['a', NULL], true)",
+            "ROW(NULL, '{}', NULL)",
+            "to_jsonb(co)".into(),
+        ),
+        (
+            "acp",
+            "pair[]",
+            "ARRAY[ROW(1, 'a')::pair, NULL, ROW(NULL, NULL)::pair]",
+            "'{}'",
+            // unnest() would spread the composite into its fields.
+            "CASE WHEN acp IS NOT NULL THEN coalesce((SELECT json_agg(to_jsonb(acp[i]) \
+             ORDER BY i) FROM generate_subscripts(acp, 1) i), '[]') END"
+                .into(),
+        ),
+        (
+            "en",
+            "mood",
+            "'happy'",
+            "'sad'",
+            "to_jsonb(en::text)".into(),
+        ),
+        (
+            "aen",
+            "mood[]",
+            "ARRAY['sad', 'happy']::mood[]",
+            "'{}'",
+            elements("aen", "x::text"),
+        ),
+        (
+            "adm",
+            "posint[]",
+            "ARRAY[1, 2]::posint[]",
+            "'{}'",
+            elements("adm", "x"),
+        ),
+        (
+            "fr",
+            "floatrange",
+            "'[1.5,2.5)'",
+            "'empty'",
+            when("fr", range("fr", &|x: &str| format!("to_json({x})"))),
+        ),
     ]
 }
 
 #[test]
-fn arrays_ranges_and_intervals_are_read_back_equal_by_snapshot_and_stream() {
+fn nested_types_are_read_back_equal_by_snapshot_and_stream() {
     let db = TestDb::new("arrays");
+    db.sql("CREATE TYPE pair AS (a int, b text)");
+    db.sql("CREATE TYPE outer_t AS (p pair, tags text[], flag bool)");
+    db.sql("CREATE TYPE mood AS ENUM ('sad', 'happy')");
+    db.sql("CREATE DOMAIN posint AS int CHECK (VALUE > 0)");
+    db.sql("CREATE TYPE floatrange AS RANGE (subtype = float8)");
     let config = db.config(&["public.t"]);
     let mut specs: Vec<(&str, &str, &str, &str, String)> = ARRAYS
         .iter()
@@ -657,12 +718,19 @@ fn arrays_ranges_and_intervals_are_read_back_equal_by_snapshot_and_stream() {
             "r4",
             "STRUCT(lower INTEGER, upper INTEGER, lower_inclusive BOOLEAN, upper_inclusive BOOLEAN, empty BOOLEAN)",
         ),
+        ("cp", "STRUCT(a INTEGER, b VARCHAR)"),
+        ("aen", "VARCHAR[]"),
+        ("adm", "INTEGER[]"),
     ] {
         assert_eq!(
             read["types"][column], expected,
             "DuckDB reads {column} as a list or struct"
         );
     }
+    assert_eq!(
+        read["metadata"]["en"]["weir.enum_labels"], r#"["sad","happy"]"#,
+        "an enum's labels, in order, with its column"
+    );
     // `weir verify` compares them with the source.
     let out = db
         .weir(&["verify", config.to_str().unwrap()])
@@ -733,11 +801,12 @@ fn an_output_keeps_its_form_of_arrays_until_the_user_changes_it() {
 }
 
 #[test]
-fn a_table_with_arrays_json_ranges_and_intervals_rebuilds_to_the_source() {
+fn a_table_with_arrays_json_ranges_intervals_and_a_composite_rebuilds_to_the_source() {
     let db = TestDb::new("nested_state");
+    db.sql("CREATE TYPE address AS (street text, zip int)");
     db.sql(
         "CREATE TABLE s (id int PRIMARY KEY, n int, tags text[], doc jsonb, valid int4range, \
-         span interval)",
+         span interval, addr address)",
     );
     // Documents of the first rows are large and incompressible: stored out of line, so
     // updates that leave them alone mark them unchanged.
@@ -745,7 +814,8 @@ fn a_table_with_arrays_json_ranges_and_intervals_rebuilds_to_the_source() {
         "INSERT INTO s SELECT g, 0, ARRAY['t' || g % 7, 'x'], \
          CASE WHEN g <= 20 THEN jsonb_build_object('g', g, 'big', (SELECT string_agg(md5(g::text || i), '') FROM generate_series(1, 300) i)) \
          ELSE jsonb_build_object('g', g) END, \
-         int4range(g, g + 10), make_interval(days => g % 5, secs => g / 7.0) \
+         int4range(g, g + 10), make_interval(days => g % 5, secs => g / 7.0), \
+         ROW('Main St, ' || g, 10000 + g)::address \
          FROM generate_series(1, 2000) g",
     );
     let config = db.config(&["public.s"]);
@@ -756,7 +826,9 @@ fn a_table_with_arrays_json_ranges_and_intervals_rebuilds_to_the_source() {
         "DELETE FROM s WHERE id % 11 = 0",
         "INSERT INTO s SELECT g, 1, CASE g % 3 WHEN 0 THEN '{}' WHEN 1 THEN ARRAY[NULL, 'a,b', '\"q\"'] END, \
          'null', CASE WHEN g % 2 = 0 THEN 'empty'::int4range ELSE int4range(NULL, g) END, \
-         make_interval(months => -1, days => 2, secs => -0.5) FROM generate_series(2001, 2500) g",
+         make_interval(months => -1, days => 2, secs => -0.5), \
+         CASE WHEN g % 4 = 0 THEN ROW(NULL, g)::address END FROM generate_series(2001, 2500) g",
+        "UPDATE s SET addr.zip = 0, addr.street = '\"quoted\" (x)' WHERE id % 9 = 0",
         "UPDATE s SET span = span * -1 WHERE id % 7 = 0",
     ] {
         db.sql(step);
@@ -776,7 +848,8 @@ fn a_table_with_arrays_json_ranges_and_intervals_rebuilds_to_the_source() {
     let plain = |x: &str| x.to_string();
     let expected: Value = serde_json::from_str(&db.sql(&format!(
         "SELECT json_agg(json_build_object('id', id, 'n', n, 'tags', {}, 'doc', doc::text, \
-         'valid', CASE WHEN valid IS NOT NULL THEN {} END, 'span', {}) ORDER BY id) FROM s",
+         'valid', CASE WHEN valid IS NOT NULL THEN {} END, 'span', {}, 'addr', to_jsonb(addr)) \
+         ORDER BY id) FROM s",
         elements("tags", "x"),
         range("valid", &plain),
         interval("span")
@@ -793,4 +866,82 @@ fn a_table_with_arrays_json_ranges_and_intervals_rebuilds_to_the_source() {
         .map(|(rebuilt, source)| format!("rebuilt {rebuilt}\n source {source}"))
         .collect();
     assert!(differ.is_empty(), "rows differ:\n{}", differ.join("\n"));
+}
+
+#[test]
+fn a_composite_type_altered_gets_a_new_schema_version_and_nothing_is_lost() {
+    let db = TestDb::new("alter_type");
+    db.sql("CREATE TYPE pair AS (a int, b text)");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, p pair)");
+    db.sql("INSERT INTO t VALUES (1, ROW(1, 'x'))");
+    let config = db.config(&["public.t"]);
+    db.catch_up(&config);
+
+    // Changed while weir is stopped: read at start, a new version at once.
+    db.sql("ALTER TYPE pair ADD ATTRIBUTE c int");
+    db.sql("UPDATE t SET p = ROW(2, 'y', 3) WHERE id = 1");
+    let out = db.catch_up(&config);
+    assert!(
+        stderr(&out).contains("A type the table uses has a new structure"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Changed while weir streams: the new shape does not fit the struct read at start,
+    // so the value is kept as text until the next start, which makes the next version.
+    let mut weir = db.spawn(&config);
+    let mut lines = BufReader::new(weir.stderr.take().unwrap()).lines();
+    logged_field(&mut lines, "Streaming started", "slot");
+    db.sql("ALTER TYPE pair ADD ATTRIBUTE d text");
+    db.sql("UPDATE t SET p = ROW(4, 'z', 5, 'w') WHERE id = 1");
+    logged_field(&mut lines, "A value its column type cannot hold", "column");
+    std::thread::spawn(move || for _ in lines {});
+    std::thread::sleep(Duration::from_millis(1500));
+    weir.kill().unwrap();
+    weir.wait().unwrap();
+    db.catch_up(&config);
+    db.sql("UPDATE t SET p = ROW(6, 'v', 7, 'u') WHERE id = 1");
+    db.catch_up(&config);
+
+    let read: Value = serde_json::from_slice(&crate::harness::py(
+        "lists.py",
+        &[
+            db.out().join("public").join("t").into_os_string(),
+            "all".into(),
+        ],
+    ))
+    .unwrap();
+    let seen: Vec<(Value, Value, Value, Value)> = read["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["_cdc_op"].clone(),
+                r["_version"].clone(),
+                r["p"].clone(),
+                r["_cdc_unfit"]["p"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (json!("r"), json!(1), json!({"a": 1, "b": "x"}), Value::Null),
+            (
+                json!("u"),
+                json!(2),
+                json!({"a": 2, "b": "y", "c": 3}),
+                Value::Null
+            ),
+            (json!("u"), json!(2), Value::Null, json!("(4,z,5,w)")),
+            (
+                json!("u"),
+                json!(3),
+                json!({"a": 6, "b": "v", "c": 7, "d": "u"}),
+                Value::Null
+            ),
+        ],
+        "{read}"
+    );
 }
