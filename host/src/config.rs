@@ -416,6 +416,11 @@ pub struct IcebergSinkConfig {
     /// `~/.cache/weir/index/<slot>`.
     #[serde(default)]
     pub index_dir: Option<PathBuf>,
+    /// Changelog tables: arrays, intervals, ranges, composites as Iceberg lists and
+    /// structs (`true`, the default for columns weir adds) or as text. A column the table
+    /// already has keeps its type: text stays text.
+    #[serde(default)]
+    pub nested_types: Option<bool>,
 }
 
 /// What an Iceberg sink's tables hold.

@@ -58,6 +58,36 @@ def integers(column):
     return column if t.equals(column.type) else column.cast(t)
 
 
+def rows_of(table, version, every_change):
+    """The rows of one file (or table scan), as main() prints them."""
+    columns = {}
+    for name in table.column_names:
+        col = integers(table.column(name))
+        values = [plain(v) for v in col.to_pylist()]
+        t = table.schema.field(name).type
+        if pa.types.is_list(t) and name.startswith("j"):
+            values = [None if v is None else [json.loads(e) if isinstance(e, str) else e for e in v] for v in values]
+        columns[name] = values
+    rows = []
+    for i in range(table.num_rows):
+        row = {n: columns[n][i] for n in table.column_names}
+        row["_cdc_unfit"] = json.loads(row["_cdc_unfit"]) if row["_cdc_unfit"] else None
+        if every_change:
+            row["_version"] = version
+            rows.append({k: v for k, v in row.items() if k not in ("_cdc_xid", "_cdc_commit_ts", "_cdc_unchanged")})
+        elif row["_cdc_op"] in ("r", "c"):
+            rows.append({k: v for k, v in row.items() if not k.startswith("_cdc_") or k == "_cdc_unfit"})
+    return rows
+
+
+def in_order(rows, every_change):
+    if every_change:
+        rows.sort(key=lambda r: (r["_cdc_commit_lsn"], r["_cdc_seq"]))
+    else:
+        rows.sort(key=lambda r: r["id"])
+    return rows
+
+
 def main():
     files = sorted(glob.glob(f"{sys.argv[1]}/**/*.parquet", recursive=True))
     every_change = len(sys.argv) > 2 and sys.argv[2] == "all"
@@ -69,26 +99,8 @@ def main():
         for field in table.schema:
             if field.metadata:
                 metadata[field.name] = {k.decode(): v.decode() for k, v in field.metadata.items()}
-        columns = {}
-        for name in table.column_names:
-            col = integers(table.column(name))
-            values = [plain(v) for v in col.to_pylist()]
-            t = table.schema.field(name).type
-            if pa.types.is_list(t) and name.startswith("j"):
-                values = [None if v is None else [json.loads(e) if isinstance(e, str) else e for e in v] for v in values]
-            columns[name] = values
-        for i in range(table.num_rows):
-            row = {n: columns[n][i] for n in table.column_names}
-            row["_cdc_unfit"] = json.loads(row["_cdc_unfit"]) if row["_cdc_unfit"] else None
-            if every_change:
-                row["_version"] = version
-                rows.append({k: v for k, v in row.items() if k not in ("_cdc_xid", "_cdc_commit_ts", "_cdc_unchanged")})
-            elif row["_cdc_op"] in ("r", "c"):
-                rows.append({k: v for k, v in row.items() if not k.startswith("_cdc_") or k == "_cdc_unfit"})
-    if every_change:
-        rows.sort(key=lambda r: (r["_cdc_commit_lsn"], r["_cdc_seq"]))
-    else:
-        rows.sort(key=lambda r: r["id"])
+        rows += rows_of(table, version, every_change)
+    in_order(rows, every_change)
     con = duckdb.connect()
     file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     try:

@@ -10,7 +10,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use std::sync::Arc;
-use weir_sdk::{Event, Op, Relation};
+use weir_sdk::{Column, Event, Op, Relation};
 
 /// The changelog columns after the source columns.
 pub const CDC_COLUMNS: [&str; 7] = [
@@ -30,10 +30,16 @@ pub fn changelog_schema(relation: &Relation) -> SchemaRef {
 
 /// The changelog schema of a relation; with `nested`, arrays as lists.
 pub fn changelog_schema_in(relation: &Relation, nested: bool) -> SchemaRef {
+    changelog_schema_by(relation, &|_| nested)
+}
+
+/// The changelog schema of a relation, each column's structure kept where `nested`
+/// says so (its text otherwise).
+pub fn changelog_schema_by(relation: &Relation, nested: &dyn Fn(&Column) -> bool) -> SchemaRef {
     let mut fields: Vec<Field> = relation
         .columns
         .iter()
-        .map(|c| arrow_field_in(c, nested))
+        .map(|c| arrow_field_in(c, nested(c)))
         .collect();
     fields.push(Field::new("_cdc_op", DataType::Utf8, false));
     fields.push(Field::new("_cdc_commit_lsn", DataType::Int64, false));
@@ -79,7 +85,12 @@ impl ChangeRows {
 
     /// Rows of `relation`; with `nested`, arrays as lists.
     pub fn in_form(relation: &Relation, nested: bool) -> ChangeRows {
-        let schema = changelog_schema_in(relation, nested);
+        ChangeRows::by_form(relation, &|_| nested)
+    }
+
+    /// Rows of `relation`, each column's structure kept where `nested` says so.
+    pub fn by_form(relation: &Relation, nested: &dyn Fn(&Column) -> bool) -> ChangeRows {
+        let schema = changelog_schema_by(relation, nested);
         let columns = schema.fields()[..relation.columns.len()]
             .iter()
             .map(|f| ColumnBuilder::new(f.data_type()))

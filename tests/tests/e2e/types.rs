@@ -652,28 +652,41 @@ fn structures() -> Vec<(
     ]
 }
 
-#[test]
-fn nested_types_are_read_back_equal_by_snapshot_and_stream() {
-    let db = TestDb::new("arrays");
+/// Table `t` of [`ARRAYS`] and [`structures`] (with the types they need), rows 1-3
+/// snapshotted and 4-6 streamed by `config`'s pipeline; returns the columns' specs.
+pub(crate) fn nested_table(
+    db: &TestDb,
+    config: &Path,
+) -> Vec<(
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    String,
+)> {
     db.sql("CREATE TYPE pair AS (a int, b text)");
     db.sql("CREATE TYPE outer_t AS (p pair, tags text[], flag bool)");
     db.sql("CREATE TYPE mood AS ENUM ('sad', 'happy')");
     db.sql("CREATE DOMAIN posint AS int CHECK (VALUE > 0)");
     db.sql("CREATE TYPE floatrange AS RANGE (subtype = float8)");
-    let config = db.config(&["public.t"]);
     let mut specs: Vec<(&str, &str, &str, &str, String)> = ARRAYS
         .iter()
         .map(|a| (a.0, a.1, a.2, a.3, elements(a.0, a.4)))
         .collect();
     specs.extend(structures());
     let columns: Vec<Spec> = specs.iter().map(|a| (a.0, a.1, a.2, a.3)).collect();
-    snapshot_then_stream(&db, &columns, &config);
+    snapshot_then_stream(db, &columns, config);
+    specs
+}
 
-    let read: Value = serde_json::from_slice(&crate::harness::py(
-        "lists.py",
-        &[db.out().join("public").join("t")],
-    ))
-    .unwrap();
+/// The six rows of [`nested_table`] as read back (`read["rows"]`, as `lists.py` gives
+/// them) equal PostgreSQL's values, value by value; `amd` (two dimensions, explicit
+/// bounds) is in `_cdc_unfit` as PostgreSQL's text.
+pub(crate) fn assert_nested_values(
+    db: &TestDb,
+    specs: &[(&str, &str, &str, &str, String)],
+    read: &Value,
+) {
     let rows = read["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 6, "3 snapshot rows and 3 streamed rows");
     let expected: Vec<&str> = specs.iter().map(|s| s.4.as_str()).collect();
@@ -704,6 +717,19 @@ fn nested_types_are_read_back_equal_by_snapshot_and_stream() {
         "values differ:\n{}",
         mismatches.join("\n")
     );
+}
+
+#[test]
+fn nested_types_are_read_back_equal_by_snapshot_and_stream() {
+    let db = TestDb::new("arrays");
+    let config = db.config(&["public.t"]);
+    let specs = nested_table(&db, &config);
+    let read: Value = serde_json::from_slice(&crate::harness::py(
+        "lists.py",
+        &[db.out().join("public").join("t")],
+    ))
+    .unwrap();
+    assert_nested_values(&db, &specs, &read);
     for (column, expected) in [
         ("ai", "INTEGER[]"),
         ("atx", "VARCHAR[]"),

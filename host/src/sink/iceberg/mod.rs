@@ -359,7 +359,9 @@ impl IcebergSink {
         relation: &Relation,
         ident: &TableIdent,
     ) -> Result<TableCreation, SinkError> {
-        let schema = schema::changelog_schema(relation).map_err(|e| iceberg_err(ident, e))?;
+        let nested = self.config.nested_types.unwrap_or(true);
+        let schema =
+            schema::changelog_schema(relation, nested).map_err(|e| iceberg_err(ident, e))?;
         let ts = schema
             .field_by_name("_cdc_commit_ts")
             .expect("the changelog has a commit time")
@@ -566,6 +568,11 @@ impl ChangeTable {
     ) -> Result<TableWriter, SinkError> {
         let metadata = self.table.metadata();
         let schema: Arc<Schema> = metadata.current_schema().clone();
+        // A column keeps the table's form; one the table lacks takes nested_types.
+        let rows = ChangeRows::by_form(
+            relation,
+            &schema::nested_rule(Some(&schema), config.nested_types.unwrap_or(true)),
+        );
         let target = Arc::new(
             iceberg::arrow::schema_to_arrow_schema(&schema)
                 .map_err(|e| iceberg_err(&self.ident, e))?,
@@ -604,7 +611,7 @@ impl ChangeTable {
         Ok(TableWriter {
             version: relation.version,
             transforms,
-            rows: ChangeRows::new(relation),
+            rows,
             target,
             splitter,
             writer: FanoutWriter::new(DataFileWriterBuilder::new(rolling)),
@@ -764,7 +771,11 @@ pub(super) async fn evolve_table(
     table: &mut Table,
     relation: &Relation,
 ) -> Result<(), SinkError> {
-    let missing = schema::missing_columns(relation, table.metadata().current_schema());
+    let missing = schema::missing_columns(
+        relation,
+        table.metadata().current_schema(),
+        config.nested_types.unwrap_or(true),
+    );
     if !missing.is_empty() {
         let names: Vec<&str> = missing.iter().map(|(n, _)| n.as_str()).collect();
         let tx = Transaction::new(&*table);

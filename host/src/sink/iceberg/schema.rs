@@ -8,9 +8,9 @@ use arrow::array::{
 use arrow::compute::kernels::{cast, zip};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
-use iceberg::spec::{ListType, NestedField, PrimitiveType, Schema, Type};
+use iceberg::spec::{ListType, NestedField, PrimitiveType, Schema, StructType, Type};
 use std::sync::Arc;
-use weir_sdk::Relation;
+use weir_sdk::{Column, Relation};
 
 /// Changelog rows that do not fit a table's schema.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +34,18 @@ pub enum SchemaError {
     Arrow(#[from] ArrowError),
 }
 
-/// The Iceberg type of a changelog column's Arrow type.
+/// Which columns of a relation keep their structure (lists, structs) in a table with
+/// `schema` (none for a new table): a column the table has keeps the table's form (text
+/// stays text), a new one takes `default` (`[sink] nested_types`).
+pub fn nested_rule(schema: Option<&Schema>, default: bool) -> impl Fn(&Column) -> bool + '_ {
+    move |c: &Column| match schema.and_then(|s| s.field_by_name(&c.name)) {
+        Some(f) => matches!(*f.field_type, Type::List(_) | Type::Struct(_)),
+        None => default,
+    }
+}
+
+/// The Iceberg type of a changelog column's Arrow type; nested fields get id 0 (see
+/// [`with_ids`]).
 pub fn iceberg_type(data_type: &DataType) -> Type {
     let p = match data_type {
         DataType::Boolean => PrimitiveType::Boolean,
@@ -52,10 +63,17 @@ pub fn iceberg_type(data_type: &DataType) -> Type {
             precision: *p as u32,
             scale: *s as u32,
         },
-        DataType::List(_) => {
-            // `_cdc_unchanged`; the element id is assigned by the table.
+        DataType::List(element) => {
             return Type::List(ListType::new(
-                NestedField::list_element(0, Type::Primitive(PrimitiveType::String), false).into(),
+                NestedField::list_element(0, iceberg_type(element.data_type()), false).into(),
+            ));
+        }
+        DataType::Struct(fields) => {
+            return Type::Struct(StructType::new(
+                fields
+                    .iter()
+                    .map(|f| NestedField::optional(0, f.name(), iceberg_type(f.data_type())).into())
+                    .collect(),
             ));
         }
         _ => PrimitiveType::String,
@@ -63,11 +81,42 @@ pub fn iceberg_type(data_type: &DataType) -> Type {
     Type::Primitive(p)
 }
 
+/// `ty` with its nested fields numbered from `next_id` on (the catalog, or a schema
+/// update, assigns the table's own).
+fn with_ids(ty: Type, next_id: &mut i32) -> Type {
+    match ty {
+        Type::List(list) => {
+            *next_id += 1;
+            let id = *next_id;
+            let element = with_ids((*list.element_field.field_type).clone(), next_id);
+            Type::List(ListType::new(
+                NestedField::list_element(id, element, list.element_field.required).into(),
+            ))
+        }
+        Type::Struct(fields) => Type::Struct(StructType::new(
+            fields
+                .fields()
+                .iter()
+                .map(|f| {
+                    *next_id += 1;
+                    let id = *next_id;
+                    let ty = with_ids((*f.field_type).clone(), next_id);
+                    NestedField::optional(id, &f.name, ty).into()
+                })
+                .collect(),
+        )),
+        other => other,
+    }
+}
+
 /// The changelog schema of a new table: the source columns (the replica identity
 /// required, as identifier fields), then the `_cdc_` columns. Ids are provisional: the
 /// catalog assigns the table's own.
-pub fn changelog_schema(relation: &Relation) -> iceberg::Result<Schema> {
-    table_schema(&super::super::rows::changelog_schema(relation), relation)
+pub fn changelog_schema(relation: &Relation, nested: bool) -> iceberg::Result<Schema> {
+    table_schema(
+        &super::super::rows::changelog_schema_in(relation, nested),
+        relation,
+    )
 }
 
 /// The Iceberg schema of a new table whose rows have the Arrow schema `arrow`, the
@@ -82,14 +131,7 @@ pub fn table_schema(
     for (i, f) in arrow.fields().iter().enumerate() {
         next_id += 1;
         let id = next_id;
-        let mut ty = iceberg_type(f.data_type());
-        if let Type::List(_) = ty {
-            next_id += 1;
-            ty = Type::List(ListType::new(
-                NestedField::list_element(next_id, Type::Primitive(PrimitiveType::String), false)
-                    .into(),
-            ));
-        }
+        let ty = with_ids(iceberg_type(f.data_type()), &mut next_id);
         let key = relation.columns.get(i).is_some_and(|c| c.key)
             && !matches!(
                 ty,
@@ -110,9 +152,10 @@ pub fn table_schema(
         .build()
 }
 
-/// Source columns of `relation` that `schema` lacks, with their Iceberg types.
-pub fn missing_columns(relation: &Relation, schema: &Schema) -> Vec<(String, Type)> {
-    let arrow = super::super::rows::changelog_schema(relation);
+/// Source columns of `relation` that `schema` lacks, with their Iceberg types (their
+/// structure kept when `nested`).
+pub fn missing_columns(relation: &Relation, schema: &Schema, nested: bool) -> Vec<(String, Type)> {
+    let arrow = super::super::rows::changelog_schema_in(relation, nested);
     relation
         .columns
         .iter()
@@ -125,7 +168,8 @@ pub fn missing_columns(relation: &Relation, schema: &Schema) -> Vec<(String, Typ
 /// Source columns of `relation` whose Iceberg type differs from the table's, with the
 /// type the relation now has.
 pub fn changed_columns(relation: &Relation, schema: &Schema) -> Vec<(String, Type)> {
-    let arrow = super::super::rows::changelog_schema(relation);
+    let arrow =
+        super::super::rows::changelog_schema_by(relation, &nested_rule(Some(schema), false));
     relation
         .columns
         .iter()
@@ -253,7 +297,7 @@ mod tests {
 
     #[test]
     fn keys_are_required_identifier_fields_and_types_map() {
-        let schema = changelog_schema(&relation()).unwrap();
+        let schema = changelog_schema(&relation(), true).unwrap();
         let id = schema.field_by_name("id").unwrap();
         assert!(id.required);
         assert_eq!(
@@ -299,7 +343,7 @@ mod tests {
     #[test]
     fn rows_conform_to_the_table_and_a_value_that_does_not_fit_is_an_error() {
         let mut rel = relation();
-        let table = changelog_schema(&rel).unwrap();
+        let table = changelog_schema(&rel, true).unwrap();
         let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(&table).unwrap());
         let mut rows = crate::sink::rows::ChangeRows::new(&rel);
         let event = |op, after: Option<Vec<weir_sdk::Value>>| weir_sdk::Event {
