@@ -480,15 +480,18 @@ fn elements(column: &str, element: &str) -> String {
     )
 }
 
-/// Intervals, ranges and multiranges, composite types and enums, and arrays of them: a
-/// name, a type, two values and the SQL of the expected JSON.
-fn structures() -> Vec<(
+/// A column of the nested-types tests: name, type, two values (SQL literals) and the SQL
+/// of the value's expected JSON.
+pub(crate) type NestedSpec = (
     &'static str,
     &'static str,
     &'static str,
     &'static str,
     String,
-)> {
+);
+
+/// Intervals, ranges and multiranges, composite types and enums, and arrays of them.
+fn structures() -> Vec<NestedSpec> {
     let text = |x: &str| format!("{x}::text");
     let plain = |x: &str| x.to_string();
     let when = |c: &str, e: String| format!("CASE WHEN {c} IS NOT NULL THEN {e} END");
@@ -654,22 +657,13 @@ fn structures() -> Vec<(
 
 /// Table `t` of [`ARRAYS`] and [`structures`] (with the types they need), rows 1-3
 /// snapshotted and 4-6 streamed by `config`'s pipeline; returns the columns' specs.
-pub(crate) fn nested_table(
-    db: &TestDb,
-    config: &Path,
-) -> Vec<(
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static str,
-    String,
-)> {
+pub(crate) fn nested_table(db: &TestDb, config: &Path) -> Vec<NestedSpec> {
     db.sql("CREATE TYPE pair AS (a int, b text)");
     db.sql("CREATE TYPE outer_t AS (p pair, tags text[], flag bool)");
     db.sql("CREATE TYPE mood AS ENUM ('sad', 'happy')");
     db.sql("CREATE DOMAIN posint AS int CHECK (VALUE > 0)");
     db.sql("CREATE TYPE floatrange AS RANGE (subtype = float8)");
-    let mut specs: Vec<(&str, &str, &str, &str, String)> = ARRAYS
+    let mut specs: Vec<NestedSpec> = ARRAYS
         .iter()
         .map(|a| (a.0, a.1, a.2, a.3, elements(a.0, a.4)))
         .collect();
@@ -682,11 +676,7 @@ pub(crate) fn nested_table(
 /// The six rows of [`nested_table`] as read back (`read["rows"]`, as `lists.py` gives
 /// them) equal PostgreSQL's values, value by value; `amd` (two dimensions, explicit
 /// bounds) is in `_cdc_unfit` as PostgreSQL's text.
-pub(crate) fn assert_nested_values(
-    db: &TestDb,
-    specs: &[(&str, &str, &str, &str, String)],
-    read: &Value,
-) {
+pub(crate) fn assert_nested_values(db: &TestDb, specs: &[NestedSpec], read: &Value) {
     let rows = read["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 6, "3 snapshot rows and 3 streamed rows");
     let expected: Vec<&str> = specs.iter().map(|s| s.4.as_str()).collect();
