@@ -33,10 +33,27 @@ pub fn arrow_field(col: &Column) -> Field {
 /// of months, days and microseconds, a range a struct of its bounds, a multirange a list
 /// of those.
 pub fn arrow_field_in(col: &Column, nested: bool) -> Field {
+    arrow_column_field(col, 1, nested)
+}
+
+/// Like [`arrow_field_in`], for an array column declared with `dims` dimensions
+/// (`int[][]`: 2), a list of lists down to the element.
+pub fn arrow_column_field(col: &Column, dims: i32, nested: bool) -> Field {
     if !nested {
         return typed_field(&col.name, col.type_oid, col.typmod);
     }
-    nested_field(&col.name, col.type_oid, col.typmod, &types::registered(), 0)
+    let user = types::registered();
+    let field = nested_field(&col.name, col.type_oid, col.typmod, &user, 0);
+    match field.data_type() {
+        DataType::List(_) if dims > 1 => {
+            let mut data_type = field.data_type().clone();
+            for _ in 1..dims.min(6) {
+                data_type = DataType::List(Arc::new(Field::new(ARRAY_ELEMENT, data_type, true)));
+            }
+            Field::new(&col.name, data_type, true)
+        }
+        _ => field,
+    }
 }
 
 /// A field of `type_oid` with its structure: see [`arrow_field_in`]. An enum is a string
@@ -639,9 +656,9 @@ pub fn text_to_nested(text: &StringArray, data_type: &DataType) -> ArrayRef {
     builder.finish()
 }
 
-/// A one-dimensional array in PostgreSQL's text form (`{a,NULL,"b c","NULL"}`) as its
-/// elements, unquoted; None for any other form: several dimensions, or explicit
-/// bounds (`[0:2]={1,2,3}`), which a list cannot hold without shifting them.
+/// An array in PostgreSQL's text form (`{a,NULL,"b c","NULL"}`) as its elements,
+/// unquoted, a sub-array (`{{1,2},{3,4}}`) as its text; None for explicit bounds
+/// (`[0:2]={1,2,3}`), which a list cannot hold without shifting them.
 fn parse_array(s: &str) -> Option<Vec<Option<Cow<'_, str>>>> {
     let inner = s.strip_prefix('{')?.strip_suffix('}')?;
     let mut out = Vec::new();
@@ -687,7 +704,27 @@ fn parse_array(s: &str) -> Option<Vec<Option<Cow<'_, str>>>> {
                 }));
                 i = j + 1;
             }
-            b'{' => return None,
+            b'{' => {
+                // A sub-array, whole (an element of a column of more dimensions).
+                let (start, mut depth, mut quoted) = (i, 0, false);
+                loop {
+                    match bytes.get(i)? {
+                        b'\\' if quoted => i += 1,
+                        b'"' => quoted = !quoted,
+                        b'{' if !quoted => depth += 1,
+                        b'}' if !quoted => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                i += 1;
+                out.push(Some(Cow::Borrowed(&inner[start..i])));
+            }
             _ => {
                 let start = i;
                 while let Some(&b) = bytes.get(i) {
@@ -1199,7 +1236,11 @@ mod tests {
             ])
         );
         assert_eq!(parse_array(r#"{"\\x00ff"}"#), some(&[Some("\\x00ff")]));
-        assert_eq!(parse_array("{{1,2},{3,4}}"), None, "two dimensions");
+        assert_eq!(
+            parse_array(r#"{{1,"}"},{3,4}}"#),
+            some(&[Some(r#"{1,"}"}"#), Some("{3,4}")]),
+            "two dimensions: the sub-arrays' text"
+        );
         assert_eq!(parse_array("[0:2]={1,2,3}"), None, "explicit bounds");
         assert_eq!(parse_array("{1,2"), None);
         assert_eq!(
@@ -1320,6 +1361,36 @@ mod tests {
             .downcast_ref::<arrow::array::BinaryArray>()
             .unwrap();
         assert_eq!(v.iter().collect::<Vec<_>>(), [Some(&[0u8, 0xff][..]), None]);
+    }
+
+    #[test]
+    fn a_column_of_two_dimensions_is_a_list_of_lists() {
+        let col = Column {
+            name: "a".into(),
+            type_oid: 1007,
+            type_name: String::new(),
+            typmod: -1,
+            key: false,
+        };
+        let field = arrow_column_field(&col, 2, true);
+        let mut b = ColumnBuilder::new(field.data_type());
+        b.append(&Value::Text("{{1,2},{3,NULL}}".into())).unwrap();
+        b.append(&Value::Text("{}".into())).unwrap();
+        b.append(&Value::Text("{1,2}".into()))
+            .expect_err("one dimension in a column of two");
+        let arr = b.finish();
+        let list = arr.as_any().downcast_ref::<ListArray>().unwrap();
+        assert_eq!(list.value(0).len(), 2);
+        assert_eq!(list.value(1).len(), 0);
+        assert!(list.is_null(2));
+        let inner = list.value(0);
+        let inner = inner.as_any().downcast_ref::<ListArray>().unwrap();
+        let second = inner.value(1);
+        let second = second
+            .as_any()
+            .downcast_ref::<arrow::array::Int32Array>()
+            .unwrap();
+        assert_eq!(second.iter().collect::<Vec<_>>(), [Some(3), None]);
     }
 
     #[test]

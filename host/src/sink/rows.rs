@@ -2,7 +2,7 @@
 //! `_cdc_op`, `_cdc_commit_lsn`, `_cdc_seq`, `_cdc_xid`, `_cdc_commit_ts`,
 //! `_cdc_unchanged` and `_cdc_unfit`. Shared by the Parquet and Iceberg sinks.
 
-use super::columns::{ColumnBuilder, arrow_field_in};
+use super::columns::{ColumnBuilder, arrow_column_field};
 use crate::lsn::Lsn;
 use arrow::array::{
     ArrayRef, Int64Builder, ListBuilder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
@@ -36,10 +36,11 @@ pub fn changelog_schema_in(relation: &Relation, nested: bool) -> SchemaRef {
 /// The changelog schema of a relation, each column's structure kept where `nested`
 /// says so (its text otherwise).
 pub fn changelog_schema_by(relation: &Relation, nested: &dyn Fn(&Column) -> bool) -> SchemaRef {
+    let user = crate::source::types::registered();
     let mut fields: Vec<Field> = relation
         .columns
         .iter()
-        .map(|c| arrow_field_in(c, nested(c)))
+        .map(|c| arrow_column_field(c, user.dims(relation.id, &c.name), nested(c)))
         .collect();
     fields.push(Field::new("_cdc_op", DataType::Utf8, false));
     fields.push(Field::new("_cdc_commit_lsn", DataType::Int64, false));

@@ -1,6 +1,7 @@
 //! The database's own types that have a structure: enums (their labels), composite
 //! types (their fields), arrays of those and of domains (their element), ranges and
-//! multiranges over any subtype. Read from the catalog when a pipeline (or `weir
+//! multiranges over any subtype; and the array columns declared with more than one
+//! dimension. Read from the catalog when a pipeline (or `weir
 //! verify`) starts, and consulted by the column mapping (`sink::columns`), which turns
 //! them into Arrow lists and structs with `nested_types`.
 //!
@@ -33,6 +34,19 @@ pub struct UserTypes {
     pub ranges: HashMap<u32, u32>,
     /// User-defined multirange types to their range type.
     pub multiranges: HashMap<u32, u32>,
+    /// Array columns declared with more than one dimension (`int[][]`), by table OID
+    /// and column name.
+    pub dims: HashMap<(u32, String), i32>,
+}
+
+impl UserTypes {
+    /// The dimensions declared for a column (1 unless declared with more).
+    pub fn dims(&self, table: u32, column: &str) -> i32 {
+        self.dims
+            .get(&(table, column.to_owned()))
+            .copied()
+            .unwrap_or(1)
+    }
 }
 
 static REGISTRY: RwLock<Option<Arc<UserTypes>>> = RwLock::new(None);
@@ -47,6 +61,7 @@ pub fn register(types: UserTypes) {
     merged.arrays.extend(types.arrays);
     merged.ranges.extend(types.ranges);
     merged.multiranges.extend(types.multiranges);
+    merged.dims.extend(types.dims);
     *registry = Some(Arc::new(merged));
 }
 
@@ -113,6 +128,17 @@ pub async fn read(
         let (subtype, _) = base(row.get(1), -1);
         types.ranges.insert(row.get(0), subtype);
         types.multiranges.insert(row.get(2), row.get(0));
+    }
+    for row in client
+        .query(
+            "SELECT a.attrelid, a.attname::text, a.attndims FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid \
+             WHERE a.attndims > 1 AND NOT a.attisdropped AND c.relkind IN ('r', 'p')",
+            &[],
+        )
+        .await?
+    {
+        types.dims.insert((row.get(0), row.get(1)), row.get(2));
     }
     Ok(types)
 }

@@ -599,6 +599,21 @@ fn structures() -> Vec<NestedSpec> {
             "'{}'",
             elements("ar", &range("x", &plain)),
         ),
+        // Declared with two dimensions: lists of lists.
+        (
+            "a2",
+            "int4[][]",
+            "'{{1,2},{3,NULL}}'",
+            "'{}'",
+            "to_json(a2)".into(),
+        ),
+        (
+            "at2",
+            "text[][]",
+            r#"ARRAY[['a', 'b "q"'], ['NULL', NULL]]"#,
+            "'{}'",
+            "to_json(at2)".into(),
+        ),
         // The database's own types (created by the test below).
         (
             "cp",
@@ -735,6 +750,7 @@ fn nested_types_are_read_back_equal_by_snapshot_and_stream() {
             "STRUCT(lower INTEGER, upper INTEGER, lower_inclusive BOOLEAN, upper_inclusive BOOLEAN, empty BOOLEAN)",
         ),
         ("cp", "STRUCT(a INTEGER, b VARCHAR)"),
+        ("a2", "INTEGER[][]"),
         ("aen", "VARCHAR[]"),
         ("adm", "INTEGER[]"),
     ] {
