@@ -957,3 +957,58 @@ fn an_iceberg_table_keeps_its_text_columns_when_nested_types_change() {
         ]
     );
 }
+
+#[test]
+fn a_composite_type_altered_evolves_the_iceberg_struct() {
+    let db = TestDb::new("ice_alter_type");
+    db.sql("CREATE TYPE pair AS (a int, b text)");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, p pair, ps pair[])");
+    db.sql("INSERT INTO t VALUES (1, ROW(1, 'x'), ARRAY[ROW(2, 'y')::pair])");
+    let config = iceberg_config(&db, &["public.t"], None, "");
+    db.catch_up(&config);
+    // Between runs: a field added, then another dropped (PostgreSQL refuses a field's
+    // type change while a table uses the type).
+    db.sql("ALTER TYPE pair ADD ATTRIBUTE c int");
+    db.sql("INSERT INTO t VALUES (2, ROW(3, 'z', 4), ARRAY[ROW(5, 'w', 6)::pair])");
+    let out = db.catch_up(&config);
+    assert!(
+        stderr(&out).contains("fields added to composite columns"),
+        "{}",
+        stderr(&out)
+    );
+    db.sql("ALTER TYPE pair DROP ATTRIBUTE b");
+    db.sql("INSERT INTO t VALUES (3, ROW(7, 8), NULL)");
+    db.catch_up(&config);
+
+    let read: Value = serde_json::from_slice(&crate::harness::py(
+        "iceberg_lists.py",
+        &[catalog(&db).into_os_string(), "public.t".into()],
+    ))
+    .unwrap();
+    let rows: Vec<(Value, Value)> = read["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["p"].clone(), r["ps"].clone()))
+        .collect();
+    use serde_json::json;
+    assert_eq!(
+        rows,
+        [
+            (json!({"a": 1, "b": "x"}), json!([{"a": 2, "b": "y"}])),
+            (
+                json!({"a": 3, "b": "z", "c": 4}),
+                json!([{"a": 5, "b": "w", "c": 6}])
+            ),
+            (json!({"a": 7, "b": null, "c": 8}), Value::Null),
+        ],
+        "each file in its own struct shape: {read}"
+    );
+    assert!(
+        read["types"]["p"]
+            .as_str()
+            .unwrap()
+            .contains("c: optional int"),
+        "{read}"
+    );
+}

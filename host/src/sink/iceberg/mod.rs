@@ -790,6 +790,31 @@ pub(super) async fn evolve_table(
             .map_err(|e| iceberg_err(ident, e.with_context("operation", "schema update")))?;
         tracing::info!(table = %ident, columns = ?names, schema_id = table.metadata().current_schema_id(), "Iceberg schema evolved: columns added.");
     }
+    let nested = schema::missing_nested_fields(
+        relation,
+        table.metadata().current_schema(),
+        config.nested_types.unwrap_or(true),
+    );
+    if !nested.is_empty() {
+        let names: Vec<String> = nested.iter().map(|(p, n, _)| format!("{p}.{n}")).collect();
+        let tx = Transaction::new(&*table);
+        let mut action = tx.update_schema();
+        for (parent, name, ty) in &nested {
+            action = action.add_column(
+                iceberg::transaction::AddColumn::builder()
+                    .parent(parent.clone())
+                    .name(name.clone())
+                    .field_type(ty.clone())
+                    .build(),
+            );
+        }
+        let tx = action.apply(tx).map_err(|e| iceberg_err(ident, e))?;
+        *table = tx
+            .commit(catalog)
+            .await
+            .map_err(|e| iceberg_err(ident, e.with_context("operation", "schema update")))?;
+        tracing::info!(table = %ident, fields = ?names, schema_id = table.metadata().current_schema_id(), "Iceberg schema evolved: fields added to composite columns.");
+    }
     let changed = schema::changed_columns(relation, table.metadata().current_schema());
     let schema = table.metadata().current_schema().clone();
     let widenable: Vec<_> = changed

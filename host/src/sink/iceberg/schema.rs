@@ -1,9 +1,9 @@
 //! The Iceberg changelog schema of a relation, and changelog rows in it.
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, FixedSizeBinaryArray,
-    Int32Array, Int64Array, RecordBatch, Scalar, StringArray, Time64MicrosecondArray,
-    TimestampMicrosecondArray, new_null_array,
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Date32Array, Decimal128Array,
+    FixedSizeBinaryArray, Int32Array, Int64Array, ListArray, RecordBatch, Scalar, StringArray,
+    StructArray, Time64MicrosecondArray, TimestampMicrosecondArray, new_null_array,
 };
 use arrow::compute::kernels::{cast, zip};
 use arrow::datatypes::{DataType, SchemaRef};
@@ -218,17 +218,11 @@ pub fn conform(rows: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, Sc
         let array = match rows.column_by_name(field.name()) {
             Some(a) if a.data_type() == field.data_type() => a.clone(),
             Some(a) => {
-                let options = cast::CastOptions {
-                    safe: false,
-                    ..Default::default()
-                };
-                cast::cast_with_options(a, field.data_type(), &options).map_err(|source| {
-                    SchemaError::DoesNotFit {
-                        column: field.name().clone(),
-                        from: a.data_type().clone(),
-                        to: field.data_type().clone(),
-                        source,
-                    }
+                conform_column(a, field.data_type()).map_err(|source| SchemaError::DoesNotFit {
+                    column: field.name().clone(),
+                    from: a.data_type().clone(),
+                    to: field.data_type().clone(),
+                    source,
                 })?
             }
             None => new_null_array(field.data_type(), n),
@@ -250,6 +244,90 @@ pub fn conform(rows: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, Sc
         arrays.push(array);
     }
     Ok(RecordBatch::try_new(target.clone(), arrays)?)
+}
+
+/// A column cast to the table's type; structs field by field by name (a field the
+/// value lacks, dropped from its composite type, is null), lists element by element.
+fn conform_column(array: &ArrayRef, to: &DataType) -> Result<ArrayRef, ArrowError> {
+    match (array.data_type(), to) {
+        (DataType::Struct(_), DataType::Struct(fields)) => {
+            let from = array.as_struct();
+            let children = fields
+                .iter()
+                .map(|f| match from.column_by_name(f.name()) {
+                    Some(c) => conform_column(c, f.data_type()),
+                    None => Ok(new_null_array(f.data_type(), from.len())),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Arc::new(StructArray::try_new(
+                fields.clone(),
+                children,
+                from.nulls().cloned(),
+            )?))
+        }
+        (DataType::List(_), DataType::List(element)) => {
+            let from = array.as_list::<i32>();
+            let values = conform_column(from.values(), element.data_type())?;
+            Ok(Arc::new(ListArray::try_new(
+                element.clone(),
+                from.offsets().clone(),
+                values,
+                from.nulls().cloned(),
+            )?))
+        }
+        _ => {
+            let options = cast::CastOptions {
+                safe: false,
+                ..Default::default()
+            };
+            cast::cast_with_options(array, to, &options)
+        }
+    }
+}
+
+/// Fields of the relation's composite values (at any depth, inside lists too) that the
+/// table's struct columns lack: (parent path, name, type), for a schema update.
+pub fn missing_nested_fields(
+    relation: &Relation,
+    schema: &Schema,
+    nested: bool,
+) -> Vec<(String, String, Type)> {
+    let arrow =
+        super::super::rows::changelog_schema_by(relation, &nested_rule(Some(schema), nested));
+    let mut out = Vec::new();
+    for f in arrow.fields().iter().take(relation.columns.len()) {
+        if let Some(have) = schema.field_by_name(f.name()) {
+            let want = iceberg_type(f.data_type());
+            missing_in(f.name(), &have.field_type, &want, &mut out);
+        }
+    }
+    out
+}
+
+fn missing_in(path: &str, have: &Type, want: &Type, out: &mut Vec<(String, String, Type)>) {
+    match (have, want) {
+        (Type::Struct(have), Type::Struct(want)) => {
+            for w in want.fields() {
+                match have.field_by_name(&w.name) {
+                    Some(h) => missing_in(
+                        &format!("{path}.{}", w.name),
+                        &h.field_type,
+                        &w.field_type,
+                        out,
+                    ),
+                    None => out.push((path.to_owned(), w.name.clone(), (*w.field_type).clone())),
+                }
+            }
+        }
+        // A list's parent path stands for its element.
+        (Type::List(have), Type::List(want)) => missing_in(
+            path,
+            &have.element_field.field_type,
+            &want.element_field.field_type,
+            out,
+        ),
+        _ => {}
+    }
 }
 
 fn fill_nulls(array: &ArrayRef) -> Result<ArrayRef, SchemaError> {
