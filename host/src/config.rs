@@ -434,6 +434,14 @@ pub enum IcebergMode {
     Mirror,
 }
 
+impl IcebergSinkConfig {
+    /// Whether columns this sink adds keep their structure (lists, structs): changelog
+    /// tables with `nested_types` (default true); mirror tables keep text for now.
+    pub fn nested(&self) -> bool {
+        matches!(self.mode, IcebergMode::Changelog) && self.nested_types.unwrap_or(true)
+    }
+}
+
 fn default_commit_interval() -> Duration {
     Duration::from_secs(60)
 }

@@ -71,11 +71,11 @@ def rows_of(table, version, every_change):
     rows = []
     for i in range(table.num_rows):
         row = {n: columns[n][i] for n in table.column_names}
-        row["_cdc_unfit"] = json.loads(row["_cdc_unfit"]) if row["_cdc_unfit"] else None
+        row["_cdc_unfit"] = json.loads(row["_cdc_unfit"]) if row.get("_cdc_unfit") else None
         if every_change:
             row["_version"] = version
             rows.append({k: v for k, v in row.items() if k not in ("_cdc_xid", "_cdc_commit_ts", "_cdc_unchanged")})
-        elif row["_cdc_op"] in ("r", "c"):
+        elif row.get("_cdc_op", "r") in ("r", "c"):  # a mirror has no _cdc_op
             rows.append({k: v for k, v in row.items() if not k.startswith("_cdc_") or k == "_cdc_unfit"})
     return rows
 

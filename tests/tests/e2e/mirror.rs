@@ -335,3 +335,31 @@ fn a_mirror_table_is_exact_across_kill_9_and_travels_back_to_earlier_lsns() {
         );
     }
 }
+
+#[test]
+fn a_mirror_keeps_arrays_as_text_even_in_columns_added_later() {
+    let db = TestDb::new("mirror_arrays");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, a text[])");
+    db.sql("INSERT INTO t VALUES (1, '{x,y}')");
+    let config = mirror_config(&db, &["public.t"]);
+    db.catch_up(&config);
+    db.sql("ALTER TABLE t ADD COLUMN b int[]");
+    db.sql("INSERT INTO t VALUES (2, '{z}', '{1,NULL}')");
+    db.sql("UPDATE t SET b = '{}' WHERE id = 1");
+    db.catch_up(&config);
+    let read: Value = serde_json::from_slice(&py(
+        "iceberg_lists.py",
+        &[
+            db.out().join("catalog.db").into_os_string(),
+            "public.t".into(),
+        ],
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(read["types"]["a"], "string", "{read}");
+    assert_eq!(read["types"]["b"], "string", "{read}");
+    let out = db
+        .weir(&["verify", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}

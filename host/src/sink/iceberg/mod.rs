@@ -359,7 +359,7 @@ impl IcebergSink {
         relation: &Relation,
         ident: &TableIdent,
     ) -> Result<TableCreation, SinkError> {
-        let nested = self.config.nested_types.unwrap_or(true);
+        let nested = self.config.nested();
         let schema =
             schema::changelog_schema(relation, nested).map_err(|e| iceberg_err(ident, e))?;
         let ts = schema
@@ -571,7 +571,7 @@ impl ChangeTable {
         // A column keeps the table's form; one the table lacks takes nested_types.
         let rows = ChangeRows::by_form(
             relation,
-            &schema::nested_rule(Some(&schema), config.nested_types.unwrap_or(true)),
+            &schema::nested_rule(Some(&schema), config.nested()),
         );
         let target = Arc::new(
             iceberg::arrow::schema_to_arrow_schema(&schema)
@@ -771,11 +771,8 @@ pub(super) async fn evolve_table(
     table: &mut Table,
     relation: &Relation,
 ) -> Result<(), SinkError> {
-    let missing = schema::missing_columns(
-        relation,
-        table.metadata().current_schema(),
-        config.nested_types.unwrap_or(true),
-    );
+    let missing =
+        schema::missing_columns(relation, table.metadata().current_schema(), config.nested());
     if !missing.is_empty() {
         let names: Vec<&str> = missing.iter().map(|(n, _)| n.as_str()).collect();
         let tx = Transaction::new(&*table);
@@ -790,11 +787,8 @@ pub(super) async fn evolve_table(
             .map_err(|e| iceberg_err(ident, e.with_context("operation", "schema update")))?;
         tracing::info!(table = %ident, columns = ?names, schema_id = table.metadata().current_schema_id(), "Iceberg schema evolved: columns added.");
     }
-    let nested = schema::missing_nested_fields(
-        relation,
-        table.metadata().current_schema(),
-        config.nested_types.unwrap_or(true),
-    );
+    let nested =
+        schema::missing_nested_fields(relation, table.metadata().current_schema(), config.nested());
     if !nested.is_empty() {
         let names: Vec<String> = nested.iter().map(|(p, n, _)| format!("{p}.{n}")).collect();
         let tx = Transaction::new(&*table);
