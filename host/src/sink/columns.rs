@@ -2,9 +2,10 @@
 //!
 //! The mapping (README, "Type mapping"): integers, floats, bool, numeric with a typmod of
 //! precision <= 38 as decimal, text types, bytea, date, timestamp, timestamptz (UTC), uuid
-//! (Parquet UUID), json/jsonb (Parquet JSON); with nested types, a one-dimensional array
-//! of any of those as a list of its element's type. Every other type is written as its
-//! PostgreSQL text rendering, which loses nothing.
+//! (Parquet UUID), json/jsonb (Parquet JSON); with nested types, arrays as lists (of
+//! lists for a column declared with more dimensions), intervals, ranges and composite
+//! types as structs, multiranges as lists of ranges, enums as strings with their labels.
+//! Every other type is written as its PostgreSQL text rendering, which loses nothing.
 
 use crate::source::types::{self, UserTypes};
 use arrow::array::{
