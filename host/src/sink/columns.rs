@@ -60,6 +60,10 @@ pub fn arrow_column_field(col: &Column, dims: i32, nested: bool) -> Field {
 /// A field of `type_oid` with its structure: see [`arrow_field_in`]. An enum is a string
 /// that carries its labels in the field's metadata (`weir.enum_labels`, a JSON list).
 fn nested_field(name: &str, type_oid: u32, typmod: i32, user: &UserTypes, depth: u8) -> Field {
+    if let (MONEY, Some(scale)) = (type_oid, user.money_scale) {
+        return Field::new(name, DataType::Decimal128(19, scale as i8), true)
+            .with_metadata([(PG_TYPE.to_string(), "money".to_string())].into());
+    }
     if let Some(labels) = user.enums.get(&type_oid) {
         let labels = serde_json::Value::from(labels.clone()).to_string();
         return Field::new(name, DataType::Utf8, true)
@@ -138,6 +142,11 @@ const ARRAY_ELEMENT: &str = "element";
 const MULTIRANGE_ELEMENT: &str = "range";
 
 const INTERVAL: u32 = 1186;
+const MONEY: u32 = 790;
+
+/// Field metadata naming the PostgreSQL type where the Arrow type alone does not tell
+/// how to read the value's text (`money`: a decimal printed with a currency).
+const PG_TYPE: &str = "weir.pg_type";
 
 /// The subtype of a built-in range type.
 fn range_subtype(type_oid: u32) -> Option<u32> {
@@ -267,6 +276,8 @@ pub enum ColumnBuilder {
     Timestamp(TimestampMicrosecondBuilder, Option<Arc<str>>),
     Uuid(FixedSizeBinaryBuilder),
     Decimal(Decimal128Builder, u8, i8),
+    /// `money`: a decimal read from PostgreSQL's text with its currency and separators.
+    Money(Decimal128Builder, u8, i8),
     Text(StringBuilder),
     /// A one-dimensional array or a multirange: its elements in `element`, each row's
     /// end in `offsets`.
@@ -309,7 +320,20 @@ pub struct RangeColumn {
 }
 
 impl ColumnBuilder {
-    /// A builder for values of `field`'s type.
+    /// A builder for values of `field` (its metadata may say how to read the text).
+    pub fn for_field(field: &Field) -> ColumnBuilder {
+        match (
+            field.metadata().get(PG_TYPE).map(String::as_str),
+            field.data_type(),
+        ) {
+            (Some("money"), DataType::Decimal128(p, s)) => {
+                ColumnBuilder::Money(Decimal128Builder::new(), *p, *s)
+            }
+            _ => ColumnBuilder::new(field.data_type()),
+        }
+    }
+
+    /// A builder for values of a field's type.
     pub fn new(data_type: &DataType) -> ColumnBuilder {
         match data_type {
             DataType::Boolean => ColumnBuilder::Bool(BooleanBuilder::new()),
@@ -328,7 +352,7 @@ impl ColumnBuilder {
             DataType::Decimal128(p, s) => ColumnBuilder::Decimal(Decimal128Builder::new(), *p, *s),
             DataType::List(field) => ColumnBuilder::List(Box::new(ListColumn {
                 field: field.clone(),
-                element: ColumnBuilder::new(field.data_type()),
+                element: ColumnBuilder::for_field(field),
                 offsets: vec![0],
                 nulls: NullBufferBuilder::new(0),
             })),
@@ -344,8 +368,8 @@ impl ColumnBuilder {
             DataType::Struct(fields) if is_range(fields) => {
                 ColumnBuilder::Range(Box::new(RangeColumn {
                     fields: fields.clone(),
-                    lower: ColumnBuilder::new(fields[0].data_type()),
-                    upper: ColumnBuilder::new(fields[1].data_type()),
+                    lower: ColumnBuilder::for_field(&fields[0]),
+                    upper: ColumnBuilder::for_field(&fields[1]),
                     lower_inclusive: BooleanBuilder::new(),
                     upper_inclusive: BooleanBuilder::new(),
                     empty: BooleanBuilder::new(),
@@ -354,10 +378,7 @@ impl ColumnBuilder {
             }
             DataType::Struct(fields) => ColumnBuilder::Struct(Box::new(StructColumn {
                 fields: fields.clone(),
-                children: fields
-                    .iter()
-                    .map(|f| ColumnBuilder::new(f.data_type()))
-                    .collect(),
+                children: fields.iter().map(|f| ColumnBuilder::for_field(f)).collect(),
                 nulls: NullBufferBuilder::new(0),
             })),
             _ => ColumnBuilder::Text(StringBuilder::new()),
@@ -378,7 +399,7 @@ impl ColumnBuilder {
             ColumnBuilder::Time(b) => b.append_null(),
             ColumnBuilder::Timestamp(b, _) => b.append_null(),
             ColumnBuilder::Uuid(b) => b.append_null(),
-            ColumnBuilder::Decimal(b, _, _) => b.append_null(),
+            ColumnBuilder::Decimal(b, _, _) | ColumnBuilder::Money(b, _, _) => b.append_null(),
             ColumnBuilder::Text(b) => b.append_null(),
             ColumnBuilder::List(l) => {
                 // Elements of a value that did not fit stay under the null, unread.
@@ -420,7 +441,7 @@ impl ColumnBuilder {
             ColumnBuilder::Time(b) => b.len(),
             ColumnBuilder::Timestamp(b, _) => b.len(),
             ColumnBuilder::Uuid(b) => b.len(),
-            ColumnBuilder::Decimal(b, _, _) => b.len(),
+            ColumnBuilder::Decimal(b, _, _) | ColumnBuilder::Money(b, _, _) => b.len(),
             ColumnBuilder::Text(b) => b.len(),
             ColumnBuilder::List(l) => l.offsets.len() - 1,
             ColumnBuilder::Interval(i) => i.nulls.len(),
@@ -477,6 +498,9 @@ impl ColumnBuilder {
             }
             (ColumnBuilder::Decimal(b, p, s), Value::Text(t)) => {
                 b.append_value(parse_decimal(t, *p, *s as u8).ok_or_else(|| err("decimal"))?)
+            }
+            (ColumnBuilder::Money(b, p, _), Value::Text(t)) => {
+                b.append_value(parse_money(t, *p).ok_or_else(|| err("money"))?)
             }
             (ColumnBuilder::Text(b), v) => match v {
                 Value::Text(s) => b.append_value(s),
@@ -579,6 +603,9 @@ impl ColumnBuilder {
             ColumnBuilder::Decimal(b, p, s) => parse_decimal(text, *p, *s as u8)
                 .map(|v| b.append_value(v))
                 .is_some(),
+            ColumnBuilder::Money(b, p, _) => {
+                parse_money(text, *p).map(|v| b.append_value(v)).is_some()
+            }
             // UUIDs and structured values: by their own path.
             _ => return self.append(&Value::Text(text.to_owned())).is_ok(),
         };
@@ -602,7 +629,7 @@ impl ColumnBuilder {
             ColumnBuilder::Time(b) => Arc::new(b.finish()),
             ColumnBuilder::Timestamp(b, tz) => Arc::new(b.finish().with_timezone_opt(tz.clone())),
             ColumnBuilder::Uuid(b) => Arc::new(b.finish()),
-            ColumnBuilder::Decimal(b, p, s) => Arc::new(
+            ColumnBuilder::Decimal(b, p, s) | ColumnBuilder::Money(b, p, s) => Arc::new(
                 b.finish()
                     .with_precision_and_scale(*p, *s)
                     .expect("precision checked at mapping"),
@@ -646,11 +673,17 @@ impl ColumnBuilder {
     }
 }
 
+/// Whether a text column is read into `field` by [`text_to_nested`] (rather than cast).
+pub fn read_from_text(field: &Field) -> bool {
+    matches!(field.data_type(), DataType::List(_) | DataType::Struct(_))
+        || field.metadata().contains_key(PG_TYPE)
+}
+
 /// A text column holding values in PostgreSQL's form, as nested types write them
-/// (`{a,b}` becomes `["a", "b"]`, `[1,5)` a range struct); a value that does not fit is
-/// null.
-pub fn text_to_nested(text: &StringArray, data_type: &DataType) -> ArrayRef {
-    let mut builder = ColumnBuilder::new(data_type);
+/// (`{a,b}` becomes `["a", "b"]`, `[1,5)` a range struct, `$1.50` a decimal for
+/// `money`); a value that does not fit is null.
+pub fn text_to_nested(text: &StringArray, field: &Field) -> ArrayRef {
+    let mut builder = ColumnBuilder::for_field(field);
     for value in text {
         let _ = builder.append(&value.map_or(Value::Null, |s| Value::Text(s.to_owned())));
     }
@@ -1102,6 +1135,22 @@ fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
+/// `money` as PostgreSQL prints it (`$1,234.56`, `-$0.01`, `1.234,56 €`, by
+/// `lc_monetary`) to its unscaled integer: the digits in order are exactly that, since
+/// it always prints the locale's number of fractional digits.
+fn parse_money(s: &str, precision: u8) -> Option<i128> {
+    let digits: String = s.chars().filter(char::is_ascii_digit).collect();
+    if digits.is_empty() || digits.len() > precision as usize {
+        return None;
+    }
+    let v: i128 = digits.parse().ok()?;
+    Some(if s.contains('-') || s.starts_with('(') {
+        -v
+    } else {
+        v
+    })
+}
+
 /// Decimal text to an unscaled integer at `scale`; None for NaN, infinities or values that
 /// do not fit `precision` (never rounds).
 fn parse_decimal(s: &str, precision: u8, scale: u8) -> Option<i128> {
@@ -1362,6 +1411,29 @@ mod tests {
             .downcast_ref::<arrow::array::BinaryArray>()
             .unwrap();
         assert_eq!(v.iter().collect::<Vec<_>>(), [Some(&[0u8, 0xff][..]), None]);
+    }
+
+    #[test]
+    fn money_in_any_locale_is_its_digits() {
+        assert_eq!(parse_money("$1,234.56", 19), Some(123_456));
+        assert_eq!(parse_money("-$0.01", 19), Some(-1));
+        assert_eq!(parse_money("1.234,56 €", 19), Some(123_456));
+        assert_eq!(parse_money("($5.00)", 19), Some(-500));
+        assert_eq!(
+            parse_money("-$92,233,720,368,547,758.08", 19),
+            Some(-9_223_372_036_854_775_808)
+        );
+        assert_eq!(parse_money("$", 19), None);
+        let field = Field::new("m", DataType::Decimal128(19, 2), true)
+            .with_metadata([(PG_TYPE.to_string(), "money".to_string())].into());
+        let mut b = ColumnBuilder::for_field(&field);
+        b.append(&Value::Text("$12.34".into())).unwrap();
+        let arr = b.finish();
+        let arr = arr
+            .as_any()
+            .downcast_ref::<arrow::array::Decimal128Array>()
+            .unwrap();
+        assert_eq!(arr.value_as_string(0), "12.34");
     }
 
     #[test]

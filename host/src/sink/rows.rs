@@ -94,7 +94,7 @@ impl ChangeRows {
         let schema = changelog_schema_by(relation, nested);
         let columns = schema.fields()[..relation.columns.len()]
             .iter()
-            .map(|f| ColumnBuilder::new(f.data_type()))
+            .map(|f| ColumnBuilder::for_field(f))
             .collect();
         ChangeRows {
             relation: relation.qualified_name(),

@@ -37,6 +37,8 @@ pub struct UserTypes {
     /// Array columns declared with more than one dimension (`int[][]`), by table OID
     /// and column name.
     pub dims: HashMap<(u32, String), i32>,
+    /// The scale of `money` values under the database's `lc_monetary`.
+    pub money_scale: Option<u8>,
 }
 
 impl UserTypes {
@@ -62,6 +64,7 @@ pub fn register(types: UserTypes) {
     merged.ranges.extend(types.ranges);
     merged.multiranges.extend(types.multiranges);
     merged.dims.extend(types.dims);
+    merged.money_scale = types.money_scale.or(merged.money_scale);
     *registry = Some(Arc::new(merged));
 }
 
@@ -140,6 +143,13 @@ pub async fn read(
     {
         types.dims.insert((row.get(0), row.get(1)), row.get(2));
     }
+    // money prints as many fractional digits as lc_monetary says, and converts to
+    // numeric at that scale.
+    let scale: i32 = client
+        .query_one("SELECT scale('0'::money::numeric)", &[])
+        .await?
+        .get(0);
+    types.money_scale = u8::try_from(scale).ok().filter(|s| *s <= 10);
     Ok(types)
 }
 

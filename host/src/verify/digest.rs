@@ -6,10 +6,10 @@
 //! (the source by the sinks' own conversion) or cast to them (what a reader of the
 //! output gets), so equal values have equal bytes whatever wrote them.
 
-use crate::sink::columns::text_to_nested;
+use crate::sink::columns::{read_from_text, text_to_nested};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, new_null_array};
 use arrow::compute::cast;
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Field};
 use arrow::error::ArrowError;
 use arrow::row::{RowConverter, SortField};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -19,6 +19,8 @@ use twox_hash::XxHash3_128;
 pub struct Layout {
     pub names: Vec<String>,
     types: Vec<DataType>,
+    /// The changelog fields (their metadata says how to read a text form).
+    fields: Vec<Field>,
     /// Indexes into `names` of the key columns, in key order.
     key: Vec<usize>,
     key_rows: RowConverter,
@@ -35,9 +37,11 @@ pub struct Hashed {
 }
 
 impl Layout {
-    /// A layout of `columns` (name, changelog type); `key` names the key columns.
-    pub fn new(columns: Vec<(String, DataType)>, key: &[String]) -> Result<Layout, ArrowError> {
-        let (names, types): (Vec<String>, Vec<DataType>) = columns.into_iter().unzip();
+    /// A layout of `fields` (the changelog's, by column name); `key` names the key
+    /// columns.
+    pub fn new(fields: Vec<Field>, key: &[String]) -> Result<Layout, ArrowError> {
+        let names: Vec<String> = fields.iter().map(|f| f.name().clone()).collect();
+        let types: Vec<DataType> = fields.iter().map(|f| f.data_type().clone()).collect();
         let key: Vec<usize> = key
             .iter()
             .filter_map(|k| names.iter().position(|n| n == k))
@@ -54,6 +58,7 @@ impl Layout {
         let mut layout = Layout {
             names,
             types,
+            fields,
             key,
             key_rows,
             value_rows,
@@ -76,19 +81,20 @@ impl Layout {
     /// the batch does not have (a file written before it was added) is null.
     pub fn columns(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>, ArrowError> {
         let schema = batch.schema();
-        self.names
+        self.fields
             .iter()
-            .zip(&self.types)
-            .map(|(name, t)| match schema.index_of(name) {
-                Ok(i) if batch.column(i).data_type() == t => Ok(batch.column(i).clone()),
-                Ok(i) => match (batch.column(i).as_string_opt::<i32>(), t) {
-                    // Arrays, ranges, intervals an output holds as PostgreSQL's text.
-                    (Some(text), DataType::List(_) | DataType::Struct(_)) => {
-                        Ok(text_to_nested(text, t))
-                    }
-                    _ => cast(batch.column(i), t),
-                },
-                Err(_) => Ok(new_null_array(t, batch.num_rows())),
+            .map(|field| {
+                let t = field.data_type();
+                match schema.index_of(field.name()) {
+                    Ok(i) if batch.column(i).data_type() == t => Ok(batch.column(i).clone()),
+                    Ok(i) => match batch.column(i).as_string_opt::<i32>() {
+                        // Arrays, ranges, composites, money an output holds as
+                        // PostgreSQL's text.
+                        Some(text) if read_from_text(field) => Ok(text_to_nested(text, field)),
+                        _ => cast(batch.column(i), t),
+                    },
+                    Err(_) => Ok(new_null_array(t, batch.num_rows())),
+                }
             })
             .collect()
     }
@@ -173,7 +179,10 @@ pub fn bucket(key: &[u8], buckets: usize, percent: f64) -> Option<usize> {
 #[cfg(test)]
 pub(super) fn test_layout() -> Layout {
     Layout::new(
-        vec![("id".into(), DataType::Int64), ("v".into(), DataType::Utf8)],
+        vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("v", DataType::Utf8, true),
+        ],
         &["id".into()],
     )
     .expect("a layout of two plain columns")

@@ -375,12 +375,12 @@ fn ignored_columns(
 fn layout(relation: &Relation, ignored: &[String]) -> Result<Option<Layout>, VerifyError> {
     // Arrays compared as lists: an output holding them as text is read into lists.
     let schema = changelog_schema_in(relation, true);
-    let columns: Vec<(String, arrow::datatypes::DataType)> = relation
+    let columns: Vec<arrow::datatypes::Field> = relation
         .columns
         .iter()
         .zip(schema.fields())
         .filter(|(c, _)| !ignored.contains(&c.name))
-        .map(|(c, f)| (c.name.clone(), f.data_type().clone()))
+        .map(|(_, f)| f.as_ref().clone())
         .collect();
     let key: Vec<String> = relation
         .columns

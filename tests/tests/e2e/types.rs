@@ -614,6 +614,14 @@ fn structures() -> Vec<NestedSpec> {
             "'{}'",
             "to_json(at2)".into(),
         ),
+        // money: a decimal at lc_monetary's scale, read from its currency text.
+        (
+            "mo",
+            "money",
+            "'1234.56'",
+            "'-92233720368547758.08'",
+            "to_jsonb(mo::numeric::text)".into(),
+        ),
         // The database's own types (created by the test below).
         (
             "cp",
@@ -751,6 +759,7 @@ fn nested_types_are_read_back_equal_by_snapshot_and_stream() {
         ),
         ("cp", "STRUCT(a INTEGER, b VARCHAR)"),
         ("a2", "INTEGER[][]"),
+        ("mo", "DECIMAL(19,2)"),
         ("aen", "VARCHAR[]"),
         ("adm", "INTEGER[]"),
     ] {

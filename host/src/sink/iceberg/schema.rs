@@ -38,8 +38,10 @@ pub enum SchemaError {
 /// `schema` (none for a new table): a column the table has keeps the table's form (text
 /// stays text), a new one takes `default` (`[sink] nested_types`).
 pub fn nested_rule(schema: Option<&Schema>, default: bool) -> impl Fn(&Column) -> bool + '_ {
+    // A column whose text form is a string and whose table type is not was written in
+    // the nested form (a list, a struct, money's decimal).
     move |c: &Column| match schema.and_then(|s| s.field_by_name(&c.name)) {
-        Some(f) => matches!(*f.field_type, Type::List(_) | Type::Struct(_)),
+        Some(f) => !matches!(*f.field_type, Type::Primitive(PrimitiveType::String)),
         None => default,
     }
 }
