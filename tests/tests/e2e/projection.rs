@@ -668,3 +668,43 @@ fn a_pipeline_whose_only_sink_is_a_projection_snapshots_streams_and_resumes() {
         "one checkpoint row for the projection"
     );
 }
+
+#[test]
+fn arrays_ranges_intervals_composites_and_enums_are_projected_into_the_same_types() {
+    let db = TestDb::new("proj_nested");
+    let target = Target::new(shared_target(), "proj_nested");
+    for sql in [
+        "CREATE TYPE pair AS (a int, b text)",
+        "CREATE TYPE mood AS ENUM ('sad', 'happy')",
+    ] {
+        db.sql(sql);
+        target.sql(sql);
+    }
+    db.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, tags text[], grid int[][], r int4range, \
+         span interval, p pair, m mood, ps pair[], doc jsonb)",
+    );
+    db.sql(
+        "INSERT INTO t SELECT g, ARRAY['t' || g, NULL, 'a,\"b\"'], ARRAY[[g, 2], [3, NULL]], \
+         int4range(g, g + 5), make_interval(months => g, secs => -g / 3.0), ROW(g, 'x ' || g)::pair, \
+         'happy', ARRAY[ROW(g, NULL)::pair], jsonb_build_object('g', g) \
+         FROM generate_series(1, 20) g",
+    );
+    let config = db.config(&["public.t"]);
+    with_projection(&config, &target, "");
+    db.catch_up(&config);
+    db.sql("UPDATE t SET tags = '{}', r = 'empty', p = ROW(NULL, ''), m = 'sad' WHERE id % 3 = 0");
+    db.sql("UPDATE t SET grid = NULL, span = '-1 days +00:00:01', ps = '{}' WHERE id % 4 = 0");
+    db.sql("DELETE FROM t WHERE id = 7");
+    db.catch_up(&config);
+    let columns = "id, tags, grid, r, span, p, m, ps, doc";
+    assert_equal_tables(&db, &target, "public.t", "public.t", columns);
+    let types = "SELECT string_agg(format_type(atttypid, atttypmod), ', ' ORDER BY attnum) \
+                 FROM pg_attribute WHERE attrelid = 'public.t'::regclass AND attnum > 0 \
+                 AND NOT attisdropped AND attname NOT LIKE '\\_%'";
+    assert_eq!(
+        target.sql(types).trim(),
+        db.sql(types).trim(),
+        "the same types in the target (weir's own columns aside)"
+    );
+}
