@@ -99,6 +99,7 @@ mod codec;
 #[cfg(feature = "guest")]
 pub mod guest;
 pub mod json;
+pub mod pg;
 pub mod plugin;
 
 pub use plugin::{PluginError, Sink, Transform};

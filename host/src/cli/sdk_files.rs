@@ -45,6 +45,7 @@ const FILES: &[(&str, &str)] = &[
         "weir-sdk/src/json.rs",
         include_str!("../../../sdk/src/json.rs"),
     ),
+    ("weir-sdk/src/pg.rs", include_str!("../../../sdk/src/pg.rs")),
     (
         "weir-sdk/src/plugin.rs",
         include_str!("../../../sdk/src/plugin.rs"),

@@ -509,7 +509,8 @@ impl ColumnBuilder {
             (ColumnBuilder::List(l), Value::Text(s)) => {
                 let elements = match l.field.name().as_str() {
                     MULTIRANGE_ELEMENT => parse_multirange(s).ok_or_else(|| err("a multirange"))?,
-                    _ => parse_array(s).ok_or_else(|| err("a one-dimensional array"))?,
+                    _ => weir_sdk::pg::array_elements(s)
+                        .ok_or_else(|| err("a one-dimensional array"))?,
                 };
                 let mut fits = true;
                 for element in elements {
@@ -688,99 +689,6 @@ pub fn text_to_nested(text: &StringArray, field: &Field) -> ArrayRef {
         let _ = builder.append(&value.map_or(Value::Null, |s| Value::Text(s.to_owned())));
     }
     builder.finish()
-}
-
-/// An array in PostgreSQL's text form (`{a,NULL,"b c","NULL"}`) as its elements,
-/// unquoted, a sub-array (`{{1,2},{3,4}}`) as its text; None for explicit bounds
-/// (`[0:2]={1,2,3}`), which a list cannot hold without shifting them.
-fn parse_array(s: &str) -> Option<Vec<Option<Cow<'_, str>>>> {
-    let inner = s.strip_prefix('{')?.strip_suffix('}')?;
-    let mut out = Vec::new();
-    if inner.is_empty() {
-        return Some(out);
-    }
-    // Delimiters are ASCII, so byte positions are character boundaries.
-    let bytes = inner.as_bytes();
-    let mut i = 0;
-    loop {
-        match bytes.get(i)? {
-            b'"' => {
-                let start = i + 1;
-                let mut owned: Option<String> = None;
-                let mut j = start;
-                loop {
-                    match bytes.get(j)? {
-                        b'\\' => {
-                            let o = owned.get_or_insert_with(String::new);
-                            if o.is_empty() {
-                                o.push_str(&inner[start..j]);
-                            }
-                            let c = inner.get(j + 1..)?.chars().next()?;
-                            o.push(c);
-                            j += 1 + c.len_utf8();
-                            continue;
-                        }
-                        b'"' => break,
-                        _ => {}
-                    }
-                    match owned.as_mut() {
-                        Some(o) => {
-                            let c = inner[j..].chars().next()?;
-                            o.push(c);
-                            j += c.len_utf8();
-                        }
-                        None => j += 1,
-                    }
-                }
-                out.push(Some(match owned {
-                    Some(o) => Cow::Owned(o),
-                    None => Cow::Borrowed(&inner[start..j]),
-                }));
-                i = j + 1;
-            }
-            b'{' => {
-                // A sub-array, whole (an element of a column of more dimensions).
-                let (start, mut depth, mut quoted) = (i, 0, false);
-                loop {
-                    match bytes.get(i)? {
-                        b'\\' if quoted => i += 1,
-                        b'"' => quoted = !quoted,
-                        b'{' if !quoted => depth += 1,
-                        b'}' if !quoted => {
-                            depth -= 1;
-                            if depth == 0 {
-                                break;
-                            }
-                        }
-                        _ => {}
-                    }
-                    i += 1;
-                }
-                i += 1;
-                out.push(Some(Cow::Borrowed(&inner[start..i])));
-            }
-            _ => {
-                let start = i;
-                while let Some(&b) = bytes.get(i) {
-                    match b {
-                        b',' => break,
-                        b'{' | b'}' | b'"' | b'\\' => return None,
-                        _ => i += 1,
-                    }
-                }
-                match &inner[start..i] {
-                    "" => return None,
-                    null if null.eq_ignore_ascii_case("NULL") => out.push(None),
-                    v => out.push(Some(Cow::Borrowed(v))),
-                }
-            }
-        }
-        match bytes.get(i) {
-            None => return Some(out),
-            Some(b',') => i += 1,
-            Some(_) => return None,
-        }
-    }
 }
 
 /// Whether a struct's fields are an interval's, as [`nested_type`] makes them.
@@ -1272,7 +1180,7 @@ mod tests {
     #[test]
     fn arrays_in_postgres_text_form() {
         let some = |v: &[Option<&str>]| Some(v.iter().map(|e| e.map(String::from)).collect());
-        let parse_array = |s| owned(parse_array(s));
+        let parse_array = |s| owned(weir_sdk::pg::array_elements(s));
         assert_eq!(parse_array("{}"), Some(vec![]));
         assert_eq!(
             parse_array(r#"{a,NULL,"NULL","b \"q\"","c,d",""}"#),

@@ -518,7 +518,13 @@ pub fn builtin_type_name(type_oid: u32) -> String {
         1700 => "numeric",
         2950 => "uuid",
         3802 => "jsonb",
-        _ => return format!("oid:{type_oid}"),
+        // An array of a built-in type is named after its element, as PostgreSQL does.
+        _ => {
+            return match crate::sink::columns::array_element(type_oid) {
+                Some(element) => format!("_{}", builtin_type_name(element)),
+                None => format!("oid:{type_oid}"),
+            };
+        }
     };
     name.to_owned()
 }

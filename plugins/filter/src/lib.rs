@@ -9,6 +9,9 @@
 //! ] }
 //! ```
 //!
+//! Comparisons: `eq`, `ne`, `in`, `not_in`, `gt`, `ge`, `lt`, `le`, `is_null`, and
+//! `contains` for an array column (an element equal to the operand).
+//!
 //! An event is kept when its table is in `tables` (all tables when empty) and not in
 //! `drop_tables`, its op is in `ops` (all when empty), and every `where` predicate holds
 //! on its row (the new row; the old one for deletes). A predicate on a column the table
@@ -46,6 +49,8 @@ pub struct Predicate {
     pub lt: Option<f64>,
     pub le: Option<f64>,
     pub is_null: Option<bool>,
+    /// An array column holds an element equal to this.
+    pub contains: Option<Json>,
 }
 
 pub struct Filter {
@@ -90,6 +95,17 @@ fn equals(v: &Value, operand: &Json) -> bool {
     }
 }
 
+/// Whether an array (PostgreSQL's text of one) has an element equal to `operand`.
+fn contains(v: &Value, operand: &Json) -> bool {
+    let Some(elements) = v.as_str().and_then(weir_sdk::pg::array_elements) else {
+        return false;
+    };
+    elements.iter().any(|e| match e {
+        Some(e) => equals(&Value::Text(e.to_string()), operand),
+        None => operand.is_null(),
+    })
+}
+
 impl Predicate {
     fn holds(&self, v: &Value) -> bool {
         let n = number_of(v);
@@ -108,6 +124,7 @@ impl Predicate {
             && self.lt.is_none_or(|x| n.is_some_and(|n| n < x))
             && self.le.is_none_or(|x| n.is_some_and(|n| n <= x))
             && self.is_null.is_none_or(|want| v.is_null() == want)
+            && self.contains.as_ref().is_none_or(|x| contains(v, x))
     }
 }
 
@@ -219,6 +236,24 @@ mod tests {
             Some(vec![Value::Int(9)]),
         ));
         b
+    }
+
+    #[test]
+    fn contains_matches_an_element_of_an_array() {
+        let mut b = Batch::default();
+        let rel = b.push_relation(testing::relation(
+            "public",
+            "t",
+            &[("id", "int8", true), ("tags", "_text", false)],
+        ));
+        for (id, tags) in [(1, "{vip,new}"), (2, r#"{"vip x",old}"#), (3, "{}")] {
+            let row = vec![Value::Int(id), Value::Text(tags.into())];
+            b.events
+                .push(testing::event(Op::Insert, rel, id as u32, None, Some(row)));
+        }
+        let config = r#"{"where":[{"column":"tags","contains":"vip"}]}"#;
+        let out = testing::run::<Filter>(config, b).unwrap();
+        assert_eq!(ids(&out), [1], "only the row with the element vip");
     }
 
     fn ids(b: &Batch) -> Vec<i64> {

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! A column is named `column` (in any table), `table.column` or `schema.table.column`.
-//! Hashed, redacted and partially masked columns become `text` in the output.
+//! Hashed, redacted and partially masked columns become `text` in the output; an array
+//! column is masked element by element (NULL elements kept) and becomes `text[]`.
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -87,6 +88,29 @@ impl Mask {
             .map(|(_, m, keep)| (*m, *keep))
     }
 
+    /// Masks each element of an array (as PostgreSQL's text), NULL elements kept;
+    /// false when the value is not an array.
+    fn mask_elements(&self, value: &mut Value, method: Method, keep: usize) -> bool {
+        let Value::Text(text) = &*value else {
+            return false;
+        };
+        let Some(elements) = weir_sdk::pg::array_elements(text) else {
+            return false;
+        };
+        let masked: Vec<Option<String>> = elements
+            .iter()
+            .map(|e| {
+                e.as_ref().map(|e| {
+                    let mut v = Value::Text(e.to_string());
+                    self.mask(&mut v, method, keep);
+                    v.as_str().unwrap_or_default().to_owned()
+                })
+            })
+            .collect();
+        *value = Value::Text(weir_sdk::pg::array_text(&masked));
+        true
+    }
+
     fn mask(&self, value: &mut Value, method: Method, keep: usize) {
         if value.is_null() {
             return;
@@ -151,23 +175,30 @@ impl Transform for Mask {
     }
 
     fn process(&mut self, mut batch: Batch) -> Result<Batch, PluginError> {
-        // Per relation, the masked columns; masked values become text.
-        let plans: Vec<Vec<(usize, Method, usize)>> = batch
+        // Per relation, the masked columns (and whether each is an array, masked element
+        // by element); masked values become text, or arrays of text.
+        let plans: Vec<Vec<(usize, Method, usize, bool)>> = batch
             .relations
             .iter()
             .map(|rel| {
                 rel.columns
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, c)| self.method_for(rel, &c.name).map(|(m, k)| (i, m, k)))
+                    .filter_map(|(i, c)| {
+                        let array = weir_sdk::pg::is_array_type(&c.type_name);
+                        self.method_for(rel, &c.name).map(|(m, k)| (i, m, k, array))
+                    })
                     .collect()
             })
             .collect();
         for (rel, plan) in batch.relations.iter_mut().zip(&plans) {
-            for &(i, method, _) in plan {
+            for &(i, method, _, array) in plan {
                 if method != Method::Null {
                     let column = &mut rel.columns[i];
-                    (column.type_oid, column.type_name, column.typmod) = (25, "text".into(), -1);
+                    (column.type_oid, column.type_name, column.typmod) = match array {
+                        true => (1009, "_text".into(), -1),
+                        false => (25, "text".into(), -1),
+                    };
                 }
             }
         }
@@ -177,9 +208,14 @@ impl Transform for Mask {
                 .into_iter()
                 .flatten()
             {
-                for &(i, method, keep) in plan {
+                for &(i, method, keep, array) in plan {
                     if let Some(value) = row.get_mut(i) {
-                        self.mask(value, method, keep);
+                        let masked = array
+                            && method != Method::Null
+                            && self.mask_elements(value, method, keep);
+                        if !masked {
+                            self.mask(value, method, keep);
+                        }
                     }
                 }
             }
@@ -244,6 +280,30 @@ mod tests {
         );
         assert_eq!(out.relations[0].columns[1].type_name, "text");
         assert_eq!(after[0], Value::Int(1), "other columns untouched");
+    }
+
+    #[test]
+    fn an_array_is_masked_element_by_element() {
+        let mut b = Batch::default();
+        let rel = b.push_relation(testing::relation(
+            "public",
+            "t",
+            &[("id", "int8", true), ("tags", "_text", false)],
+        ));
+        let after = vec![Value::Int(1), Value::Text(r#"{a,NULL,"b c"}"#.into())];
+        b.events
+            .push(testing::event(Op::Insert, rel, 0, None, Some(after)));
+        let config = r#"{"salt":"s","rules":[{"columns":["tags"],"method":"hash"}]}"#;
+        let out = testing::run::<Mask>(config, b).unwrap();
+        let tags = out.events[0].after.as_ref().unwrap()[1].as_str().unwrap();
+        let elements = weir_sdk::pg::array_elements(tags).unwrap();
+        let hash = |s: &str| hex(&Sha256::digest(format!("s{s}").as_bytes()));
+        assert_eq!(
+            elements,
+            [Some(hash("a").into()), None, Some(hash("b c").into())],
+            "each element hashed, NULL kept: {tags}"
+        );
+        assert_eq!(out.relations[0].columns[1].type_name, "_text");
     }
 
     #[test]

@@ -26,6 +26,16 @@ fn transform(plugin: &Path, config: &str) -> String {
     )
 }
 
+/// A pipeline of `table` through the built-in `mask`, then `filter`, with these configs.
+fn mask_then_filter(db: &TestDb, table: &str, mask: &str, filter: &str) -> std::path::PathBuf {
+    let transforms = format!(
+        "{}{}",
+        transform(&db.plugin(MASK.0, MASK.1, |m| m), mask),
+        transform(&db.plugin(FILTER.0, FILTER.1, |m| m), filter)
+    );
+    with_transforms(db, &[table], &transforms)
+}
+
 fn sha256_hex(data: &str) -> String {
     let out = std::process::Command::new("sha256sum")
         .arg("-")
@@ -125,20 +135,12 @@ fn mask_then_filter_writes_only_kept_events_with_hashed_values() {
     db.sql(
         "CREATE TABLE orders (id int PRIMARY KEY, email text, status text, amount numeric(10,2))",
     );
-    let mask = db.plugin(MASK.0, MASK.1, |m| m);
-    let filter = db.plugin(FILTER.0, FILTER.1, |m| m);
-    let transforms = format!(
-        "{}{}",
-        transform(
-            &mask,
-            r#"{ salt = "s1", rules = [ { columns = ["email"], method = "hash" } ] }"#
-        ),
-        transform(
-            &filter,
-            r#"{ where = [ { column = "status", in = ["paid", "shipped"] } ] }"#
-        )
+    let config = mask_then_filter(
+        &db,
+        "public.orders",
+        r#"{ salt = "s1", rules = [ { columns = ["email"], method = "hash" } ] }"#,
+        r#"{ where = [ { column = "status", in = ["paid", "shipped"] } ] }"#,
     );
-    let config = with_transforms(&db, &["public.orders"], &transforms);
     db.catch_up(&config);
     db.sql(
         "INSERT INTO orders SELECT g, 'buyer' || g || '@example.com', \
@@ -576,4 +578,42 @@ fn a_stop_that_takes_longer_than_shutdown_timeout_exits_anyway_and_loses_nothing
     assert!(!status.success(), "a stop cut short is not a clean exit");
     db.catch_up(&fast);
     assert_eq!(assert_same_state(&db, "public.t", "id").op("c"), 20);
+}
+
+#[test]
+fn mask_hashes_each_element_of_an_array_and_filter_keeps_rows_that_contain_one() {
+    let db = TestDb::new("maskarray");
+    db.sql("CREATE TABLE people (id int PRIMARY KEY, emails text[], tags text[])");
+    let config = mask_then_filter(
+        &db,
+        "public.people",
+        r#"{ salt = "s1", rules = [ { columns = ["emails"], method = "hash" } ] }"#,
+        r#"{ where = [ { column = "tags", contains = "vip" } ] }"#,
+    );
+    db.sql(
+        "INSERT INTO people SELECT g, ARRAY['a' || g || '@example.com', NULL, 'b' || g || '@example.com'], \
+         CASE WHEN g % 2 = 0 THEN ARRAY['vip', 'x y'] ELSE ARRAY['new'] END FROM generate_series(1, 10) g",
+    );
+    db.catch_up(&config);
+    db.sql("INSERT INTO people VALUES (11, '{}', '{vip}')");
+    db.catch_up(&config);
+
+    let log = db.changelog("public.people", "id");
+    let ids: Vec<i64> = log.rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, [2, 4, 6, 8, 10, 11], "rows whose tags contain vip");
+    for row in &log.rows {
+        let id = row["id"].as_i64().unwrap();
+        let expected: serde_json::Value = match id {
+            11 => serde_json::json!([]),
+            _ => serde_json::json!([
+                sha256_hex(&format!("s1a{id}@example.com")),
+                null,
+                sha256_hex(&format!("s1b{id}@example.com"))
+            ]),
+        };
+        assert_eq!(
+            row["emails"], expected,
+            "a list of hashes, NULL kept: {row}"
+        );
+    }
 }
