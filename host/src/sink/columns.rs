@@ -7,7 +7,7 @@
 //! types as structs, multiranges as lists of ranges, enums as strings with their labels.
 //! Every other type is written as its PostgreSQL text rendering, which loses nothing.
 
-use crate::source::types::{self, UserTypes};
+use crate::source::types::UserTypes;
 use arrow::array::{
     ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
     FixedSizeBinaryBuilder, Float32Builder, Float64Builder, Int16Builder, Int32Builder,
@@ -25,26 +25,19 @@ pub use weir_sdk::oid;
 /// The Arrow field for a source column, arrays as text. Every source column is
 /// nullable: deletes carry only the key and truncates no values at all.
 pub fn arrow_field(col: &Column) -> Field {
-    arrow_field_in(col, false)
+    typed_field(&col.name, col.type_oid, col.typmod)
 }
 
 /// The Arrow field for a source column; with `nested`, the types with a structure have
-/// it: an array of a mapped type is a list of its element's type (the element keeps
-/// the column's typmod, as PostgreSQL applies it to each element), an interval a struct
-/// of months, days and microseconds, a range a struct of its bounds, a multirange a list
-/// of those.
-pub fn arrow_field_in(col: &Column, nested: bool) -> Field {
-    arrow_column_field(col, 1, nested)
-}
-
-/// Like [`arrow_field_in`], for an array column declared with `dims` dimensions
-/// (`int[][]`: 2), a list of lists down to the element.
-pub fn arrow_column_field(col: &Column, dims: i32, nested: bool) -> Field {
+/// it (see the module's summary; `user` has the database's own types): an array of a
+/// mapped type is a list of its element's type (the element keeps the column's typmod,
+/// as PostgreSQL applies it to each element), a list of lists for a column declared with
+/// `dims` dimensions (`int[][]`: 2).
+pub fn arrow_column_field(col: &Column, dims: i32, nested: bool, user: &UserTypes) -> Field {
     if !nested {
-        return typed_field(&col.name, col.type_oid, col.typmod);
+        return arrow_field(col);
     }
-    let user = types::registered();
-    let field = nested_field(&col.name, col.type_oid, col.typmod, &user, 0);
+    let field = nested_field(&col.name, col.type_oid, col.typmod, user, 0);
     match field.data_type() {
         DataType::List(_) if dims > 1 => {
             let mut data_type = field.data_type().clone();
@@ -57,7 +50,7 @@ pub fn arrow_column_field(col: &Column, dims: i32, nested: bool) -> Field {
     }
 }
 
-/// A field of `type_oid` with its structure: see [`arrow_field_in`]. An enum is a string
+/// A field of `type_oid` with its structure: see [`arrow_column_field`]. An enum is a string
 /// that carries its labels in the field's metadata (`weir.enum_labels`, a JSON list).
 fn nested_field(name: &str, type_oid: u32, typmod: i32, user: &UserTypes, depth: u8) -> Field {
     if let (MONEY, Some(scale)) = (type_oid, user.money_scale) {
@@ -686,7 +679,10 @@ pub fn read_from_text(field: &Field) -> bool {
 pub fn text_to_nested(text: &StringArray, field: &Field) -> ArrayRef {
     let mut builder = ColumnBuilder::for_field(field);
     for value in text {
-        let _ = builder.append(&value.map_or(Value::Null, |s| Value::Text(s.to_owned())));
+        match value {
+            Some(text) => _ = builder.append_text(text),
+            None => builder.append_null(),
+        }
     }
     builder.finish()
 }
@@ -717,52 +713,59 @@ fn parse_record(s: &str) -> Option<Vec<Option<Cow<'_, str>>>> {
     let mut rest = s.strip_prefix('(')?.strip_suffix(')')?;
     let mut out = Vec::new();
     loop {
-        if let Some(quoted) = rest.strip_prefix('"') {
-            let mut v = String::new();
-            let mut chars = quoted.char_indices().peekable();
-            let end = loop {
-                let (i, c) = chars.next()?;
-                match c {
-                    '\\' => v.push(chars.next()?.1),
-                    '"' if chars.peek().is_some_and(|&(_, n)| n == '"') => {
-                        chars.next();
-                        v.push('"');
-                    }
-                    '"' => break i + 1,
-                    c => v.push(c),
-                }
-            };
-            out.push(Some(Cow::Owned(v)));
-            rest = &quoted[end..];
-        } else {
-            let end = rest.find(',').unwrap_or(rest.len());
-            let field = &rest[..end];
-            if field.contains(['"', '\\', '(', ')']) {
-                return None;
-            }
-            out.push((!field.is_empty()).then_some(Cow::Borrowed(field)));
-            rest = &rest[end..];
-        }
-        match rest.strip_prefix(',') {
+        let (field, after) = item(rest)?;
+        out.push(field);
+        match after.strip_prefix(',') {
             Some(r) => rest = r,
-            None if rest.is_empty() => return Some(out),
+            None if after.is_empty() => return Some(out),
             None => return None,
         }
     }
 }
 
+/// One item of a record or range, up to the next `,` or the end, and what follows it:
+/// quoted (`""` and `\\x` escape a character), bare, or empty (null, or an unbounded
+/// end). A bare item never holds what PostgreSQL would have quoted.
+fn item(s: &str) -> Option<(Option<Cow<'_, str>>, &str)> {
+    let Some(quoted) = s.strip_prefix('"') else {
+        let end = s.find(',').unwrap_or(s.len());
+        let bare = &s[..end];
+        if bare.contains(['"', '\\', '(', ')']) {
+            return None;
+        }
+        return Some(((!bare.is_empty()).then_some(Cow::Borrowed(bare)), &s[end..]));
+    };
+    let mut v = String::new();
+    let mut chars = quoted.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        match c {
+            '\\' => v.push(chars.next()?.1),
+            '"' if chars.peek().is_some_and(|&(_, n)| n == '"') => {
+                chars.next();
+                v.push('"');
+            }
+            '"' => {
+                let rest = chars.peek().map_or("", |&(i, _)| &quoted[i..]);
+                return Some((Some(Cow::Owned(v)), rest));
+            }
+            c => v.push(c),
+        }
+    }
+    None
+}
+
 /// A range in PostgreSQL's text form, its bounds unquoted (`None`: unbounded).
 #[derive(Debug, PartialEq)]
-struct RangeText {
-    lower: Option<String>,
-    upper: Option<String>,
+struct RangeText<'a> {
+    lower: Option<Cow<'a, str>>,
+    upper: Option<Cow<'a, str>>,
     lower_inclusive: bool,
     upper_inclusive: bool,
     empty: bool,
 }
 
 /// `[1,10)`, `(,)`, `["2024-01-01 00:00:00+00",)`, `empty`.
-fn parse_range(s: &str) -> Option<RangeText> {
+fn parse_range(s: &str) -> Option<RangeText<'_>> {
     if s == "empty" {
         return Some(RangeText {
             lower: None,
@@ -783,8 +786,8 @@ fn parse_range(s: &str) -> Option<RangeText> {
         _ => return None,
     };
     let inner = s.get(1..s.len() - 1)?;
-    let (lower, rest) = range_bound(inner)?;
-    let (upper, rest) = range_bound(rest.strip_prefix(',')?)?;
+    let (lower, rest) = item(inner)?;
+    let (upper, rest) = item(rest.strip_prefix(',')?)?;
     if !rest.is_empty() {
         return None;
     }
@@ -795,33 +798,6 @@ fn parse_range(s: &str) -> Option<RangeText> {
         upper,
         empty: false,
     })
-}
-
-/// A range's bound and what follows it: quoted (`\x` and `""` escape a character), bare,
-/// or empty (unbounded).
-fn range_bound(s: &str) -> Option<(Option<String>, &str)> {
-    let Some(quoted) = s.strip_prefix('"') else {
-        let end = s.find(',').unwrap_or(s.len());
-        let bound = &s[..end];
-        return Some(((!bound.is_empty()).then(|| bound.to_owned()), &s[end..]));
-    };
-    let mut v = String::new();
-    let mut chars = quoted.char_indices().peekable();
-    while let Some((_, c)) = chars.next() {
-        match c {
-            '\\' => v.push(chars.next()?.1),
-            '"' if chars.peek().is_some_and(|&(_, n)| n == '"') => {
-                chars.next();
-                v.push('"');
-            }
-            '"' => {
-                let rest = chars.peek().map_or("", |&(i, _)| &quoted[i..]);
-                return Some((Some(v), rest));
-            }
-            c => v.push(c),
-        }
-    }
-    None
 }
 
 /// `{[1,3),[5,7)}` as the text of each range.
@@ -1274,9 +1250,9 @@ mod tests {
             typmod: -1,
             key: false,
         };
-        let field = arrow_field_in(&col(1007), true);
+        let field = arrow_column_field(&col(1007), 1, true, &UserTypes::default());
         assert_eq!(
-            arrow_field_in(&col(1007), false).data_type(),
+            arrow_column_field(&col(1007), 1, false, &UserTypes::default()).data_type(),
             &DataType::Utf8,
             "text form"
         );
@@ -1306,7 +1282,9 @@ mod tests {
         );
         assert_eq!(ints(5), [Some(7)], "after values that did not fit");
 
-        let bytes = ColumnBuilder::new(arrow_field_in(&col(1001), true).data_type());
+        let bytes = ColumnBuilder::new(
+            arrow_column_field(&col(1001), 1, true, &UserTypes::default()).data_type(),
+        );
         let mut bytes = bytes;
         bytes
             .append(&Value::Text(r#"{"\\x00ff",NULL}"#.into()))
@@ -1353,7 +1331,7 @@ mod tests {
             typmod: -1,
             key: false,
         };
-        let field = arrow_column_field(&col, 2, true);
+        let field = arrow_column_field(&col, 2, true, &UserTypes::default());
         let mut b = ColumnBuilder::new(field.data_type());
         b.append(&Value::Text("{{1,2},{3,NULL}}".into())).unwrap();
         b.append(&Value::Text("{}".into())).unwrap();

@@ -40,7 +40,7 @@ pub fn changelog_schema_by(relation: &Relation, nested: &dyn Fn(&Column) -> bool
     let mut fields: Vec<Field> = relation
         .columns
         .iter()
-        .map(|c| arrow_column_field(c, user.dims(relation.id, &c.name), nested(c)))
+        .map(|c| arrow_column_field(c, user.dims(relation.id, &c.name), nested(c), &user))
         .collect();
     fields.push(Field::new("_cdc_op", DataType::Utf8, false));
     fields.push(Field::new("_cdc_commit_lsn", DataType::Int64, false));
