@@ -95,16 +95,33 @@ impl Writer<'_> {
         };
         self.array(values.len());
         for v in values {
-            match v {
-                Value::Null => self.0.push(0xc0),
-                Value::Bool(b) => self.bool(*b),
-                Value::Int(i) => self.int(*i),
-                Value::Float(f) => {
-                    self.0.push(0xcb);
-                    self.0.extend_from_slice(&f.to_be_bytes());
+            self.value(v);
+        }
+    }
+
+    fn value(&mut self, v: &Value) {
+        match v {
+            Value::Null => self.0.push(0xc0),
+            Value::Bool(b) => self.bool(*b),
+            Value::Int(i) => self.int(*i),
+            Value::Float(f) => {
+                self.0.push(0xcb);
+                self.0.extend_from_slice(&f.to_be_bytes());
+            }
+            Value::Text(s) => self.str(s),
+            Value::Bytes(b) => self.bin(b),
+            Value::List(values) => {
+                self.array(values.len());
+                for v in values {
+                    self.value(v);
                 }
-                Value::Text(s) => self.str(s),
-                Value::Bytes(b) => self.bin(b),
+            }
+            Value::Struct(fields) => {
+                self.map(fields.len());
+                for (name, v) in fields {
+                    self.str(name);
+                    self.value(v);
+                }
             }
         }
     }
@@ -243,7 +260,15 @@ enum Borrowed<'a> {
     Float(f64),
     Text(&'a str),
     Bytes(&'a [u8]),
+    /// A list's head: its elements follow.
+    List(usize),
+    /// A struct's head: its fields (name, value) follow.
+    Struct(usize),
 }
+
+/// How deep lists and structs may nest in a value (PostgreSQL allows 6 array
+/// dimensions; composites nest deeper, but not without end).
+const MAX_DEPTH: u8 = 32;
 
 /// A MessagePack value's head: what it is and, for strings, binaries and collections,
 /// its length.
@@ -602,22 +627,78 @@ impl<'a> Reader<'a> {
         let n = self.array("a row")?;
         if self.rows == Rows::Check {
             for _ in 0..n {
-                self.value()?;
+                let head = self.value()?;
+                self.check(head, 0)?;
             }
             return Ok(None);
         }
         let mut values = Vec::with_capacity(n);
         for _ in 0..n {
-            values.push(match self.value()? {
-                Borrowed::Null => Value::Null,
-                Borrowed::Bool(b) => Value::Bool(b),
-                Borrowed::Int(n) => Value::Int(n),
-                Borrowed::Float(f) => Value::Float(f),
-                Borrowed::Text(s) => Value::Text(s.to_owned()),
-                Borrowed::Bytes(b) => Value::Bytes(b.to_vec()),
-            });
+            let head = self.value()?;
+            values.push(self.owned(head, 0)?);
         }
         Ok(Some(values))
+    }
+
+    /// The value whose head is `head`, owned.
+    fn owned(&mut self, head: Borrowed<'a>, depth: u8) -> Result<Value, DecodeError> {
+        Ok(match head {
+            Borrowed::Null => Value::Null,
+            Borrowed::Bool(b) => Value::Bool(b),
+            Borrowed::Int(n) => Value::Int(n),
+            Borrowed::Float(f) => Value::Float(f),
+            Borrowed::Text(s) => Value::Text(s.to_owned()),
+            Borrowed::Bytes(b) => Value::Bytes(b.to_vec()),
+            Borrowed::List(n) => {
+                self.deeper(depth)?;
+                let mut values = Vec::with_capacity(n.min(4096));
+                for _ in 0..n {
+                    let head = self.value()?;
+                    values.push(self.owned(head, depth + 1)?);
+                }
+                Value::List(values)
+            }
+            Borrowed::Struct(n) => {
+                self.deeper(depth)?;
+                let mut fields = Vec::with_capacity(n.min(4096));
+                for _ in 0..n {
+                    let name = self.str("a struct's field name")?.to_owned();
+                    let head = self.value()?;
+                    fields.push((name, self.owned(head, depth + 1)?));
+                }
+                Value::Struct(fields)
+            }
+        })
+    }
+
+    /// Checks the rest of the value whose head is `head`.
+    fn check(&mut self, head: Borrowed<'a>, depth: u8) -> Result<(), DecodeError> {
+        match head {
+            Borrowed::List(n) => {
+                self.deeper(depth)?;
+                for _ in 0..n {
+                    let head = self.value()?;
+                    self.check(head, depth + 1)?;
+                }
+            }
+            Borrowed::Struct(n) => {
+                self.deeper(depth)?;
+                for _ in 0..n {
+                    self.str("a struct's field name")?;
+                    let head = self.value()?;
+                    self.check(head, depth + 1)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn deeper(&self, depth: u8) -> Result<(), DecodeError> {
+        match depth < MAX_DEPTH {
+            true => Ok(()),
+            false => Err(self.error(format!("a value nests deeper than {MAX_DEPTH} levels"))),
+        }
     }
 
     fn value(&mut self) -> Result<Borrowed<'a>, DecodeError> {
@@ -637,9 +718,11 @@ impl<'a> Reader<'a> {
                 )
             }
             Head::Bin(n) => Borrowed::Bytes(self.take(n)?),
+            Head::Array(n) => Borrowed::List(n),
+            Head::Map(n) => Borrowed::Struct(n),
             other => {
                 return Err(self.error(format!(
-                    "a value: expected nil, bool, int, float, str or bin, got {}",
+                    "a value: expected nil, bool, int, float, str, bin, array or map, got {}",
                     other.describe()
                 )));
             }

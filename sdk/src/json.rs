@@ -10,7 +10,7 @@
 //! whose unchanged TOAST value was not sent. Integers, floats and booleans are JSON
 //! numbers and booleans; NaN and the infinities are the strings `"NaN"`, `"Infinity"`,
 //! `"-Infinity"`; `bytea` is PostgreSQL's hex text (`"\\x0a0b"`); every other type is
-//! PostgreSQL's text.
+//! PostgreSQL's text. A [`Value::List`] is an array, a [`Value::Struct`] an object.
 
 use crate::{Event, Relation, Value};
 use serde_json::{Map, Value as Json, json};
@@ -70,5 +70,12 @@ pub fn value(v: &Value) -> Json {
             let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
             Json::String(format!("\\x{hex}"))
         }
+        Value::List(v) => Json::Array(v.iter().map(value).collect()),
+        Value::Struct(fields) => Json::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), value(v)))
+                .collect::<Map<_, _>>(),
+        ),
     }
 }

@@ -387,6 +387,11 @@ pub struct Event {
 /// [`Value::Bool`], `bytea` as [`Value::Bytes`]; every other type as [`Value::Text`] in
 /// PostgreSQL's text rendering, which is lossless (numeric keeps every digit, timestamps
 /// keep microseconds).
+///
+/// A plugin whose manifest says `nested_types = true` is given arrays and multiranges as
+/// [`Value::List`], composites, ranges and intervals as [`Value::Struct`], their elements
+/// and fields mapped by the same rule (README, "Values in plugins"); other plugins get
+/// these as text. A plugin may return either form.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     /// SQL NULL (or an unchanged TOAST value, see [`Event::unchanged`]).
@@ -401,6 +406,12 @@ pub enum Value {
     Text(String),
     /// `bytea`.
     Bytes(Vec<u8>),
+    /// An array (a list of lists for more dimensions) or a multirange (a list of ranges).
+    List(Vec<Value>),
+    /// A composite's fields in declared order; a range's `lower`, `upper`,
+    /// `lower_inclusive`, `upper_inclusive`, `empty`; an interval's `months`, `days`,
+    /// `microseconds`.
+    Struct(Vec<(String, Value)>),
 }
 
 impl Value {
@@ -424,6 +435,22 @@ impl Value {
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)
     }
+
+    /// The elements, if the value is a list.
+    pub fn as_list(&self) -> Option<&[Value]> {
+        match self {
+            Value::List(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// A struct's field by name.
+    pub fn field(&self, name: &str) -> Option<&Value> {
+        match self {
+            Value::Struct(fields) => fields.iter().find(|(n, _)| n == name).map(|(_, v)| v),
+            _ => None,
+        }
+    }
 }
 
 impl Serialize for Value {
@@ -435,6 +462,8 @@ impl Serialize for Value {
             Value::Float(f) => s.serialize_f64(*f),
             Value::Text(t) => s.serialize_str(t),
             Value::Bytes(b) => s.serialize_bytes(b),
+            Value::List(v) => s.collect_seq(v),
+            Value::Struct(fields) => s.collect_map(fields.iter().map(|(k, v)| (k, v))),
         }
     }
 }
@@ -445,7 +474,7 @@ impl<'de> Deserialize<'de> for Value {
         impl<'de> Visitor<'de> for ValueVisitor {
             type Value = Value;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("nil, bool, int, float, str or bin")
+                f.write_str("nil, bool, int, float, str, bin, array or map")
             }
             fn visit_unit<E>(self) -> Result<Value, E> {
                 Ok(Value::Null)
@@ -481,6 +510,20 @@ impl<'de> Deserialize<'de> for Value {
             }
             fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Value, E> {
                 Ok(Value::Bytes(v))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element()? {
+                    out.push(v);
+                }
+                Ok(Value::List(out))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    out.push(entry);
+                }
+                Ok(Value::Struct(out))
             }
         }
         d.deserialize_any(ValueVisitor)
@@ -536,8 +579,36 @@ mod tests {
             Value::Float(f64::INFINITY),
             Value::Text("1e400".into()),
             Value::Null,
+            Value::List(vec![
+                Value::List(vec![Value::Int(1), Value::Null]),
+                Value::List(vec![]),
+            ]),
+            Value::Struct(vec![
+                ("lower".into(), Value::Int(-3)),
+                ("tags".into(), Value::List(vec![Value::Text("a".into())])),
+                (
+                    "inner".into(),
+                    Value::Struct(vec![("b".into(), Value::Bytes(vec![1]))]),
+                ),
+            ]),
         ]);
-        assert_eq!(Batch::decode(&b.encode()).unwrap(), b);
+        let bytes = b.encode();
+        assert_eq!(Batch::decode(&bytes).unwrap(), b);
+        assert_eq!(Batch::check(&bytes), Ok(2));
+        assert_eq!(bytes, serde_encoded(&b), "as serde writes them");
+    }
+
+    #[test]
+    fn a_value_nested_without_end_is_an_error_not_a_stack_overflow() {
+        let mut b = sample();
+        let mut deep = Value::Null;
+        for _ in 0..100 {
+            deep = Value::List(vec![deep]);
+        }
+        b.events[0].after = Some(vec![deep]);
+        let err = Batch::decode(&b.encode()).unwrap_err();
+        assert!(err.to_string().contains("nests deeper than"), "{err}");
+        assert_eq!(Batch::check(&b.encode()), Err(err));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! PostgreSQL's text forms of structured values, for plugins that read or rewrite them:
-//! an array arrives in a batch as PostgreSQL prints it (`{a,NULL,"b c"}`).
+//! an array arrives in a batch as PostgreSQL prints it (`{a,NULL,"b c"}`) unless the
+//! plugin takes nested types (then it is a [`Value::List`], and [`value_text`] prints
+//! it back as PostgreSQL would).
 //!
 //! ```
 //! use weir_sdk::pg::{array_elements, array_text};
@@ -9,6 +11,7 @@
 //! assert_eq!(array_text(&elements), r#"{vip,NULL,"a b"}"#);
 //! ```
 
+use crate::Value;
 use std::borrow::Cow;
 
 /// An array in PostgreSQL's text form (`{a,NULL,"b c","NULL"}`) as its elements,
@@ -112,30 +115,119 @@ pub fn array_text<S: AsRef<str>>(elements: &[Option<S>]) -> String {
         if i > 0 {
             out.push(',');
         }
-        let Some(e) = element else {
-            out.push_str("NULL");
-            continue;
-        };
-        let e = e.as_ref();
-        let quote = e.is_empty()
-            || e.eq_ignore_ascii_case("NULL")
-            || e.chars()
-                .any(|c| c.is_whitespace() || matches!(c, '{' | '}' | ',' | '"' | '\\'));
-        if !quote {
-            out.push_str(e);
-            continue;
+        match element {
+            Some(e) => push_item(&mut out, e.as_ref(), Within::Array),
+            None => out.push_str("NULL"),
         }
-        out.push('"');
-        for c in e.chars() {
-            if matches!(c, '"' | '\\') {
-                out.push('\\');
-            }
-            out.push(c);
-        }
-        out.push('"');
     }
     out.push('}');
     out
+}
+
+/// What a value's text is written inside, which decides how PostgreSQL quotes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Within {
+    /// An array's element: quoted when empty, `NULL` spelled as text, or with whitespace
+    /// or any of `{},"\\`; `"` and `\\` escaped by a backslash.
+    Array,
+    /// A record's field: quoted when empty or with whitespace or any of `(),"\\`; `"`
+    /// and `\\` doubled.
+    Record,
+    /// A range's bound: as a record's field, and `[]` quoted too.
+    Range,
+}
+
+/// Appends `s` to `out` as an item `within` a structured value, quoted where
+/// PostgreSQL quotes it.
+pub fn push_item(out: &mut String, s: &str, within: Within) {
+    let special = |c: char| match within {
+        Within::Array => matches!(c, '{' | '}' | ',' | '"' | '\\'),
+        Within::Record => matches!(c, '(' | ')' | ',' | '"' | '\\'),
+        Within::Range => matches!(c, '(' | ')' | '[' | ']' | ',' | '"' | '\\'),
+    };
+    let quote = s.is_empty()
+        || (within == Within::Array && s.eq_ignore_ascii_case("NULL"))
+        || s.chars().any(|c| c.is_whitespace() || special(c));
+    if !quote {
+        out.push_str(s);
+        return;
+    }
+    out.push('"');
+    for c in s.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push(if within == Within::Array { '\\' } else { c });
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
+/// A scalar value as PostgreSQL prints it (`t`, `42`, `NaN`, `\x0aff`, text as it is);
+/// None for null, lists and structs.
+pub fn scalar_text(v: &Value) -> Option<Cow<'_, str>> {
+    Some(match v {
+        Value::Bool(b) => Cow::Borrowed(if *b { "t" } else { "f" }),
+        Value::Int(i) => Cow::Owned(i.to_string()),
+        Value::Float(f) if f.is_nan() => Cow::Borrowed("NaN"),
+        Value::Float(f) if f.is_infinite() => {
+            Cow::Borrowed(if *f > 0.0 { "Infinity" } else { "-Infinity" })
+        }
+        Value::Float(f) => Cow::Owned(f.to_string()),
+        Value::Text(s) => Cow::Borrowed(s),
+        Value::Bytes(b) => {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            let mut s = String::with_capacity(2 + b.len() * 2);
+            s.push_str("\\x");
+            for byte in b {
+                s.push(DIGITS[(byte >> 4) as usize] as char);
+                s.push(DIGITS[(byte & 15) as usize] as char);
+            }
+            Cow::Owned(s)
+        }
+        Value::Null | Value::List(_) | Value::Struct(_) => return None,
+    })
+}
+
+/// A value in PostgreSQL's text form, as far as the value itself tells: a list as an
+/// array (`{a,NULL,"b c"}`, `{{1,2},{3,4}}`), a struct as a record (`(1,"a b",)`), a
+/// scalar as [`scalar_text`], null as `NULL`. A range or an interval given as a struct
+/// prints as a record: its column's type tells them apart, the value does not.
+pub fn value_text(v: &Value) -> String {
+    let mut out = String::new();
+    push_value(&mut out, v);
+    out
+}
+
+fn push_value(out: &mut String, v: &Value) {
+    match v {
+        Value::Null => out.push_str("NULL"),
+        Value::List(elements) => {
+            out.push('{');
+            for (i, e) in elements.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match e {
+                    Value::Null | Value::List(_) => push_value(out, e),
+                    other => push_item(out, &value_text(other), Within::Array),
+                }
+            }
+            out.push('}');
+        }
+        Value::Struct(fields) => {
+            out.push('(');
+            for (i, (_, f)) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                if !f.is_null() {
+                    push_item(out, &value_text(f), Within::Record);
+                }
+            }
+            out.push(')');
+        }
+        scalar => out.push_str(&scalar_text(scalar).unwrap_or_default()),
+    }
 }
 
 /// Whether a column's type is an array: PostgreSQL names an array type after its
@@ -163,6 +255,21 @@ mod tests {
             assert_eq!(array_text(&elements), text);
         }
         assert!(is_array_type("_text") && is_array_type("public._mood"));
+        let nested = Value::List(vec![
+            Value::List(vec![Value::Int(1), Value::Null]),
+            Value::List(vec![Value::Text("a b".into()), Value::Text("NULL".into())]),
+        ]);
+        assert_eq!(value_text(&nested), r#"{{1,NULL},{"a b","NULL"}}"#);
+        let record = Value::Struct(vec![
+            ("a".into(), Value::Text(r#"x,"y"\"#.into())),
+            ("b".into(), Value::Null),
+            (
+                "c".into(),
+                Value::List(vec![Value::Bool(true), Value::Float(f64::NAN)]),
+            ),
+            ("d".into(), Value::Bytes(vec![10, 255])),
+        ]);
+        assert_eq!(value_text(&record), r#"("x,""y""\\",,"{t,NaN}","\\x0aff")"#);
         assert!(!is_array_type("text") && !is_array_type("my_schema.t_x"));
     }
 }

@@ -154,7 +154,9 @@ fn new(name: &str, kind: Kind, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> an
         format!(
             "# The {kind_name} plugin `{name}`. Build it with `weir plugin build`.\n\
              name = \"{name}\"\nversion = \"0.1.0\"\nkind = \"{kind_name}\"\napi = \"0.1.0\"\n\
-             wasm = \"{crate_name}.wasm\"\non_error = \"fail\"\n\n\
+             wasm = \"{crate_name}.wasm\"\non_error = \"fail\"\n\
+             # Arrays, composites, ranges and intervals as Value::List and Value::Struct\n\
+             # (false: as PostgreSQL's text).\nnested_types = true\n\n\
              [limits]\nmemory = \"64MiB\"\ncall_timeout = \"5s\"\n\n\
              # Defaults for the plugin's config; the pipeline's `config` table overrides them.\n[config]\n"
         ),
@@ -282,7 +284,9 @@ fn build(dir: &Path) -> anyhow::Result<()> {
 ///   "events": [ {"op": "c", "table": "public.users", "after": {"id": 1, "email": "A@B"}},
 ///               {"op": "d", "table": "public.users", "before": {"id": 1}} ] }
 /// ```
-fn read_input(path: &Path) -> anyhow::Result<Batch> {
+/// The input batch; a JSON array or object is a list or a struct (PostgreSQL's text of
+/// one for a plugin without `nested_types`, as a pipeline would give it).
+fn read_input(path: &Path, nested_types: bool) -> anyhow::Result<Batch> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     let doc: Json =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
@@ -362,6 +366,10 @@ fn read_input(path: &Path) -> anyhow::Result<Batch> {
         });
     }
     batch.committed = batch.events.iter().map(|e| e.commit_lsn).max().unwrap_or(0);
+    match nested_types {
+        true => crate::plugin::values::nest(&mut batch),
+        false => crate::plugin::values::flatten(&mut batch),
+    }
     Ok(batch)
 }
 
@@ -374,22 +382,13 @@ fn to_value(v: Option<&Json>) -> Value {
             None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
         },
         Some(Json::String(s)) => Value::Text(s.clone()),
-        Some(other) => Value::Text(other.to_string()),
-    }
-}
-
-fn to_json(v: &Value) -> Json {
-    match v {
-        Value::Null => Json::Null,
-        Value::Bool(b) => json!(b),
-        Value::Int(i) => json!(i),
-        Value::Float(f) if f.is_finite() => json!(f),
-        Value::Float(f) => json!(f.to_string()),
-        Value::Text(s) => json!(s),
-        Value::Bytes(b) => json!(format!(
-            "\\x{}",
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        )),
+        Some(Json::Array(items)) => Value::List(items.iter().map(|v| to_value(Some(v))).collect()),
+        Some(Json::Object(fields)) => Value::Struct(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), to_value(Some(v))))
+                .collect(),
+        ),
     }
 }
 
@@ -405,7 +404,7 @@ fn events_json(batch: &Batch) -> Json {
                     rel.columns
                         .iter()
                         .zip(values)
-                        .map(|(c, v)| (c.name.clone(), to_json(v)))
+                        .map(|(c, v)| (c.name.clone(), weir_sdk::json::value(v)))
                         .collect::<Map<_, _>>(),
                 ),
             };
@@ -428,8 +427,8 @@ fn test(
     config: Option<&str>,
     bench: Option<u32>,
 ) -> anyhow::Result<()> {
-    let batch = read_input(input)?;
     let (manifest, manifest_file) = Manifest::load(plugin)?;
+    let batch = read_input(input, manifest.nested_types)?;
     let config: toml::Table = match config {
         Some(text) => {
             let json: Json = serde_json::from_str(text).context("--config is not JSON")?;

@@ -24,6 +24,11 @@ pub struct Manifest {
     pub sha256: Option<String>,
     /// The `weir:plugin` API version the component was built for.
     pub api: String,
+    /// Whether the plugin takes arrays, composites, ranges, multiranges and intervals as
+    /// lists and structs (`Value::List`, `Value::Struct`, which the weir-sdk of this release reads);
+    /// false (the default, what plugins built before could read): PostgreSQL's text.
+    #[serde(default)]
+    pub nested_types: bool,
     /// What to do when a call fails: `fail` (default), `skip` or `dead-letter`.
     #[serde(default)]
     pub on_error: OnError,

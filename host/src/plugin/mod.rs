@@ -17,6 +17,7 @@ pub mod reload;
 pub mod sink;
 pub mod state;
 pub mod transform;
+pub mod values;
 
 pub(crate) use call::describe as describe_manifest;
 pub use call::{CallError, Instance};

@@ -258,6 +258,9 @@ impl SinkPlugin {
             let skip = self.skip_through;
             batch.retain(|_, e| e.commit_lsn > skip);
         }
+        if self.common.manifest.nested_types {
+            super::values::nest(&mut batch);
+        }
         batch.committed = position
             .last_commit
             .map_or(0, |c| c.commit_lsn.0)

@@ -8,6 +8,7 @@ use super::engine::PluginEngine;
 use super::error::{LoadError, PluginFailure};
 use super::manifest::{OnError, PluginKind};
 use super::state::PluginState;
+use super::values;
 use std::path::Path;
 use wasmtime::Store;
 use wasmtime::component::HasSelf;
@@ -170,10 +171,22 @@ impl TransformPlugin {
         result
     }
 
-    /// Runs a batch under the plugin's failure policy.
-    pub fn apply(&mut self, batch: Batch) -> Result<Batch, PluginFailure> {
-        let out = self.apply_passing(Passing::Decoded(batch))?;
-        out.into_batch(self)
+    /// Whether the plugin takes lists and structs (its manifest's `nested_types`).
+    pub fn nested_types(&self) -> bool {
+        self.common.manifest.nested_types
+    }
+
+    /// Runs a batch under the plugin's failure policy, in the form of values the plugin
+    /// takes; what it returns is in PostgreSQL's text form.
+    pub fn apply(&mut self, mut batch: Batch) -> Result<Batch, PluginFailure> {
+        if self.nested_types() {
+            values::nest(&mut batch);
+        }
+        let mut out = self
+            .apply_passing(Passing::Decoded(batch))?
+            .into_batch(self)?;
+        values::flatten(&mut out);
+        Ok(out)
     }
 }
 
@@ -265,23 +278,32 @@ impl TransformChain {
     /// Runs a batch through the transforms from position `first` on (a dead letter's
     /// replay starts where it failed).
     pub fn apply_from(&mut self, first: usize, batch: Batch) -> Result<Batch, PluginFailure> {
-        let Some((last, before)) = self
-            .plugins
-            .get_mut(first..)
-            .and_then(|rest| rest.split_last_mut())
-        else {
-            return Ok(batch);
-        };
-        if batch.events.is_empty() {
+        let plugins = self.plugins.get_mut(first..).unwrap_or_default();
+        if plugins.is_empty() || batch.events.is_empty() {
             return Ok(batch);
         }
-        let mut batch = Passing::Decoded(batch);
-        for plugin in before {
-            batch = plugin.apply_passing(batch)?;
-            if batch.is_empty() {
-                return batch.into_batch(plugin);
+        // The batch's values are in PostgreSQL's text form until a plugin that takes
+        // nested types gets them, and back in it for a plugin that does not, and at the end.
+        let (mut batch, mut nested) = (Passing::Decoded(batch), false);
+        for i in 0..plugins.len() {
+            let wants = plugins[i].nested_types();
+            if wants != nested {
+                let mut decoded = batch.into_batch(&plugins[i.saturating_sub(1)])?;
+                match wants {
+                    true => values::nest(&mut decoded),
+                    false => values::flatten(&mut decoded),
+                }
+                (batch, nested) = (Passing::Decoded(decoded), wants);
+            }
+            batch = plugins[i].apply_passing(batch)?;
+            if batch.is_empty() || i + 1 == plugins.len() {
+                let mut out = batch.into_batch(&plugins[i])?;
+                if nested {
+                    values::flatten(&mut out);
+                }
+                return Ok(out);
             }
         }
-        last.apply_passing(batch)?.into_batch(last)
+        unreachable!("the last plugin returns")
     }
 }

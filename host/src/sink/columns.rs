@@ -132,7 +132,7 @@ fn nested_type(type_oid: u32, typmod: i32, user: &UserTypes, depth: u8) -> Optio
 
 /// The element field's name of an array's list, and of a multirange's.
 const ARRAY_ELEMENT: &str = "element";
-const MULTIRANGE_ELEMENT: &str = "range";
+pub(crate) const MULTIRANGE_ELEMENT: &str = "range";
 
 const INTERVAL: u32 = 1186;
 const MONEY: u32 = 790;
@@ -688,13 +688,13 @@ pub fn text_to_nested(text: &StringArray, field: &Field) -> ArrayRef {
 }
 
 /// Whether a struct's fields are an interval's, as [`nested_type`] makes them.
-fn is_interval(fields: &Fields) -> bool {
+pub(crate) fn is_interval(fields: &Fields) -> bool {
     let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
     names == ["months", "days", "microseconds"] && fields[2].data_type() == &DataType::Int64
 }
 
 /// Whether a struct's fields are a range's, as [`nested_type`] makes them.
-fn is_range(fields: &Fields) -> bool {
+pub(crate) fn is_range(fields: &Fields) -> bool {
     let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
     names
         == [
@@ -709,7 +709,7 @@ fn is_range(fields: &Fields) -> bool {
 
 /// A record (a composite value) in PostgreSQL's text form, `(1,"a b",,"")`, as its
 /// fields, unquoted (`""` and `\\x` escape a character); an empty unquoted field is null.
-fn parse_record(s: &str) -> Option<Vec<Option<Cow<'_, str>>>> {
+pub(crate) fn parse_record(s: &str) -> Option<Vec<Option<Cow<'_, str>>>> {
     let mut rest = s.strip_prefix('(')?.strip_suffix(')')?;
     let mut out = Vec::new();
     loop {
@@ -756,16 +756,16 @@ fn item(s: &str) -> Option<(Option<Cow<'_, str>>, &str)> {
 
 /// A range in PostgreSQL's text form, its bounds unquoted (`None`: unbounded).
 #[derive(Debug, PartialEq)]
-struct RangeText<'a> {
-    lower: Option<Cow<'a, str>>,
-    upper: Option<Cow<'a, str>>,
-    lower_inclusive: bool,
-    upper_inclusive: bool,
-    empty: bool,
+pub(crate) struct RangeText<'a> {
+    pub lower: Option<Cow<'a, str>>,
+    pub upper: Option<Cow<'a, str>>,
+    pub lower_inclusive: bool,
+    pub upper_inclusive: bool,
+    pub empty: bool,
 }
 
 /// `[1,10)`, `(,)`, `["2024-01-01 00:00:00+00",)`, `empty`.
-fn parse_range(s: &str) -> Option<RangeText<'_>> {
+pub(crate) fn parse_range(s: &str) -> Option<RangeText<'_>> {
     if s == "empty" {
         return Some(RangeText {
             lower: None,
@@ -801,7 +801,7 @@ fn parse_range(s: &str) -> Option<RangeText<'_>> {
 }
 
 /// `{[1,3),[5,7)}` as the text of each range.
-fn parse_multirange(s: &str) -> Option<Vec<Option<Cow<'_, str>>>> {
+pub(crate) fn parse_multirange(s: &str) -> Option<Vec<Option<Cow<'_, str>>>> {
     let mut rest = s.strip_prefix('{')?.strip_suffix('}')?;
     let mut out = Vec::new();
     while !rest.is_empty() {
@@ -834,7 +834,7 @@ fn parse_multirange(s: &str) -> Option<Vec<Option<Cow<'_, str>>>> {
 /// An interval as PostgreSQL writes it with `IntervalStyle = postgres` (weir's
 /// sessions set it): `1 year 2 mons -3 days +04:05:06.789`, to months, days and
 /// microseconds.
-fn parse_interval(s: &str) -> Option<(i32, i32, i64)> {
+pub(crate) fn parse_interval(s: &str) -> Option<(i32, i32, i64)> {
     let (mut months, mut days, mut micros) = (0i64, 0i64, 0i64);
     let mut tokens = s.split(' ');
     while let Some(token) = tokens.next() {
@@ -881,25 +881,11 @@ fn parse_interval(s: &str) -> Option<(i32, i32, i64)> {
 
 /// A value as text, for text columns and error messages.
 fn render(v: &Value) -> String {
-    match v {
-        Value::Null => "NULL".into(),
-        Value::Bool(b) => if *b { "t" } else { "f" }.into(),
-        Value::Int(i) => i.to_string(),
-        Value::Float(f) => f.to_string(),
-        Value::Text(s) => s.clone(),
-        Value::Bytes(b) => {
-            let mut s = String::with_capacity(2 + b.len() * 2);
-            s.push_str("\\x");
-            for byte in b {
-                s.push_str(&format!("{byte:02x}"));
-            }
-            s
-        }
-    }
+    weir_sdk::pg::value_text(v)
 }
 
 /// `\\x00ff` (bytea's hex output) to its bytes.
-fn parse_hex_bytes(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn parse_hex_bytes(text: &str) -> Option<Vec<u8>> {
     let hex = text.strip_prefix("\\x")?;
     if hex.len() % 2 != 0 {
         return None;

@@ -75,6 +75,7 @@ fn json_of(v: &Value) -> Json {
             .unwrap_or(Json::Null),
         Value::Text(s) => Json::String(s.clone()),
         Value::Bytes(_) => Json::Null,
+        Value::List(_) | Value::Struct(_) => weir_sdk::json::value(v),
     }
 }
 
@@ -95,15 +96,24 @@ fn equals(v: &Value, operand: &Json) -> bool {
     }
 }
 
-/// Whether an array (PostgreSQL's text of one) has an element equal to `operand`.
+/// Whether an array (a list, or PostgreSQL's text of one) has an element equal to
+/// `operand`; the elements of every dimension count.
 fn contains(v: &Value, operand: &Json) -> bool {
-    let Some(elements) = v.as_str().and_then(weir_sdk::pg::array_elements) else {
-        return false;
+    let element = |e: &Value| match e {
+        Value::Null => operand.is_null(),
+        Value::List(_) => contains(e, operand),
+        e => equals(e, operand),
     };
-    elements.iter().any(|e| match e {
-        Some(e) => equals(&Value::Text(e.to_string()), operand),
-        None => operand.is_null(),
-    })
+    match v {
+        Value::List(items) => items.iter().any(element),
+        Value::Text(text) => weir_sdk::pg::array_elements(text).is_some_and(|elements| {
+            elements.iter().any(|e| match e {
+                Some(e) => equals(&Value::Text(e.to_string()), operand),
+                None => operand.is_null(),
+            })
+        }),
+        _ => false,
+    }
 }
 
 impl Predicate {
@@ -251,9 +261,24 @@ mod tests {
             b.events
                 .push(testing::event(Op::Insert, rel, id as u32, None, Some(row)));
         }
+        let text = |s: &str| Value::Text(s.into());
+        let grid = Value::List(vec![
+            Value::List(vec![text("a"), Value::Null]),
+            Value::List(vec![text("vip"), text("b")]),
+        ]);
+        let row = vec![Value::Int(4), grid];
+        b.events
+            .push(testing::event(Op::Insert, rel, 4, None, Some(row)));
+        let row = vec![Value::Int(5), Value::List(vec![text("vip x")])];
+        b.events
+            .push(testing::event(Op::Insert, rel, 5, None, Some(row)));
         let config = r#"{"where":[{"column":"tags","contains":"vip"}]}"#;
         let out = testing::run::<Filter>(config, b).unwrap();
-        assert_eq!(ids(&out), [1], "only the row with the element vip");
+        assert_eq!(
+            ids(&out),
+            [1, 4],
+            "the rows with the element vip, text or list"
+        );
     }
 
     fn ids(b: &Batch) -> Vec<i64> {

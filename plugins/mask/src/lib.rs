@@ -12,7 +12,8 @@
 //!
 //! A column is named `column` (in any table), `table.column` or `schema.table.column`.
 //! Hashed, redacted and partially masked columns become `text` in the output; an array
-//! column is masked element by element (NULL elements kept) and becomes `text[]`.
+//! column is masked element by element (NULL elements kept) and becomes `text[]`; a
+//! composite, range or interval is masked whole, as its text.
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -88,26 +89,39 @@ impl Mask {
             .map(|(_, m, keep)| (*m, *keep))
     }
 
-    /// Masks each element of an array (as PostgreSQL's text), NULL elements kept;
-    /// false when the value is not an array.
+    /// Masks each element of an array (a list, or PostgreSQL's text of one, which stays
+    /// text), NULL elements kept; false when the value is not an array.
     fn mask_elements(&self, value: &mut Value, method: Method, keep: usize) -> bool {
-        let Value::Text(text) = &*value else {
-            return false;
+        let (elements, as_text) = match value {
+            Value::List(items) => (std::mem::take(items), false),
+            Value::Text(text) => match weir_sdk::pg::array_elements(text) {
+                Some(elements) => {
+                    let elements = elements.into_iter().map(|e| match e {
+                        Some(e) => Value::Text(e.into_owned()),
+                        None => Value::Null,
+                    });
+                    (elements.collect(), true)
+                }
+                None => return false,
+            },
+            _ => return false,
         };
-        let Some(elements) = weir_sdk::pg::array_elements(text) else {
-            return false;
-        };
-        let masked: Vec<Option<String>> = elements
-            .iter()
-            .map(|e| {
-                e.as_ref().map(|e| {
-                    let mut v = Value::Text(e.to_string());
-                    self.mask(&mut v, method, keep);
-                    v.as_str().unwrap_or_default().to_owned()
+        let masked = Value::List(
+            elements
+                .into_iter()
+                .map(|mut e| {
+                    // A sub-array (more dimensions) element by element too.
+                    if !(matches!(e, Value::List(_)) && self.mask_elements(&mut e, method, keep)) {
+                        self.mask(&mut e, method, keep);
+                    }
+                    e
                 })
-            })
-            .collect();
-        *value = Value::Text(weir_sdk::pg::array_text(&masked));
+                .collect(),
+        );
+        *value = match as_text {
+            true => Value::Text(weir_sdk::pg::value_text(&masked)),
+            false => masked,
+        };
         true
     }
 
@@ -121,6 +135,8 @@ impl Mask {
             Value::Int(i) => i.to_string().into_bytes(),
             Value::Float(f) => f.to_string().into_bytes(),
             Value::Bool(b) => if *b { "t" } else { "f" }.as_bytes().to_vec(),
+            // A composite, range or interval is masked whole, as its text.
+            v @ (Value::List(_) | Value::Struct(_)) => weir_sdk::pg::value_text(v).into_bytes(),
             Value::Null => return,
         };
         *value = match method {
@@ -304,6 +320,45 @@ mod tests {
             "each element hashed, NULL kept: {tags}"
         );
         assert_eq!(out.relations[0].columns[1].type_name, "_text");
+    }
+
+    #[test]
+    fn a_list_is_masked_element_by_element_and_stays_a_list() {
+        let mut b = Batch::default();
+        let rel = b.push_relation(testing::relation(
+            "public",
+            "t",
+            &[
+                ("id", "int8", true),
+                ("grid", "_int4", false),
+                ("r", "int4range", false),
+            ],
+        ));
+        let grid = Value::List(vec![
+            Value::List(vec![Value::Int(1), Value::Null]),
+            Value::List(vec![Value::Int(3), Value::Int(4)]),
+        ]);
+        let range = Value::Struct(vec![
+            ("lower".into(), Value::Int(1)),
+            ("upper".into(), Value::Int(5)),
+        ]);
+        let after = vec![Value::Int(1), grid, range];
+        b.events
+            .push(testing::event(Op::Insert, rel, 0, None, Some(after)));
+        let config = r#"{"rules":[{"columns":["grid","r"],"method":"redact"}]}"#;
+        let out = testing::run::<Mask>(config, b).unwrap();
+        let after = out.events[0].after.as_ref().unwrap();
+        let r = || Value::Text("[redacted]".into());
+        assert_eq!(
+            after[1],
+            Value::List(vec![
+                Value::List(vec![r(), Value::Null]),
+                Value::List(vec![r(), r()]),
+            ])
+        );
+        assert_eq!(after[2], r(), "a struct masked whole");
+        assert_eq!(out.relations[0].columns[1].type_name, "_text");
+        assert_eq!(out.relations[0].columns[2].type_name, "text");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::Path;
 
 const MASK: (&str, &str) = ("weir-plugin-mask", "plugins/mask/weir-plugin.toml");
 const FILTER: (&str, &str) = ("weir-plugin-filter", "plugins/filter/weir-plugin.toml");
+const RENAME: (&str, &str) = ("weir-plugin-rename", "plugins/rename/weir-plugin.toml");
 const HOSTILE: (&str, &str) = (
     "weir-test-hostile",
     "tests/plugins/hostile/weir-plugin.toml",
@@ -616,4 +617,54 @@ fn mask_hashes_each_element_of_an_array_and_filter_keeps_rows_that_contain_one()
             "a list of hashes, NULL kept: {row}"
         );
     }
+}
+
+/// Plugins that take nested types get lists and structs, one that does not gets text,
+/// and every value of every structured type comes out as the source has it.
+#[test]
+fn plugins_get_lists_and_structs_or_text_as_they_ask_and_every_value_comes_back_whole() {
+    let db = TestDb::new("nestedplugins");
+    let text_filter = db.plugin(FILTER.0, FILTER.1, |m| {
+        assert!(m.contains("nested_types = true"));
+        m.replace("nested_types = true", "nested_types = false")
+    });
+    let transforms = format!(
+        "{}{}{}",
+        transform(
+            &db.plugin(MASK.0, MASK.1, |m| m),
+            r#"{ rules = [ { columns = ["a2"], method = "redact" } ] }"#
+        ),
+        transform(&text_filter, r#"{ where = [ { column = "id", ge = 0 } ] }"#),
+        transform(
+            &db.plugin(RENAME.0, RENAME.1, |m| m),
+            r#"{ columns = { "absent" = "still_absent" } }"#
+        ),
+    );
+    let config = with_transforms(&db, &["public.t"], &transforms);
+    let specs = crate::types::nested_table(&db, &config);
+    let read: serde_json::Value = serde_json::from_slice(&crate::harness::py(
+        "lists.py",
+        &[db.out().join("public").join("t")],
+    ))
+    .unwrap();
+    // Through mask, a filter given text, and rename: every other column as the source.
+    let untouched: Vec<_> = specs.iter().filter(|s| s.0 != "a2").cloned().collect();
+    assert_eq!(untouched.len(), specs.len() - 1);
+    crate::types::assert_nested_values(&db, &untouched, &read);
+    // mask was given `int4[][]` as a list of lists: each element redacted in place (as
+    // text it would have seen two elements, `{1,2}` and `{3,NULL}`).
+    let r = "[redacted]";
+    let a2: Vec<serde_json::Value> = read["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["a2"].clone())
+        .collect();
+    let two = serde_json::json!([[r, r], [r, null]]);
+    let empty = serde_json::json!([]);
+    let null = serde_json::Value::Null;
+    assert_eq!(
+        a2,
+        [two.clone(), empty.clone(), null.clone(), two, empty, null]
+    );
 }

@@ -24,6 +24,8 @@ pub fn field(out: &mut String, value: &Value) {
                 write!(out, "{byte:02x}").expect("writing to a String");
             }
         }
+        // Sinks are given text; a list or struct left by a plugin is written as such.
+        Value::List(_) | Value::Struct(_) => escaped(out, &weir_sdk::pg::value_text(value)),
     }
 }
 

@@ -175,6 +175,7 @@ fn json(v: &Value) -> serde_json::Value {
             .map(|x| format!("{x:02x}"))
             .collect::<String>()
             .into(),
+        Value::List(_) | Value::Struct(_) => weir_sdk::json::value(v),
     }
 }
 
