@@ -436,7 +436,9 @@ pub enum IcebergMode {
 
 impl IcebergSinkConfig {
     /// Whether columns this sink adds keep their structure (lists, structs): changelog
-    /// tables with `nested_types` (default true); mirror tables keep text for now.
+    /// tables with `nested_types` (default true; a column a table has keeps the table's
+    /// form). Mirror tables keep text: they have no `_cdc_unfit` to keep a value a
+    /// structure cannot hold.
     pub fn nested(&self) -> bool {
         matches!(self.mode, IcebergMode::Changelog) && self.nested_types.unwrap_or(true)
     }

@@ -290,6 +290,7 @@ fn events(rows: &RecordBatch, relation: &Relation) -> Result<Vec<Event>, String>
             .iter()
             .map(|a| a.as_ref().map_or(Value::Null, |a| value(a.as_ref(), r)))
             .collect();
+        crate::plugin::values::flatten_row(relation, &mut values);
         if let Some(unfit) = unfit.as_ref().filter(|u| !u.is_null(r)) {
             // Values the column type could not hold are kept as their text.
             let text = unfit.as_string::<i32>().value(r);
@@ -406,6 +407,22 @@ pub(crate) fn value(array: &dyn Array, row: usize) -> Value {
         DataType::Decimal128(_, scale) => {
             let v = array.as_primitive::<t::Decimal128Type>().value(row);
             Value::Text(decimal_text(v, *scale))
+        }
+        // Lists and structs (nested types) as values with their structure, which
+        // `plugin::values::flatten_row` prints as PostgreSQL's text by the column's type.
+        DataType::List(_) => {
+            let items = array.as_list::<i32>().value(row);
+            Value::List((0..items.len()).map(|i| value(items.as_ref(), i)).collect())
+        }
+        DataType::Struct(fields) => {
+            let columns = array.as_struct().columns();
+            Value::Struct(
+                fields
+                    .iter()
+                    .zip(columns)
+                    .map(|(f, c)| (f.name().clone(), value(c.as_ref(), row)))
+                    .collect(),
+            )
         }
         _ => {
             Value::Text(arrow::util::display::array_value_to_string(array, row).unwrap_or_default())

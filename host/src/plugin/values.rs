@@ -64,9 +64,12 @@ pub fn nest(batch: &mut Batch) {
     }
 }
 
+fn has_structure(v: &Value) -> bool {
+    matches!(v, Value::List(_) | Value::Struct(_))
+}
+
 /// Turns every list and struct back into PostgreSQL's text, by its column's type.
 pub fn flatten(batch: &mut Batch) {
-    let has_structure = |v: &Value| matches!(v, Value::List(_) | Value::Struct(_));
     let rows = || {
         batch
             .events
@@ -80,19 +83,30 @@ pub fn flatten(batch: &mut Batch) {
     let user = types::registered();
     let fields = structured(batch, &user);
     for event in &mut batch.events {
-        let fields = fields.get(event.rel as usize);
+        let fields = fields.get(event.rel as usize).map(Vec::as_slice);
         for row in [event.before.as_mut(), event.after.as_mut()]
             .into_iter()
             .flatten()
         {
-            for (i, value) in row.iter_mut().enumerate() {
-                if has_structure(value) {
-                    let field = fields.and_then(|f| f.get(i)).and_then(Option::as_ref);
-                    let mut out = String::new();
-                    push_text(&mut out, value, field);
-                    *value = Value::Text(out);
-                }
-            }
+            flatten_values(row, fields.unwrap_or_default());
+        }
+    }
+}
+
+/// A row of `rel` (read back from a file) with its lists and structs as PostgreSQL's text.
+pub fn flatten_row(rel: &Relation, row: &mut [Value]) {
+    if row.iter().any(has_structure) {
+        flatten_values(row, &columns_of(rel, &types::registered()));
+    }
+}
+
+fn flatten_values(row: &mut [Value], fields: &[Option<Field>]) {
+    for (i, value) in row.iter_mut().enumerate() {
+        if has_structure(value) {
+            let field = fields.get(i).and_then(Option::as_ref);
+            let mut out = String::new();
+            push_text(&mut out, value, field);
+            *value = Value::Text(out);
         }
     }
 }

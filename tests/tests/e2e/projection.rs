@@ -427,11 +427,15 @@ fn a_projection_added_later_is_filled_by_replay_from_the_changelog_then_streams(
     let db = TestDb::new("proj_replay");
     db.sql(
         "CREATE TABLE t (id int PRIMARY KEY, price numeric(10,2), at timestamptz, day date, \
-         uid uuid, ok bool, f4 real, f8 float8, raw bytea, doc jsonb, note text)",
+         uid uuid, ok bool, f4 real, f8 float8, raw bytea, doc jsonb, note text, \
+         tags text[], valid tstzrange, iv interval, grid int[][])",
     );
+    // The changelog holds the last four as lists and structs (nested_types), which
+    // replay gives the projection back as PostgreSQL's values.
     let row = |id: i32| {
         format!(
-            "({id}, {id}.25, '2026-01-02 03:04:05.{id:06}+00', '2026-02-03', gen_random_uuid(), {}, 1.1, 0.1, '\\x00ff', '{{\"k\": {id}}}', 'tab\there')",
+            "({id}, {id}.25, '2026-01-02 03:04:05.{id:06}+00', '2026-02-03', gen_random_uuid(), {}, 1.1, 0.1, '\\x00ff', '{{\"k\": {id}}}', 'tab\there', \
+             ARRAY['a{id}', NULL, 'x y', '\"q\"'], tstzrange('2026-01-01', NULL, '(]'), '-{id} mons {id} days -00:00:01.5', '{{{{1,{id}}},{{NULL,3}}}}')",
             id % 2 == 0
         )
     };
@@ -471,7 +475,7 @@ fn a_projection_added_later_is_filled_by_replay_from_the_changelog_then_streams(
         said.contains("replayed 27 changes in 3 transactions"),
         "{said}"
     );
-    let columns = "id, price::text, at::text, day::text, uid::text, ok, f4::text, f8::text, raw::text, doc::text, note";
+    let columns = "id, price::text, at::text, day::text, uid::text, ok, f4::text, f8::text, raw::text, doc::text, note, tags::text, valid::text, iv::text, grid::text";
     assert_equal_tables(&db, &target, "t", "public.t", columns);
 
     // The stream takes over where the changelog ended.

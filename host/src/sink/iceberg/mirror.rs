@@ -19,7 +19,7 @@ use super::{
 use crate::batch::{CommitPos, Position, SourceBatch};
 use crate::config::IcebergSinkConfig;
 use crate::sink::SinkError;
-use crate::sink::columns::{ColumnBuilder, arrow_field};
+use crate::sink::columns::{ColumnBuilder, arrow_column_field};
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Builder, RecordBatch, TimestampMicrosecondBuilder,
 };
@@ -42,7 +42,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weir_sdk::{Event, Op, Relation, Value};
+use weir_sdk::{Column, Event, Op, Relation, Value};
 
 /// Table property naming what a weir table holds: `mirror` for mirror tables.
 pub const PROP_MODE: &str = "weir.mode";
@@ -53,10 +53,16 @@ const CHUNK: usize = 8192;
 type Writer =
     DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
 
-/// The Arrow schema of a mirror table's rows: the source columns, `_cdc_commit_lsn`
-/// and `_cdc_commit_ts`.
-pub fn mirror_arrow_schema(relation: &Relation) -> SchemaRef {
-    let mut fields: Vec<Field> = relation.columns.iter().map(arrow_field).collect();
+/// The Arrow schema of a mirror table's rows: the source columns (each with its
+/// structure where `nested` says so, as text otherwise), `_cdc_commit_lsn` and
+/// `_cdc_commit_ts`.
+pub fn mirror_arrow_schema(relation: &Relation, nested: &dyn Fn(&Column) -> bool) -> SchemaRef {
+    let user = crate::source::types::registered();
+    let mut fields: Vec<Field> = relation
+        .columns
+        .iter()
+        .map(|c| arrow_column_field(c, user.dims(relation.id, &c.name), nested(c), &user))
+        .collect();
     fields.push(Field::new("_cdc_commit_lsn", DataType::Int64, false));
     fields.push(Field::new(
         "_cdc_commit_ts",
@@ -139,11 +145,11 @@ struct MirrorRows {
 }
 
 impl MirrorRows {
-    fn new(relation: &Relation) -> MirrorRows {
-        let schema = mirror_arrow_schema(relation);
+    fn new(relation: &Relation, nested: &dyn Fn(&Column) -> bool) -> MirrorRows {
+        let schema = mirror_arrow_schema(relation, nested);
         let columns = schema.fields()[..relation.columns.len()]
             .iter()
-            .map(|f| ColumnBuilder::new(f.data_type()))
+            .map(|f| ColumnBuilder::for_field(f))
             .collect();
         MirrorRows {
             schema,
@@ -212,6 +218,8 @@ struct MirrorTable {
     target_file_size: u64,
     files_prefix: String,
     writers: u64,
+    /// `[sink] nested_types`: the form of a column the table does not have yet.
+    nested_types: bool,
 }
 
 /// Writes mirror tables and commits them through the SQL catalog.
@@ -392,6 +400,7 @@ impl MirrorSink {
             target_file_size: self.config.target_file_size,
             files_prefix: self.run.clone(),
             writers: 0,
+            nested_types: self.config.nested(),
         })
     }
 
@@ -547,8 +556,10 @@ impl MirrorSink {
         relation: &Relation,
         ident: &TableIdent,
     ) -> Result<TableCreation, SinkError> {
-        let schema = super::schema::table_schema(&mirror_arrow_schema(relation), relation)
-            .map_err(|e| iceberg_err(ident, e))?;
+        let nested = self.config.nested();
+        let schema =
+            super::schema::table_schema(&mirror_arrow_schema(relation, &|_| nested), relation)
+                .map_err(|e| iceberg_err(ident, e))?;
         let mut properties =
             super::table_properties(relation, &self.slot, &self.config, self.durable);
         properties.extend([
@@ -658,7 +669,10 @@ impl MirrorTable {
             .lookup(&unknown, self.truncate)
             .map_err(|e| index_err(&self.ident, e))?;
         let mut indexed: HashMap<&[u8], Option<Loc>> = unknown.into_iter().zip(found).collect();
-        let mut rows = MirrorRows::new(relation);
+        // A column keeps the table's form; one the table lacks takes nested_types.
+        let schema = self.table.metadata().current_schema().clone();
+        let nested = super::schema::nested_rule(Some(&schema), self.nested_types);
+        let mut rows = MirrorRows::new(relation, &nested);
         // The rows of this chunk by key (a later change of the key drops the earlier).
         let mut in_chunk: HashMap<&[u8], usize> = HashMap::new();
         let mut values_of: Vec<Vec<Value>> = Vec::new();
@@ -698,7 +712,7 @@ impl MirrorTable {
             let mut values = event.after.clone().unwrap_or_default();
             if event.op == Op::Update && !event.unchanged.is_empty() {
                 let previous = earlier.map(|j| values_of[j].clone());
-                self.fill_unchanged(&mut values, event, previous, old)
+                self.fill_unchanged(&mut values, event, relation, previous, old)
                     .await?;
             }
             rows.append(&values, event, &self.source);
@@ -782,6 +796,7 @@ impl MirrorTable {
         &mut self,
         values: &mut [Value],
         event: &Event,
+        relation: &Relation,
         previous: Option<Vec<Value>>,
         old: Option<Loc>,
     ) -> Result<(), SinkError> {
@@ -794,7 +809,7 @@ impl MirrorTable {
             (Some(b), _) => Some(b),
             (None, Some(p)) => Some(p),
             (None, None) => match old {
-                Some(loc) => Some(self.read_back(&loc, values.len()).await?),
+                Some(loc) => Some(self.read_back(&loc, relation).await?),
                 None => None,
             },
         };
@@ -815,7 +830,8 @@ impl MirrorTable {
 
     /// The source columns of the row at `loc`, read from its data file (the open file
     /// is completed first when the row is in it).
-    async fn read_back(&mut self, loc: &Loc, width: usize) -> Result<Vec<Value>, SinkError> {
+    async fn read_back(&mut self, loc: &Loc, relation: &Relation) -> Result<Vec<Value>, SinkError> {
+        let width = relation.columns.len();
         if self.open_file.as_ref().is_some_and(|f| *f == loc.file) {
             let version = self.writer.as_ref().map(|(v, _)| *v);
             self.close_writer().await?;
@@ -829,7 +845,9 @@ impl MirrorTable {
         let Some(row) = rows.first() else {
             return Err(self.err(format!("row {} of {} is not there", loc.pos, loc.file)));
         };
-        Ok(row.iter().take(width).cloned().collect())
+        let mut row: Vec<Value> = row.iter().take(width).cloned().collect();
+        crate::plugin::values::flatten_row(relation, &mut row);
+        Ok(row)
     }
 
     /// Opens a new writer for the relation version `version` (after a read-back or a
