@@ -3,45 +3,37 @@
 //! ranges and intervals as [`Value::Struct`]; the sinks get PostgreSQL's text back.
 //!
 //! The structure is the one the Parquet and Iceberg columns have (the Arrow field
-//! [`arrow_column_field`] gives a column), so a plugin sees what a reader of the output
+//! `arrow_column_field` gives a column), so a plugin sees what a reader of the output
 //! sees. A value the structure cannot hold (an array with explicit bounds, an element out
 //! of its type's range) stays text, as it stays in `_cdc_unfit` for the sinks. Both
 //! conversions touch only the values that need them, so either may run on a batch that
 //! is already in its form (a dead letter's batch replayed, a plugin that returned text).
 
 use crate::sink::columns::{
-    MULTIRANGE_ELEMENT, arrow_column_field, is_interval, is_range, parse_hex_bytes, parse_interval,
-    parse_multirange, parse_range, parse_record,
+    MULTIRANGE_ELEMENT, is_interval, is_range, parse_hex_bytes, parse_interval, parse_multirange,
+    parse_range, parse_record,
 };
-use crate::source::types::{self, UserTypes};
+use crate::sink::rows::source_fields;
 use arrow::datatypes::{DataType, Field};
 use std::fmt::Write;
 use weir_sdk::pg::{Within, push_item, scalar_text, value_text};
 use weir_sdk::{Batch, Relation, Value};
 
 /// Per relation, the structured field of each column that has one.
-fn structured(batch: &Batch, user: &UserTypes) -> Vec<Vec<Option<Field>>> {
-    batch
-        .relations
-        .iter()
-        .map(|rel| columns_of(rel, user))
-        .collect()
+fn structured(batch: &Batch) -> Vec<Vec<Option<Field>>> {
+    batch.relations.iter().map(columns_of).collect()
 }
 
-fn columns_of(rel: &Relation, user: &UserTypes) -> Vec<Option<Field>> {
-    rel.columns
-        .iter()
-        .map(|c| {
-            let field = arrow_column_field(c, user.dims(rel.id, &c.name), true, user);
-            matches!(field.data_type(), DataType::List(_) | DataType::Struct(_)).then_some(field)
-        })
+fn columns_of(rel: &Relation) -> Vec<Option<Field>> {
+    source_fields(rel, &|_| true)
+        .into_iter()
+        .map(|f| matches!(f.data_type(), DataType::List(_) | DataType::Struct(_)).then_some(f))
         .collect()
 }
 
 /// Turns the text of every structured column's value into its list or struct.
 pub fn nest(batch: &mut Batch) {
-    let user = types::registered();
-    let fields = structured(batch, &user);
+    let fields = structured(batch);
     if fields.iter().all(|f| f.iter().all(Option::is_none)) {
         return;
     }
@@ -80,8 +72,7 @@ pub fn flatten(batch: &mut Batch) {
     if !rows().any(|row| row.iter().any(has_structure)) {
         return;
     }
-    let user = types::registered();
-    let fields = structured(batch, &user);
+    let fields = structured(batch);
     for event in &mut batch.events {
         let fields = fields.get(event.rel as usize).map(Vec::as_slice);
         for row in [event.before.as_mut(), event.after.as_mut()]
@@ -96,7 +87,7 @@ pub fn flatten(batch: &mut Batch) {
 /// A row of `rel` (read back from a file) with its lists and structs as PostgreSQL's text.
 pub fn flatten_row(rel: &Relation, row: &mut [Value]) {
     if row.iter().any(has_structure) {
-        flatten_values(row, &columns_of(rel, &types::registered()));
+        flatten_values(row, &columns_of(rel));
     }
 }
 

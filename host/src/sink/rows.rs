@@ -33,15 +33,21 @@ pub fn changelog_schema_in(relation: &Relation, nested: bool) -> SchemaRef {
     changelog_schema_by(relation, &|_| nested)
 }
 
-/// The changelog schema of a relation, each column's structure kept where `nested`
-/// says so (its text otherwise).
-pub fn changelog_schema_by(relation: &Relation, nested: &dyn Fn(&Column) -> bool) -> SchemaRef {
+/// The fields of a relation's columns, each column's structure kept where `nested` says
+/// so (its text otherwise).
+pub fn source_fields(relation: &Relation, nested: &dyn Fn(&Column) -> bool) -> Vec<Field> {
     let user = crate::source::types::registered();
-    let mut fields: Vec<Field> = relation
+    relation
         .columns
         .iter()
         .map(|c| arrow_column_field(c, user.dims(relation.id, &c.name), nested(c), &user))
-        .collect();
+        .collect()
+}
+
+/// The changelog schema of a relation, each column's structure kept where `nested`
+/// says so (its text otherwise).
+pub fn changelog_schema_by(relation: &Relation, nested: &dyn Fn(&Column) -> bool) -> SchemaRef {
+    let mut fields = source_fields(relation, nested);
     fields.push(Field::new("_cdc_op", DataType::Utf8, false));
     fields.push(Field::new("_cdc_commit_lsn", DataType::Int64, false));
     fields.push(Field::new("_cdc_seq", DataType::Int64, false));

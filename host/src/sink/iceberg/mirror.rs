@@ -19,7 +19,7 @@ use super::{
 use crate::batch::{CommitPos, Position, SourceBatch};
 use crate::config::IcebergSinkConfig;
 use crate::sink::SinkError;
-use crate::sink::columns::{ColumnBuilder, arrow_column_field};
+use crate::sink::columns::ColumnBuilder;
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Builder, RecordBatch, TimestampMicrosecondBuilder,
 };
@@ -57,12 +57,7 @@ type Writer =
 /// structure where `nested` says so, as text otherwise), `_cdc_commit_lsn` and
 /// `_cdc_commit_ts`.
 pub fn mirror_arrow_schema(relation: &Relation, nested: &dyn Fn(&Column) -> bool) -> SchemaRef {
-    let user = crate::source::types::registered();
-    let mut fields: Vec<Field> = relation
-        .columns
-        .iter()
-        .map(|c| arrow_column_field(c, user.dims(relation.id, &c.name), nested(c), &user))
-        .collect();
+    let mut fields = crate::sink::rows::source_fields(relation, nested);
     fields.push(Field::new("_cdc_commit_lsn", DataType::Int64, false));
     fields.push(Field::new(
         "_cdc_commit_ts",
