@@ -435,12 +435,10 @@ pub enum IcebergMode {
 }
 
 impl IcebergSinkConfig {
-    /// Whether columns this sink adds keep their structure (lists, structs): changelog
-    /// tables with `nested_types` (default true; a column a table has keeps the table's
-    /// form). Mirror tables keep text: they have no `_cdc_unfit` to keep a value a
-    /// structure cannot hold.
+    /// Whether columns this sink adds keep their structure (lists, structs):
+    /// `nested_types`, default true (a column a table has keeps the table's form).
     pub fn nested(&self) -> bool {
-        matches!(self.mode, IcebergMode::Changelog) && self.nested_types.unwrap_or(true)
+        self.nested_types.unwrap_or(true)
     }
 }
 

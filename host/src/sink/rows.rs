@@ -10,7 +10,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use std::sync::Arc;
-use weir_sdk::{Column, Event, Op, Relation};
+use weir_sdk::{Column, Event, Op, Relation, Value};
 
 /// The changelog columns after the source columns.
 pub const CDC_COLUMNS: [&str; 7] = [
@@ -67,6 +67,33 @@ pub fn changelog_schema_by(relation: &Relation, nested: &dyn Fn(&Column) -> bool
             .with_extension_type(arrow_schema::extension::Json::default()),
     );
     Arc::new(Schema::new(fields))
+}
+
+/// Appends a row's values to its columns' builders; the values a column cannot hold are
+/// null there, and come back as `_cdc_unfit`'s JSON (column to PostgreSQL's text), each
+/// with a warning naming table, column and LSN.
+pub fn append_row(
+    columns: &mut [ColumnBuilder],
+    values: &[Value],
+    relation: &Relation,
+    table: &str,
+    event: &Event,
+) -> Option<String> {
+    let mut unfit = serde_json::Map::new();
+    for (i, builder) in columns.iter_mut().enumerate() {
+        if let Err(e) = builder.append(values.get(i).unwrap_or(&Value::Null)) {
+            let column = &relation.columns[i].name;
+            tracing::warn!(
+                table,
+                %column,
+                lsn = %Lsn(event.commit_lsn),
+                error = %e,
+                "A value its column type cannot hold: null in the column, kept as text in _cdc_unfit."
+            );
+            unfit.insert(column.clone(), serde_json::Value::String(e.value));
+        }
+    }
+    (!unfit.is_empty()).then(|| serde_json::Value::Object(unfit).to_string())
 }
 
 /// Builders for one relation's changelog rows.
@@ -132,36 +159,19 @@ impl ChangeRows {
 
     /// Appends one change of `relation` (the event's relation).
     pub fn append(&mut self, event: &Event, relation: &Relation) {
-        let mut unfit = serde_json::Map::new();
         let row = match event.op {
             Op::Read | Op::Insert | Op::Update => event.after.as_ref(),
             Op::Delete => event.before.as_ref(),
             Op::Truncate => None,
         };
-        match row {
-            Some(values) => {
-                for (i, (builder, value)) in self.columns.iter_mut().zip(values).enumerate() {
-                    if let Err(e) = builder.append(value) {
-                        let column = &relation.columns[i].name;
-                        tracing::warn!(
-                            table = %self.relation,
-                            %column,
-                            lsn = %Lsn(event.commit_lsn),
-                            error = %e,
-                            "A value its column type cannot hold: null in the column, kept as text in _cdc_unfit."
-                        );
-                        unfit.insert(column.clone(), serde_json::Value::String(e.value));
-                    }
-                }
+        let unfit = match row {
+            Some(values) => append_row(&mut self.columns, values, relation, &self.relation, event),
+            None => {
+                self.columns.iter_mut().for_each(ColumnBuilder::append_null);
+                None
             }
-            None => self.columns.iter_mut().for_each(ColumnBuilder::append_null),
-        }
-        match unfit.is_empty() {
-            true => self.unfit.append_null(),
-            false => self
-                .unfit
-                .append_value(serde_json::Value::Object(unfit).to_string()),
-        }
+        };
+        self.unfit.append_option(unfit);
         if event.unchanged.is_empty() || !matches!(event.op, Op::Update) {
             self.unchanged.append_null();
         } else {

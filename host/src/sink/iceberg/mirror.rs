@@ -21,7 +21,8 @@ use crate::config::IcebergSinkConfig;
 use crate::sink::SinkError;
 use crate::sink::columns::ColumnBuilder;
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Builder, RecordBatch, TimestampMicrosecondBuilder,
+    Array, ArrayRef, BooleanArray, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, SortField};
@@ -54,8 +55,8 @@ type Writer =
     DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
 
 /// The Arrow schema of a mirror table's rows: the source columns (each with its
-/// structure where `nested` says so, as text otherwise), `_cdc_commit_lsn` and
-/// `_cdc_commit_ts`.
+/// structure where `nested` says so, as text otherwise), `_cdc_commit_lsn`,
+/// `_cdc_commit_ts` and `_cdc_unfit` (the values their column cannot hold, as text).
 pub fn mirror_arrow_schema(relation: &Relation, nested: &dyn Fn(&Column) -> bool) -> SchemaRef {
     let mut fields = crate::sink::rows::source_fields(relation, nested);
     fields.push(Field::new("_cdc_commit_lsn", DataType::Int64, false));
@@ -64,8 +65,16 @@ pub fn mirror_arrow_schema(relation: &Relation, nested: &dyn Fn(&Column) -> bool
         DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
         false,
     ));
+    fields.push(
+        Field::new(UNFIT, DataType::Utf8, true)
+            .with_extension_type(arrow_schema::extension::Json::default()),
+    );
     Arc::new(arrow::datatypes::Schema::new(fields))
 }
+
+/// A mirror table's column of values their column's type cannot hold (a JSON object of
+/// column to PostgreSQL's text), as in a changelog.
+pub const UNFIT: &str = "_cdc_unfit";
 
 /// Keys as bytes: Arrow's row format of the key columns in the mirror's types, the same
 /// whether built from events or read back from data files.
@@ -136,6 +145,7 @@ struct MirrorRows {
     columns: Vec<ColumnBuilder>,
     lsn: Int64Builder,
     ts: TimestampMicrosecondBuilder,
+    unfit: StringBuilder,
     len: usize,
 }
 
@@ -151,17 +161,15 @@ impl MirrorRows {
             columns,
             lsn: Int64Builder::new(),
             ts: TimestampMicrosecondBuilder::new(),
+            unfit: StringBuilder::new(),
             len: 0,
         }
     }
 
-    fn append(&mut self, values: &[Value], event: &Event, table: &str) {
-        for (i, b) in self.columns.iter_mut().enumerate() {
-            let value = values.get(i).unwrap_or(&Value::Null);
-            if let Err(e) = b.append(value) {
-                tracing::warn!(table, column = i, error = %e, "A value its column type cannot hold: null in the mirror table.");
-            }
-        }
+    fn append(&mut self, values: &[Value], event: &Event, relation: &Relation, table: &str) {
+        let unfit =
+            crate::sink::rows::append_row(&mut self.columns, values, relation, table, event);
+        self.unfit.append_option(unfit);
         self.lsn.append_value(event.commit_lsn as i64);
         self.ts.append_value(event.commit_ts);
         self.len += 1;
@@ -172,6 +180,7 @@ impl MirrorRows {
             self.columns.iter_mut().map(ColumnBuilder::finish).collect();
         arrays.push(Arc::new(self.lsn.finish()));
         arrays.push(Arc::new(self.ts.finish().with_timezone("UTC")));
+        arrays.push(Arc::new(self.unfit.finish()));
         self.len = 0;
         RecordBatch::try_new(self.schema.clone(), arrays)
     }
@@ -710,7 +719,7 @@ impl MirrorTable {
                 self.fill_unchanged(&mut values, event, relation, previous, old)
                     .await?;
             }
-            rows.append(&values, event, &self.source);
+            rows.append(&values, event, relation, &self.source);
             values_of.push(values);
             keep.push(true);
             in_chunk.insert(key.as_slice(), keep.len() - 1);
@@ -826,7 +835,6 @@ impl MirrorTable {
     /// The source columns of the row at `loc`, read from its data file (the open file
     /// is completed first when the row is in it).
     async fn read_back(&mut self, loc: &Loc, relation: &Relation) -> Result<Vec<Value>, SinkError> {
-        let width = relation.columns.len();
         if self.open_file.as_ref().is_some_and(|f| *f == loc.file) {
             let version = self.writer.as_ref().map(|(v, _)| *v);
             self.close_writer().await?;
@@ -834,14 +842,32 @@ impl MirrorTable {
                 self.writers_reopen(v).await?;
             }
         }
-        let rows = read_rows(&loc.file, &[loc.pos])
+        let (names, rows) = read_rows(&loc.file, &[loc.pos])
             .await
             .map_err(|e| self.err(e))?;
-        let Some(row) = rows.first() else {
+        let Some(read) = rows.first() else {
             return Err(self.err(format!("row {} of {} is not there", loc.pos, loc.file)));
         };
-        let mut row: Vec<Value> = row.iter().take(width).cloned().collect();
+        // By name: columns added later come after the _cdc_ columns in the file.
+        let by_name = |name: &str| {
+            names
+                .iter()
+                .position(|n| n == name)
+                .map_or(Value::Null, |i| read[i].clone())
+        };
+        let mut row: Vec<Value> = relation.columns.iter().map(|c| by_name(&c.name)).collect();
         crate::plugin::values::flatten_row(relation, &mut row);
+        // A value the column could not hold is in _cdc_unfit, as its text.
+        if let Value::Text(unfit) = by_name(UNFIT)
+            && let Ok(kept) =
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&unfit)
+        {
+            for (name, text) in kept {
+                if let (Some(i), Some(text)) = (relation.column_index(&name), text.as_str()) {
+                    row[i] = Value::Text(text.to_owned());
+                }
+            }
+        }
         Ok(row)
     }
 
@@ -996,7 +1022,11 @@ impl MirrorTable {
 }
 
 /// Rows `positions` of a data file, as source values.
-async fn read_rows(file: &str, positions: &[u64]) -> Result<Vec<Vec<Value>>, String> {
+/// The rows at `positions` of a data file, with the file's column names.
+async fn read_rows(
+    file: &str,
+    positions: &[u64],
+) -> Result<(Vec<String>, Vec<Vec<Value>>), String> {
     let (store, path) = crate::storage::object_store_for(file).map_err(|e| e.to_string())?;
     let meta = store.head(&path).await.map_err(|e| e.to_string())?;
     let reader = parquet::arrow::async_reader::ParquetObjectReader::new(store, path)
@@ -1005,6 +1035,12 @@ async fn read_rows(file: &str, positions: &[u64]) -> Result<Vec<Vec<Value>>, Str
         .await
         .and_then(|b| b.build())
         .map_err(|e| e.to_string())?;
+    let names = stream
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let wanted: std::collections::HashSet<u64> = positions.iter().copied().collect();
     let (mut out, mut at) = (Vec::new(), 0u64);
     while let Some(batch) = stream.try_next().await.map_err(|e| e.to_string())? {
@@ -1021,7 +1057,7 @@ async fn read_rows(file: &str, positions: &[u64]) -> Result<Vec<Vec<Value>>, Str
         }
         at += batch.num_rows() as u64;
     }
-    Ok(out)
+    Ok((names, out))
 }
 
 /// Brings the index to the table's current snapshot: at once when it describes it,

@@ -31,7 +31,7 @@ use super::error::SinkError;
 use super::rows::ChangeRows;
 use crate::batch::CommitPos;
 use crate::batch::{Position, SourceBatch};
-use crate::config::{CatalogConfig, IcebergPartition, IcebergSinkConfig};
+use crate::config::{CatalogConfig, IcebergMode, IcebergPartition, IcebergSinkConfig};
 use arrow::datatypes::SchemaRef;
 use iceberg::arrow::RecordBatchPartitionSplitter;
 use iceberg::spec::{
@@ -771,8 +771,20 @@ pub(super) async fn evolve_table(
     table: &mut Table,
     relation: &Relation,
 ) -> Result<(), SinkError> {
-    let missing =
+    let mut missing =
         schema::missing_columns(relation, table.metadata().current_schema(), config.nested());
+    // A mirror table made before mirrors kept values that do not fit.
+    let unfit = mirror::UNFIT;
+    if config.mode == IcebergMode::Mirror
+        && table
+            .metadata()
+            .current_schema()
+            .field_by_name(unfit)
+            .is_none()
+    {
+        let text = iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::String);
+        missing.push((unfit.to_string(), text));
+    }
     if !missing.is_empty() {
         let names: Vec<&str> = missing.iter().map(|(n, _)| n.as_str()).collect();
         let tx = Transaction::new(&*table);
