@@ -286,6 +286,44 @@ pub enum SinkConfig {
     Stdout(StdoutSinkConfig),
     /// Each source table's current state (or changelog) in another PostgreSQL.
     Postgres(PostgresSinkConfig),
+    /// Delta Lake tables (delta-rs), one per source table.
+    Delta(DeltaSinkConfig),
+}
+
+/// `[[sink]] type = "delta"`: a Delta Lake table per source table under
+/// `<url>/<schema>/<table>`, written with delta-rs (ADR 0018).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaSinkConfig {
+    /// Where the tables live: `file:///absolute/path` or `s3://bucket/prefix`.
+    pub url: String,
+    /// `changelog` (default): one row per change, with the `_cdc_` columns (append only).
+    /// `mirror`: the current state (not built yet: refused with a clear error).
+    #[serde(default)]
+    pub mode: DeltaMode,
+    /// Rows are committed (one table version per changed table) at least this often.
+    /// Default `60s`.
+    #[serde(default = "default_commit_interval", deserialize_with = "de_duration")]
+    pub commit_interval: Duration,
+    /// A data file is completed once its buffered rows reach about this size (encoded).
+    /// Default `128MiB`.
+    #[serde(default = "default_target_file_size", deserialize_with = "de_size")]
+    pub target_file_size: u64,
+    /// Arrays, intervals, ranges, composites as Delta arrays and structs (`true`, the
+    /// default for a new table) or as text. A column a table already has keeps its type.
+    #[serde(default)]
+    pub nested_types: Option<bool>,
+}
+
+/// What a Delta sink's tables hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaMode {
+    /// One row per change, with the `_cdc_` columns (append only).
+    #[default]
+    Changelog,
+    /// The current state, one row per key.
+    Mirror,
 }
 
 /// `[[sink]] type = "postgres"`: a projection into another PostgreSQL database, applied
@@ -950,6 +988,23 @@ impl PipelineConfig {
                     ));
                 }
             }
+            SinkConfig::Delta(c) => {
+                let key = format!("sink[{i}]");
+                crate::storage::object_store_for(&c.url)
+                    .map_err(|e| invalid(&format!("{key}.url"), e.to_string()))?;
+                if c.target_file_size == 0 || c.commit_interval.is_zero() {
+                    return Err(invalid(
+                        &key,
+                        "target_file_size and commit_interval must be greater than zero".into(),
+                    ));
+                }
+                if c.mode == DeltaMode::Mirror {
+                    return Err(invalid(
+                        &format!("{key}.mode"),
+                        "\"mirror\" is not built yet for Delta tables: use mode = \"changelog\" (or an Iceberg mirror, type = \"iceberg\", mode = \"mirror\")".into(),
+                    ));
+                }
+            }
             SinkConfig::Iceberg(c) => {
                 let key = format!("sink[{i}]");
                 crate::storage::object_store_for(&c.warehouse)
@@ -1066,11 +1121,16 @@ impl PipelineConfig {
             SinkConfig::Iceberg(c) => Some(c.warehouse.as_str()),
             _ => None,
         });
+        let delta = self.sinks.iter().find_map(|s| match s {
+            SinkConfig::Delta(c) => Some(c.url.as_str()),
+            _ => None,
+        });
         self.state
             .as_ref()
             .and_then(|d| d.url.as_deref())
             .or(parquet)
             .or(iceberg)
+            .or(delta)
     }
 
     /// Every location weir writes output or state to: the state location, each Parquet
@@ -1079,6 +1139,7 @@ impl PipelineConfig {
         let sinks = self.sinks.iter().filter_map(|s| match s {
             SinkConfig::Parquet(p) => Some(p.url.as_str()),
             SinkConfig::Iceberg(c) => Some(c.warehouse.as_str()),
+            SinkConfig::Delta(c) => Some(c.url.as_str()),
             SinkConfig::Plugin(_) | SinkConfig::Stdout(_) | SinkConfig::Postgres(_) => None,
         });
         let mut urls: Vec<&str> = Vec::new();

@@ -568,6 +568,13 @@ async fn describe_sink(sink: &SinkConfig) -> anyhow::Result<()> {
             bytesize::ByteSize(c.target_file_size).display().iec(),
             humantime::format_duration(c.commit_interval)
         ),
+        SinkConfig::Delta(c) => println!(
+            "sink      delta {} ({:?}, files up to {}, committed every {})",
+            c.url,
+            c.mode,
+            bytesize::ByteSize(c.target_file_size).display().iec(),
+            humantime::format_duration(c.commit_interval)
+        ),
         SinkConfig::Stdout(_) => println!("sink      stdout (one JSON line per change)"),
         SinkConfig::Postgres(c) => {
             let found = crate::sink::postgres::check(c).await?;

@@ -30,6 +30,8 @@ enum Holds {
     Plugin,
     /// A projection's checkpoint, in the target database.
     Postgres(anyhow::Result<Option<CommitPos>>),
+    /// The last transaction every Delta table holds.
+    Delta(anyhow::Result<Option<CommitPos>>),
 }
 
 impl Holds {
@@ -67,6 +69,12 @@ impl Holds {
                 }
                 .await,
             ),
+            SinkConfig::Delta(c) => Holds::Delta(
+                crate::sink::delta::DeltaSink::open(c.clone(), slot)
+                    .await
+                    .map(|s| s.durable())
+                    .map_err(Into::into),
+            ),
             SinkConfig::Plugin(_) | SinkConfig::Stdout(_) => Holds::Plugin,
             SinkConfig::Postgres(c) => Holds::Postgres(
                 crate::sink::postgres::read_checkpoint(c, slot)
@@ -80,7 +88,7 @@ impl Holds {
     fn position(&self) -> Option<crate::Lsn> {
         match self {
             Holds::Parquet(Ok(Some(c))) => Some(c.end_lsn),
-            Holds::Postgres(Ok(Some(c))) => Some(c.end_lsn),
+            Holds::Postgres(Ok(Some(c))) | Holds::Delta(Ok(Some(c))) => Some(c.end_lsn),
             Holds::Iceberg(Ok(tables)) => {
                 tables.iter().filter_map(|t| t.1).map(|p| p.end_lsn).max()
             }
@@ -118,6 +126,16 @@ impl Holds {
                     Err(e) => json!({ "error": e.to_string() }),
                 };
                 json!({ "kind": "iceberg", "warehouse": c.warehouse, "state": state })
+            }
+            (Holds::Delta(read), SinkConfig::Delta(d)) => {
+                let checkpoint = match read {
+                    Ok(Some(c)) => {
+                        json!({ "commit_lsn": c.commit_lsn.to_string(), "end_lsn": c.end_lsn.to_string() })
+                    }
+                    Ok(None) => json!(null),
+                    Err(e) => json!({ "error": e.to_string() }),
+                };
+                json!({ "kind": "delta", "url": d.url, "checkpoint": checkpoint })
             }
             (Holds::Plugin, SinkConfig::Plugin(p)) => json!({
                 "kind": "plugin",
@@ -174,6 +192,17 @@ impl Holds {
                         println!("              unreadable: {}", Value::String(e.to_string()))
                     }
                 }
+            }
+            (Holds::Delta(read), SinkConfig::Delta(d)) => {
+                let line = match read {
+                    Ok(Some(c)) => format!(
+                        "checkpoint {} (every table's last commit at or after {})",
+                        c.end_lsn, c.commit_lsn
+                    ),
+                    Ok(None) => "no checkpoint yet".into(),
+                    Err(e) => format!("unreadable: {}", Value::String(e.to_string())),
+                };
+                println!("sink        delta {}: {line}", d.url);
             }
             (Holds::Plugin, SinkConfig::Plugin(p)) => println!(
                 "sink        plugin {}: position kept by the plugin",

@@ -18,6 +18,12 @@ pub enum SinkError {
         #[source]
         source: ::iceberg::Error,
     },
+    #[error("writing {table}: {source}")]
+    Delta {
+        table: String,
+        #[source]
+        source: Box<deltalake::DeltaTableError>,
+    },
     #[error("unsupported output URL `{url}`: the Iceberg catalog cannot be opened: {source}")]
     Catalog {
         url: String,
@@ -72,6 +78,7 @@ impl SinkError {
             SinkError::Iceberg { source, .. } | SinkError::Catalog { source, .. } => {
                 iceberg_kind(source)
             }
+            SinkError::Delta { source, .. } => delta_kind(source),
             SinkError::Schema { .. } => ErrorKind::Schema,
             SinkError::Config { .. } => ErrorKind::Config,
             // Nobody reads what is printed any more: retrying would print into nothing.
@@ -96,6 +103,20 @@ fn iceberg_kind(e: &::iceberg::Error) -> ErrorKind {
         | K::TableNotFound
         | K::NamespaceAlreadyExists
         | K::TableAlreadyExists => ErrorKind::Config,
+        _ => ErrorKind::Storage,
+    }
+}
+
+/// What a delta-rs error means for retrying: storage that failed or a commit that lost
+/// a race (after delta-rs's own retries) may succeed again; data or a schema the table
+/// cannot take, or a table that is not one, will not.
+fn delta_kind(e: &deltalake::DeltaTableError) -> ErrorKind {
+    use deltalake::DeltaTableError as E;
+    match e {
+        E::ObjectStore { .. } | E::Io { .. } => ErrorKind::Storage,
+        E::Transaction { .. } | E::VersionAlreadyExists(_) => ErrorKind::Catalog,
+        E::SchemaMismatch { .. } | E::Arrow { .. } | E::InvalidData { .. } => ErrorKind::Schema,
+        E::NotATable(_) | E::InvalidTableLocation(_) => ErrorKind::Config,
         _ => ErrorKind::Storage,
     }
 }

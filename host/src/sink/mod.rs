@@ -2,6 +2,7 @@
 //! reports the last transaction it has made durable.
 
 pub mod columns;
+pub mod delta;
 mod error;
 pub mod iceberg;
 pub mod parquet;
@@ -28,6 +29,7 @@ pub fn sink_name(config: &SinkConfig) -> String {
         SinkConfig::Plugin(c) => format!("plugin {}", c.plugin.display()),
         SinkConfig::Stdout(_) => "stdout".into(),
         SinkConfig::Postgres(c) => format!("postgres {}", redacted(&c.url)),
+        SinkConfig::Delta(c) => format!("delta {}", c.url),
     }
 }
 
@@ -41,6 +43,7 @@ pub enum Sink {
     Plugin(Option<SinkPlugin>),
     Stdout(stdout::StdoutSink),
     Postgres(Box<postgres::PostgresSink>),
+    Delta(Box<delta::DeltaSink>),
 }
 
 /// A connection URL without its password.
@@ -71,6 +74,9 @@ impl Sink {
             ),
             SinkConfig::Iceberg(c) => {
                 Sink::Iceberg(Box::new(iceberg::IcebergSink::open(c.clone(), slot).await?))
+            }
+            SinkConfig::Delta(c) => {
+                Sink::Delta(Box::new(delta::DeltaSink::open(c.clone(), slot).await?))
             }
             SinkConfig::Plugin(c) => {
                 let mut plugin = load_plugin(c, plugins).await?;
@@ -116,6 +122,9 @@ impl Sink {
             SinkConfig::Iceberg(c) => {
                 Sink::Iceberg(Box::new(iceberg::IcebergSink::open(c.clone(), slot).await?))
             }
+            SinkConfig::Delta(c) => {
+                Sink::Delta(Box::new(delta::DeltaSink::open(c.clone(), slot).await?))
+            }
             SinkConfig::Plugin(c) => Sink::Plugin(Some(load_plugin(c, plugins).await?)),
             SinkConfig::Stdout(_) => Sink::Stdout(stdout::StdoutSink::default()),
             SinkConfig::Postgres(c) => Sink::Postgres(Box::new(
@@ -127,7 +136,10 @@ impl Sink {
     /// Keeps a checkpoint weir reads back (Parquet, Iceberg): flushed last, so that its
     /// checkpoint proves every other sink has flushed.
     fn native(&self) -> bool {
-        matches!(self, Sink::Parquet(_) | Sink::Iceberg(_) | Sink::Mirror(_))
+        matches!(
+            self,
+            Sink::Parquet(_) | Sink::Iceberg(_) | Sink::Mirror(_) | Sink::Delta(_)
+        )
     }
 
     async fn write(&mut self, batch: &SourceBatch) -> Result<(), SinkError> {
@@ -135,6 +147,7 @@ impl Sink {
             Sink::Parquet(s) => s.write(batch).await,
             Sink::Iceberg(s) => s.write(batch).await,
             Sink::Mirror(s) => s.write(batch).await,
+            Sink::Delta(s) => s.write(batch).await,
             Sink::Plugin(p) => {
                 let (events, position) = (batch.batch.clone(), batch.position);
                 on_plugin_thread(p, "sink plugin write", move |p| p.write(events, &position)).await
@@ -149,6 +162,7 @@ impl Sink {
             Sink::Parquet(s) => s.flush(position).await,
             Sink::Iceberg(s) => s.flush(position).await,
             Sink::Mirror(s) => s.flush(position).await,
+            Sink::Delta(s) => s.flush(position).await,
             Sink::Plugin(p) => on_plugin_thread(p, "sink plugin flush", |p| p.flush()).await,
             Sink::Stdout(s) => s.flush(position),
             Sink::Postgres(s) => s.flush(position).await,
@@ -160,6 +174,10 @@ impl Sink {
         match self {
             Sink::Parquet(s) => s.write_replay(batch, name).await.map(drop),
             Sink::Iceberg(s) => s.write_replay(batch, name).await,
+            Sink::Delta(_) => Err(SinkError::Config {
+                what: "a delta sink".into(),
+                message: "dead letters cannot be replayed into a Delta table yet".into(),
+            }),
             Sink::Mirror(_) => Err(SinkError::Config {
                 what: "an iceberg mirror sink".into(),
                 message: "dead letters cannot be replayed into a mirror table yet".into(),
@@ -180,6 +198,7 @@ impl Sink {
             Sink::Parquet(s) => s.take_bytes_written(),
             Sink::Iceberg(s) => s.take_bytes_written(),
             Sink::Mirror(_) => 0,
+            Sink::Delta(s) => s.take_bytes_written(),
             Sink::Plugin(p) => p.as_mut().map_or(0, SinkPlugin::take_bytes_out),
             Sink::Stdout(s) => s.take_bytes_written(),
             Sink::Postgres(_) => 0,
@@ -201,6 +220,7 @@ impl Sink {
             Sink::Parquet(s) => s.durable(),
             Sink::Iceberg(s) => s.durable(),
             Sink::Mirror(s) => s.durable(),
+            Sink::Delta(s) => s.durable(),
             Sink::Plugin(p) => p.as_ref().and_then(SinkPlugin::durable),
             Sink::Stdout(s) => s.durable(),
             Sink::Postgres(s) => s.durable(),
@@ -212,6 +232,7 @@ impl Sink {
             Sink::Parquet(s) => s.abort().await,
             Sink::Iceberg(s) => s.abort().await,
             Sink::Mirror(s) => s.abort().await,
+            Sink::Delta(_) => {}
             Sink::Plugin(p) => p.iter().for_each(SinkPlugin::report),
             Sink::Stdout(_) => {}
             Sink::Postgres(s) => s.abort().await,

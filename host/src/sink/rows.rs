@@ -124,7 +124,12 @@ impl ChangeRows {
 
     /// Rows of `relation`, each column's structure kept where `nested` says so.
     pub fn by_form(relation: &Relation, nested: &dyn Fn(&Column) -> bool) -> ChangeRows {
-        let schema = changelog_schema_by(relation, nested);
+        ChangeRows::with_schema(relation, changelog_schema_by(relation, nested))
+    }
+
+    /// Rows of `relation` in `schema`, a changelog schema of it (its columns' types
+    /// changed where an output lacks a type).
+    pub fn with_schema(relation: &Relation, schema: SchemaRef) -> ChangeRows {
         let columns = schema.fields()[..relation.columns.len()]
             .iter()
             .map(|f| ColumnBuilder::for_field(f))

@@ -34,6 +34,7 @@ mod harness;
 mod bad_input;
 mod cli;
 mod conformance;
+mod delta;
 mod faults;
 mod first_hour;
 mod iceberg;

@@ -1,0 +1,207 @@
+//! Delta Lake changelog tables, read back by the `deltalake` Python package (delta-rs's
+//! own binding, reading only what the table's log references) and rebuilt by DuckDB.
+
+use crate::harness::{Changelog, TestDb, py, stderr};
+use crate::recovery::Writer;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+fn delta_config(db: &TestDb, tables: &[&str], extra: &str) -> PathBuf {
+    let tables: Vec<String> = tables.iter().map(|t| format!("\"{t}\"")).collect();
+    let text = format!(
+        "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\ntables = [{}]\n\n\
+         [batch]\nmax_delay = \"100ms\"\nmax_events = 300\n\n\
+         [[sink]]\ntype = \"delta\"\nurl = \"file://{}\"\ncommit_interval = \"300ms\"\n{extra}\n",
+        db.url(),
+        db.name,
+        db.name,
+        tables.join(", "),
+        db.out().display(),
+    );
+    let path = db.dir.path().join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The table of `schema.table` as the `deltalake` package reads it: the changelog report
+/// of `changelog.py`, with the table's version, weir's `txn` version and its history.
+fn read_delta(db: &TestDb, table: &str, key: &str) -> (Changelog, Value) {
+    let (schema, name) = table.split_once('.').unwrap();
+    let uri = db.out().join(schema).join(name);
+    let out = py(
+        "delta_changelog.py",
+        &[
+            uri.into_os_string(),
+            key.into(),
+            format!("weir:{}", db.name).into(),
+        ],
+    );
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    (Changelog::from_json(&v), v)
+}
+
+#[test]
+fn a_delta_changelog_rebuilds_to_the_source_and_records_its_position() {
+    let db = TestDb::new("delta_log");
+    db.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text, tn timestamp, tm time, \
+         u uuid, tags text[])",
+    );
+    db.sql(
+        "INSERT INTO t SELECT g, g, 'snap', '2026-01-02 03:04:05.5', '12:34:56', \
+         gen_random_uuid(), ARRAY['a', NULL] FROM generate_series(1, 200) g",
+    );
+    let config = delta_config(&db, &["public.t"], "");
+    db.catch_up(&config);
+    db.sql("UPDATE t SET v = v + 1000 WHERE id % 3 = 0");
+    db.sql("DELETE FROM t WHERE id % 7 = 0");
+    db.sql("INSERT INTO t SELECT g, g, 'new' FROM generate_series(201, 260) g");
+    // A column added mid-stream is added to the table (older rows null in it).
+    db.sql("ALTER TABLE t ADD COLUMN extra text");
+    db.sql("UPDATE t SET extra = 'x' || id WHERE id <= 20");
+    db.catch_up(&config);
+    let (log, report) = read_delta(&db, "public.t", "id");
+    assert_eq!(log.duplicates, 0, "{:?}", log.duplicate_examples);
+    assert_eq!(log.op("r"), 200, "the initial snapshot, once");
+    let columns = ["id", "v", "note", "extra", "u", "tm"];
+    let picked: Vec<Value> = log
+        .rows
+        .iter()
+        .map(|r| columns.iter().map(|c| r[*c].clone()).collect())
+        .collect();
+    let source: Vec<Value> = db
+        .rows("(SELECT id, v, note, extra, u, tm FROM public.t)", "id")
+        .iter()
+        .map(|r| columns.iter().map(|c| r[*c].clone()).collect())
+        .collect();
+    assert_eq!(picked, source, "the rebuilt state equals the source");
+    // What Delta has no type for is text; a timestamp without time zone is timestamp_ntz.
+    let types = &report["types"];
+    assert_eq!(types["u"], "PrimitiveType(\"string\")", "{types}");
+    assert_eq!(types["tm"], "PrimitiveType(\"string\")", "{types}");
+    assert_eq!(types["tn"], "PrimitiveType(\"timestamp_ntz\")", "{types}");
+    assert!(
+        types["tags"].as_str().unwrap().starts_with("ArrayType("),
+        "{types}"
+    );
+    assert_eq!(log.rows[0]["tags"], serde_json::json!(["a", null]));
+    // weir's position is the table's transaction version for the pipeline, and each
+    // commit's info records it.
+    assert_eq!(report["txn"].as_u64(), Some(log.max_commit_lsn), "{report}");
+    let history = report["history"].as_array().unwrap();
+    assert!(history.len() >= 3, "create, then commits: {report}");
+    assert_eq!(
+        history.last().unwrap()["commit_lsn"],
+        Value::String(log.max_commit_lsn.to_string()),
+        "{report}"
+    );
+    // A restart skips what the table holds.
+    db.catch_up(&config);
+    let (again, _) = read_delta(&db, "public.t", "id");
+    assert_eq!(again.ops, log.ops, "nothing written twice");
+    let status = db
+        .weir(&["status", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("sink        delta file://"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+}
+
+#[test]
+fn delta_is_exactly_once_across_kill_9() {
+    let db = TestDb::new("delta_kill");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
+    db.sql("INSERT INTO t SELECT -g, 0, 'existing' FROM generate_series(1, 1000) g");
+    let config = delta_config(&db, &["public.t"], "target_file_size = \"64KiB\"");
+    db.catch_up(&config);
+    let writer = Writer::start(db.url());
+    for round in 0..4 {
+        let mut weir = db
+            .weir(&["run", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1200 + 350 * round));
+        weir.kill().unwrap(); // SIGKILL: data files written and not committed stay behind
+        weir.wait().unwrap();
+    }
+    let [inserts, updates, deletes] = writer.finish();
+    assert!(inserts > 50, "the writer made changes: {inserts}");
+    db.catch_up(&config);
+    let (log, report) = read_delta(&db, "public.t", "id");
+    assert_eq!(log.duplicates, 0, "{:?}", log.duplicate_examples);
+    assert_eq!(
+        (log.op("r"), log.op("c"), log.op("u"), log.op("d")),
+        (1000, inserts, updates, deletes),
+        "every change exactly once"
+    );
+    assert_eq!(
+        log.rows,
+        db.rows("public.t", "id"),
+        "the rebuilt state equals the source"
+    );
+    assert!(
+        report["version"].as_u64().unwrap() > 4,
+        "commits were batched in several versions: {report}"
+    );
+}
+
+#[test]
+fn a_delta_table_that_is_not_weirs_is_refused_and_left_untouched() {
+    let db = TestDb::new("delta_foreign");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, x text)");
+    db.sql("INSERT INTO t VALUES (1, 'a')");
+    let config = delta_config(&db, &["public.t"], "");
+    std::fs::create_dir_all(db.out().join("public")).unwrap();
+    py(
+        "delta_foreign.py",
+        &[db.out().join("public").join("t").into_os_string()],
+    );
+    let run = || {
+        let out = db
+            .weir(&["run", config.to_str().unwrap(), "--until-caught-up"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        let last = err.lines().last().unwrap_or_default().to_string();
+        assert!(
+            last.contains("is not a weir changelog") && last.contains("public/t"),
+            "{err}"
+        );
+    };
+    run();
+    run();
+    let log: Vec<_> = std::fs::read_dir(db.out().join("public/t/_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    assert_eq!(
+        log,
+        ["00000000000000000000.json"],
+        "the table was not written"
+    );
+}
+
+#[test]
+fn a_delta_mirror_is_refused_until_it_exists() {
+    let db = TestDb::new("delta_mode");
+    let config = delta_config(&db, &["public.t"], "mode = \"mirror\"");
+    let out = db
+        .weir(&["validate", config.to_str().unwrap(), "--offline"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("\"mirror\" is not built yet for Delta tables"),
+        "{}",
+        stderr(&out)
+    );
+}
