@@ -15,7 +15,8 @@
 //! `rename` of the table and a column), without the evidence ledger
 //! (`[state] ledger = false`), which shows what keeping it costs, and with an eighth
 //! column `tags text[]` of two elements, written as a Parquet list (what nested types
-//! cost against the same table without it).
+//! cost against the same table without it), and the first again into Delta Lake tables
+//! (`type = "delta"`) instead of Parquet files.
 //!
 //! `WEIR_BENCH_ONLY=<text>` runs the workloads whose label contains it.
 
@@ -96,7 +97,7 @@ fn main() {
         rename: plugin("rename"),
     };
     // Label, rows, rows per transaction, transforms, evidence ledger, `tags text[]` (as a
-    // list, `nested_types`, or as text).
+    // list, `nested_types`, or as text), Delta Lake tables instead of Parquet files.
     let scenarios = [
         (
             "10k-row transactions",
@@ -105,6 +106,7 @@ fn main() {
             Transforms::None,
             true,
             None,
+            false,
         ),
         (
             "10k-row transactions, without the evidence ledger",
@@ -113,6 +115,7 @@ fn main() {
             Transforms::None,
             false,
             None,
+            false,
         ),
         (
             "10k-row transactions, mask plugin hashing a column",
@@ -121,6 +124,7 @@ fn main() {
             Transforms::Mask,
             true,
             None,
+            false,
         ),
         (
             "10k-row transactions, chain of mask, filter and rename",
@@ -129,6 +133,7 @@ fn main() {
             Transforms::Chain,
             true,
             None,
+            false,
         ),
         (
             "10k-row transactions, with a text[] column",
@@ -137,6 +142,7 @@ fn main() {
             Transforms::None,
             true,
             Some(true),
+            false,
         ),
         (
             "10k-row transactions, with a text[] column written as text",
@@ -145,6 +151,7 @@ fn main() {
             Transforms::None,
             true,
             Some(false),
+            false,
         ),
         (
             "one transaction of a quarter of the rows",
@@ -153,11 +160,31 @@ fn main() {
             Transforms::None,
             true,
             None,
+            false,
         ),
-        ("one transaction", rows, rows, Transforms::None, true, None),
+        (
+            "one transaction",
+            rows,
+            rows,
+            Transforms::None,
+            true,
+            None,
+            false,
+        ),
+        (
+            "10k-row transactions, into Delta Lake",
+            rows,
+            10_000,
+            Transforms::None,
+            true,
+            None,
+            true,
+        ),
     ];
     let only = std::env::var("WEIR_BENCH_ONLY").unwrap_or_default();
-    for (i, (label, rows, per_tx, transform, ledger, array)) in scenarios.into_iter().enumerate() {
+    for (i, (label, rows, per_tx, transform, ledger, array, delta)) in
+        scenarios.into_iter().enumerate()
+    {
         if !label.contains(&only) {
             continue;
         }
@@ -216,8 +243,9 @@ fn main() {
                 peak_rss_kib: 0,
                 cpu_seconds: 0.0,
             };
-            let sink = match array {
-                Some(false) => "nested_types = false\n",
+            let sink = match (array, delta) {
+                (_, true) => "delta",
+                (Some(false), _) => "nested_types = false\n",
                 _ => "",
             };
             let w = run_weir(
@@ -277,13 +305,19 @@ fn run_weir(
         true => "",
         false => "[state]\nledger = false\n\n",
     };
+    let out = dir.path().join("out").display().to_string();
+    let sink = match sink {
+        "delta" => format!("[[sink]]\ntype = \"delta\"\nurl = \"file://{out}\"\n"),
+        other => format!(
+            "[[sink]]\ntype = \"parquet\"\nurl = \"file://{out}\"\ncompression = \"zstd\"\n{other}"
+        ),
+    };
     std::fs::write(
         &config,
         format!(
             "[source]\nurl = \"{}\"\nslot = \"{slot}\"\npublication = \"weir_bench\"\ntables = [\"public.bench\"]\n\n\
-             {state}{transform}[[sink]]\ntype = \"parquet\"\nurl = \"file://{}\"\ncompression = \"zstd\"\n{sink}",
+             {state}{transform}{sink}",
             pg.url(db),
-            dir.path().join("out").display()
         ),
     )
     .unwrap();

@@ -1,6 +1,7 @@
-//! `weir lake`: the history of an Iceberg sink's tables, time travel and maintenance.
+//! `weir lake`: the history of an Iceberg or Delta sink's tables, time travel and
+//! maintenance.
 
-use crate::config::{IcebergSinkConfig, PipelineConfig, SinkConfig};
+use crate::config::{DeltaSinkConfig, IcebergSinkConfig, PipelineConfig, SinkConfig};
 use crate::sink::iceberg::compact::{self, CompactOptions};
 use crate::sink::iceberg::{self, lake};
 use ::iceberg::TableIdent;
@@ -94,13 +95,21 @@ pub enum LakeCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct TableArgs {
-    /// The pipeline file (TOML) with the Iceberg sink.
+    /// The pipeline file (TOML) with the Iceberg or Delta sink.
     pipeline: PathBuf,
     /// The source table, `schema.table` (a bare name means `public`).
     table: String,
-    /// Which sink, when the pipeline has several Iceberg sinks (0 = the first).
+    /// Which sink, when the pipeline has several Iceberg and Delta sinks (0 = the first
+    /// of them).
     #[arg(long, default_value_t = 0)]
     sink: usize,
+}
+
+/// The table sink a `weir lake` command works on.
+enum LakeSink {
+    Iceberg(IcebergSinkConfig),
+    /// With the pipeline's slot (a Delta table records it).
+    Delta(DeltaSinkConfig, String),
 }
 
 fn parse_size(s: &str) -> anyhow::Result<u64> {
@@ -110,20 +119,22 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
 }
 
 impl TableArgs {
-    fn sink(&self) -> anyhow::Result<IcebergSinkConfig> {
+    fn sink(&self) -> anyhow::Result<LakeSink> {
         let config = PipelineConfig::load(&self.pipeline)?;
-        let sinks: Vec<IcebergSinkConfig> = config
+        let slot = config.source.slot.clone();
+        let sinks: Vec<LakeSink> = config
             .sinks
             .into_iter()
             .filter_map(|s| match s {
-                SinkConfig::Iceberg(c) => Some(c),
+                SinkConfig::Iceberg(c) => Some(LakeSink::Iceberg(c)),
+                SinkConfig::Delta(c) => Some(LakeSink::Delta(c, slot.clone())),
                 _ => None,
             })
             .collect();
         match sinks.into_iter().nth(self.sink) {
             Some(c) => Ok(c),
             None => bail!(
-                "{} has no Iceberg sink number {} (sinks of type = \"iceberg\" count from 0)",
+                "{} has no Iceberg or Delta sink number {} (sinks of type = \"iceberg\" and \"delta\" count from 0)",
                 self.pipeline.display(),
                 self.sink
             ),
@@ -131,16 +142,26 @@ impl TableArgs {
     }
 }
 
+impl LakeCommand {
+    /// The table the command names.
+    fn table(&self) -> &TableArgs {
+        match self {
+            LakeCommand::Snapshots { table, .. }
+            | LakeCommand::Query { table, .. }
+            | LakeCommand::Rollback { table, .. }
+            | LakeCommand::ExpireSnapshots { table, .. }
+            | LakeCommand::RemoveOrphans { table, .. }
+            | LakeCommand::Compact { table, .. } => table,
+        }
+    }
+}
+
 pub async fn lake(command: LakeCommand) -> anyhow::Result<()> {
-    let args = match &command {
-        LakeCommand::Snapshots { table, .. }
-        | LakeCommand::Query { table, .. }
-        | LakeCommand::Rollback { table, .. }
-        | LakeCommand::ExpireSnapshots { table, .. }
-        | LakeCommand::RemoveOrphans { table, .. }
-        | LakeCommand::Compact { table, .. } => table,
+    let args = command.table();
+    let config = match args.sink()? {
+        LakeSink::Iceberg(c) => c,
+        LakeSink::Delta(c, slot) => return delta_lake(command, c, &slot).await,
     };
-    let config = args.sink()?;
     let catalog = iceberg::connect(&config).await?;
     let ident = iceberg::named_table(&config, &args.table);
     if !catalog.table_exists(&ident).await.unwrap_or(true) {
@@ -368,6 +389,129 @@ async fn ensure_stopped(pipeline: &std::path::Path) -> anyhow::Result<()> {
             "the slot `{}` is in use: stop the pipeline before rolling its table back (or give --force)",
             config.source.slot
         );
+    }
+    Ok(())
+}
+
+/// `weir lake` on a Delta sink's table: versions, their rows, and removing the files no
+/// version refers to (Delta's own tools do the rest).
+async fn delta_lake(
+    command: LakeCommand,
+    config: DeltaSinkConfig,
+    slot: &str,
+) -> anyhow::Result<()> {
+    use crate::sink::delta;
+    let args = command.table();
+    let source = args.table.clone();
+    let (schema, name) = source.split_once('.').unwrap_or(("public", &source));
+    let url = config.url.clone();
+    let sink = delta::DeltaSink::open(config, slot).await?;
+    let Some(mut table) = sink.table_of(schema, name).await? else {
+        bail!(
+            "there is no Delta table of source table {schema}.{name} in {url}: is the table in the pipeline's source.tables, and has the pipeline run since it was added?"
+        );
+    };
+    let versions = delta::versions(&table).await?;
+    match command {
+        LakeCommand::Snapshots { json: true, .. } => {
+            println!("{}", serde_json::to_string_pretty(&versions)?)
+        }
+        LakeCommand::Snapshots { .. } => {
+            println!(
+                "{:<8} {:<24} {:<13}  weir",
+                "version", "committed (UTC)", "operation"
+            );
+            for v in &versions {
+                let when = chrono::DateTime::from_timestamp_millis(v.timestamp_ms)
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+                    .unwrap_or_default();
+                let weir = match (v.commit_lsn, v.end_lsn) {
+                    (Some(c), Some(e)) => format!("commit_lsn {c}, end_lsn {e}"),
+                    _ => String::new(),
+                };
+                println!(
+                    "{:<8} {:<24} {:<13}  {weir}{}",
+                    v.version,
+                    when,
+                    v.operation,
+                    if v.current { "  (current)" } else { "" }
+                );
+            }
+        }
+        LakeCommand::Query {
+            snapshot,
+            as_of,
+            lsn,
+            limit,
+            ..
+        } => {
+            let version = match (snapshot, as_of, lsn) {
+                (Some(v), _, _) => Some(u64::try_from(v).context("--snapshot: a version")?),
+                (None, Some(t), _) => {
+                    let t = chrono::DateTime::parse_from_rfc3339(&t).with_context(|| {
+                        format!("--as-of `{t}`: write RFC 3339, like 2026-11-22T08:00:00Z")
+                    })?;
+                    let at = t.timestamp_millis();
+                    let v = versions.iter().rev().find(|v| v.timestamp_ms <= at);
+                    Some(
+                        v.with_context(|| format!("no version of the table is as old as {t}"))?
+                            .version,
+                    )
+                }
+                (None, None, Some(l)) => {
+                    let v = versions
+                        .iter()
+                        .rev()
+                        .find(|v| v.commit_lsn.is_some_and(|c| c <= l));
+                    Some(
+                        v.with_context(|| {
+                            format!("no weir commit of the table is at or before {l}")
+                        })?
+                        .version,
+                    )
+                }
+                (None, None, None) => None,
+            };
+            let shown = version.unwrap_or_else(|| versions.last().map_or(0, |v| v.version));
+            let batches = delta::rows_at(&mut table, version, limit).await?;
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+            println!(
+                "{rows} change rows (limit {limit}) of the Delta changelog of {schema}.{name} at version {shown}, in file order; order by _cdc_commit_lsn, _cdc_seq and apply them by key for the current state"
+            );
+        }
+        LakeCommand::RemoveOrphans {
+            older_than,
+            force,
+            dry_run,
+            ..
+        } => {
+            if older_than < Duration::from_secs(86_400) && !force {
+                bail!(
+                    "--older-than {} could delete files of a commit still in progress: use at least 1d, or add --force with the pipeline stopped",
+                    humantime::format_duration(older_than)
+                );
+            }
+            let files = delta::remove_unreferenced(table, older_than, dry_run).await?;
+            for f in &files {
+                println!("{f}");
+            }
+            let verb = if dry_run {
+                "would be deleted"
+            } else {
+                "deleted"
+            };
+            println!(
+                "{} files {verb}: referenced by no version of the table, older than {} (Delta's VACUUM, full mode)",
+                files.len(),
+                humantime::format_duration(older_than)
+            );
+        }
+        LakeCommand::Rollback { .. }
+        | LakeCommand::ExpireSnapshots { .. }
+        | LakeCommand::Compact { .. } => bail!(
+            "this command works on Iceberg tables only; for a Delta table use Delta's own tools (RESTORE, VACUUM, OPTIMIZE in Spark or delta-rs); `weir lake snapshots`, `query` and `remove-orphans` work on it"
+        ),
     }
     Ok(())
 }

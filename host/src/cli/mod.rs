@@ -277,7 +277,15 @@ fn exit_quietly_on_closed_pipe() {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+    let mut directives = std::env::var("WEIR_LOG").unwrap_or_else(|_| "info".into());
+    // delta-rs and its kernel log every table snapshot they build at info: weir's own
+    // lines say what happened; theirs show at `WEIR_LOG=...,deltalake_core=info`.
+    for noisy in ["buoyant_kernel", "deltalake_core"] {
+        if !directives.contains(noisy) {
+            directives.push_str(&format!(",{noisy}=warn"));
+        }
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -20,6 +20,7 @@ use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use object_store::ObjectStoreExt as _;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use std::collections::HashMap;
@@ -171,6 +172,7 @@ impl DeltaSink {
 
     /// A table handle on weir's object store (not loaded).
     fn handle(&self, uri: &str) -> Result<DeltaTable, SinkError> {
+        register_s3();
         let url = url::Url::parse(uri).map_err(|e| SinkError::Config {
             what: uri.to_string(),
             message: e.to_string(),
@@ -577,4 +579,177 @@ fn delta_field(field: &Field, metadata: bool) -> Field {
         true => out.with_metadata(field.metadata().clone()),
         false => out,
     }
+}
+
+/// Lets delta-rs commit to `s3://` tables on weir's own object store (handed to it per
+/// table): its default log store, whose commits are the store's put-if-absent, as on a
+/// local disk. (delta-rs's `s3` feature would bring its own S3 client and the AWS SDK.)
+fn register_s3() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for scheme in ["s3://", "s3a://"] {
+            let url = url::Url::parse(scheme).expect("a scheme");
+            deltalake::logstore::logstore_factories()
+                .entry(url)
+                .or_insert_with(|| Arc::new(DefaultLogStore));
+        }
+    });
+}
+
+struct DefaultLogStore;
+
+impl deltalake::logstore::LogStoreFactory for DefaultLogStore {
+    fn with_options(
+        &self,
+        prefixed_store: deltalake::logstore::ObjectStoreRef,
+        root_store: deltalake::logstore::ObjectStoreRef,
+        location: &url::Url,
+        options: &deltalake::logstore::StorageConfig,
+    ) -> deltalake::DeltaResult<Arc<dyn deltalake::logstore::LogStore>> {
+        Ok(deltalake::logstore::default_logstore(
+            prefixed_store,
+            root_store,
+            location,
+            options,
+        ))
+    }
+}
+
+/// A version of a table, as `weir lake snapshots` lists it.
+#[derive(Debug, serde::Serialize)]
+pub struct TableVersion {
+    pub version: u64,
+    pub timestamp_ms: i64,
+    pub operation: String,
+    /// weir's position in the commit (none for the create and schema commits).
+    pub commit_lsn: Option<Lsn>,
+    pub end_lsn: Option<Lsn>,
+    pub current: bool,
+}
+
+impl DeltaSink {
+    /// The Delta table of source table `schema.table`, loaded; None when there is none.
+    pub async fn table_of(
+        &self,
+        schema: &str,
+        table: &str,
+    ) -> Result<Option<DeltaTable>, SinkError> {
+        self.load(&self.table_uri(schema, table)).await
+    }
+}
+
+/// A table's versions, oldest first, with weir's position where a commit records it.
+pub async fn versions(table: &DeltaTable) -> Result<Vec<TableVersion>, SinkError> {
+    let uri = table.table_url().to_string();
+    let current = table.version().unwrap_or(0) as u64;
+    let infos: Vec<_> = table
+        .history(None)
+        .await
+        .map_err(|e| delta_err(&uri, e))?
+        .collect();
+    let lsn = |info: &deltalake::kernel::CommitInfo, key: &str| {
+        info.info
+            .get(key)
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(Lsn)
+    };
+    // Newest first, one per version down to the oldest kept.
+    let mut out: Vec<TableVersion> = infos
+        .iter()
+        .enumerate()
+        .map(|(i, info)| TableVersion {
+            version: current - i as u64,
+            timestamp_ms: info.timestamp.unwrap_or_default(),
+            operation: info.operation.clone().unwrap_or_default(),
+            commit_lsn: lsn(info, INFO_COMMIT_LSN),
+            end_lsn: lsn(info, INFO_END_LSN),
+            current: i == 0,
+        })
+        .collect();
+    out.reverse();
+    Ok(out)
+}
+
+/// The rows of `table` at `version` (the current one when None), in file order, at most
+/// `limit`.
+pub async fn rows_at(
+    table: &mut DeltaTable,
+    version: Option<u64>,
+    limit: usize,
+) -> Result<Vec<arrow::array::RecordBatch>, SinkError> {
+    use futures::TryStreamExt;
+    let uri = table.table_url().to_string();
+    if let Some(v) = version {
+        table
+            .load_version(v as _)
+            .await
+            .map_err(|e| delta_err(&uri, e))?;
+    }
+    let files: Vec<String> = table
+        .get_file_uris()
+        .map_err(|e| delta_err(&uri, e))?
+        .collect();
+    let mut out = Vec::new();
+    let mut left = limit;
+    for file in files {
+        if left == 0 {
+            break;
+        }
+        // A local table's files come back as paths.
+        let file = match file.contains("://") {
+            true => file,
+            false => format!("file://{file}"),
+        };
+        let (store, path) = crate::storage::object_store_for(&file)?;
+        let meta =
+            store
+                .head(&path)
+                .await
+                .map_err(|source| crate::storage::StorageError::Store {
+                    op: "reading",
+                    path: file.clone(),
+                    source,
+                })?;
+        let reader = parquet::arrow::async_reader::ParquetObjectReader::new(store, path)
+            .with_file_size(meta.size);
+        let read_err = |e: parquet::errors::ParquetError| SinkError::Write {
+            path: file.clone(),
+            message: e.to_string(),
+        };
+        let mut stream = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .and_then(|b| b.build())
+            .map_err(read_err)?;
+        while let Some(batch) = stream.try_next().await.map_err(read_err)? {
+            let take = batch.num_rows().min(left);
+            out.push(batch.slice(0, take));
+            left -= take;
+            if left == 0 {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes the files in `table`'s directory that no version it keeps refers to (files
+/// of runs killed before their commit) and are older than `older_than`: Delta's VACUUM
+/// in its full mode. Returns the files (deleted, or only listed with `dry_run`).
+pub async fn remove_unreferenced(
+    table: DeltaTable,
+    older_than: std::time::Duration,
+    dry_run: bool,
+) -> Result<Vec<String>, SinkError> {
+    let uri = table.table_url().to_string();
+    let retention = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+    let (_, metrics) = table
+        .vacuum()
+        .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
+        .with_retention_period(retention)
+        .with_enforce_retention_duration(false)
+        .with_dry_run(dry_run)
+        .await
+        .map_err(|e| delta_err(&uri, e))?;
+    Ok(metrics.files_deleted)
 }

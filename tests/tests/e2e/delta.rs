@@ -29,13 +29,18 @@ fn delta_config(db: &TestDb, tables: &[&str], extra: &str) -> PathBuf {
 /// of `changelog.py`, with the table's version, weir's `txn` version and its history.
 fn read_delta(db: &TestDb, table: &str, key: &str) -> (Changelog, Value) {
     let (schema, name) = table.split_once('.').unwrap();
-    let uri = db.out().join(schema).join(name);
+    read_delta_at(&db.out().join(schema).join(name), key, &db.name)
+}
+
+/// The Delta table in directory `dir`, as [`read_delta`] reads it; `slot` names weir's
+/// `txn` app id.
+pub(crate) fn read_delta_at(dir: &std::path::Path, key: &str, slot: &str) -> (Changelog, Value) {
     let out = py(
         "delta_changelog.py",
         &[
-            uri.into_os_string(),
-            key.into(),
-            format!("weir:{}", db.name).into(),
+            dir.as_os_str(),
+            key.as_ref(),
+            format!("weir:{slot}").as_ref(),
         ],
     );
     let v: Value = serde_json::from_slice(&out).unwrap();
@@ -97,6 +102,44 @@ fn a_delta_changelog_rebuilds_to_the_source_and_records_its_position() {
         Value::String(log.max_commit_lsn.to_string()),
         "{report}"
     );
+    // weir lake: the versions with weir's position, and the rows as of one of them.
+    let lake = |args: &[&str]| {
+        let mut all = vec!["lake"];
+        all.extend_from_slice(args);
+        let out = db.weir(&all).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let pipeline = config.to_str().unwrap();
+    let versions: Value =
+        serde_json::from_str(&lake(&["snapshots", pipeline, "public.t", "--json"])).unwrap();
+    let versions = versions.as_array().unwrap();
+    let last = versions.last().unwrap();
+    assert_eq!(last["current"], true);
+    assert_eq!(
+        last["commit_lsn"].as_str(),
+        Some(weir::Lsn(log.max_commit_lsn).to_string().as_str())
+    );
+    let first = versions
+        .iter()
+        .find(|v| !v["commit_lsn"].is_null())
+        .unwrap();
+    let at = first["version"].as_u64().unwrap().to_string();
+    let rows = lake(&[
+        "query",
+        pipeline,
+        "public.t",
+        "--snapshot",
+        &at,
+        "--limit",
+        "100000",
+    ]);
+    assert!(
+        rows.contains(&format!(
+            "200 change rows (limit 100000) of the Delta changelog of public.t at version {at}"
+        )),
+        "the first weir commit holds the snapshot's rows: {rows}"
+    );
     // A restart skips what the table holds.
     db.catch_up(&config);
     let (again, _) = read_delta(&db, "public.t", "id");
@@ -150,6 +193,29 @@ fn delta_is_exactly_once_across_kill_9() {
         report["version"].as_u64().unwrap() > 4,
         "commits were batched in several versions: {report}"
     );
+    // The files of commits the kills undid are in no version; removing them leaves the
+    // table as it was.
+    let out = db
+        .weir(&[
+            "lake",
+            "remove-orphans",
+            config.to_str().unwrap(),
+            "public.t",
+            "--older-than",
+            "1s",
+            "--force",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("files deleted: referenced by no version"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (after, _) = read_delta(&db, "public.t", "id");
+    assert_eq!(after.ops, log.ops, "nothing the table holds was removed");
+    assert_eq!(after.rows, log.rows);
 }
 
 #[test]
