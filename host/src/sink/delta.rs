@@ -267,6 +267,7 @@ impl DeltaSink {
             .iter()
             .map(Relation::qualified_name)
             .collect();
+        let nested = self.config.nested_types.unwrap_or(true);
         for event in &batch.batch.events {
             let relation = batch.batch.relation(event);
             let key = &keys[event.rel as usize];
@@ -274,8 +275,6 @@ impl DeltaSink {
                 let table = self.open_table(relation).await?;
                 self.tables.insert(key.clone(), table);
             }
-            let nested = self.config.nested_types.unwrap_or(true);
-            let properties = self.properties.clone();
             let table = self.tables.get_mut(key).expect("inserted above");
             if event.commit_lsn <= table.skip_through {
                 continue;
@@ -286,6 +285,7 @@ impl DeltaSink {
                 .is_none_or(|w| w.version != relation.version)
             {
                 table.close_writer().await?;
+                let properties = self.properties.clone();
                 table.writer = Some(table.new_writer(relation, nested, properties).await?);
             }
             let writer = table.writer.as_mut().expect("made above");
