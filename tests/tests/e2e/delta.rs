@@ -189,6 +189,19 @@ fn delta_is_exactly_once_across_kill_9() {
         db.rows("public.t", "id"),
         "the rebuilt state equals the source"
     );
+    // Polars reads the same changes.
+    let polars: Value = serde_json::from_slice(&py(
+        "delta_polars.py",
+        &[db.out().join("public").join("t").into_os_string()],
+    ))
+    .unwrap();
+    for op in ["r", "c", "u", "d"] {
+        assert_eq!(
+            polars["ops"][op].as_u64().unwrap_or(0),
+            log.op(op),
+            "{op}: {polars}"
+        );
+    }
     assert!(
         report["version"].as_u64().unwrap() > 4,
         "commits were batched in several versions: {report}"
