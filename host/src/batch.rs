@@ -50,6 +50,20 @@ impl Position {
         }
     }
 
+    /// At the end of a batch, for a sink that commits on an interval: whether to commit
+    /// now (outside a transaction, with something `pending`, once the interval is `due`).
+    /// A sink with nothing pending holds everything up to the last commit: `durable`
+    /// moves there.
+    pub fn commit_now(&self, durable: &mut Option<CommitPos>, pending: bool, due: bool) -> bool {
+        if self.in_tx {
+            return false;
+        }
+        if !pending {
+            *durable = (*durable).max(self.last_commit);
+        }
+        pending && due
+    }
+
     /// The position from which nothing delivered so far remains unsent by the server.
     pub fn delivered_through(&self) -> Lsn {
         let commit = self.last_commit.map_or(Lsn::ZERO, |c| c.end_lsn);
@@ -315,6 +329,35 @@ mod tests {
     use super::*;
     use std::time::Duration;
     use weir_sdk::{Op, Value};
+
+    #[test]
+    fn an_interval_commit_waits_for_a_transaction_boundary_and_something_to_commit() {
+        let at = |lsn| CommitPos {
+            commit_lsn: Lsn(lsn),
+            end_lsn: Lsn(lsn + 1),
+        };
+        let mut position = Position {
+            last_commit: Some(at(10)),
+            in_tx: true,
+            ..Default::default()
+        };
+        let mut durable = Some(at(5));
+        assert!(
+            !position.commit_now(&mut durable, true, true),
+            "inside a transaction"
+        );
+        assert!(!position.commit_now(&mut durable, false, true));
+        assert_eq!(durable, Some(at(5)), "unmoved inside a transaction");
+        position.in_tx = false;
+        assert!(!position.commit_now(&mut durable, true, false), "not due");
+        assert_eq!(durable, Some(at(5)), "unmoved while rows are pending");
+        assert!(position.commit_now(&mut durable, true, true));
+        assert!(
+            !position.commit_now(&mut durable, false, true),
+            "nothing pending"
+        );
+        assert_eq!(durable, Some(at(10)), "nothing pending: everything is held");
+    }
 
     fn rel(version: u32) -> Arc<Relation> {
         Arc::new(Relation {

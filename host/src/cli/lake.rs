@@ -184,17 +184,7 @@ pub async fn lake(command: LakeCommand) -> anyhow::Result<()> {
             limit,
             ..
         } => {
-            let at = match (snapshot, as_of, lsn) {
-                (Some(id), _, _) => lake::At::Snapshot(id),
-                (None, Some(t), _) => {
-                    let t = chrono::DateTime::parse_from_rfc3339(&t).with_context(|| {
-                        format!("--as-of `{t}`: write RFC 3339, like 2026-11-22T08:00:00Z")
-                    })?;
-                    lake::At::Time(t.timestamp_millis())
-                }
-                (None, None, Some(l)) => lake::At::Lsn(l),
-                (None, None, None) => lake::At::Current,
-            };
+            let at = query_at(snapshot, as_of, lsn)?;
             show_rows(&table, &ident, at, limit).await?
         }
         LakeCommand::Rollback {
@@ -242,6 +232,50 @@ pub async fn lake(command: LakeCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The table state `weir lake query`'s flags name.
+fn query_at(
+    snapshot: Option<i64>,
+    as_of: Option<String>,
+    lsn: Option<crate::lsn::Lsn>,
+) -> anyhow::Result<lake::At> {
+    Ok(match (snapshot, as_of, lsn) {
+        (Some(id), _, _) => lake::At::Snapshot(id),
+        (None, Some(t), _) => {
+            let t = chrono::DateTime::parse_from_rfc3339(&t).with_context(|| {
+                format!("--as-of `{t}`: write RFC 3339, like 2026-11-22T08:00:00Z")
+            })?;
+            lake::At::Time(t.timestamp_millis())
+        }
+        (None, None, Some(l)) => lake::At::Lsn(l),
+        (None, None, None) => lake::At::Current,
+    })
+}
+
+/// The Delta version `at` names (a snapshot is a version number); None for the current.
+fn delta_version(
+    versions: &[crate::sink::delta::TableVersion],
+    at: lake::At,
+) -> anyhow::Result<Option<u64>> {
+    let last = |found: Option<&crate::sink::delta::TableVersion>, what: String| {
+        found.map(|v| Some(v.version)).context(what)
+    };
+    match at {
+        lake::At::Current => Ok(None),
+        lake::At::Snapshot(v) => Ok(Some(u64::try_from(v).context("--snapshot: a version")?)),
+        lake::At::Time(ms) => last(
+            versions.iter().rev().find(|v| v.timestamp_ms <= ms),
+            "no version of the table is that old".into(),
+        ),
+        lake::At::Lsn(l) => last(
+            versions
+                .iter()
+                .rev()
+                .find(|v| v.commit_lsn.is_some_and(|c| c <= l)),
+            format!("no weir commit of the table is at or before {l}"),
+        ),
+    }
 }
 
 /// `weir lake snapshots`: as JSON, or a line per snapshot.
@@ -445,33 +479,7 @@ async fn delta_lake(
             limit,
             ..
         } => {
-            let version = match (snapshot, as_of, lsn) {
-                (Some(v), _, _) => Some(u64::try_from(v).context("--snapshot: a version")?),
-                (None, Some(t), _) => {
-                    let t = chrono::DateTime::parse_from_rfc3339(&t).with_context(|| {
-                        format!("--as-of `{t}`: write RFC 3339, like 2026-11-22T08:00:00Z")
-                    })?;
-                    let at = t.timestamp_millis();
-                    let v = versions.iter().rev().find(|v| v.timestamp_ms <= at);
-                    Some(
-                        v.with_context(|| format!("no version of the table is as old as {t}"))?
-                            .version,
-                    )
-                }
-                (None, None, Some(l)) => {
-                    let v = versions
-                        .iter()
-                        .rev()
-                        .find(|v| v.commit_lsn.is_some_and(|c| c <= l));
-                    Some(
-                        v.with_context(|| {
-                            format!("no weir commit of the table is at or before {l}")
-                        })?
-                        .version,
-                    )
-                }
-                (None, None, None) => None,
-            };
+            let version = delta_version(&versions, query_at(snapshot, as_of, lsn)?)?;
             let shown = version.unwrap_or_else(|| versions.last().map_or(0, |v| v.version));
             let batches = delta::rows_at(&mut table, version, limit).await?;
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();

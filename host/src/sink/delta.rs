@@ -246,10 +246,6 @@ impl DeltaSink {
         self.durable
     }
 
-    pub fn url(&self) -> &str {
-        &self.config.url
-    }
-
     /// Bytes of the data files written since the last call.
     pub fn take_bytes_written(&mut self) -> u64 {
         self.tables
@@ -304,13 +300,12 @@ impl DeltaSink {
                 table.complete_files().await?;
             }
         }
-        let position = &batch.position;
-        if !position.in_tx {
-            if !self.pending() {
-                self.durable = self.durable.max(position.last_commit);
-            } else if self.last_commit.elapsed() >= self.config.commit_interval {
-                self.flush(position).await?;
-            }
+        let (pending, due) = (
+            self.pending(),
+            self.last_commit.elapsed() >= self.config.commit_interval,
+        );
+        if batch.position.commit_now(&mut self.durable, pending, due) {
+            self.flush(&batch.position).await?;
         }
         Ok(())
     }

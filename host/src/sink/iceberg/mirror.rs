@@ -452,13 +452,12 @@ impl MirrorSink {
                 table.apply(chunk, relation).await?;
             }
         }
-        let position = &batch.position;
-        if !position.in_tx {
-            if !self.pending() {
-                self.durable = self.durable.max(position.last_commit);
-            } else if self.last_commit.elapsed() >= self.config.commit_interval {
-                self.flush(position).await?;
-            }
+        let (pending, due) = (
+            self.pending(),
+            self.last_commit.elapsed() >= self.config.commit_interval,
+        );
+        if batch.position.commit_now(&mut self.durable, pending, due) {
+            self.flush(&batch.position).await?;
         }
         self.maintain().await
     }

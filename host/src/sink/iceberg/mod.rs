@@ -300,13 +300,12 @@ impl IcebergSink {
                 writer.write_chunk(&table.ident).await?;
             }
         }
-        let position = &batch.position;
-        if !position.in_tx {
-            if !self.pending() {
-                self.durable = self.durable.max(position.last_commit);
-            } else if self.last_commit.elapsed() >= self.config.commit_interval {
-                self.flush(position).await?;
-            }
+        let (pending, due) = (
+            self.pending(),
+            self.last_commit.elapsed() >= self.config.commit_interval,
+        );
+        if batch.position.commit_now(&mut self.durable, pending, due) {
+            self.flush(&batch.position).await?;
         }
         self.maintain().await;
         Ok(())
