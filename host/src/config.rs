@@ -298,7 +298,7 @@ pub struct DeltaSinkConfig {
     /// Where the tables live: `file:///absolute/path` or `s3://bucket/prefix`.
     pub url: String,
     /// `changelog` (default): one row per change, with the `_cdc_` columns (append only).
-    /// `mirror`: the current state (not built yet: refused with a clear error).
+    /// `mirror`: the current state, one row per key, with Change Data Feed.
     #[serde(default)]
     pub mode: DeltaMode,
     /// Rows are committed (one table version per changed table) at least this often.
@@ -996,12 +996,6 @@ impl PipelineConfig {
                     return Err(invalid(
                         &key,
                         "target_file_size and commit_interval must be greater than zero".into(),
-                    ));
-                }
-                if c.mode == DeltaMode::Mirror {
-                    return Err(invalid(
-                        &format!("{key}.mode"),
-                        "\"mirror\" is not built yet for Delta tables: use mode = \"changelog\" (or an Iceberg mirror, type = \"iceberg\", mode = \"mirror\")".into(),
                     ));
                 }
             }

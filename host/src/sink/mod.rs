@@ -5,6 +5,7 @@ pub mod columns;
 pub mod delta;
 mod error;
 pub mod iceberg;
+pub mod keys;
 pub mod parquet;
 pub mod postgres;
 pub mod rows;

@@ -1,6 +1,8 @@
 //! Change events as Arrow rows of the changelog contract: the source columns, then
 //! `_cdc_op`, `_cdc_commit_lsn`, `_cdc_seq`, `_cdc_xid`, `_cdc_commit_ts`,
-//! `_cdc_unchanged` and `_cdc_unfit`. Shared by the Parquet and Iceberg sinks.
+//! `_cdc_unchanged` and `_cdc_unfit`. Shared by the Parquet, Iceberg and Delta sinks; and
+//! mirror rows (the source columns, `_cdc_commit_lsn`, `_cdc_commit_ts`, `_cdc_unfit`),
+//! shared by the Iceberg and Delta mirrors.
 
 use super::columns::{ColumnBuilder, arrow_column_field};
 use crate::lsn::Lsn;
@@ -209,4 +211,118 @@ impl ChangeRows {
         self.buffered = 0;
         RecordBatch::try_new(self.schema.clone(), arrays)
     }
+}
+
+/// The Arrow schema of a mirror table's rows: the source columns (each with its
+/// structure where `nested` says so, as text otherwise), `_cdc_commit_lsn`,
+/// `_cdc_commit_ts` and `_cdc_unfit` (the values their column cannot hold, as text).
+pub fn mirror_arrow_schema(relation: &Relation, nested: &dyn Fn(&Column) -> bool) -> SchemaRef {
+    let mut fields = source_fields(relation, nested);
+    fields.push(Field::new("_cdc_commit_lsn", DataType::Int64, false));
+    fields.push(Field::new(
+        "_cdc_commit_ts",
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        false,
+    ));
+    fields.push(
+        Field::new(UNFIT, DataType::Utf8, true)
+            .with_extension_type(arrow_schema::extension::Json::default()),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+/// A mirror table's column of values their column's type cannot hold (a JSON object of
+/// column to PostgreSQL's text), as in a changelog.
+pub const UNFIT: &str = "_cdc_unfit";
+
+/// Rows of one relation version in the mirror's Arrow layout.
+pub struct MirrorRows {
+    schema: SchemaRef,
+    columns: Vec<ColumnBuilder>,
+    lsn: Int64Builder,
+    ts: TimestampMicrosecondBuilder,
+    unfit: StringBuilder,
+    pub len: usize,
+}
+
+impl MirrorRows {
+    pub fn new(relation: &Relation, nested: &dyn Fn(&Column) -> bool) -> MirrorRows {
+        MirrorRows::with_schema(relation, mirror_arrow_schema(relation, nested))
+    }
+
+    /// Rows of `relation` in `schema`, a mirror schema of it (its columns' types changed
+    /// where an output lacks a type).
+    pub fn with_schema(relation: &Relation, schema: SchemaRef) -> MirrorRows {
+        let columns = schema.fields()[..relation.columns.len()]
+            .iter()
+            .map(|f| ColumnBuilder::for_field(f))
+            .collect();
+        MirrorRows {
+            schema,
+            columns,
+            lsn: Int64Builder::new(),
+            ts: TimestampMicrosecondBuilder::new(),
+            unfit: StringBuilder::new(),
+            len: 0,
+        }
+    }
+
+    pub fn append(&mut self, values: &[Value], event: &Event, relation: &Relation, table: &str) {
+        let unfit = append_row(&mut self.columns, values, relation, table, event);
+        self.unfit.append_option(unfit);
+        self.lsn.append_value(event.commit_lsn as i64);
+        self.ts.append_value(event.commit_ts);
+        self.len += 1;
+    }
+
+    pub fn finish(&mut self) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let mut arrays: Vec<ArrayRef> =
+            self.columns.iter_mut().map(ColumnBuilder::finish).collect();
+        arrays.push(Arc::new(self.lsn.finish()));
+        arrays.push(Arc::new(self.ts.finish().with_timezone("UTC")));
+        arrays.push(Arc::new(self.unfit.finish()));
+        self.len = 0;
+        RecordBatch::try_new(self.schema.clone(), arrays)
+    }
+}
+
+/// A mirror row read back from a data file (`names` its columns, `read` its values) as
+/// the relation's source values: by name (columns added later come after the _cdc_
+/// columns in a file), flattened to PostgreSQL's text, with the values a column could
+/// not hold taken from `_cdc_unfit`.
+pub fn source_row(names: &[String], read: &[Value], relation: &Relation) -> Vec<Value> {
+    let by_name = |name: &str| {
+        names
+            .iter()
+            .position(|n| n == name)
+            .map_or(Value::Null, |i| read[i].clone())
+    };
+    let mut row: Vec<Value> = relation.columns.iter().map(|c| by_name(&c.name)).collect();
+    crate::plugin::values::flatten_row(relation, &mut row);
+    if let Value::Text(unfit) = by_name(UNFIT)
+        && let Ok(kept) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&unfit)
+    {
+        for (name, text) in kept {
+            if let (Some(i), Some(text)) = (relation.column_index(&name), text.as_str()) {
+                row[i] = Value::Text(text.to_owned());
+            }
+        }
+    }
+    row
+}
+
+/// Row `row` of `batch` as source values (see [`source_row`]).
+pub fn batch_row(batch: &RecordBatch, row: usize, relation: &Relation) -> Vec<Value> {
+    let names: Vec<String> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let read: Vec<Value> = batch
+        .columns()
+        .iter()
+        .map(|c| crate::replay::value(c.as_ref(), row))
+        .collect();
+    source_row(&names, &read, relation)
 }

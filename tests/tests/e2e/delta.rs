@@ -1,4 +1,4 @@
-//! Delta Lake changelog tables, read back by the `deltalake` Python package (delta-rs's
+//! Delta Lake changelog and mirror tables, read back by the `deltalake` Python package (delta-rs's
 //! own binding, reading only what the table's log references) and rebuilt by DuckDB.
 
 use crate::harness::{Changelog, TestDb, py, stderr};
@@ -298,7 +298,7 @@ fn a_delta_table_that_is_not_weirs_is_refused_and_left_untouched() {
         let err = stderr(&out);
         let last = err.lines().last().unwrap_or_default().to_string();
         assert!(
-            last.contains("is not a weir changelog") && last.contains("public/t"),
+            last.contains("is not a weir table") && last.contains("public/t"),
             "{err}"
         );
     };
@@ -316,18 +316,182 @@ fn a_delta_table_that_is_not_weirs_is_refused_and_left_untouched() {
     );
 }
 
+/// A pipeline with a Delta mirror at `<out>/delta` and, beside it, a Parquet changelog
+/// at `<out>/parquet`: the source's changes, to check the mirror's change feed against.
+fn mirror_config(db: &TestDb, extra: &str) -> PathBuf {
+    let text = format!(
+        "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\ntables = [\"public.t\"]\n\n\
+         [batch]\nmax_delay = \"100ms\"\nmax_events = 300\n\n\
+         [[sink]]\ntype = \"delta\"\nurl = \"file://{}/delta\"\nmode = \"mirror\"\ncommit_interval = \"300ms\"\n{extra}\n\n\
+         [[sink]]\ntype = \"parquet\"\nurl = \"file://{}/parquet\"\nflush_interval = \"200ms\"\n",
+        db.url(),
+        db.name,
+        db.name,
+        db.out().display(),
+        db.out().display(),
+    );
+    let path = db.dir.path().join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The mirror of `public.t` as `delta_mirror.py` reads it.
+fn read_mirror(db: &TestDb) -> Value {
+    let out = py(
+        "delta_mirror.py",
+        &[
+            db.out().join("delta/public/t").into_os_string(),
+            "id".into(),
+            db.out().join("parquet/public/t").into_os_string(),
+        ],
+    );
+    serde_json::from_slice(&out).unwrap()
+}
+
+fn assert_feed_is_the_source_changes(report: &Value) {
+    assert_eq!(
+        report["replayed_equal"], true,
+        "the feed replays to the mirror: {report}"
+    );
+    assert_eq!(report["preimage_errors"], serde_json::json!([]), "{report}");
+    assert_eq!(report["version_errors"], serde_json::json!([]), "{report}");
+    assert_eq!(report["changes_after_last_version"], 0, "{report}");
+}
+
 #[test]
-fn a_delta_mirror_is_refused_until_it_exists() {
-    let db = TestDb::new("delta_mode");
-    let config = delta_config(&db, &["public.t"], "mode = \"mirror\"");
-    let out = db
-        .weir(&["validate", config.to_str().unwrap(), "--offline"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+fn a_delta_mirror_equals_the_source_and_its_change_feed_the_changes_across_kill_9() {
+    let db = TestDb::new("delta_mirror");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
+    db.sql("INSERT INTO t SELECT -g, 0, 'existing' FROM generate_series(1, 1000) g");
+    // Small files: a commit rewrites some of them, not all.
+    let config = mirror_config(&db, "target_file_size = \"16KiB\"");
+    db.catch_up(&config);
+    let report = read_mirror(&db);
+    assert_eq!(report["rows"].as_array().unwrap().len(), 1000, "{report}");
+    assert_eq!(report["config"]["delta.enableChangeDataFeed"], "true");
+    let writer = Writer::start(db.url());
+    for round in 0..4 {
+        let mut weir = db
+            .weir(&["run", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        // Changes to the loaded rows too: updates, deletes, a key changed.
+        db.sql(&format!(
+            "UPDATE t SET v = v + 1, note = 'round {round}' WHERE id < 0 AND id % 7 = -{round}"
+        ));
+        db.sql(&format!(
+            "DELETE FROM t WHERE id < 0 AND id % 13 = -{round}"
+        ));
+        db.sql(&format!(
+            "UPDATE t SET id = id - 100000 WHERE id = -{}",
+            500 + round * 2 + 1
+        ));
+        std::thread::sleep(Duration::from_millis(600 + 350 * round));
+        weir.kill().unwrap(); // SIGKILL: files written and not committed stay behind
+        weir.wait().unwrap();
+    }
+    let [inserts, updates, deletes] = writer.finish();
     assert!(
-        stderr(&out).contains("\"mirror\" is not built yet for Delta tables"),
-        "{}",
-        stderr(&out)
+        inserts > 50 && updates > 50 && deletes > 10,
+        "the writer made changes"
+    );
+    db.catch_up(&config);
+    let report = read_mirror(&db);
+    assert_eq!(
+        report["rows"],
+        Value::Array(db.rows("public.t", "id")),
+        "the mirror equals the source"
+    );
+    assert_feed_is_the_source_changes(&report);
+    assert!(
+        report["versions_checked"].as_u64().unwrap() > 8,
+        "commits in many versions: {report}"
+    );
+    for kind in ["insert", "update_preimage", "update_postimage", "delete"] {
+        assert!(
+            report["feed"][kind].as_u64().unwrap_or(0) > 10,
+            "{kind} rows in the feed: {}",
+            report["feed"]
+        );
+    }
+}
+
+#[test]
+fn a_delta_mirror_beside_another_writer_loses_and_doubles_nothing() {
+    let db = TestDb::new("delta_mirror_conc");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
+    db.sql("INSERT INTO t SELECT -g, 0, 'existing' FROM generate_series(1, 300) g");
+    let config = mirror_config(&db, "");
+    db.catch_up(&config);
+    let writer = Writer::start(db.url());
+    let mut weir = db
+        .weir(&["run", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // weir's commit of a version the other writer took first fails, and the pipeline
+    // starts again from the table as it is now.
+    py(
+        "delta_append.py",
+        &[
+            db.out().join("delta/public/t").into_os_string(),
+            "20".into(),
+            "60".into(),
+        ],
+    );
+    writer.finish();
+    std::thread::sleep(Duration::from_millis(500));
+    weir.kill().unwrap();
+    weir.wait().unwrap();
+    db.catch_up(&config);
+    let report = read_mirror(&db);
+    let (foreign, ours): (Vec<Value>, Vec<Value>) = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .cloned()
+        .partition(|r| r["id"].as_i64().unwrap() <= -10_000_000);
+    assert_eq!(foreign.len(), 20, "the other writer's rows are all there");
+    assert_eq!(
+        ours,
+        db.rows("public.t", "id"),
+        "the mirror equals the source"
+    );
+    assert_eq!(report["replayed_equal"], true, "{report}");
+}
+
+#[test]
+fn a_delta_mirror_refuses_a_table_without_a_key_and_a_changelog_table() {
+    let db = TestDb::new("delta_mirror_bad");
+    db.sql("CREATE TABLE t (id int, x text)");
+    db.sql("ALTER TABLE t REPLICA IDENTITY FULL");
+    db.sql("INSERT INTO t VALUES (1, 'a')");
+    let config = mirror_config(&db, "");
+    let last_line = |config: &PathBuf| {
+        let out = db
+            .weir(&["run", config.to_str().unwrap(), "--until-caught-up"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        stderr(&out).lines().last().unwrap_or_default().to_string()
+    };
+    let last = last_line(&config);
+    assert!(last.contains("table public.t has no primary key"), "{last}");
+    // A changelog table where a mirror is configured (and the other way round).
+    let changelog = delta_config(&db, &["public.t"], "");
+    db.catch_up(&changelog);
+    let text = std::fs::read_to_string(&changelog)
+        .unwrap()
+        .replace("commit_interval", "mode = \"mirror\"\ncommit_interval");
+    std::fs::write(&changelog, text).unwrap();
+    db.sql("ALTER TABLE t ADD PRIMARY KEY (id)");
+    let last = last_line(&changelog);
+    assert!(
+        last.contains("holds a changelog table, and this sink writes mode = \"mirror\""),
+        "{last}"
     );
 }

@@ -19,13 +19,10 @@ use super::{
 use crate::batch::{CommitPos, Position, SourceBatch};
 use crate::config::IcebergSinkConfig;
 use crate::sink::SinkError;
-use crate::sink::columns::ColumnBuilder;
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
-};
-use arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
-use arrow::row::{RowConverter, SortField};
+use crate::sink::keys::KeyCodec;
+pub use crate::sink::rows::{MirrorRows, UNFIT, mirror_arrow_schema};
+use arrow::array::BooleanArray;
+use arrow::datatypes::DataType;
 use futures::TryStreamExt;
 use iceberg::spec::{DataFile, DataFileFormat, Schema, UnboundPartitionSpec};
 use iceberg::table::Table;
@@ -43,7 +40,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weir_sdk::{Column, Event, Op, Relation, Value};
+use weir_sdk::{Event, Op, Relation, Value};
 
 /// Table property naming what a weir table holds: `mirror` for mirror tables.
 pub const PROP_MODE: &str = "weir.mode";
@@ -53,138 +50,6 @@ const CHUNK: usize = 8192;
 
 type Writer =
     DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
-
-/// The Arrow schema of a mirror table's rows: the source columns (each with its
-/// structure where `nested` says so, as text otherwise), `_cdc_commit_lsn`,
-/// `_cdc_commit_ts` and `_cdc_unfit` (the values their column cannot hold, as text).
-pub fn mirror_arrow_schema(relation: &Relation, nested: &dyn Fn(&Column) -> bool) -> SchemaRef {
-    let mut fields = crate::sink::rows::source_fields(relation, nested);
-    fields.push(Field::new("_cdc_commit_lsn", DataType::Int64, false));
-    fields.push(Field::new(
-        "_cdc_commit_ts",
-        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-        false,
-    ));
-    fields.push(
-        Field::new(UNFIT, DataType::Utf8, true)
-            .with_extension_type(arrow_schema::extension::Json::default()),
-    );
-    Arc::new(arrow::datatypes::Schema::new(fields))
-}
-
-/// A mirror table's column of values their column's type cannot hold (a JSON object of
-/// column to PostgreSQL's text), as in a changelog.
-pub const UNFIT: &str = "_cdc_unfit";
-
-/// Keys as bytes: Arrow's row format of the key columns in the mirror's types, the same
-/// whether built from events or read back from data files.
-struct KeyCodec {
-    types: Vec<DataType>,
-    rows: RowConverter,
-}
-
-impl KeyCodec {
-    fn new(types: Vec<DataType>) -> Result<KeyCodec, arrow::error::ArrowError> {
-        let rows = RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect())?;
-        Ok(KeyCodec { types, rows })
-    }
-
-    fn keys(&self, columns: &[ArrayRef]) -> Result<Vec<Vec<u8>>, arrow::error::ArrowError> {
-        let cast: Vec<ArrayRef> = columns
-            .iter()
-            .zip(&self.types)
-            .map(|(c, t)| match c.data_type() == t {
-                true => Ok(c.clone()),
-                false => arrow::compute::cast(c, t),
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(self
-            .rows
-            .convert_columns(&cast)?
-            .iter()
-            .map(|r| r.as_ref().to_vec())
-            .collect())
-    }
-
-    /// The keys of events' rows (the new row of an insert or update, the old key of a
-    /// delete).
-    fn event_keys(
-        &self,
-        events: &[&Event],
-        key_columns: &[usize],
-    ) -> Result<Vec<Vec<u8>>, SinkError> {
-        let mut builders: Vec<ColumnBuilder> = self.types.iter().map(ColumnBuilder::new).collect();
-        for event in events {
-            let row = match event.op {
-                Op::Delete => event.before.as_ref(),
-                _ => event.after.as_ref(),
-            };
-            for (b, &c) in builders.iter_mut().zip(key_columns) {
-                match row.and_then(|r| r.get(c)) {
-                    Some(v) if !v.is_null() => {
-                        b.append(v).map_err(|e| SinkError::Schema {
-                            table: String::new(),
-                            source: format!("a key value that does not fit its column: {e}").into(),
-                        })?;
-                    }
-                    _ => b.append_null(),
-                }
-            }
-        }
-        let columns: Vec<ArrayRef> = builders.iter_mut().map(ColumnBuilder::finish).collect();
-        self.keys(&columns).map_err(|e| SinkError::Schema {
-            table: String::new(),
-            source: e.into(),
-        })
-    }
-}
-
-/// Rows of one relation version in the mirror's Arrow layout.
-struct MirrorRows {
-    schema: SchemaRef,
-    columns: Vec<ColumnBuilder>,
-    lsn: Int64Builder,
-    ts: TimestampMicrosecondBuilder,
-    unfit: StringBuilder,
-    len: usize,
-}
-
-impl MirrorRows {
-    fn new(relation: &Relation, nested: &dyn Fn(&Column) -> bool) -> MirrorRows {
-        let schema = mirror_arrow_schema(relation, nested);
-        let columns = schema.fields()[..relation.columns.len()]
-            .iter()
-            .map(|f| ColumnBuilder::for_field(f))
-            .collect();
-        MirrorRows {
-            schema,
-            columns,
-            lsn: Int64Builder::new(),
-            ts: TimestampMicrosecondBuilder::new(),
-            unfit: StringBuilder::new(),
-            len: 0,
-        }
-    }
-
-    fn append(&mut self, values: &[Value], event: &Event, relation: &Relation, table: &str) {
-        let unfit =
-            crate::sink::rows::append_row(&mut self.columns, values, relation, table, event);
-        self.unfit.append_option(unfit);
-        self.lsn.append_value(event.commit_lsn as i64);
-        self.ts.append_value(event.commit_ts);
-        self.len += 1;
-    }
-
-    fn finish(&mut self) -> Result<RecordBatch, arrow::error::ArrowError> {
-        let mut arrays: Vec<ArrayRef> =
-            self.columns.iter_mut().map(ColumnBuilder::finish).collect();
-        arrays.push(Arc::new(self.lsn.finish()));
-        arrays.push(Arc::new(self.ts.finish().with_timezone("UTC")));
-        arrays.push(Arc::new(self.unfit.finish()));
-        self.len = 0;
-        RecordBatch::try_new(self.schema.clone(), arrays)
-    }
-}
 
 /// One mirror table and the changes of the commit round under way.
 struct MirrorTable {
@@ -847,27 +712,7 @@ impl MirrorTable {
         let Some(read) = rows.first() else {
             return Err(self.err(format!("row {} of {} is not there", loc.pos, loc.file)));
         };
-        // By name: columns added later come after the _cdc_ columns in the file.
-        let by_name = |name: &str| {
-            names
-                .iter()
-                .position(|n| n == name)
-                .map_or(Value::Null, |i| read[i].clone())
-        };
-        let mut row: Vec<Value> = relation.columns.iter().map(|c| by_name(&c.name)).collect();
-        crate::plugin::values::flatten_row(relation, &mut row);
-        // A value the column could not hold is in _cdc_unfit, as its text.
-        if let Value::Text(unfit) = by_name(UNFIT)
-            && let Ok(kept) =
-                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&unfit)
-        {
-            for (name, text) in kept {
-                if let (Some(i), Some(text)) = (relation.column_index(&name), text.as_str()) {
-                    row[i] = Value::Text(text.to_owned());
-                }
-            }
-        }
-        Ok(row)
+        Ok(crate::sink::rows::source_row(&names, read, relation))
     }
 
     /// Opens a new writer for the relation version `version` (after a read-back or a

@@ -457,20 +457,24 @@ pub async fn describe_tables(
 
 /// A mirror keeps rows by primary key: a captured table without one (REPLICA IDENTITY
 /// FULL) stops the run before anything is created, naming the table and the way out.
+/// (PostgreSQL and Delta mirrors.)
 pub fn check_keys(
     config: &crate::config::PipelineConfig,
     info: &crate::source::SourceInfo,
 ) -> Result<(), crate::sink::NamedSinkError> {
+    use crate::config::{DeltaMode, SinkConfig};
     for (i, sink) in config.sinks.iter().enumerate() {
-        let crate::config::SinkConfig::Postgres(p) = sink else {
-            continue;
+        let mirror = match sink {
+            SinkConfig::Postgres(p) => p.mode == Mode::Mirror,
+            SinkConfig::Delta(d) => d.mode == DeltaMode::Mirror,
+            _ => false,
         };
         let keyless = config
             .source
             .tables
             .iter()
             .find(|t| info.primary_keys.get(*t).is_none_or(Vec::is_empty));
-        if let (Mode::Mirror, Some(table)) = (p.mode, keyless) {
+        if let (true, Some(table)) = (mirror, keyless) {
             return Err(crate::sink::NamedSinkError {
                 sink: crate::sink::sink_name(sink),
                 error: SinkError::Config {

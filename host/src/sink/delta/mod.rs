@@ -1,6 +1,7 @@
-//! Delta Lake changelog tables, written with delta-rs (`deltalake`, without DataFusion):
-//! one table per source table under `<url>/<schema>/<table>`, append only, with the
-//! changelog's columns (README, "Delta Lake tables"; ADR 0018).
+//! Delta Lake tables, written with delta-rs (`deltalake`, without DataFusion): one table
+//! per source table under `<url>/<schema>/<table>`; changelog tables (append only, with
+//! the changelog's columns; README, "Delta Lake tables"; ADR 0018) or mirror tables with
+//! Change Data Feed ([`mirror`]; ADR 0019).
 //!
 //! Exactly once: each table version weir commits carries a `txn` action with the app id
 //! `weir:<slot>` and, as its version, the commit LSN of the last source transaction it
@@ -11,7 +12,7 @@ use super::error::SinkError;
 use super::iceberg::schema::conform;
 use super::rows::{ChangeRows, changelog_schema_by};
 use crate::batch::{CommitPos, Position, SourceBatch};
-use crate::config::DeltaSinkConfig;
+use crate::config::{DeltaMode, DeltaSinkConfig};
 use crate::lsn::Lsn;
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
@@ -26,7 +27,11 @@ use parquet::file::properties::WriterProperties;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
-use weir_sdk::Relation;
+use weir_sdk::{Event, Relation};
+
+mod log;
+pub mod mirror;
+use mirror::MirrorTable;
 
 /// Table configuration keys naming a table's source table and pipeline.
 pub const PROP_SOURCE: &str = "weir.source";
@@ -77,8 +82,9 @@ pub struct DeltaSink {
     slot: String,
     app_id: String,
     store: Arc<dyn object_store::ObjectStore>,
-    /// Source table (`schema.table`) to its table.
+    /// Source table (`schema.table`) to its table: changelog tables, or mirror tables.
     tables: HashMap<String, ChangeTable>,
+    mirrors: HashMap<String, MirrorTable>,
     durable: Option<CommitPos>,
     properties: WriterProperties,
     last_commit: Instant,
@@ -100,6 +106,7 @@ impl DeltaSink {
             app_id,
             store,
             tables: HashMap::new(),
+            mirrors: HashMap::new(),
             durable: None,
             last_commit: Instant::now(),
         };
@@ -117,12 +124,22 @@ impl DeltaSink {
             let Some(source) = config.get(PROP_SOURCE).cloned() else {
                 continue;
             };
+            if let Some(message) = sink.mode_mismatch(config) {
+                return Err(SinkError::Config { what: uri, message });
+            }
             let position = sink.position(&uri, &loaded).await?;
             positions.push(position);
-            sink.tables.insert(
-                source,
-                ChangeTable::new(uri, loaded, position.map_or(0, |p| p.commit_lsn.0)),
-            );
+            let skip_through = position.map_or(0, |p| p.commit_lsn.0);
+            match sink.config.mode {
+                DeltaMode::Changelog => {
+                    sink.tables
+                        .insert(source, ChangeTable::new(uri, loaded, skip_through));
+                }
+                DeltaMode::Mirror => {
+                    let mirror = sink.mirror(uri, loaded, skip_through).await?;
+                    sink.mirrors.insert(source, mirror);
+                }
+            }
         }
         // Every table has everything before the lowest position; a table without one (a
         // crash before its first commit) means the slot's own position.
@@ -248,15 +265,38 @@ impl DeltaSink {
 
     /// Bytes of the data files written since the last call.
     pub fn take_bytes_written(&mut self) -> u64 {
-        self.tables
+        let changes: u64 = self
+            .tables
             .values_mut()
             .map(|t| std::mem::take(&mut t.bytes_written))
-            .sum()
+            .sum();
+        let mirrors: u64 = self
+            .mirrors
+            .values_mut()
+            .map(|t| std::mem::take(&mut t.bytes_written))
+            .sum();
+        changes + mirrors
     }
 
     /// Writes a batch's events; commits when the interval has passed at a transaction
     /// boundary.
     pub async fn write(&mut self, batch: &SourceBatch) -> Result<(), SinkError> {
+        match self.config.mode {
+            DeltaMode::Changelog => self.write_changes(batch).await?,
+            DeltaMode::Mirror => self.write_mirrors(batch).await?,
+        }
+        let (pending, due) = (
+            self.pending(),
+            self.last_commit.elapsed() >= self.config.commit_interval,
+        );
+        if batch.position.commit_now(&mut self.durable, pending, due) {
+            self.flush(&batch.position).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends a batch's changes to the changelog tables.
+    async fn write_changes(&mut self, batch: &SourceBatch) -> Result<(), SinkError> {
         let keys: Vec<String> = batch
             .batch
             .relations
@@ -300,12 +340,38 @@ impl DeltaSink {
                 table.complete_files().await?;
             }
         }
-        let (pending, due) = (
-            self.pending(),
-            self.last_commit.elapsed() >= self.config.commit_interval,
-        );
-        if batch.position.commit_now(&mut self.durable, pending, due) {
-            self.flush(&batch.position).await?;
+        Ok(())
+    }
+
+    /// Applies a batch's changes to the mirror tables, each run of one relation
+    /// version's events in chunks.
+    async fn write_mirrors(&mut self, batch: &SourceBatch) -> Result<(), SinkError> {
+        let mut runs: Vec<(u32, Vec<&Event>)> = Vec::new();
+        for event in &batch.batch.events {
+            let relation = batch.batch.relation(event);
+            let name = relation.qualified_name();
+            if !self.mirrors.contains_key(&name) {
+                let mirror = self.open_mirror(relation).await?;
+                self.mirrors.insert(name.clone(), mirror);
+            }
+            if event.commit_lsn <= self.mirrors[&name].skip_through {
+                continue;
+            }
+            match runs.last_mut() {
+                Some((rel, events)) if *rel == event.rel => events.push(event),
+                _ => runs.push((event.rel, vec![event])),
+            }
+        }
+        for (_, events) in runs {
+            let relation = batch.batch.relation(events[0]);
+            let mirror = self
+                .mirrors
+                .get_mut(&relation.qualified_name())
+                .expect("opened above");
+            mirror.prepare(relation).await?;
+            for chunk in events.chunks(CHUNK_ROWS) {
+                mirror.apply(chunk, relation).await?;
+            }
         }
         Ok(())
     }
@@ -314,6 +380,7 @@ impl DeltaSink {
         self.tables
             .values()
             .any(|t| t.writer.is_some() || !t.adds.is_empty())
+            || self.mirrors.values().any(MirrorTable::pending)
     }
 
     /// Creates (or loads) the table of a relation met for the first time.
@@ -328,15 +395,15 @@ impl DeltaSink {
         let config = snapshot.metadata().configuration();
         let mismatch = match (config.get(PROP_SOURCE), config.get(PROP_SLOT)) {
             (Some(s), _) if *s != source => Some(format!(
-                "holds the changelog of {s}, not of {source}: two source tables map to one Delta table; set a different url"
+                "holds the table of {s}, not of {source}: two source tables map to one Delta table; set a different url"
             )),
             (_, Some(s)) if *s != self.slot => Some(format!(
                 "is written by the pipeline of slot `{s}`; one table has one writer"
             )),
             (None, _) | (_, None) => Some(
-                "exists and is not a weir changelog (its configuration has no weir.source and weir.slot): set a different url".into(),
+                "exists and is not a weir table (its configuration has no weir.source and weir.slot): set a different url".into(),
             ),
-            _ => None,
+            _ => self.mode_mismatch(config),
         };
         if let Some(message) = mismatch {
             return Err(SinkError::Config { what: uri, message });
@@ -349,9 +416,74 @@ impl DeltaSink {
         ))
     }
 
+    /// What is wrong when a table holds what the sink's mode does not write.
+    fn mode_mismatch(&self, config: &HashMap<String, String>) -> Option<String> {
+        let held = match config.get(mirror::PROP_MODE).map(String::as_str) {
+            Some("mirror") => DeltaMode::Mirror,
+            _ => DeltaMode::Changelog,
+        };
+        let name = |m| match m {
+            DeltaMode::Mirror => "mirror",
+            DeltaMode::Changelog => "changelog",
+        };
+        (held != self.config.mode).then(|| {
+            format!(
+                "holds a {} table, and this sink writes mode = \"{}\": set a different url",
+                name(held),
+                name(self.config.mode)
+            )
+        })
+    }
+
+    /// Creates (or loads) the mirror table of a relation met for the first time.
+    async fn open_mirror(&self, relation: &Relation) -> Result<MirrorTable, SinkError> {
+        let uri = self.table_uri(&relation.schema, &relation.table);
+        if !relation.columns.iter().any(|c| c.key) {
+            return Err(SinkError::Config {
+                what: uri,
+                message: format!(
+                    "{} has no primary key: a mirror table keeps one row per key; add a primary key, or use mode = \"changelog\"",
+                    relation.qualified_name()
+                ),
+            });
+        }
+        let table = self.open_table(relation).await?;
+        self.mirror(table.uri, table.table, table.skip_through)
+            .await
+    }
+
+    async fn mirror(
+        &self,
+        uri: String,
+        table: DeltaTable,
+        skip_through: u64,
+    ) -> Result<MirrorTable, SinkError> {
+        MirrorTable::open(
+            uri,
+            table,
+            skip_through,
+            self.config.nested_types.unwrap_or(true),
+            self.config.target_file_size,
+            self.properties.clone(),
+        )
+        .await
+    }
+
     async fn create(&self, uri: &str, relation: &Relation) -> Result<DeltaTable, SinkError> {
         let nested = self.config.nested_types.unwrap_or(true);
-        let schema = delta_schema(&changelog_schema_by(relation, &|_| nested), false);
+        let (schema, configuration) = match self.config.mode {
+            DeltaMode::Changelog => (
+                delta_schema(&changelog_schema_by(relation, &|_| nested), false),
+                vec![
+                    (PROP_SOURCE, Some(relation.qualified_name())),
+                    (PROP_SLOT, Some(self.slot.clone())),
+                ],
+            ),
+            DeltaMode::Mirror => (
+                mirror::table_schema(relation, nested),
+                mirror::creation_config(relation, &self.slot),
+            ),
+        };
         let schema: StructType = schema
             .as_ref()
             .try_into_kernel()
@@ -361,10 +493,7 @@ impl DeltaSink {
             .create()
             .with_table_name(&relation.table)
             .with_columns(schema.fields().cloned())
-            .with_configuration([
-                (PROP_SOURCE, Some(relation.qualified_name())),
-                (PROP_SLOT, Some(self.slot.clone())),
-            ])
+            .with_configuration(configuration)
             .with_raise_if_key_not_exists(false)
             .with_save_mode(SaveMode::ErrorIfExists)
             .await
@@ -387,6 +516,13 @@ impl DeltaSink {
                 continue;
             }
             table.commit(&self.app_id, &self.slot, last).await?;
+            committed += 1;
+        }
+        for mirror in self.mirrors.values_mut() {
+            if !mirror.pending() {
+                continue;
+            }
+            mirror.commit(&self.app_id, &self.slot, last).await?;
             committed += 1;
         }
         if committed > 0 {
@@ -518,14 +654,7 @@ impl ChangeTable {
         let snapshot = self.table.snapshot().map_err(err)?;
         let properties = CommitProperties::default()
             .with_application_transaction(Transaction::new(app_id, last.commit_lsn.0 as i64))
-            .with_metadata([
-                (
-                    INFO_COMMIT_LSN.to_string(),
-                    last.commit_lsn.0.to_string().into(),
-                ),
-                (INFO_END_LSN.to_string(), last.end_lsn.0.to_string().into()),
-                (PROP_SLOT.to_string(), slot.into()),
-            ]);
+            .with_metadata(commit_info(slot, last));
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: None,
@@ -541,6 +670,18 @@ impl ChangeTable {
         self.skip_through = last.commit_lsn.0;
         Ok(())
     }
+}
+
+/// weir's position in a commit's info.
+fn commit_info(slot: &str, last: CommitPos) -> HashMap<String, serde_json::Value> {
+    HashMap::from([
+        (
+            INFO_COMMIT_LSN.to_string(),
+            last.commit_lsn.0.to_string().into(),
+        ),
+        (INFO_END_LSN.to_string(), last.end_lsn.0.to_string().into()),
+        (PROP_SLOT.to_string(), slot.into()),
+    ])
 }
 
 /// The changelog schema with Delta's types: `time` and `uuid` (which Delta lacks) as

@@ -1,0 +1,737 @@
+//! Delta mirror tables (`mode = "mirror"`): each source table's current state, with
+//! Change Data Feed (ADR 0019). Copy-on-write, as delta-rs's MERGE writes (which needs
+//! DataFusion): a commit rewrites the data files holding rows its changes replace or
+//! delete (their other rows to new files), adds the new rows as new files, and writes
+//! the commit's net changes, one per key, to a `_change_data` file with `_change_type`
+//! `insert`, `update_preimage`/`update_postimage` or `delete`. A commit that only adds
+//! keys writes no change file: readers take its added files as inserts.
+//!
+//! Where a key's row lives comes from an index of the live files' keys, read from the
+//! table when it is opened and kept in memory. Within a commit interval a key's changes
+//! are folded to its last one.
+
+use super::{PROP_SLOT, PROP_SOURCE, commit_info, delta_err, delta_schema, log};
+use crate::batch::CommitPos;
+use crate::sink::SinkError;
+use crate::sink::iceberg::schema::conform;
+use crate::sink::keys::KeyCodec;
+use crate::sink::rows::{MirrorRows, batch_row, mirror_arrow_schema};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use deltalake::DeltaTable;
+use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
+use deltalake::kernel::{Action, Add, AddCDCFile, MetadataExt, Remove, StructType, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _};
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use weir_sdk::{Event, Op, Relation, Value};
+
+/// Table configuration naming what the table holds (`mirror`) and its key columns (a
+/// JSON array of names).
+pub const PROP_MODE: &str = "weir.mode";
+pub const PROP_KEY: &str = "weir.key";
+/// The change file column of Delta's Change Data Feed.
+const CHANGE_TYPE: &str = "_change_type";
+
+/// A key's changes in the commit round under way.
+struct Change {
+    /// The file of the key's live row when the round began.
+    old: Option<Arc<str>>,
+    /// The key's row now, by its number among the round's rows (None: deleted).
+    new: Option<usize>,
+    /// When the key last changed, for the order of the change feed.
+    seq: u64,
+}
+
+/// A data file written, to be added.
+struct Written {
+    path: String,
+    size: i64,
+    rows: usize,
+}
+
+/// One mirror table and the changes of the commit round under way.
+pub struct MirrorTable {
+    pub uri: String,
+    source: String,
+    pub table: DeltaTable,
+    /// Changes at or before this commit LSN are in the table already.
+    pub skip_through: u64,
+    key_names: Vec<String>,
+    codec: KeyCodec,
+    /// The key columns' places in the relation being written.
+    key_columns: Vec<usize>,
+    /// Each live key's data file.
+    index: HashMap<Vec<u8>, Arc<str>>,
+    /// The live data files and their sizes.
+    files: HashMap<Arc<str>, i64>,
+    round: HashMap<Vec<u8>, Change>,
+    seq: u64,
+    /// Rows of the relation version being written, and the rows built before them.
+    rows: Option<(u32, MirrorRows)>,
+    batches: Vec<RecordBatch>,
+    built: usize,
+    nested: bool,
+    target_file_size: u64,
+    properties: WriterProperties,
+    pub bytes_written: u64,
+}
+
+/// The configuration of a new mirror table of `relation` (which has a key).
+pub fn creation_config(relation: &Relation, slot: &str) -> Vec<(&'static str, Option<String>)> {
+    let keys: Vec<&str> = relation
+        .columns
+        .iter()
+        .filter(|c| c.key)
+        .map(|c| c.name.as_str())
+        .collect();
+    vec![
+        (PROP_SOURCE, Some(relation.qualified_name())),
+        (PROP_SLOT, Some(slot.to_string())),
+        (PROP_MODE, Some("mirror".into())),
+        (
+            PROP_KEY,
+            Some(serde_json::to_string(&keys).unwrap_or_default()),
+        ),
+        ("delta.enableChangeDataFeed", Some("true".into())),
+    ]
+}
+
+/// The table schema of a new mirror table of `relation`.
+pub fn table_schema(relation: &Relation, nested: bool) -> SchemaRef {
+    delta_schema(&mirror_arrow_schema(relation, &|_| nested), false)
+}
+
+impl MirrorTable {
+    /// A mirror table with its index read from its live files.
+    pub async fn open(
+        uri: String,
+        table: DeltaTable,
+        skip_through: u64,
+        nested: bool,
+        target_file_size: u64,
+        properties: WriterProperties,
+    ) -> Result<MirrorTable, SinkError> {
+        let snapshot = table.snapshot().map_err(|e| delta_err(&uri, e))?;
+        let config = snapshot.metadata().configuration();
+        let source = config.get(PROP_SOURCE).cloned().unwrap_or_default();
+        let key_names: Vec<String> = config
+            .get(PROP_KEY)
+            .and_then(|k| serde_json::from_str(k).ok())
+            .unwrap_or_default();
+        if config.get(PROP_MODE).map(String::as_str) != Some("mirror") || key_names.is_empty() {
+            return Err(SinkError::Config {
+                what: uri,
+                message: "holds a changelog, not a mirror (its configuration has no weir.mode = mirror and weir.key): set a different url, or mode = \"changelog\"".into(),
+            });
+        }
+        let arrow = arrow_schema(&table, &uri)?;
+        let types = key_names
+            .iter()
+            .map(|n| arrow.field_with_name(n).map(|f| f.data_type().clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| schema_err(&uri, e))?;
+        let codec = KeyCodec::new(types).map_err(|e| schema_err(&uri, e))?;
+        let mut mirror = MirrorTable {
+            uri,
+            source,
+            table,
+            skip_through,
+            key_names,
+            codec,
+            key_columns: Vec::new(),
+            index: HashMap::new(),
+            files: HashMap::new(),
+            round: HashMap::new(),
+            seq: 0,
+            rows: None,
+            batches: Vec::new(),
+            built: 0,
+            nested,
+            target_file_size,
+            properties,
+            bytes_written: 0,
+        };
+        mirror.read_index().await?;
+        Ok(mirror)
+    }
+
+    fn store(&self) -> Arc<dyn ObjectStore> {
+        self.table.log_store().object_store(None)
+    }
+
+    /// The index of the live files' keys.
+    async fn read_index(&mut self) -> Result<(), SinkError> {
+        let snapshot = self.table.snapshot().map_err(|e| delta_err(&self.uri, e))?;
+        let live: Vec<(String, i64)> = snapshot
+            .log_data()
+            .into_iter()
+            .map(|f| (f.path().to_string(), f.size()))
+            .collect();
+        let started = std::time::Instant::now();
+        for (path, size) in live {
+            let path: Arc<str> = Arc::from(path);
+            for batch in self.read(&path, Some(&self.key_names.clone())).await? {
+                for key in self.keys_of(&batch)? {
+                    self.index.insert(key, path.clone());
+                }
+            }
+            self.files.insert(path, size);
+        }
+        tracing::debug!(table = %self.uri, keys = self.index.len(), files = self.files.len(), ms = started.elapsed().as_millis() as u64, "Delta mirror index read.");
+        Ok(())
+    }
+
+    /// The batches of a data file (only `columns` when given).
+    async fn read(
+        &self,
+        path: &str,
+        columns: Option<&[String]>,
+    ) -> Result<Vec<RecordBatch>, SinkError> {
+        let store = self.store();
+        let location = Path::parse(path).map_err(|e| self.err(e))?;
+        let read_err = |e: &dyn std::fmt::Display| SinkError::Write {
+            path: format!("{}/{path}", self.uri),
+            message: e.to_string(),
+        };
+        let meta = store.head(&location).await.map_err(|e| read_err(&e))?;
+        let reader = parquet::arrow::async_reader::ParquetObjectReader::new(store, location)
+            .with_file_size(meta.size);
+        let mut builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| read_err(&e))?;
+        if let Some(columns) = columns {
+            let roots: Vec<usize> = builder
+                .schema()
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| columns.contains(f.name()))
+                .map(|(i, _)| i)
+                .collect();
+            let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots);
+            builder = builder.with_projection(mask);
+        }
+        let stream = builder.build().map_err(|e| read_err(&e))?;
+        stream.try_collect().await.map_err(|e| read_err(&e))
+    }
+
+    /// The keys of a batch's rows (it has the key columns by name).
+    fn keys_of(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>, SinkError> {
+        let columns = self
+            .key_names
+            .iter()
+            .map(|n| {
+                batch
+                    .column_by_name(n)
+                    .cloned()
+                    .ok_or_else(|| self.err(format!("a data file lacks key column {n}")))
+            })
+            .collect::<Result<Vec<ArrayRef>, _>>()?;
+        self.codec.keys(&columns).map_err(|e| self.err(e))
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> SinkError {
+        schema_err(&self.uri, e)
+    }
+
+    pub fn pending(&self) -> bool {
+        !self.round.is_empty()
+    }
+
+    /// Rows for `relation`'s version: the columns the table lacks added first (a commit
+    /// of their own), the key checked against the table's.
+    pub async fn prepare(&mut self, relation: &Relation) -> Result<(), SinkError> {
+        if self
+            .rows
+            .as_ref()
+            .is_some_and(|(v, _)| *v == relation.version)
+        {
+            return Ok(());
+        }
+        self.finish_rows()?;
+        let keys: Vec<&str> = relation
+            .columns
+            .iter()
+            .filter(|c| c.key)
+            .map(|c| c.name.as_str())
+            .collect();
+        if keys != self.key_names {
+            return Err(SinkError::Config {
+                what: self.uri.clone(),
+                message: format!(
+                    "the mirror is keyed by ({}) but {}'s key is now ({}): write to a new url",
+                    self.key_names.join(", "),
+                    relation.qualified_name(),
+                    keys.join(", ")
+                ),
+            });
+        }
+        self.key_columns = relation
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.key)
+            .map(|(i, _)| i)
+            .collect();
+        let table = arrow_schema(&self.table, &self.uri)?;
+        let nested = self.nested;
+        let rule = |c: &weir_sdk::Column| match table.field_with_name(&c.name) {
+            Ok(f) => f.data_type() != &DataType::Utf8,
+            Err(_) => nested,
+        };
+        let schema = mirror_arrow_schema(relation, &rule);
+        let added: Vec<FieldRef> = delta_schema(&schema, false)
+            .fields()
+            .iter()
+            .filter(|f| table.field_with_name(f.name()).is_err())
+            .map(|f| Arc::new(f.as_ref().clone().with_nullable(true)))
+            .collect();
+        if !added.is_empty() {
+            self.add_columns(&table, added).await?;
+        }
+        self.rows = Some((
+            relation.version,
+            MirrorRows::with_schema(relation, delta_schema(&schema, true)),
+        ));
+        Ok(())
+    }
+
+    async fn add_columns(&mut self, table: &Schema, added: Vec<FieldRef>) -> Result<(), SinkError> {
+        let uri = self.uri.clone();
+        let names: Vec<String> = added.iter().map(|f| f.name().clone()).collect();
+        let mut fields: Vec<FieldRef> = table.fields().iter().cloned().collect();
+        fields.extend(added.iter().cloned());
+        let kernel = |s: &Schema| -> Result<StructType, SinkError> {
+            s.try_into_kernel().map_err(|e| delta_err(&uri, e.into()))
+        };
+        let schema = kernel(&Schema::new(fields))?;
+        let new_fields = kernel(&Schema::new(added))?;
+        let snapshot = self.table.snapshot().map_err(|e| delta_err(&uri, e))?;
+        let metadata = snapshot
+            .metadata()
+            .clone()
+            .with_schema(&schema)
+            .map_err(|e| delta_err(&uri, e.into()))?;
+        let operation = DeltaOperation::AddColumn {
+            fields: new_fields.fields().cloned().collect(),
+        };
+        log::commit(
+            &mut self.table,
+            vec![Action::Metadata(metadata)],
+            operation,
+            HashMap::new(),
+            None,
+        )
+        .await
+        .map_err(|e| delta_err(&uri, e))?;
+        tracing::info!(table = %self.uri, columns = ?names, "Delta table evolved: columns added.");
+        Ok(())
+    }
+
+    fn finish_rows(&mut self) -> Result<(), SinkError> {
+        if let Some((_, rows)) = self.rows.as_mut()
+            && rows.len > 0
+        {
+            let n = rows.len;
+            let batch = rows.finish().map_err(|e| schema_err(&self.uri, e))?;
+            self.batches.push(batch);
+            self.built += n;
+        }
+        Ok(())
+    }
+
+    /// Applies a chunk of one relation version's events (after [`MirrorTable::prepare`]).
+    pub async fn apply(&mut self, events: &[&Event], relation: &Relation) -> Result<(), SinkError> {
+        let keys = self
+            .codec
+            .event_keys(events, &self.key_columns)
+            .map_err(|e| self.err(e))?;
+        for (event, key) in events.iter().zip(keys) {
+            self.seq += 1;
+            let seq = self.seq;
+            if event.op == Op::Truncate {
+                for (k, file) in &self.index {
+                    self.round.entry(k.clone()).or_insert(Change {
+                        old: Some(file.clone()),
+                        new: None,
+                        seq,
+                    });
+                }
+                for change in self.round.values_mut() {
+                    change.new = None;
+                    change.seq = seq;
+                }
+                continue;
+            }
+            let (old, earlier) = match self.round.get(&key) {
+                Some(c) => (c.old.clone(), c.new),
+                None => (self.index.get(&key).cloned(), None),
+            };
+            let new = match event.op {
+                Op::Delete => None,
+                _ => {
+                    let mut values = event.after.clone().unwrap_or_default();
+                    if event.op == Op::Update && !event.unchanged.is_empty() {
+                        self.fill_unchanged(&mut values, event, relation, earlier, &old, &key)
+                            .await?;
+                    }
+                    let (_, rows) = self.rows.as_mut().expect("prepared");
+                    rows.append(&values, event, relation, &self.source);
+                    Some(self.built + rows.len - 1)
+                }
+            };
+            self.round.insert(key, Change { old, new, seq });
+        }
+        let full = self.rows.as_ref().is_some_and(|(_, r)| r.len >= 8192);
+        if full {
+            self.finish_rows()?;
+        }
+        Ok(())
+    }
+
+    /// The values of the columns an update left unchanged (TOAST values PostgreSQL did
+    /// not send): from the old row it sent (`REPLICA IDENTITY FULL`), the key's earlier
+    /// row in this round, or its live row read back from its data file.
+    async fn fill_unchanged(
+        &mut self,
+        values: &mut [Value],
+        event: &Event,
+        relation: &Relation,
+        earlier: Option<usize>,
+        old: &Option<Arc<str>>,
+        key: &[u8],
+    ) -> Result<(), SinkError> {
+        let source = match (event.before.as_ref(), earlier, old) {
+            (Some(b), _, _) if b.len() == values.len() => Some(b.clone()),
+            (_, Some(n), _) => {
+                self.finish_rows()?;
+                let (batch, row) = self.round_row(n);
+                Some(batch_row(batch, row, relation))
+            }
+            (_, None, Some(file)) => {
+                let mut found = None;
+                for batch in self.read(file, None).await? {
+                    if let Some(row) = self.keys_of(&batch)?.iter().position(|k| k == key) {
+                        found = Some(batch_row(&batch, row, relation));
+                    }
+                }
+                found
+            }
+            _ => None,
+        };
+        let Some(source) = source else {
+            return Err(self.err(format!(
+                "an update at {} left TOASTed columns unchanged and the key has no earlier row to take them from",
+                crate::lsn::Lsn(event.commit_lsn)
+            )));
+        };
+        for &u in &event.unchanged {
+            if let (Some(slot), Some(v)) = (values.get_mut(u as usize), source.get(u as usize)) {
+                *slot = v.clone();
+            }
+        }
+        Ok(())
+    }
+
+    /// The batch and row of the round's row number `n` (built already).
+    fn round_row(&self, mut n: usize) -> (&RecordBatch, usize) {
+        for batch in &self.batches {
+            if n < batch.num_rows() {
+                return (batch, n);
+            }
+            n -= batch.num_rows();
+        }
+        unreachable!("a round row is built before it is read")
+    }
+
+    /// Writes the round and commits it at `last`: one table version.
+    pub async fn commit(
+        &mut self,
+        app_id: &str,
+        slot: &str,
+        last: CommitPos,
+    ) -> Result<(), SinkError> {
+        self.finish_rows()?;
+        let target = Arc::new(arrow_schema(&self.table, &self.uri)?);
+        let mut conformed = Vec::with_capacity(self.batches.len());
+        for b in &self.batches {
+            conformed.push(conform(b, &target).map_err(|e| self.err(e))?);
+        }
+        let new_rows =
+            arrow::compute::concat_batches(&target, &conformed).map_err(|e| self.err(e))?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut actions = Vec::new();
+        let mut placed: Vec<(Vec<u8>, Arc<str>)> = Vec::new();
+
+        // The rows that stay, in the order they were built.
+        let mut live: Vec<(&Vec<u8>, usize)> = self
+            .round
+            .iter()
+            .filter_map(|(k, c)| c.new.map(|n| (k, n)))
+            .collect();
+        live.sort_by_key(|(_, n)| *n);
+        let ids = UInt32Array::from_iter_values(live.iter().map(|(_, n)| *n as u32));
+        let kept = take_rows(&new_rows, &ids).map_err(|e| self.err(e))?;
+        let keys: Vec<Vec<u8>> = live.into_iter().map(|(k, _)| k.clone()).collect();
+        for (file, keys) in self.write_data(&kept, keys, &mut actions, now).await? {
+            placed.extend(keys.into_iter().map(|k| (k, file.clone())));
+        }
+
+        // The files holding replaced or deleted rows: their other rows move.
+        let touched: BTreeSet<Arc<str>> =
+            self.round.values().filter_map(|c| c.old.clone()).collect();
+        let mut before = Vec::new();
+        let mut before_of: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut before_n = 0;
+        for file in &touched {
+            for batch in self.read(file, None).await? {
+                let batch = conform(&batch, &target).map_err(|e| self.err(e))?;
+                let keys = self.keys_of(&batch)?;
+                let changed: Vec<bool> = keys.iter().map(|k| self.round.contains_key(k)).collect();
+                let mut stay = Vec::new();
+                for (key, changed) in keys.into_iter().zip(&changed) {
+                    match changed {
+                        true => {
+                            before_of.insert(key, before_n);
+                            before_n += 1;
+                        }
+                        false => stay.push(key),
+                    }
+                }
+                let mask = BooleanArray::from(changed);
+                before.push(
+                    arrow::compute::filter_record_batch(&batch, &mask).map_err(|e| self.err(e))?,
+                );
+                let rest = arrow::compute::filter_record_batch(
+                    &batch,
+                    &arrow::compute::not(&mask).map_err(|e| self.err(e))?,
+                )
+                .map_err(|e| self.err(e))?;
+                for (moved, keys) in self.write_data(&rest, stay, &mut actions, now).await? {
+                    placed.extend(keys.into_iter().map(|k| (k, moved.clone())));
+                }
+            }
+            actions.push(Action::Remove(Remove {
+                path: file.to_string(),
+                data_change: true,
+                deletion_timestamp: Some(now),
+                extended_file_metadata: Some(true),
+                partition_values: Some(HashMap::new()),
+                size: self.files.get(file).copied(),
+                tags: None,
+                deletion_vector: None,
+                base_row_id: None,
+                default_row_commit_version: None,
+            }));
+        }
+
+        // The change feed: each key's net change, in the order of their last changes.
+        if !touched.is_empty() {
+            let before =
+                arrow::compute::concat_batches(&target, &before).map_err(|e| self.err(e))?;
+            let changes = self.change_rows(&before, &before_of, &new_rows)?;
+            if changes.num_rows() > 0 {
+                let written = self.write_files(&changes, "_change_data/cdc").await?;
+                for w in written {
+                    actions.push(Action::Cdc(AddCDCFile {
+                        path: w.path,
+                        size: w.size,
+                        partition_values: HashMap::new(),
+                        data_change: false,
+                        tags: None,
+                    }));
+                }
+            }
+        }
+
+        let operation = match touched.is_empty() {
+            true => DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            },
+            false => DeltaOperation::Merge {
+                predicate: None,
+                merge_predicate: Some(format!("by key ({})", self.key_names.join(", "))),
+                matched_predicates: Vec::new(),
+                not_matched_predicates: Vec::new(),
+                not_matched_by_source_predicates: Vec::new(),
+            },
+        };
+        let version = log::commit(
+            &mut self.table,
+            actions,
+            operation,
+            commit_info(slot, last),
+            Some(Transaction::new(app_id, last.commit_lsn.0 as i64)),
+        )
+        .await
+        .map_err(|e| delta_err(&self.uri, e))?;
+        tracing::debug!(table = %self.uri, version, lsn = %last.commit_lsn, rewritten = touched.len(), "Delta mirror table committed.");
+
+        for file in &touched {
+            self.files.remove(file);
+        }
+        for (key, change) in self.round.drain() {
+            if change.new.is_none() {
+                self.index.remove(&key);
+            }
+        }
+        for (key, file) in placed {
+            self.index.insert(key, file);
+        }
+        self.batches.clear();
+        self.built = 0;
+        self.skip_through = last.commit_lsn.0;
+        Ok(())
+    }
+
+    /// The change feed's rows: the table's columns and `_change_type`.
+    fn change_rows(
+        &self,
+        before: &RecordBatch,
+        before_of: &HashMap<Vec<u8>, usize>,
+        after: &RecordBatch,
+    ) -> Result<RecordBatch, SinkError> {
+        let mut order: Vec<(&Vec<u8>, &Change)> = self.round.iter().collect();
+        order.sort_by_key(|(_, c)| c.seq);
+        let (mut picks, mut types) = (Vec::new(), Vec::new());
+        for (key, change) in order {
+            match (before_of.get(key), change.new) {
+                (Some(&b), Some(n)) => {
+                    picks.extend([(0, b), (1, n)]);
+                    types.extend(["update_preimage", "update_postimage"]);
+                }
+                (Some(&b), None) => {
+                    picks.push((0, b));
+                    types.push("delete");
+                }
+                (None, Some(n)) => {
+                    picks.push((1, n));
+                    types.push("insert");
+                }
+                (None, None) => {}
+            }
+        }
+        let mut columns = Vec::with_capacity(before.num_columns() + 1);
+        for (b, a) in before.columns().iter().zip(after.columns()) {
+            columns.push(
+                arrow::compute::interleave(&[b.as_ref() as &dyn Array, a.as_ref()], &picks)
+                    .map_err(|e| self.err(e))?,
+            );
+        }
+        columns.push(Arc::new(StringArray::from(types)) as ArrayRef);
+        let mut fields: Vec<FieldRef> = before.schema().fields().iter().cloned().collect();
+        fields.push(Arc::new(Field::new(CHANGE_TYPE, DataType::Utf8, false)));
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| self.err(e))
+    }
+
+    /// Writes `rows` (whose keys are `keys`, in order) as data files and their add
+    /// actions; returns each file with the keys it holds.
+    async fn write_data(
+        &mut self,
+        rows: &RecordBatch,
+        mut keys: Vec<Vec<u8>>,
+        actions: &mut Vec<Action>,
+        now: i64,
+    ) -> Result<Vec<(Arc<str>, Vec<Vec<u8>>)>, SinkError> {
+        let mut out = Vec::new();
+        for w in self.write_files(rows, "part").await? {
+            let rest = keys.split_off(w.rows.min(keys.len()));
+            let path: Arc<str> = Arc::from(w.path.as_str());
+            self.files.insert(path.clone(), w.size);
+            out.push((path, std::mem::replace(&mut keys, rest)));
+            actions.push(Action::Add(Add {
+                path: w.path,
+                partition_values: HashMap::new(),
+                size: w.size,
+                modification_time: now,
+                data_change: true,
+                stats: Some(format!("{{\"numRecords\":{}}}", w.rows)),
+                tags: None,
+                deletion_vector: None,
+                base_row_id: None,
+                default_row_commit_version: None,
+                clustering_provider: None,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Writes `rows` as Parquet files of about the target size, named `<prefix>-<uuid>`
+    /// under the table.
+    async fn write_files(
+        &mut self,
+        rows: &RecordBatch,
+        prefix: &str,
+    ) -> Result<Vec<Written>, SinkError> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < rows.num_rows() {
+            let mut writer =
+                ArrowWriter::try_new(Vec::new(), rows.schema(), Some(self.properties.clone()))
+                    .map_err(|e| self.err(e))?;
+            let start = at;
+            while at < rows.num_rows()
+                && writer.bytes_written() as u64 + writer.in_progress_size() as u64
+                    <= self.target_file_size
+            {
+                let n = (rows.num_rows() - at).min(8192);
+                writer.write(&rows.slice(at, n)).map_err(|e| self.err(e))?;
+                at += n;
+            }
+            let bytes = writer.into_inner().map_err(|e| self.err(e))?;
+            let path = format!("{prefix}-{}.zstd.parquet", uuid::Uuid::new_v4());
+            let size = bytes.len() as i64;
+            self.store()
+                .put(&Path::parse(&path).map_err(|e| self.err(e))?, bytes.into())
+                .await
+                .map_err(|source| crate::storage::StorageError::Store {
+                    op: "writing",
+                    path: format!("{}/{path}", self.uri),
+                    source,
+                })?;
+            self.bytes_written += size as u64;
+            out.push(Written {
+                path,
+                size,
+                rows: at - start,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn schema_err(uri: &str, e: impl std::fmt::Display) -> SinkError {
+    SinkError::Schema {
+        table: uri.to_string(),
+        source: e.to_string().into(),
+    }
+}
+
+fn arrow_schema(table: &DeltaTable, uri: &str) -> Result<Schema, SinkError> {
+    let snapshot = table.snapshot().map_err(|e| delta_err(uri, e))?;
+    snapshot
+        .schema()
+        .as_ref()
+        .try_into_arrow()
+        .map_err(|e| delta_err(uri, e.into()))
+}
+
+fn take_rows(
+    rows: &RecordBatch,
+    ids: &UInt32Array,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let columns = rows
+        .columns()
+        .iter()
+        .map(|c| arrow::compute::take(c.as_ref(), ids, None))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(rows.schema(), columns)
+}
