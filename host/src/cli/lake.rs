@@ -427,8 +427,9 @@ async fn ensure_stopped(pipeline: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `weir lake` on a Delta sink's table: versions, their rows, and removing the files no
-/// version refers to (Delta's own tools do the rest).
+/// `weir lake` on a Delta sink's table: versions, their rows, removing the files no
+/// version refers to, expiring old versions and compacting small files (Delta's own
+/// tools do the rest).
 async fn delta_lake(
     command: LakeCommand,
     config: DeltaSinkConfig,
@@ -438,7 +439,8 @@ async fn delta_lake(
     let args = command.table();
     let source = args.table.clone();
     let (schema, name) = source.split_once('.').unwrap_or(("public", &source));
-    let url = config.url.clone();
+    let (url, target_file_size) = (config.url.clone(), config.target_file_size);
+    let mirror = config.mode == crate::config::DeltaMode::Mirror;
     let sink = delta::DeltaSink::open(config, slot).await?;
     let Some(mut table) = sink.table_of(schema, name).await? else {
         bail!(
@@ -484,9 +486,14 @@ async fn delta_lake(
             let batches = delta::rows_at(&mut table, version, limit).await?;
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
             println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
-            println!(
-                "{rows} change rows (limit {limit}) of the Delta changelog of {schema}.{name} at version {shown}, in file order; order by _cdc_commit_lsn, _cdc_seq and apply them by key for the current state"
-            );
+            match mirror {
+                true => println!(
+                    "{rows} rows (limit {limit}) of the Delta mirror of {schema}.{name} at version {shown}"
+                ),
+                false => println!(
+                    "{rows} change rows (limit {limit}) of the Delta changelog of {schema}.{name} at version {shown}, in file order; order by _cdc_commit_lsn, _cdc_seq and apply them by key for the current state"
+                ),
+            }
         }
         LakeCommand::RemoveOrphans {
             older_than,
@@ -515,10 +522,30 @@ async fn delta_lake(
                 humantime::format_duration(older_than)
             );
         }
-        LakeCommand::Rollback { .. }
-        | LakeCommand::ExpireSnapshots { .. }
-        | LakeCommand::Compact { .. } => bail!(
-            "this command works on Iceberg tables only; for a Delta table use Delta's own tools (RESTORE, VACUUM, OPTIMIZE in Spark or delta-rs); `weir lake snapshots`, `query` and `remove-orphans` work on it"
+        LakeCommand::ExpireSnapshots { older_than, .. } => {
+            let expired = delta::expire(&mut table, older_than).await?;
+            println!(
+                "{} files deleted: data files removed from the table, and change data files of versions, older than {}; {} log entries removed",
+                expired.files.len(),
+                humantime::format_duration(older_than),
+                expired.log_entries
+            );
+        }
+        LakeCommand::Compact { target_size, .. } => {
+            let target = target_size.unwrap_or(target_file_size);
+            let compacted = delta::compact(&mut table, target, &delta::writer_properties()).await?;
+            match compacted.version {
+                Some(v) => println!(
+                    "{} small files rewritten into {} in version {v} (OPTIMIZE: no row changed)",
+                    compacted.rewritten, compacted.written
+                ),
+                None => println!(
+                    "nothing to compact: no two data files under three quarters of {target} bytes fit one file"
+                ),
+            }
+        }
+        LakeCommand::Rollback { .. } => bail!(
+            "rollback works on Iceberg tables only; for a Delta table use Delta's RESTORE (Spark or delta-rs) with the pipeline stopped"
         ),
     }
     Ok(())

@@ -318,11 +318,11 @@ fn a_delta_table_that_is_not_weirs_is_refused_and_left_untouched() {
 
 /// A pipeline with a Delta mirror at `<out>/delta` and, beside it, a Parquet changelog
 /// at `<out>/parquet`: the source's changes, to check the mirror's change feed against.
-fn mirror_config(db: &TestDb, extra: &str) -> PathBuf {
+fn mirror_config(db: &TestDb, interval: &str, extra: &str) -> PathBuf {
     let text = format!(
         "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\ntables = [\"public.t\"]\n\n\
-         [batch]\nmax_delay = \"100ms\"\nmax_events = 300\n\n\
-         [[sink]]\ntype = \"delta\"\nurl = \"file://{}/delta\"\nmode = \"mirror\"\ncommit_interval = \"300ms\"\n{extra}\n\n\
+         [batch]\nmax_delay = \"20ms\"\nmax_events = 300\n\n\
+         [[sink]]\ntype = \"delta\"\nurl = \"file://{}/delta\"\nmode = \"mirror\"\ncommit_interval = \"{interval}\"\n{extra}\n\n\
          [[sink]]\ntype = \"parquet\"\nurl = \"file://{}/parquet\"\nflush_interval = \"200ms\"\n",
         db.url(),
         db.name,
@@ -335,17 +335,43 @@ fn mirror_config(db: &TestDb, extra: &str) -> PathBuf {
     path
 }
 
-/// The mirror of `public.t` as `delta_mirror.py` reads it.
-fn read_mirror(db: &TestDb) -> Value {
+/// The mirror of `public.t` as `delta_mirror.py` reads it (`state`: only its rows).
+fn read_mirror_as(db: &TestDb, what: &str) -> Value {
     let out = py(
         "delta_mirror.py",
         &[
             db.out().join("delta/public/t").into_os_string(),
             "id".into(),
             db.out().join("parquet/public/t").into_os_string(),
+            what.into(),
         ],
     );
     serde_json::from_slice(&out).unwrap()
+}
+
+/// The number just before `words` in `out`.
+fn count_before(out: &str, words: &str) -> usize {
+    let at = out
+        .find(words)
+        .unwrap_or_else(|| panic!("{words:?} in {out}"));
+    out[..at]
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a number before {words:?} in {out}"))
+}
+
+fn read_mirror(db: &TestDb) -> Value {
+    read_mirror_as(db, "all")
+}
+
+/// `weir lake <args> <config> public.t`'s output; it must succeed.
+fn lake(db: &TestDb, config: &std::path::Path, args: &[&str]) -> String {
+    let mut all = vec!["lake", args[0], config.to_str().unwrap(), "public.t"];
+    all.extend(&args[1..]);
+    let out = db.weir(&all).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn assert_feed_is_the_source_changes(report: &Value) {
@@ -364,11 +390,19 @@ fn a_delta_mirror_equals_the_source_and_its_change_feed_the_changes_across_kill_
     db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
     db.sql("INSERT INTO t SELECT -g, 0, 'existing' FROM generate_series(1, 1000) g");
     // Small files: a commit rewrites some of them, not all.
-    let config = mirror_config(&db, "target_file_size = \"16KiB\"");
+    let config = mirror_config(&db, "40ms", "target_file_size = \"16KiB\"");
     db.catch_up(&config);
     let report = read_mirror(&db);
     assert_eq!(report["rows"].as_array().unwrap().len(), 1000, "{report}");
     assert_eq!(report["config"]["delta.enableChangeDataFeed"], "true");
+    // A checkpoint every 10 versions (100 by default), set as a user would.
+    py(
+        "delta_properties.py",
+        &[
+            db.out().join("delta/public/t").into_os_string(),
+            "delta.checkpointInterval=10".into(),
+        ],
+    );
     let writer = Writer::start(db.url());
     for round in 0..4 {
         let mut weir = db
@@ -407,8 +441,9 @@ fn a_delta_mirror_equals_the_source_and_its_change_feed_the_changes_across_kill_
     );
     assert_feed_is_the_source_changes(&report);
     assert!(
-        report["versions_checked"].as_u64().unwrap() > 8,
-        "commits in many versions: {report}"
+        report["versions_checked"].as_u64().unwrap() > 40,
+        "commits in many versions: {}",
+        report["versions_checked"]
     );
     for kind in ["insert", "update_preimage", "update_postimage", "delete"] {
         assert!(
@@ -417,6 +452,86 @@ fn a_delta_mirror_equals_the_source_and_its_change_feed_the_changes_across_kill_
             report["feed"]
         );
     }
+    let log = db.out().join("delta/public/t/_delta_log");
+    let checkpoints = std::fs::read_dir(&log)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().ends_with("0.checkpoint.parquet")
+        })
+        .count();
+    assert!(
+        checkpoints > 3,
+        "a checkpoint every 10 versions: {checkpoints}"
+    );
+
+    // The files of commits the kills undid go; the change data files versions refer to
+    // stay (the feed still replays from version 0).
+    let out = lake(
+        &db,
+        &config,
+        &["remove-orphans", "--older-than", "1s", "--force"],
+    );
+    assert!(
+        count_before(&out, "files deleted: referenced by no version") > 0,
+        "the kills left files behind: {out}"
+    );
+    assert_feed_is_the_source_changes(&read_mirror(&db));
+
+    // Compaction: the many small files into few, no row changed; the pipeline goes on
+    // from the compacted table.
+    let before = read_mirror(&db)["rows"].clone();
+    let out = lake(&db, &config, &["compact", "--target-size", "1MiB"]);
+    let (rewritten, written) = (
+        count_before(&out, "small files rewritten into"),
+        count_before(&out, "in version"),
+    );
+    assert!(rewritten > 10 && written < rewritten, "{out}");
+    let report = read_mirror(&db);
+    assert_eq!(report["rows"], before, "compaction changes no row");
+    assert_feed_is_the_source_changes(&report);
+    db.sql("UPDATE t SET v = v + 10 WHERE id % 5 = 0");
+    db.sql("DELETE FROM t WHERE id % 9 = 0");
+    db.sql("INSERT INTO t SELECT g, 1, 'after' FROM generate_series(900000, 900099) g");
+    db.catch_up(&config);
+    let report = read_mirror(&db);
+    assert_eq!(report["rows"], Value::Array(db.rows("public.t", "id")));
+    assert_feed_is_the_source_changes(&report);
+
+    // Expiring versions: refused under the table's retention floor; with the floor
+    // lowered, old versions' files and change data go and the current state stays.
+    let out = db
+        .weir(&[
+            "lake",
+            "expire-snapshots",
+            config.to_str().unwrap(),
+            "public.t",
+            "--older-than",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("under the table's delta.deletedFileRetentionDuration"),
+        "{}",
+        stderr(&out)
+    );
+    py(
+        "delta_properties.py",
+        &[
+            db.out().join("delta/public/t").into_os_string(),
+            "delta.deletedFileRetentionDuration=interval 1 seconds".into(),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = lake(&db, &config, &["expire-snapshots", "--older-than", "1s"]);
+    assert!(count_before(&out, "files deleted") > 0, "{out}");
+    assert_eq!(
+        read_mirror_as(&db, "state")["rows"],
+        Value::Array(db.rows("public.t", "id")),
+        "the current version is whole"
+    );
 }
 
 #[test]
@@ -424,7 +539,7 @@ fn a_delta_mirror_beside_another_writer_loses_and_doubles_nothing() {
     let db = TestDb::new("delta_mirror_conc");
     db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
     db.sql("INSERT INTO t SELECT -g, 0, 'existing' FROM generate_series(1, 300) g");
-    let config = mirror_config(&db, "");
+    let config = mirror_config(&db, "300ms", "");
     db.catch_up(&config);
     let writer = Writer::start(db.url());
     let mut weir = db
@@ -470,7 +585,7 @@ fn a_delta_mirror_refuses_a_table_without_a_key_and_a_changelog_table() {
     db.sql("CREATE TABLE t (id int, x text)");
     db.sql("ALTER TABLE t REPLICA IDENTITY FULL");
     db.sql("INSERT INTO t VALUES (1, 'a')");
-    let config = mirror_config(&db, "");
+    let config = mirror_config(&db, "300ms", "");
     let last_line = |config: &PathBuf| {
         let out = db
             .weir(&["run", config.to_str().unwrap(), "--until-caught-up"])

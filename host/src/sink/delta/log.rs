@@ -5,6 +5,9 @@
 //! entry, put if absent. A version another writer took first is a conflict: the error
 //! stops the pipeline, which starts again from the table as it now is (ADR 0019).
 //!
+//! After a commit, a checkpoint every `delta.checkpointInterval` versions (100 by
+//! default) and the cleanup of expired log files, as delta-rs does after its own.
+//!
 //! This module gives way to `CommitBuilder` once delta-rs lists the feature without
 //! DataFusion.
 
@@ -12,6 +15,7 @@ use deltalake::kernel::transaction::CommitData;
 use deltalake::kernel::{Action, Transaction};
 use deltalake::logstore::CommitOrBytes;
 use deltalake::protocol::DeltaOperation;
+use deltalake::table::config::TablePropertiesExt as _;
 use deltalake::{DeltaResult, DeltaTable};
 use std::collections::HashMap;
 
@@ -35,5 +39,16 @@ pub async fn commit(
         )
         .await?;
     table.update_incremental(Some(version as _)).await?;
+    let config = table.snapshot()?.table_config();
+    let (interval, cleanup) = (
+        config.checkpoint_interval().get(),
+        config.enable_expired_log_cleanup(),
+    );
+    if version > 0 && version.is_multiple_of(interval) {
+        deltalake::checkpoints::create_checkpoint(table, None).await?;
+        if cleanup {
+            deltalake::checkpoints::cleanup_metadata(table, None).await?;
+        }
+    }
     Ok(version)
 }

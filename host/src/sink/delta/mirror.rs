@@ -10,7 +10,7 @@
 //! table when it is opened and kept in memory. Within a commit interval a key's changes
 //! are folded to its last one.
 
-use super::{PROP_SLOT, PROP_SOURCE, commit_info, delta_err, delta_schema, log};
+use super::{PROP_SLOT, PROP_SOURCE, commit_info, delta_err, delta_schema, files, log};
 use crate::batch::CommitPos;
 use crate::sink::SinkError;
 use crate::sink::iceberg::schema::conform;
@@ -20,12 +20,9 @@ use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, UInt
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use deltalake::DeltaTable;
 use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
-use deltalake::kernel::{Action, Add, AddCDCFile, MetadataExt, Remove, StructType, Transaction};
+use deltalake::kernel::{Action, AddCDCFile, MetadataExt, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use futures::TryStreamExt;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt as _};
-use parquet::arrow::ArrowWriter;
+use object_store::ObjectStore;
 use parquet::file::properties::WriterProperties;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -46,13 +43,6 @@ struct Change {
     new: Option<usize>,
     /// When the key last changed, for the order of the change feed.
     seq: u64,
-}
-
-/// A data file written, to be added.
-struct Written {
-    path: String,
-    size: i64,
-    rows: usize,
 }
 
 /// One mirror table and the changes of the commit round under way.
@@ -193,32 +183,7 @@ impl MirrorTable {
         path: &str,
         columns: Option<&[String]>,
     ) -> Result<Vec<RecordBatch>, SinkError> {
-        let store = self.store();
-        let location = Path::parse(path).map_err(|e| self.err(e))?;
-        let read_err = |e: &dyn std::fmt::Display| SinkError::Write {
-            path: format!("{}/{path}", self.uri),
-            message: e.to_string(),
-        };
-        let meta = store.head(&location).await.map_err(|e| read_err(&e))?;
-        let reader = parquet::arrow::async_reader::ParquetObjectReader::new(store, location)
-            .with_file_size(meta.size);
-        let mut builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
-            .await
-            .map_err(|e| read_err(&e))?;
-        if let Some(columns) = columns {
-            let roots: Vec<usize> = builder
-                .schema()
-                .fields()
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| columns.contains(f.name()))
-                .map(|(i, _)| i)
-                .collect();
-            let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots);
-            builder = builder.with_projection(mask);
-        }
-        let stream = builder.build().map_err(|e| read_err(&e))?;
-        stream.try_collect().await.map_err(|e| read_err(&e))
+        files::read(self.store(), &self.uri, path, columns).await
     }
 
     /// The keys of a batch's rows (it has the key columns by name).
@@ -517,18 +482,12 @@ impl MirrorTable {
                     placed.extend(keys.into_iter().map(|k| (k, moved.clone())));
                 }
             }
-            actions.push(Action::Remove(Remove {
-                path: file.to_string(),
-                data_change: true,
-                deletion_timestamp: Some(now),
-                extended_file_metadata: Some(true),
-                partition_values: Some(HashMap::new()),
-                size: self.files.get(file).copied(),
-                tags: None,
-                deletion_vector: None,
-                base_row_id: None,
-                default_row_commit_version: None,
-            }));
+            actions.push(files::remove_action(
+                file,
+                self.files.get(file).copied(),
+                true,
+                now,
+            ));
         }
 
         // The change feed: each key's net change, in the order of their last changes.
@@ -647,64 +606,26 @@ impl MirrorTable {
             let path: Arc<str> = Arc::from(w.path.as_str());
             self.files.insert(path.clone(), w.size);
             out.push((path, std::mem::replace(&mut keys, rest)));
-            actions.push(Action::Add(Add {
-                path: w.path,
-                partition_values: HashMap::new(),
-                size: w.size,
-                modification_time: now,
-                data_change: true,
-                stats: Some(format!("{{\"numRecords\":{}}}", w.rows)),
-                tags: None,
-                deletion_vector: None,
-                base_row_id: None,
-                default_row_commit_version: None,
-                clustering_provider: None,
-            }));
+            actions.push(files::add_action(&w, true, now));
         }
         Ok(out)
     }
 
-    /// Writes `rows` as Parquet files of about the target size, named `<prefix>-<uuid>`
-    /// under the table.
     async fn write_files(
         &mut self,
         rows: &RecordBatch,
         prefix: &str,
-    ) -> Result<Vec<Written>, SinkError> {
-        let mut out = Vec::new();
-        let mut at = 0;
-        while at < rows.num_rows() {
-            let mut writer =
-                ArrowWriter::try_new(Vec::new(), rows.schema(), Some(self.properties.clone()))
-                    .map_err(|e| self.err(e))?;
-            let start = at;
-            while at < rows.num_rows()
-                && writer.bytes_written() as u64 + writer.in_progress_size() as u64
-                    <= self.target_file_size
-            {
-                let n = (rows.num_rows() - at).min(8192);
-                writer.write(&rows.slice(at, n)).map_err(|e| self.err(e))?;
-                at += n;
-            }
-            let bytes = writer.into_inner().map_err(|e| self.err(e))?;
-            let path = format!("{prefix}-{}.zstd.parquet", uuid::Uuid::new_v4());
-            let size = bytes.len() as i64;
-            self.store()
-                .put(&Path::parse(&path).map_err(|e| self.err(e))?, bytes.into())
-                .await
-                .map_err(|source| crate::storage::StorageError::Store {
-                    op: "writing",
-                    path: format!("{}/{path}", self.uri),
-                    source,
-                })?;
-            self.bytes_written += size as u64;
-            out.push(Written {
-                path,
-                size,
-                rows: at - start,
-            });
+    ) -> Result<Vec<files::Written>, SinkError> {
+        let written = files::FileWriter {
+            store: self.store(),
+            uri: &self.uri,
+            properties: &self.properties,
+            target_size: self.target_file_size,
         }
-        Ok(out)
+        .write(std::slice::from_ref(rows), prefix)
+        .await?;
+        self.bytes_written += written.iter().map(|w| w.size as u64).sum::<u64>();
+        Ok(written)
     }
 }
 

@@ -29,8 +29,11 @@ use std::sync::Arc;
 use std::time::Instant;
 use weir_sdk::{Event, Relation};
 
+mod files;
 mod log;
+mod maintain;
 pub mod mirror;
+pub use maintain::{Compacted, Expired, compact, expire, remove_unreferenced};
 use mirror::MirrorTable;
 
 /// Table configuration keys naming a table's source table and pipeline.
@@ -97,10 +100,7 @@ impl DeltaSink {
         crate::storage::check_reachable(store.as_ref(), &prefix, &config.url).await?;
         let app_id = app_id(slot);
         let mut sink = DeltaSink {
-            properties: WriterProperties::builder()
-                .set_compression(Compression::ZSTD(ZstdLevel::default()))
-                .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
-                .build(),
+            properties: writer_properties(),
             config,
             slot: slot.to_string(),
             app_id,
@@ -672,6 +672,14 @@ impl ChangeTable {
     }
 }
 
+/// How weir writes a Delta table's Parquet files.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 /// weir's position in a commit's info.
 fn commit_info(slot: &str, last: CommitPos) -> HashMap<String, serde_json::Value> {
     HashMap::from([
@@ -867,25 +875,4 @@ pub async fn rows_at(
         }
     }
     Ok(out)
-}
-
-/// Deletes the files in `table`'s directory that no version it keeps refers to (files
-/// of runs killed before their commit) and are older than `older_than`: Delta's VACUUM
-/// in its full mode. Returns the files (deleted, or only listed with `dry_run`).
-pub async fn remove_unreferenced(
-    table: DeltaTable,
-    older_than: std::time::Duration,
-    dry_run: bool,
-) -> Result<Vec<String>, SinkError> {
-    let uri = table.table_url().to_string();
-    let retention = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
-    let (_, metrics) = table
-        .vacuum()
-        .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
-        .with_retention_period(retention)
-        .with_enforce_retention_duration(false)
-        .with_dry_run(dry_run)
-        .await
-        .map_err(|e| delta_err(&uri, e))?;
-    Ok(metrics.files_deleted)
 }
