@@ -535,6 +535,41 @@ fn a_delta_mirror_equals_the_source_and_its_change_feed_the_changes_across_kill_
 }
 
 #[test]
+fn a_delta_mirror_takes_truncates_and_unchanged_toast_values() {
+    let db = TestDb::new("delta_mirror_toast");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
+    // Notes big enough to be TOASTed: an update that leaves them alone does not send them.
+    let big =
+        "(SELECT string_agg(md5(random()::text || g::text), '') FROM generate_series(1, 300) g)";
+    db.sql(&format!(
+        "INSERT INTO t SELECT g, 0, {big} FROM generate_series(1, 50) g"
+    ));
+    let config = mirror_config(&db, "300ms", "");
+    db.catch_up(&config);
+    // A key's row in a data file, and a key's row written earlier in the same commit.
+    db.sql("UPDATE t SET v = 1 WHERE id <= 3");
+    db.sql(&format!("INSERT INTO t VALUES (51, 0, {big})"));
+    db.sql("UPDATE t SET v = 2 WHERE id = 51");
+    db.catch_up(&config);
+    let report = read_mirror(&db);
+    assert_eq!(report["rows"], Value::Array(db.rows("public.t", "id")));
+    assert_feed_is_the_source_changes(&report);
+    // A truncate deletes every row, the rows after it stay.
+    db.sql("TRUNCATE t");
+    db.sql("INSERT INTO t VALUES (7, 7, 'after'), (70, 70, 'after')");
+    db.catch_up(&config);
+    let report = read_mirror(&db);
+    assert_eq!(report["rows"], Value::Array(db.rows("public.t", "id")));
+    assert_eq!(report["rows"].as_array().unwrap().len(), 2);
+    assert_feed_is_the_source_changes(&report);
+    assert!(
+        report["feed"]["delete"].as_u64().unwrap() >= 49,
+        "{}",
+        report["feed"]
+    );
+}
+
+#[test]
 fn a_delta_mirror_beside_another_writer_loses_and_doubles_nothing() {
     let db = TestDb::new("delta_mirror_conc");
     db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");

@@ -182,6 +182,60 @@ fn delta_tables_on_s3_are_exactly_once_across_kill_9() {
 }
 
 #[test]
+fn a_delta_mirror_on_s3_equals_the_source_across_kill_9() {
+    let db = TestDb::new("s3_delta_mirror");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
+    db.sql("INSERT INTO t SELECT -g, 0, 'existing' FROM generate_series(1, 500) g");
+    let s3 = S3::start("lake");
+    let config = s3_config(&db, &s3, &["public.t"], "max_events = 300", "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("type = \"parquet\"", "type = \"delta\"\nmode = \"mirror\"")
+        .replace("flush_interval = \"200ms\"", "commit_interval = \"200ms\"");
+    std::fs::write(&config, text).unwrap();
+    s3.run(&db, &config);
+    let writer = Writer::start(db.url());
+    for round in 0..2 {
+        let mut weir = s3
+            .weir(&db, &["run", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        db.sql(&format!(
+            "UPDATE t SET v = v + 1 WHERE id < 0 AND id % 3 = -{round}"
+        ));
+        db.sql(&format!(
+            "DELETE FROM t WHERE id < 0 AND id % 17 = -{round}"
+        ));
+        std::thread::sleep(Duration::from_millis(800 + 300 * round));
+        weir.kill().unwrap();
+        weir.wait().unwrap();
+    }
+    writer.finish();
+    s3.run(&db, &config);
+    let local = tempfile::tempdir().unwrap();
+    s3.download(&format!("{}/", db.name), local.path());
+    let report: serde_json::Value = serde_json::from_slice(&crate::harness::py(
+        "delta_mirror.py",
+        &[
+            local.path().join("public/t").into_os_string(),
+            "id".into(),
+            "-".into(),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        report["rows"],
+        serde_json::Value::Array(db.rows("public.t", "id")),
+        "the mirror, read back from the bucket, equals the source"
+    );
+    assert_eq!(report["replayed_equal"], true, "{report}");
+    assert_eq!(report["preimage_errors"], serde_json::json!([]), "{report}");
+}
+
+#[test]
 fn a_bucket_that_does_not_exist_is_a_clear_error() {
     let db = TestDb::new("s3_missing");
     db.sql("CREATE TABLE t (id int PRIMARY KEY)");
