@@ -26,7 +26,7 @@ use std::path::Path;
 use std::time::Instant;
 use weir::pgtemp::TempPostgres;
 use weir_tests::bench::{
-    TABLE, insert_rows, machine, recvlogical, run_measured, weir_until_caught_up,
+    TABLE, insert_rows, machine, mixed_changes, recvlogical, run_measured, weir_until_caught_up,
 };
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -69,27 +69,13 @@ fn main() {
     study.catch_up();
     let fresh = study.read("after the load", rows);
     let mut running = study.run();
-    // 10k changes per transaction: 6k updates, 2k deletes, 2k inserts, spread by a
-    // stride over the key space.
-    let (mut next, mut done) = (rows + 1, 0);
-    let mut round = 0u64;
-    while done < changes_wanted {
-        let stride = 997 + round % 13;
-        pg.psql(
-            db,
-            &format!(
-                "BEGIN; \
-                 UPDATE bench SET amount = amount + 1, status = 'paid' WHERE id IN (SELECT (({round} * 6000 + g) * {stride}) % {next} + 1 FROM generate_series(1, 6000) g); \
-                 DELETE FROM bench WHERE id IN (SELECT (({round} * 2000 + g) * {stride} + 7) % {next} + 1 FROM generate_series(1, 2000) g); \
-                 {}; COMMIT;",
-                insert_rows(next, next + 1_999)
-            ),
-        )
-        .unwrap();
-        next += 2_000;
-        done += 10_000;
-        round += 1;
-    }
+    mixed_changes(
+        &mut |sql| {
+            pg.psql(db, sql).unwrap();
+        },
+        rows,
+        changes_wanted,
+    );
     let changes = pg
         .psql(db, "SELECT count(*) FROM pg_logical_slot_peek_binary_changes('mirror_src', NULL, NULL, 'proto_version', '1', 'publication_names', 'weir_bench') WHERE get_byte(data, 0) IN (73, 85, 68)")
         .unwrap();

@@ -202,6 +202,28 @@ pub mod bench {
         )
     }
 
+    /// The mixed workload after a load of `rows`: `changes` row changes in 10k-change
+    /// transactions, each 6k updates, 2k deletes and 2k inserts spread by a stride over
+    /// the key space; `sql` runs each transaction. Returns the next free id.
+    pub fn mixed_changes(sql: &mut dyn FnMut(&str), rows: u64, changes: u64) -> u64 {
+        let (mut next, mut done) = (rows + 1, 0);
+        let mut round = 0u64;
+        while done < changes {
+            let stride = 997 + round % 13;
+            sql(&format!(
+                "BEGIN; \
+                 UPDATE bench SET amount = amount + 1, status = 'paid' WHERE id IN (SELECT (({round} * 6000 + g) * {stride}) % {next} + 1 FROM generate_series(1, 6000) g); \
+                 DELETE FROM bench WHERE id IN (SELECT (({round} * 2000 + g) * {stride} + 7) % {next} + 1 FROM generate_series(1, 2000) g); \
+                 {}; COMMIT;",
+                insert_rows(next, next + 1_999)
+            ));
+            next += 2_000;
+            done += 10_000;
+            round += 1;
+        }
+        next
+    }
+
     /// Rows in the Parquet files below `path`, from their footers.
     pub fn parquet_rows(path: &std::path::Path) -> u64 {
         use parquet::file::reader::{FileReader, SerializedFileReader};

@@ -38,7 +38,8 @@ pub async fn read(
         .with_file_size(meta.size);
     let mut builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
         .await
-        .map_err(|e| err(&e))?;
+        .map_err(|e| err(&e))?
+        .with_batch_size(8192);
     if let Some(columns) = columns {
         let roots: Vec<usize> = builder
             .schema()
@@ -64,55 +65,92 @@ pub struct FileWriter<'a> {
 }
 
 impl FileWriter<'_> {
-    /// Writes `rows` as Parquet files of about the target size, named
-    /// `<prefix>-<uuid>.zstd.parquet` under the table.
+    /// Files named `<prefix>-<uuid>.zstd.parquet` under the table, filled one after
+    /// another.
+    pub fn rolling(&self, prefix: &str) -> Rolling<'_> {
+        Rolling {
+            to: self,
+            prefix: prefix.to_string(),
+            open: None,
+            done: Vec::new(),
+        }
+    }
+
+    /// Writes `rows` as files of about the target size (see [`FileWriter::rolling`]).
     pub async fn write(
         &self,
         rows: &[RecordBatch],
         prefix: &str,
     ) -> Result<Vec<Written>, SinkError> {
-        let mut out = Vec::new();
-        let mut slices = rows
-            .iter()
-            .flat_map(|b| {
-                (0..b.num_rows())
-                    .step_by(8192)
-                    .map(move |at| b.slice(at, (b.num_rows() - at).min(8192)))
-            })
-            .peekable();
-        while let Some(first) = slices.peek() {
-            let path = format!("{prefix}-{}.zstd.parquet", uuid::Uuid::new_v4());
-            let err = |e: &dyn std::fmt::Display| file_err(self.uri, &path, e);
-            let mut writer =
-                ArrowWriter::try_new(Vec::new(), first.schema(), Some(self.properties.clone()))
-                    .map_err(|e| err(&e))?;
-            let mut n = 0;
-            while let Some(slice) = slices.next_if(|_| {
-                n == 0
-                    || (writer.bytes_written() + writer.in_progress_size()) as u64
-                        <= self.target_size
-            }) {
-                writer.write(&slice).map_err(|e| err(&e))?;
-                n += slice.num_rows();
-            }
-            let bytes = writer.into_inner().map_err(|e| err(&e))?;
-            let size = bytes.len() as i64;
-            let location = Path::parse(&path).map_err(|e| err(&e))?;
-            self.store
-                .put(&location, bytes.into())
-                .await
-                .map_err(|source| crate::storage::StorageError::Store {
-                    op: "writing",
-                    path: format!("{}/{path}", self.uri),
-                    source,
-                })?;
-            out.push(Written {
-                path,
-                size,
-                rows: n,
-            });
+        let mut files = self.rolling(prefix);
+        for batch in rows {
+            files.push(batch).await?;
         }
-        Ok(out)
+        files.finish().await
+    }
+}
+
+/// Rows written to files of about the target size: a file is completed once its
+/// encoded size reaches it.
+pub struct Rolling<'a> {
+    to: &'a FileWriter<'a>,
+    prefix: String,
+    open: Option<(String, ArrowWriter<Vec<u8>>, usize)>,
+    done: Vec<Written>,
+}
+
+impl Rolling<'_> {
+    pub async fn push(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        for at in (0..batch.num_rows()).step_by(8192) {
+            let slice = batch.slice(at, (batch.num_rows() - at).min(8192));
+            if self.open.is_none() {
+                let path = format!("{}-{}.zstd.parquet", self.prefix, uuid::Uuid::new_v4());
+                let writer = ArrowWriter::try_new(
+                    Vec::new(),
+                    slice.schema(),
+                    Some(self.to.properties.clone()),
+                )
+                .map_err(|e| file_err(self.to.uri, &path, e))?;
+                self.open = Some((path, writer, 0));
+            }
+            let (path, writer, rows) = self.open.as_mut().expect("opened above");
+            writer
+                .write(&slice)
+                .map_err(|e| file_err(self.to.uri, path, e))?;
+            *rows += slice.num_rows();
+            if (writer.bytes_written() + writer.in_progress_size()) as u64 >= self.to.target_size {
+                self.close().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<(), SinkError> {
+        let Some((path, writer, rows)) = self.open.take() else {
+            return Ok(());
+        };
+        let bytes = writer
+            .into_inner()
+            .map_err(|e| file_err(self.to.uri, &path, e))?;
+        let size = bytes.len() as i64;
+        let location = Path::parse(&path).map_err(|e| file_err(self.to.uri, &path, e))?;
+        self.to
+            .store
+            .put(&location, bytes.into())
+            .await
+            .map_err(|source| crate::storage::StorageError::Store {
+                op: "writing",
+                path: format!("{}/{path}", self.to.uri),
+                source,
+            })?;
+        self.done.push(Written { path, size, rows });
+        Ok(())
+    }
+
+    /// Completes the open file; the files written, in order.
+    pub async fn finish(mut self) -> Result<Vec<Written>, SinkError> {
+        self.close().await?;
+        Ok(self.done)
     }
 }
 

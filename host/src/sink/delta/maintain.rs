@@ -162,18 +162,19 @@ pub async fn compact(
     let now = chrono::Utc::now().timestamp_millis();
     let (mut actions, mut rewritten, mut written) = (Vec::new(), 0, 0);
     for bin in bins {
-        let mut rows = Vec::new();
+        let mut out = writer.rolling("part");
         for (path, size) in &bin {
             for batch in files::read(store.clone(), &uri, path, None).await? {
-                rows.push(conform(&batch, &schema).map_err(|e| SinkError::Schema {
+                let batch = conform(&batch, &schema).map_err(|e| SinkError::Schema {
                     table: uri.clone(),
                     source: e.into(),
-                })?);
+                })?;
+                out.push(&batch).await?;
             }
             actions.push(files::remove_action(path, Some(*size), false, now));
         }
         rewritten += bin.len();
-        for w in writer.write(&rows, "part").await? {
+        for w in out.finish().await? {
             actions.push(files::add_action(&w, false, now));
             written += 1;
         }

@@ -16,7 +16,7 @@ use crate::sink::SinkError;
 use crate::sink::iceberg::schema::conform;
 use crate::sink::keys::KeyCodec;
 use crate::sink::rows::{MirrorRows, batch_row, mirror_arrow_schema};
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use deltalake::DeltaTable;
 use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
@@ -424,91 +424,114 @@ impl MirrorTable {
     ) -> Result<(), SinkError> {
         self.finish_rows()?;
         let target = Arc::new(arrow_schema(&self.table, &self.uri)?);
-        let mut conformed = Vec::with_capacity(self.batches.len());
-        for b in &self.batches {
-            conformed.push(conform(b, &target).map_err(|e| self.err(e))?);
-        }
-        let new_rows =
-            arrow::compute::concat_batches(&target, &conformed).map_err(|e| self.err(e))?;
-        let now = chrono::Utc::now().timestamp_millis();
-        let mut actions = Vec::new();
-        let mut placed: Vec<(Vec<u8>, Arc<str>)> = Vec::new();
-
-        // The rows that stay, in the order they were built.
-        let mut live: Vec<(&Vec<u8>, usize)> = self
-            .round
+        let rows = std::mem::take(&mut self.batches)
             .iter()
-            .filter_map(|(k, c)| c.new.map(|n| (k, n)))
-            .collect();
-        live.sort_by_key(|(_, n)| *n);
-        let ids = UInt32Array::from_iter_values(live.iter().map(|(_, n)| *n as u32));
-        let kept = take_rows(&new_rows, &ids).map_err(|e| self.err(e))?;
-        let keys: Vec<Vec<u8>> = live.into_iter().map(|(k, _)| k.clone()).collect();
-        for (file, keys) in self.write_data(&kept, keys, &mut actions, now).await? {
-            placed.extend(keys.into_iter().map(|k| (k, file.clone())));
+            .map(|b| conform(b, &target))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        self.built = 0;
+        let round = Rows::new(&rows);
+        let now = chrono::Utc::now().timestamp_millis();
+        let writer = files::FileWriter {
+            store: self.store(),
+            uri: &self.uri,
+            properties: &self.properties,
+            target_size: self.target_file_size,
+        };
+
+        // The round's rows that stay, in the order they were built.
+        let mut keep: Vec<Vec<bool>> = rows.iter().map(|b| vec![false; b.num_rows()]).collect();
+        for n in self.round.values().filter_map(|c| c.new) {
+            let (b, r) = round.locate(n);
+            keep[b][r] = true;
         }
+        let mut added = writer.rolling("part");
+        for (batch, keep) in rows.iter().zip(&keep) {
+            let kept =
+                arrow::compute::filter_record_batch(batch, &BooleanArray::from(keep.clone()))
+                    .map_err(|e| self.err(e))?;
+            added.push(&kept).await?;
+        }
+        let added = added.finish().await?;
+        // Each kept row's rank among them, for the file it went to.
+        let mut rank = 0u32;
+        let ranks: Vec<Vec<u32>> = keep
+            .iter()
+            .map(|k| {
+                k.iter()
+                    .map(|&kept| {
+                        rank += kept as u32;
+                        rank.saturating_sub(1)
+                    })
+                    .collect()
+            })
+            .collect();
+        drop(keep);
 
         // The files holding replaced or deleted rows: their other rows move.
         let touched: BTreeSet<Arc<str>> =
             self.round.values().filter_map(|c| c.old.clone()).collect();
-        let mut before = Vec::new();
-        let mut before_of: HashMap<Vec<u8>, usize> = HashMap::new();
-        let mut before_n = 0;
+        let mut moved = writer.rolling("part");
+        let (mut before, mut before_of, mut stay) = (Vec::new(), HashMap::new(), Vec::new());
         for file in &touched {
             for batch in self.read(file, None).await? {
                 let batch = conform(&batch, &target).map_err(|e| self.err(e))?;
                 let keys = self.keys_of(&batch)?;
                 let changed: Vec<bool> = keys.iter().map(|k| self.round.contains_key(k)).collect();
-                let mut stay = Vec::new();
+                let mut row = 0;
                 for (key, changed) in keys.into_iter().zip(&changed) {
                     match changed {
                         true => {
-                            before_of.insert(key, before_n);
-                            before_n += 1;
+                            before_of.insert(key, (before.len(), row));
+                            row += 1;
                         }
                         false => stay.push(key),
                     }
                 }
                 let mask = BooleanArray::from(changed);
-                before.push(
-                    arrow::compute::filter_record_batch(&batch, &mask).map_err(|e| self.err(e))?,
-                );
-                let rest = arrow::compute::filter_record_batch(
-                    &batch,
-                    &arrow::compute::not(&mask).map_err(|e| self.err(e))?,
-                )
-                .map_err(|e| self.err(e))?;
-                for (moved, keys) in self.write_data(&rest, stay, &mut actions, now).await? {
-                    placed.extend(keys.into_iter().map(|k| (k, moved.clone())));
-                }
+                let rest = arrow::compute::not(&mask).map_err(|e| self.err(e))?;
+                let filter = |m: &BooleanArray| {
+                    arrow::compute::filter_record_batch(&batch, m).map_err(|e| self.err(e))
+                };
+                before.push(filter(&mask)?);
+                moved.push(&filter(&rest)?).await?;
             }
-            actions.push(files::remove_action(
-                file,
-                self.files.get(file).copied(),
-                true,
-                now,
-            ));
         }
+        let moved = moved.finish().await?;
 
         // The change feed: each key's net change, in the order of their last changes.
+        let mut changes = Vec::new();
         if !touched.is_empty() {
-            let before =
-                arrow::compute::concat_batches(&target, &before).map_err(|e| self.err(e))?;
-            let changes = self.change_rows(&before, &before_of, &new_rows)?;
-            if changes.num_rows() > 0 {
-                let written = self.write_files(&changes, "_change_data/cdc").await?;
-                for w in written {
-                    actions.push(Action::Cdc(AddCDCFile {
-                        path: w.path,
-                        size: w.size,
-                        partition_values: HashMap::new(),
-                        data_change: false,
-                        tags: None,
-                    }));
-                }
-            }
+            let feed = self.change_rows(&before, &before_of, &rows, &round)?;
+            drop(before);
+            changes = writer.write(&feed, "_change_data/cdc").await?;
         }
 
+        let mut actions: Vec<Action> = touched
+            .iter()
+            .map(|f| files::remove_action(f, self.files.get(f).copied(), true, now))
+            .collect();
+        actions.extend(
+            added
+                .iter()
+                .chain(&moved)
+                .map(|w| files::add_action(w, true, now)),
+        );
+        actions.extend(changes.iter().map(|w| {
+            Action::Cdc(AddCDCFile {
+                path: w.path.clone(),
+                size: w.size,
+                partition_values: HashMap::new(),
+                data_change: false,
+                tags: None,
+            })
+        }));
+        self.bytes_written += added
+            .iter()
+            .chain(&moved)
+            .chain(&changes)
+            .map(|w| w.size as u64)
+            .sum::<u64>();
         let operation = match touched.is_empty() {
             true => DeltaOperation::Write {
                 mode: SaveMode::Append,
@@ -534,98 +557,138 @@ impl MirrorTable {
         .map_err(|e| delta_err(&self.uri, e))?;
         tracing::debug!(table = %self.uri, version, lsn = %last.commit_lsn, rewritten = touched.len(), "Delta mirror table committed.");
 
+        // The index: where each key is now.
         for file in &touched {
             self.files.remove(file);
         }
+        let added = Placed::new(&added, &mut self.files);
+        let moved = Placed::new(&moved, &mut self.files);
         for (key, change) in self.round.drain() {
-            if change.new.is_none() {
-                self.index.remove(&key);
+            match change.new {
+                None => {
+                    self.index.remove(&key);
+                }
+                Some(n) => {
+                    let (b, r) = round.locate(n);
+                    self.index.insert(key, added.file(ranks[b][r] as usize));
+                }
             }
         }
-        for (key, file) in placed {
-            self.index.insert(key, file);
+        for (i, key) in stay.into_iter().enumerate() {
+            self.index.insert(key, moved.file(i));
         }
-        self.batches.clear();
-        self.built = 0;
         self.skip_through = last.commit_lsn.0;
         Ok(())
     }
 
-    /// The change feed's rows: the table's columns and `_change_type`.
+    /// The change feed's rows: the table's columns and `_change_type`, from the rows
+    /// the round replaced (`before`, a key's at `before_of`) and its rows (`after`).
     fn change_rows(
         &self,
-        before: &RecordBatch,
-        before_of: &HashMap<Vec<u8>, usize>,
-        after: &RecordBatch,
-    ) -> Result<RecordBatch, SinkError> {
+        before: &[RecordBatch],
+        before_of: &HashMap<Vec<u8>, (usize, usize)>,
+        after: &[RecordBatch],
+        round: &Rows,
+    ) -> Result<Vec<RecordBatch>, SinkError> {
         let mut order: Vec<(&Vec<u8>, &Change)> = self.round.iter().collect();
         order.sort_by_key(|(_, c)| c.seq);
+        let new = |n: usize| {
+            let (b, r) = round.locate(n);
+            (before.len() + b, r)
+        };
         let (mut picks, mut types) = (Vec::new(), Vec::new());
         for (key, change) in order {
             match (before_of.get(key), change.new) {
                 (Some(&b), Some(n)) => {
-                    picks.extend([(0, b), (1, n)]);
+                    picks.extend([b, new(n)]);
                     types.extend(["update_preimage", "update_postimage"]);
                 }
                 (Some(&b), None) => {
-                    picks.push((0, b));
+                    picks.push(b);
                     types.push("delete");
                 }
                 (None, Some(n)) => {
-                    picks.push((1, n));
+                    picks.push(new(n));
                     types.push("insert");
                 }
                 (None, None) => {}
             }
         }
-        let mut columns = Vec::with_capacity(before.num_columns() + 1);
-        for (b, a) in before.columns().iter().zip(after.columns()) {
-            columns.push(
-                arrow::compute::interleave(&[b.as_ref() as &dyn Array, a.as_ref()], &picks)
-                    .map_err(|e| self.err(e))?,
-            );
-        }
-        columns.push(Arc::new(StringArray::from(types)) as ArrayRef);
-        let mut fields: Vec<FieldRef> = before.schema().fields().iter().cloned().collect();
+        let Some(schema) = before.first().or(after.first()).map(RecordBatch::schema) else {
+            return Ok(Vec::new());
+        };
+        let mut fields: Vec<FieldRef> = schema.fields().iter().cloned().collect();
         fields.push(Arc::new(Field::new(CHANGE_TYPE, DataType::Utf8, false)));
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| self.err(e))
-    }
-
-    /// Writes `rows` (whose keys are `keys`, in order) as data files and their add
-    /// actions; returns each file with the keys it holds.
-    async fn write_data(
-        &mut self,
-        rows: &RecordBatch,
-        mut keys: Vec<Vec<u8>>,
-        actions: &mut Vec<Action>,
-        now: i64,
-    ) -> Result<Vec<(Arc<str>, Vec<Vec<u8>>)>, SinkError> {
+        let schema = Arc::new(Schema::new(fields));
         let mut out = Vec::new();
-        for w in self.write_files(rows, "part").await? {
-            let rest = keys.split_off(w.rows.min(keys.len()));
-            let path: Arc<str> = Arc::from(w.path.as_str());
-            self.files.insert(path.clone(), w.size);
-            out.push((path, std::mem::replace(&mut keys, rest)));
-            actions.push(files::add_action(&w, true, now));
+        for (picks, types) in picks.chunks(8192).zip(types.chunks(8192)) {
+            let mut columns = Vec::with_capacity(schema.fields().len());
+            for c in 0..schema.fields().len() - 1 {
+                let arrays: Vec<&dyn Array> = before
+                    .iter()
+                    .chain(after)
+                    .map(|b| b.column(c).as_ref())
+                    .collect();
+                columns.push(arrow::compute::interleave(&arrays, picks).map_err(|e| self.err(e))?);
+            }
+            columns.push(Arc::new(StringArray::from(types.to_vec())) as ArrayRef);
+            out.push(RecordBatch::try_new(schema.clone(), columns).map_err(|e| self.err(e))?);
         }
         Ok(out)
     }
+}
 
-    async fn write_files(
-        &mut self,
-        rows: &RecordBatch,
-        prefix: &str,
-    ) -> Result<Vec<files::Written>, SinkError> {
-        let written = files::FileWriter {
-            store: self.store(),
-            uri: &self.uri,
-            properties: &self.properties,
-            target_size: self.target_file_size,
+/// Where the round's rows are: row number to batch and row.
+struct Rows {
+    starts: Vec<usize>,
+}
+
+impl Rows {
+    fn new(batches: &[RecordBatch]) -> Rows {
+        let mut at = 0;
+        Rows {
+            starts: batches
+                .iter()
+                .map(|b| {
+                    at += b.num_rows();
+                    at - b.num_rows()
+                })
+                .collect(),
         }
-        .write(std::slice::from_ref(rows), prefix)
-        .await?;
-        self.bytes_written += written.iter().map(|w| w.size as u64).sum::<u64>();
-        Ok(written)
+    }
+
+    fn locate(&self, n: usize) -> (usize, usize) {
+        let b = self.starts.partition_point(|&s| s <= n) - 1;
+        (b, n - self.starts[b])
+    }
+}
+
+/// Files written in order, by the rank of the rows they hold.
+struct Placed {
+    ends: Vec<usize>,
+    paths: Vec<Arc<str>>,
+}
+
+impl Placed {
+    /// The files `written`, now live in `files`.
+    fn new(written: &[files::Written], files: &mut HashMap<Arc<str>, i64>) -> Placed {
+        let mut end = 0;
+        let mut placed = Placed {
+            ends: Vec::new(),
+            paths: Vec::new(),
+        };
+        for w in written {
+            end += w.rows;
+            let path: Arc<str> = Arc::from(w.path.as_str());
+            files.insert(path.clone(), w.size);
+            placed.ends.push(end);
+            placed.paths.push(path);
+        }
+        placed
+    }
+
+    fn file(&self, rank: usize) -> Arc<str> {
+        self.paths[self.ends.partition_point(|&e| e <= rank)].clone()
     }
 }
 
@@ -643,16 +706,4 @@ fn arrow_schema(table: &DeltaTable, uri: &str) -> Result<Schema, SinkError> {
         .as_ref()
         .try_into_arrow()
         .map_err(|e| delta_err(uri, e.into()))
-}
-
-fn take_rows(
-    rows: &RecordBatch,
-    ids: &UInt32Array,
-) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let columns = rows
-        .columns()
-        .iter()
-        .map(|c| arrow::compute::take(c.as_ref(), ids, None))
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(rows.schema(), columns)
 }
