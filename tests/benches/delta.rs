@@ -22,7 +22,8 @@
 use std::path::Path;
 use weir::pgtemp::TempPostgres;
 use weir_tests::bench::{
-    TABLE, insert_rows, machine, measure, mixed_changes, recvlogical, weir_until_caught_up,
+    TABLE, dir_size, insert_rows, machine, measure, mixed_changes, recvlogical,
+    weir_until_caught_up,
 };
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -274,20 +275,6 @@ fn sums(path: &Path) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn dir_size(path: &Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .map(|e| match e.path().is_dir() {
-                    true => dir_size(&e.path()),
-                    false => e.metadata().map_or(0, |m| m.len()),
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 fn count_files(dir: &Path, suffix: &str) -> usize {

@@ -26,7 +26,8 @@ use std::path::Path;
 use std::time::Instant;
 use weir::pgtemp::TempPostgres;
 use weir_tests::bench::{
-    TABLE, insert_rows, machine, mixed_changes, recvlogical, run_measured, weir_until_caught_up,
+    TABLE, dir_size, insert_rows, machine, mixed_changes, recvlogical, run_measured,
+    weir_until_caught_up,
 };
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -262,20 +263,6 @@ impl ReadStudy {
         );
         seconds
     }
-}
-
-fn dir_size(path: &Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .map(|e| match e.path().is_dir() {
-                    true => dir_size(&e.path()),
-                    false => e.metadata().map_or(0, |m| m.len()),
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// Data files and position delete files (named `-del-`) under `dir`.

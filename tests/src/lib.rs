@@ -224,6 +224,21 @@ pub mod bench {
         next
     }
 
+    /// Bytes of the files below `path`.
+    pub fn dir_size(path: &std::path::Path) -> u64 {
+        std::fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| match e.path().is_dir() {
+                        true => dir_size(&e.path()),
+                        false => e.metadata().map_or(0, |m| m.len()),
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
     /// Rows in the Parquet files below `path`, from their footers.
     pub fn parquet_rows(path: &std::path::Path) -> u64 {
         use parquet::file::reader::{FileReader, SerializedFileReader};
