@@ -85,7 +85,8 @@ enum Command {
         #[arg(long)]
         from: Option<crate::lsn::Lsn>,
     },
-    /// Compare each table's state in the outputs (parquet and iceberg changelogs) with
+    /// Compare each table's state in the outputs (parquet, iceberg and delta changelogs
+    /// and mirrors) with
     /// the source's, both as of one LSN: a snapshot of the source taken now, while the
     /// pipeline runs. Prints rows in source and output, missing, extra, different and
     /// duplicated, with example keys; exits 0 only when everything matches. Writes

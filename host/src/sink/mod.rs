@@ -175,10 +175,7 @@ impl Sink {
         match self {
             Sink::Parquet(s) => s.write_replay(batch, name).await.map(drop),
             Sink::Iceberg(s) => s.write_replay(batch, name).await,
-            Sink::Delta(_) => Err(SinkError::Config {
-                what: "a delta sink".into(),
-                message: "dead letters cannot be replayed into a Delta table yet".into(),
-            }),
+            Sink::Delta(s) => s.write_replay(batch, name).await,
             Sink::Mirror(_) => Err(SinkError::Config {
                 what: "an iceberg mirror sink".into(),
                 message: "dead letters cannot be replayed into a mirror table yet".into(),

@@ -294,12 +294,17 @@ fn chosen_sinks<'a>(
     config: &'a PipelineConfig,
     options: &Options,
 ) -> Result<Vec<&'a SinkConfig>, VerifyError> {
-    let readable = |s: &SinkConfig| matches!(s, SinkConfig::Parquet(_) | SinkConfig::Iceberg(_));
+    let readable = |s: &SinkConfig| {
+        matches!(
+            s,
+            SinkConfig::Parquet(_) | SinkConfig::Iceberg(_) | SinkConfig::Delta(_)
+        )
+    };
     match options.sink {
         Some(n) => match config.sinks.get(n) {
             Some(s) if readable(s) => Ok(vec![s]),
             Some(s) => Err(VerifyError::Usage(format!(
-                "sink {n} ({}) is not a changelog output: verify reads parquet and iceberg sinks",
+                "sink {n} ({}) is not a changelog or mirror output: verify reads parquet, iceberg and delta sinks",
                 sink_name(s)
             ))),
             None => Err(VerifyError::Usage(format!(
@@ -311,7 +316,8 @@ fn chosen_sinks<'a>(
             let sinks: Vec<&SinkConfig> = config.sinks.iter().filter(|s| readable(s)).collect();
             match sinks.is_empty() {
                 true => Err(VerifyError::Usage(
-                    "the pipeline has no sink verify can read (a parquet or iceberg sink)".into(),
+                    "the pipeline has no sink verify can read (a parquet, iceberg or delta sink)"
+                        .into(),
                 )),
                 false => Ok(sinks),
             }

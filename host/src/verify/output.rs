@@ -1,5 +1,5 @@
 //! Reading what a sink holds, without changing it: its committed position, and its
-//! changelog rows for one table.
+//! changelog (or mirror) rows for one table.
 
 use super::VerifyError;
 use crate::batch::CommitPos;
@@ -25,6 +25,8 @@ pub enum Output {
         checkpoint_seq: u64,
     },
     Iceberg(Box<Table>),
+    /// A Delta changelog or mirror table.
+    Delta(Box<deltalake::DeltaTable>),
     /// The table has no output yet.
     Empty,
 }
@@ -81,8 +83,17 @@ pub async fn open(
             let position = table_position(&t, slot);
             Ok((Output::Iceberg(Box::new(t)), position))
         }
+        SinkConfig::Delta(c) => {
+            match crate::sink::delta::table_at_rest(c, slot, &table.schema, &table.table)
+                .await
+                .map_err(|e| unreadable(e.to_string()))?
+            {
+                Some((t, position)) => Ok((Output::Delta(Box::new(t)), position)),
+                None => Ok((Output::Empty, None)),
+            }
+        }
         _ => Err(unreadable(
-            "verify reads changelog outputs (parquet and iceberg sinks); this sink is not one"
+            "verify reads changelog and mirror outputs (parquet, iceberg and delta sinks); this sink is not one"
                 .into(),
         )),
     }
@@ -127,6 +138,20 @@ impl Output {
                         .map_err(|e| read_err(&path, e))?;
                     while let Some(rows) =
                         stream.try_next().await.map_err(|e| read_err(&path, e))?
+                    {
+                        each(&rows)?;
+                    }
+                }
+                Ok(())
+            }
+            Output::Delta(table) => {
+                let name = table.table_url().to_string();
+                let files =
+                    crate::sink::delta::live_files(table).map_err(|e| read_err(&name, e))?;
+                for file in files {
+                    for rows in crate::sink::delta::read_file(table, &file)
+                        .await
+                        .map_err(|e| read_err(&file, e))?
                     {
                         each(&rows)?;
                     }

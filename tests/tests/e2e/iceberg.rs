@@ -654,7 +654,7 @@ fn an_initial_snapshot_killed_midway_into_iceberg_ends_equal_without_doubles() {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

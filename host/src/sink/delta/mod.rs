@@ -42,6 +42,8 @@ pub const PROP_SLOT: &str = "weir.slot";
 /// Commit info keys with weir's position.
 const INFO_COMMIT_LSN: &str = "weir.commit_lsn";
 const INFO_END_LSN: &str = "weir.end_lsn";
+/// Commit info key naming the dead-letter replay a commit wrote.
+const INFO_REPLAY: &str = "weir.replay";
 
 /// Rows built before they are handed to the table's writer.
 const CHUNK_ROWS: usize = 8192;
@@ -96,20 +98,8 @@ pub struct DeltaSink {
 impl DeltaSink {
     /// Opens the tables this slot wrote under `url` and reads where each left off.
     pub async fn open(config: DeltaSinkConfig, slot: &str) -> Result<DeltaSink, SinkError> {
-        let (store, prefix) = crate::storage::object_store_for(&config.url)?;
-        crate::storage::check_reachable(store.as_ref(), &prefix, &config.url).await?;
-        let app_id = app_id(slot);
-        let mut sink = DeltaSink {
-            properties: writer_properties(),
-            config,
-            slot: slot.to_string(),
-            app_id,
-            store,
-            tables: HashMap::new(),
-            mirrors: HashMap::new(),
-            durable: None,
-            last_commit: Instant::now(),
-        };
+        let (mut sink, prefix) = DeltaSink::bare(config, slot)?;
+        crate::storage::check_reachable(sink.store.as_ref(), &prefix, &sink.config.url).await?;
         let mut positions = Vec::new();
         for (schema, table) in sink.listed_tables(&prefix).await? {
             let uri = sink.table_uri(&schema, &table);
@@ -151,6 +141,26 @@ impl DeltaSink {
             tracing::info!(url = %sink.config.url, tables = sink.tables.len(), checkpoint = %d.end_lsn, "Delta sink resumes from its tables' last commits.");
         }
         Ok(sink)
+    }
+
+    /// The sink on its storage, no table opened; and the url's path there.
+    fn bare(
+        config: DeltaSinkConfig,
+        slot: &str,
+    ) -> Result<(DeltaSink, object_store::path::Path), SinkError> {
+        let (store, prefix) = crate::storage::object_store_for(&config.url)?;
+        let sink = DeltaSink {
+            properties: writer_properties(),
+            config,
+            slot: slot.to_string(),
+            app_id: app_id(slot),
+            store,
+            tables: HashMap::new(),
+            mirrors: HashMap::new(),
+            durable: None,
+            last_commit: Instant::now(),
+        };
+        Ok((sink, prefix))
     }
 
     /// `<schema>/<table>` directories under the sink's prefix.
@@ -372,6 +382,67 @@ impl DeltaSink {
             for chunk in events.chunks(CHUNK_ROWS) {
                 mirror.apply(chunk, relation).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Writes dead-lettered events to the changelog tables: one version per table and
+    /// relation version, its commit info naming the replay (`weir.replay`) so that the
+    /// replay run again skips it; the pipeline's `txn` is not moved. A mirror refuses:
+    /// an older change would overwrite a newer row.
+    pub async fn write_replay(
+        &mut self,
+        batch: &weir_sdk::Batch,
+        name: &str,
+    ) -> Result<(), SinkError> {
+        if self.config.mode == DeltaMode::Mirror {
+            return Err(SinkError::Config {
+                what: "a delta mirror sink".into(),
+                message: "dead letters cannot be replayed into a mirror table (an older change would overwrite a newer row): replay them into a changelog sink".into(),
+            });
+        }
+        let mut runs: Vec<(u32, Vec<&Event>)> = Vec::new();
+        for event in &batch.events {
+            match runs.last_mut() {
+                Some((rel, events)) if *rel == event.rel => events.push(event),
+                _ => runs.push((event.rel, vec![event])),
+            }
+        }
+        let nested = self.config.nested_types.unwrap_or(true);
+        for (_, events) in runs {
+            let relation = batch.relation(events[0]);
+            let key = relation.qualified_name();
+            if !self.tables.contains_key(&key) {
+                let table = self.open_table(relation).await?;
+                self.tables.insert(key.clone(), table);
+            }
+            let table = self.tables.get_mut(&key).expect("inserted above");
+            table
+                .table
+                .update_state()
+                .await
+                .map_err(|e| delta_err(&table.uri, e))?;
+            let marker = format!("{name}/v{}", relation.version);
+            if table.replayed(&marker).await? {
+                continue;
+            }
+            table.close_writer().await?;
+            table.writer = Some(
+                table
+                    .new_writer(relation, nested, self.properties.clone())
+                    .await?,
+            );
+            let writer = table.writer.as_mut().expect("made above");
+            for event in &events {
+                writer.rows.append(event, relation);
+            }
+            table.close_writer().await?;
+            let properties = CommitProperties::default().with_metadata([
+                (INFO_REPLAY.to_string(), marker.clone().into()),
+                (PROP_SLOT.to_string(), self.slot.clone().into()),
+            ]);
+            let version = table.commit_files(properties).await?;
+            tracing::info!(table = %table.uri, version, replay = %marker, rows = events.len(), "Dead letters replayed into a Delta table.");
         }
         Ok(())
     }
@@ -648,13 +719,21 @@ impl ChangeTable {
     /// One table version: the files written (and the columns added) since the last,
     /// with the pipeline's `txn` at `last`.
     async fn commit(&mut self, app_id: &str, slot: &str, last: CommitPos) -> Result<(), SinkError> {
+        let properties = CommitProperties::default()
+            .with_application_transaction(Transaction::new(app_id, last.commit_lsn.0 as i64))
+            .with_metadata(commit_info(slot, last));
+        let version = self.commit_files(properties).await?;
+        tracing::debug!(table = %self.uri, version, lsn = %last.commit_lsn, "Delta table committed.");
+        self.skip_through = last.commit_lsn.0;
+        Ok(())
+    }
+
+    /// Commits the files written since the last commit with `properties`; the version.
+    async fn commit_files(&mut self, properties: CommitProperties) -> Result<u64, SinkError> {
         let uri = self.uri.clone();
         let err = |e| delta_err(&uri, e);
         let actions = std::mem::take(&mut self.adds);
         let snapshot = self.table.snapshot().map_err(err)?;
-        let properties = CommitProperties::default()
-            .with_application_transaction(Transaction::new(app_id, last.commit_lsn.0 as i64))
-            .with_metadata(commit_info(slot, last));
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: None,
@@ -665,10 +744,21 @@ impl ChangeTable {
             .build(Some(snapshot), self.table.log_store(), operation)
             .await
             .map_err(err)?;
-        tracing::debug!(table = %self.uri, version = done.version(), lsn = %last.commit_lsn, "Delta table committed.");
+        let version = done.version() as u64;
         self.table.state = Some(done.snapshot());
-        self.skip_through = last.commit_lsn.0;
-        Ok(())
+        Ok(version)
+    }
+
+    /// Whether a version's commit info names the replay `marker`.
+    async fn replayed(&self, marker: &str) -> Result<bool, SinkError> {
+        let infos = self
+            .table
+            .history(None)
+            .await
+            .map_err(|e| delta_err(&self.uri, e))?;
+        Ok(infos
+            .into_iter()
+            .any(|i| i.info.get(INFO_REPLAY).and_then(|v| v.as_str()) == Some(marker)))
     }
 }
 
@@ -780,6 +870,44 @@ impl DeltaSink {
     ) -> Result<Option<DeltaTable>, SinkError> {
         self.load(&self.table_uri(schema, table)).await
     }
+}
+
+/// The table of source table `schema.table` in a Delta sink's output as it is, and
+/// this pipeline's position in it, without opening the sink (`weir verify`); None when
+/// there is no table.
+pub async fn table_at_rest(
+    config: &DeltaSinkConfig,
+    slot: &str,
+    schema: &str,
+    table: &str,
+) -> Result<Option<(DeltaTable, Option<CommitPos>)>, SinkError> {
+    let (sink, _) = DeltaSink::bare(config.clone(), slot)?;
+    let uri = sink.table_uri(schema, table);
+    let Some(loaded) = sink.load(&uri).await? else {
+        return Ok(None);
+    };
+    let position = sink.position(&uri, &loaded).await?;
+    Ok(Some((loaded, position)))
+}
+
+/// The data files of `table`'s loaded version, relative to the table.
+pub fn live_files(table: &DeltaTable) -> Result<Vec<String>, SinkError> {
+    let uri = table.table_url().to_string();
+    let snapshot = table.snapshot().map_err(|e| delta_err(&uri, e))?;
+    Ok(snapshot
+        .log_data()
+        .into_iter()
+        .map(|f| f.path().to_string())
+        .collect())
+}
+
+/// The rows of one of `table`'s files (a path from [`live_files`]).
+pub async fn read_file(
+    table: &DeltaTable,
+    path: &str,
+) -> Result<Vec<arrow::array::RecordBatch>, SinkError> {
+    let uri = table.table_url().to_string();
+    files::read(table.log_store().object_store(None), &uri, path, None).await
 }
 
 /// A table's versions, oldest first, with weir's position where a commit records it.
