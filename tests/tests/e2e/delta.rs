@@ -283,48 +283,8 @@ fn another_writer_committing_beside_weir_neither_doubles_nor_loses_a_change() {
 fn dead_letters_replay_into_a_delta_changelog_once() {
     let db = TestDb::new("delta_dlq");
     db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
-    let plugin = db.plugin(
-        "weir-test-hostile",
-        "tests/plugins/hostile/weir-plugin.toml",
-        |m| m.replace("on_error = \"fail\"", "on_error = \"dead-letter\""),
-    );
-    let transform = |every: u32| {
-        format!(
-            "[[transform]]\nplugin = \"{}\"\nconfig = {{ mode = \"bad-event\", every = {every} }}",
-            plugin.display()
-        )
-    };
     let config = delta_config(&db, &["public.t"], "");
-    let base = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{base}\n{}\n", transform(10))).unwrap();
-    db.catch_up(&config);
-    db.sql("INSERT INTO t SELECT g, 'v' FROM generate_series(1, 200) g");
-    db.catch_up(&config);
-    let (log, _) = read_delta(&db, "public.t", "id");
-    assert_eq!(log.op("c"), 180, "every tenth event set aside");
-
-    std::fs::write(&config, format!("{base}\n{}\n", transform(100_000))).unwrap();
-    // A replay that committed but died before removing its letters runs again: the
-    // versions it committed are recognised and not repeated.
-    let letters = db.out().join("_weir").join(&db.name).join("dead-letter");
-    let kept = db.dir.path().join("letters-copy");
-    crate::iceberg::copy_dir(&letters, &kept);
-    let replay = db
-        .weir(&["dead-letter", "replay", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(replay.status.success(), "{}", stderr(&replay));
-    std::fs::remove_dir_all(&letters).ok();
-    crate::iceberg::copy_dir(&kept, &letters);
-    for expected in ["20 replayed, 0 still failing", "0 replayed"] {
-        let replay = db
-            .weir(&["dead-letter", "replay", config.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(replay.status.success(), "{}", stderr(&replay));
-        let out = String::from_utf8_lossy(&replay.stdout);
-        assert!(out.contains(expected), "{out}");
-    }
+    crate::iceberg::replay_after_a_crash(&db, &config, &|| read_delta(&db, "public.t", "id").0);
     let (log, report) = read_delta(&db, "public.t", "id");
     assert_eq!((log.op("c"), log.duplicates), (200, 0));
     assert_eq!(log.rows, db.rows("public.t", "id"));

@@ -2,7 +2,7 @@
 //! weir): schema, identifier fields, partitioning, the rebuilt state, exactly once across
 //! `kill -9`, schema evolution, `weir lake`, and tables on a real S3-compatible server.
 
-use crate::harness::{TestDb, assert_audit_passes, read_iceberg, stderr};
+use crate::harness::{Changelog, TestDb, assert_audit_passes, read_iceberg, stderr};
 use crate::recovery::Writer;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -496,10 +496,11 @@ fn scheduled_maintenance_compacts_and_expires_while_the_pipeline_streams() {
     );
 }
 
-#[test]
-fn dead_letters_replay_into_iceberg_once() {
-    let db = TestDb::new("ice_dlq");
-    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+/// Dead letters of 200 inserts into `public.t (id int PRIMARY KEY, v text)` through a
+/// transform that sets every tenth aside (`read` counts what the output holds), replayed
+/// after the transform is fixed, by a replay that committed and died before removing
+/// its letters, then twice again: the second replay finds its commits, the third nothing.
+pub(crate) fn replay_after_a_crash(db: &TestDb, config: &Path, read: &dyn Fn() -> Changelog) {
     let plugin = db.plugin(
         "weir-test-hostile",
         "tests/plugins/hostile/weir-plugin.toml",
@@ -511,18 +512,14 @@ fn dead_letters_replay_into_iceberg_once() {
             plugin.display()
         )
     };
-    let config = iceberg_config(&db, &["public.t"], None, "");
-    let base = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{base}\n{}\n", transform(10))).unwrap();
-    db.catch_up(&config);
+    let base = std::fs::read_to_string(config).unwrap();
+    std::fs::write(config, format!("{base}\n{}\n", transform(10))).unwrap();
+    db.catch_up(config);
     db.sql("INSERT INTO t SELECT g, 'v' FROM generate_series(1, 200) g");
-    db.catch_up(&config);
-    let (log, _) = read_iceberg(&catalog(&db), "public.t", "id", None, &[]);
-    assert_eq!(log.op("c"), 180, "every tenth event set aside");
+    db.catch_up(config);
+    assert_eq!(read().op("c"), 180, "every tenth event set aside");
 
-    std::fs::write(&config, format!("{base}\n{}\n", transform(100_000))).unwrap();
-    // A replay that committed but died before removing its letters runs again: the
-    // commits it made are recognised and not repeated.
+    std::fs::write(config, format!("{base}\n{}\n", transform(100_000))).unwrap();
     let letters = db.out().join("_weir").join(&db.name).join("dead-letter");
     let kept = db.dir.path().join("letters-copy");
     copy_dir(&letters, &kept);
@@ -542,6 +539,16 @@ fn dead_letters_replay_into_iceberg_once() {
         let out = String::from_utf8_lossy(&replay.stdout);
         assert!(out.contains(expected), "{out}");
     }
+}
+
+#[test]
+fn dead_letters_replay_into_iceberg_once() {
+    let db = TestDb::new("ice_dlq");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let config = iceberg_config(&db, &["public.t"], None, "");
+    replay_after_a_crash(&db, &config, &|| {
+        read_iceberg(&catalog(&db), "public.t", "id", None, &[]).0
+    });
     let (log, report) = read_iceberg(&catalog(&db), "public.t", "id", None, &[]);
     assert_eq!((log.op("c"), log.duplicates), (200, 0));
     assert_eq!(log.rows, db.rows("public.t", "id"));
@@ -654,7 +661,7 @@ fn an_initial_snapshot_killed_midway_into_iceberg_ends_equal_without_doubles() {
     }
 }
 
-pub(crate) fn copy_dir(from: &Path, to: &Path) {
+fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
