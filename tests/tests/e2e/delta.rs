@@ -474,6 +474,19 @@ fn a_delta_mirror_equals_the_source_and_its_change_feed_the_changes_across_kill_
     );
     assert_feed_is_the_source_changes(&report);
     verify(&db, &config, 2);
+    // Polars reads the same rows.
+    let polars: Value = serde_json::from_slice(&py(
+        "delta_polars.py",
+        &[
+            db.out().join("delta/public/t").into_os_string(),
+            "id".into(),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        polars["rows"], report["rows"],
+        "Polars reads the mirror alike"
+    );
     assert!(
         report["versions_checked"].as_u64().unwrap() > 40,
         "commits in many versions: {}",
