@@ -173,7 +173,15 @@ impl MirrorTable {
             }
             self.files.insert(path, size);
         }
-        tracing::debug!(table = %self.uri, keys = self.index.len(), files = self.files.len(), ms = started.elapsed().as_millis() as u64, "Delta mirror index read.");
+        let ms = started.elapsed().as_millis() as u64;
+        match ms >= 2000 {
+            true => {
+                tracing::info!(table = %self.uri, keys = self.index.len(), files = self.files.len(), ms, "Delta mirror: the key index read from the table's files.")
+            }
+            false => {
+                tracing::debug!(table = %self.uri, keys = self.index.len(), files = self.files.len(), ms, "Delta mirror: the key index read from the table's files.")
+            }
+        }
         Ok(())
     }
 
