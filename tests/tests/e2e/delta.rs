@@ -628,6 +628,30 @@ fn a_delta_mirror_takes_truncates_and_unchanged_toast_values() {
 }
 
 #[test]
+fn a_delta_mirror_commits_early_once_its_rows_in_memory_reach_the_file_size() {
+    let db = TestDb::new("delta_mirror_early");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
+    let config = mirror_config(&db, "1h", "target_file_size = \"256KiB\"");
+    db.catch_up(&config);
+    for n in 0..20 {
+        db.sql(&format!(
+            "INSERT INTO t SELECT g, g, md5(g::text) FROM generate_series({}, {}) g",
+            n * 2000 + 1,
+            n * 2000 + 2000
+        ));
+    }
+    db.catch_up(&config);
+    let report = read_mirror(&db);
+    assert_eq!(report["rows"], Value::Array(db.rows("public.t", "id")));
+    assert_feed_is_the_source_changes(&report);
+    assert!(
+        report["versions_checked"].as_u64().unwrap() > 3,
+        "an hour's interval, yet several commits: {}",
+        report["versions_checked"]
+    );
+}
+
+#[test]
 fn a_delta_mirror_beside_another_writer_loses_and_doubles_nothing() {
     let db = TestDb::new("delta_mirror_conc");
     db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");

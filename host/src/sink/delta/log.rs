@@ -27,7 +27,7 @@ pub async fn commit(
     info: HashMap<String, serde_json::Value>,
     txn: Option<Transaction>,
 ) -> DeltaResult<u64> {
-    let version = table.version().map_or(0, |v| v as u64 + 1);
+    let version = table.version().map_or(0, |v| v + 1);
     let data = CommitData::new(actions, operation, info, txn.into_iter().collect());
     let bytes = data.get_bytes()?;
     table

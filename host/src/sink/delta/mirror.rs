@@ -66,6 +66,8 @@ pub struct MirrorTable {
     rows: Option<(u32, MirrorRows)>,
     batches: Vec<RecordBatch>,
     built: usize,
+    /// Bytes of the built rows in memory.
+    buffered: usize,
     nested: bool,
     target_file_size: u64,
     properties: WriterProperties,
@@ -142,6 +144,7 @@ impl MirrorTable {
             rows: None,
             batches: Vec::new(),
             built: 0,
+            buffered: 0,
             nested,
             target_file_size,
             properties,
@@ -215,6 +218,11 @@ impl MirrorTable {
 
     pub fn pending(&self) -> bool {
         !self.round.is_empty()
+    }
+
+    /// Bytes of the round's rows held in memory until the commit.
+    pub fn buffered(&self) -> u64 {
+        self.buffered as u64
     }
 
     /// Rows for `relation`'s version: the columns the table lacks added first (a commit
@@ -313,6 +321,7 @@ impl MirrorTable {
         {
             let n = rows.len;
             let batch = rows.finish().map_err(|e| schema_err(&self.uri, e))?;
+            self.buffered += batch.get_array_memory_size();
             self.batches.push(batch);
             self.built += n;
         }
@@ -437,7 +446,7 @@ impl MirrorTable {
             .map(|b| conform(b, &target))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
-        self.built = 0;
+        (self.built, self.buffered) = (0, 0);
         let round = Rows::new(&rows);
         let now = chrono::Utc::now().timestamp_millis();
         let writer = files::FileWriter {

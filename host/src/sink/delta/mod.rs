@@ -295,9 +295,15 @@ impl DeltaSink {
             DeltaMode::Changelog => self.write_changes(batch).await?,
             DeltaMode::Mirror => self.write_mirrors(batch).await?,
         }
+        // A mirror holds its round's rows in memory: past target_file_size the commit
+        // comes early.
+        let full = self
+            .mirrors
+            .values()
+            .any(|m| m.buffered() >= self.config.target_file_size);
         let (pending, due) = (
             self.pending(),
-            self.last_commit.elapsed() >= self.config.commit_interval,
+            full || self.last_commit.elapsed() >= self.config.commit_interval,
         );
         if batch.position.commit_now(&mut self.durable, pending, due) {
             self.flush(&batch.position).await?;
