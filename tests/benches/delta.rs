@@ -22,8 +22,7 @@
 use std::path::Path;
 use weir::pgtemp::TempPostgres;
 use weir_tests::bench::{
-    TABLE, dir_size, insert_rows, machine, measure, mixed_changes, recvlogical,
-    weir_until_caught_up,
+    dir_size, loaded_source, machine, measure, mixed_changes, recvlogical, weir_until_caught_up,
 };
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -92,22 +91,7 @@ fn main() {
     );
     println!("machine: {}", machine());
     let db = "bench_delta";
-    pg.psql("postgres", &format!("CREATE DATABASE {db}"))
-        .unwrap();
-    pg.psql(db, TABLE).unwrap();
-    pg.psql(db, "CREATE PUBLICATION weir_bench FOR TABLE bench")
-        .unwrap();
-    pg.psql(
-        db,
-        "SELECT pg_create_logical_replication_slot('delta_src', 'pgoutput')",
-    )
-    .unwrap();
-    let mut start = 1;
-    while start <= rows {
-        let end = (start + 9_999).min(rows);
-        pg.psql(db, &insert_rows(start, end)).unwrap();
-        start = end + 1;
-    }
+    loaded_source(&pg, db, &["delta_src"], rows);
     let bench = Bench {
         pg: &pg,
         db,

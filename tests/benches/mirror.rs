@@ -26,7 +26,7 @@ use std::path::Path;
 use std::time::Instant;
 use weir::pgtemp::TempPostgres;
 use weir_tests::bench::{
-    TABLE, dir_size, insert_rows, machine, mixed_changes, recvlogical, run_measured,
+    dir_size, loaded_source, machine, mixed_changes, recvlogical, run_measured,
     weir_until_caught_up,
 };
 
@@ -47,25 +47,8 @@ fn main() {
     );
     println!("machine: {}", machine());
     let db = "bench_mirror";
-    pg.psql("postgres", &format!("CREATE DATABASE {db}"))
-        .unwrap();
-    pg.psql(db, TABLE).unwrap();
-    pg.psql(db, "CREATE PUBLICATION weir_bench FOR TABLE bench")
-        .unwrap();
-    for slot in ["mirror_src", "mirror_read"] {
-        pg.psql(
-            db,
-            &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
-        )
-        .unwrap();
-    }
     let load = Instant::now();
-    let mut start = 1;
-    while start <= rows {
-        let end = (start + 9_999).min(rows);
-        pg.psql(db, &insert_rows(start, end)).unwrap();
-        start = end + 1;
-    }
+    loaded_source(&pg, db, &["mirror_src", "mirror_read"], rows);
     let study = ReadStudy::new(&pg.url(db));
     study.catch_up();
     let fresh = study.read("after the load", rows);

@@ -202,6 +202,29 @@ pub mod bench {
         )
     }
 
+    /// Database `db` on `pg` with the benchmarks' table, the publication `weir_bench` and
+    /// the pgoutput slots `slots`, then `rows` rows inserted in 10k-row transactions.
+    pub fn loaded_source(pg: &weir::pgtemp::TempPostgres, db: &str, slots: &[&str], rows: u64) {
+        pg.psql("postgres", &format!("CREATE DATABASE {db}"))
+            .unwrap();
+        pg.psql(db, TABLE).unwrap();
+        pg.psql(db, "CREATE PUBLICATION weir_bench FOR TABLE bench")
+            .unwrap();
+        for slot in slots {
+            pg.psql(
+                db,
+                &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
+            )
+            .unwrap();
+        }
+        let mut start = 1;
+        while start <= rows {
+            let end = (start + 9_999).min(rows);
+            pg.psql(db, &insert_rows(start, end)).unwrap();
+            start = end + 1;
+        }
+    }
+
     /// The mixed workload after a load of `rows`: `changes` row changes in 10k-change
     /// transactions, each 6k updates, 2k deletes and 2k inserts spread by a stride over
     /// the key space; `sql` runs each transaction. Returns the next free id.

@@ -2,7 +2,7 @@
 //! own binding, reading only what the table's log references) and rebuilt by DuckDB.
 
 use crate::harness::{Changelog, TestDb, py, stderr};
-use crate::recovery::Writer;
+use crate::recovery::{Writer, kill_9_rounds};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -163,17 +163,8 @@ fn delta_is_exactly_once_across_kill_9() {
     let config = delta_config(&db, &["public.t"], "target_file_size = \"64KiB\"");
     db.catch_up(&config);
     let writer = Writer::start(db.url());
-    for round in 0..4 {
-        let mut weir = db
-            .weir(&["run", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(1200 + 350 * round));
-        weir.kill().unwrap(); // SIGKILL: data files written and not committed stay behind
-        weir.wait().unwrap();
-    }
+    let run = || db.weir(&["run", config.to_str().unwrap()]);
+    kill_9_rounds(4, run, |r| 1200 + 350 * r, |_| {});
     let [inserts, updates, deletes] = writer.finish();
     assert!(inserts > 50, "the writer made changes: {inserts}");
     db.catch_up(&config);
@@ -437,15 +428,8 @@ fn a_delta_mirror_equals_the_source_and_its_change_feed_the_changes_across_kill_
         ],
     );
     let writer = Writer::start(db.url());
-    for round in 0..4 {
-        let mut weir = db
-            .weir(&["run", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(600));
-        // Changes to the loaded rows too: updates, deletes, a key changed.
+    // Changes to the loaded rows too: updates, deletes, a key changed.
+    let changes = |round: u64| {
         db.sql(&format!(
             "UPDATE t SET v = v + 1, note = 'round {round}' WHERE id < 0 AND id % 7 = -{round}"
         ));
@@ -456,10 +440,9 @@ fn a_delta_mirror_equals_the_source_and_its_change_feed_the_changes_across_kill_
             "UPDATE t SET id = id - 100000 WHERE id = -{}",
             500 + round * 2 + 1
         ));
-        std::thread::sleep(Duration::from_millis(600 + 350 * round));
-        weir.kill().unwrap(); // SIGKILL: files written and not committed stay behind
-        weir.wait().unwrap();
-    }
+    };
+    let run = || db.weir(&["run", config.to_str().unwrap()]);
+    kill_9_rounds(4, run, |r| 1200 + 350 * r, changes);
     let [inserts, updates, deletes] = writer.finish();
     assert!(
         inserts > 50 && updates > 50 && deletes > 10,

@@ -139,17 +139,8 @@ fn iceberg_is_exactly_once_across_kill_9() {
     let config = iceberg_config(&db, &["public.t"], None, "target_file_size = \"64KiB\"");
     db.catch_up(&config);
     let writer = Writer::start(db.url());
-    for round in 0..4 {
-        let mut weir = db
-            .weir(&["run", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(1200 + 350 * round));
-        weir.kill().unwrap(); // SIGKILL: written data files are left uncommitted
-        weir.wait().unwrap();
-    }
+    let run = || db.weir(&["run", config.to_str().unwrap()]);
+    crate::recovery::kill_9_rounds(4, run, |r| 1200 + 350 * r, |_| {});
     let [inserts, updates, deletes] = writer.finish();
     assert!(inserts > 50, "the writer made changes: {inserts}");
     db.catch_up(&config);

@@ -157,6 +157,30 @@ impl Writer {
     }
 }
 
+/// `rounds` runs of the command `start` makes (its output dropped), each killed with
+/// SIGKILL after `ms(round)` milliseconds, so that what it wrote and did not commit stays
+/// behind; `during(round)` runs halfway through each.
+pub(crate) fn kill_9_rounds(
+    rounds: u64,
+    start: impl Fn() -> std::process::Command,
+    ms: impl Fn(u64) -> u64,
+    during: impl Fn(u64),
+) {
+    for round in 0..rounds {
+        let mut weir = start()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let half = Duration::from_millis(ms(round) / 2);
+        std::thread::sleep(half);
+        during(round);
+        std::thread::sleep(half);
+        weir.kill().unwrap();
+        weir.wait().unwrap();
+    }
+}
+
 pub(crate) fn unsafe_kill(pid: i32, signal: i32) -> i32 {
     // A process we started; kill(2) through the shell keeps this crate free of unsafe.
     let status = std::process::Command::new("kill")

@@ -4,8 +4,7 @@
 use crate::harness::{TestDb, read_changelog, stderr};
 use crate::recovery::Writer;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, Output};
 
 /// The server, with one bucket; killed on drop.
 struct S3 {
@@ -107,17 +106,9 @@ fn parquet_on_s3_is_exactly_once_across_restarts_and_kill_9() {
     );
 
     let writer = Writer::start(db.url());
-    for round in 0..3 {
-        let mut weir = s3
-            .weir(&db, &["run", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(1500 + 300 * round));
-        weir.kill().unwrap(); // SIGKILL: multipart uploads in flight are abandoned
-        weir.wait().unwrap();
-    }
+    // SIGKILL: multipart uploads in flight are abandoned.
+    let run = || s3.weir(&db, &["run", config.to_str().unwrap()]);
+    crate::recovery::kill_9_rounds(3, run, |r| 1500 + 300 * r, |_| {});
     let [inserts, updates, deletes] = writer.finish();
     assert!(inserts > 50);
     s3.run(&db, &config);
@@ -136,36 +127,35 @@ fn parquet_on_s3_is_exactly_once_across_restarts_and_kill_9() {
     assert_eq!(log.rows, source, "the rebuilt state equals the source");
 }
 
-#[test]
-fn delta_tables_on_s3_are_exactly_once_across_kill_9() {
-    let db = TestDb::new("s3_delta");
+/// A Delta sink (`sink` its extra lines) of `public.t` (500 loaded rows) on a bucket,
+/// through two `kill -9` under a concurrent writer (`during` runs in each round), then
+/// caught up; returns the writer's counts and the table downloaded to `local`.
+fn delta_on_s3(db: &TestDb, sink: &str, during: impl Fn(u64), local: &std::path::Path) -> [u64; 3] {
     db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
     db.sql("INSERT INTO t SELECT -g, 0, 'existing' FROM generate_series(1, 500) g");
     let s3 = S3::start("lake");
-    let config = s3_config(&db, &s3, &["public.t"], "max_events = 300", "");
+    let config = s3_config(db, &s3, &["public.t"], "max_events = 300", "");
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("type = \"parquet\"", "type = \"delta\"")
+        .replace("type = \"parquet\"", &format!("type = \"delta\"\n{sink}"))
         .replace("flush_interval = \"200ms\"", "commit_interval = \"200ms\"");
     std::fs::write(&config, text).unwrap();
-    s3.run(&db, &config);
+    s3.run(db, &config);
     let writer = Writer::start(db.url());
-    for round in 0..2 {
-        let mut weir = s3
-            .weir(&db, &["run", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(1500 + 300 * round));
-        weir.kill().unwrap();
-        weir.wait().unwrap();
-    }
-    let [inserts, updates, deletes] = writer.finish();
-    assert!(inserts > 50);
-    s3.run(&db, &config);
+    let run = || s3.weir(db, &["run", config.to_str().unwrap()]);
+    crate::recovery::kill_9_rounds(2, run, |r| 1500 + 300 * r, during);
+    let counts = writer.finish();
+    s3.run(db, &config);
+    s3.download(&format!("{}/", db.name), local);
+    counts
+}
+
+#[test]
+fn delta_tables_on_s3_are_exactly_once_across_kill_9() {
+    let db = TestDb::new("s3_delta");
     let local = tempfile::tempdir().unwrap();
-    s3.download(&format!("{}/", db.name), local.path());
+    let [inserts, updates, deletes] = delta_on_s3(&db, "", |_| {}, local.path());
+    assert!(inserts > 50);
     let (log, _) =
         crate::delta::read_delta_at(&local.path().join("public").join("t"), "id", &db.name);
     assert_eq!(log.duplicates, 0);
@@ -184,39 +174,17 @@ fn delta_tables_on_s3_are_exactly_once_across_kill_9() {
 #[test]
 fn a_delta_mirror_on_s3_equals_the_source_across_kill_9() {
     let db = TestDb::new("s3_delta_mirror");
-    db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
-    db.sql("INSERT INTO t SELECT -g, 0, 'existing' FROM generate_series(1, 500) g");
-    let s3 = S3::start("lake");
-    let config = s3_config(&db, &s3, &["public.t"], "max_events = 300", "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("type = \"parquet\"", "type = \"delta\"\nmode = \"mirror\"")
-        .replace("flush_interval = \"200ms\"", "commit_interval = \"200ms\"");
-    std::fs::write(&config, text).unwrap();
-    s3.run(&db, &config);
-    let writer = Writer::start(db.url());
-    for round in 0..2 {
-        let mut weir = s3
-            .weir(&db, &["run", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(700));
+    let local = tempfile::tempdir().unwrap();
+    let changes = |round: u64| {
         db.sql(&format!(
             "UPDATE t SET v = v + 1 WHERE id < 0 AND id % 3 = -{round}"
         ));
         db.sql(&format!(
             "DELETE FROM t WHERE id < 0 AND id % 17 = -{round}"
         ));
-        std::thread::sleep(Duration::from_millis(800 + 300 * round));
-        weir.kill().unwrap();
-        weir.wait().unwrap();
-    }
-    writer.finish();
-    s3.run(&db, &config);
-    let local = tempfile::tempdir().unwrap();
-    s3.download(&format!("{}/", db.name), local.path());
+    };
+    let [inserts, ..] = delta_on_s3(&db, "mode = \"mirror\"", changes, local.path());
+    assert!(inserts > 50);
     let report: serde_json::Value = serde_json::from_slice(&crate::harness::py(
         "delta_mirror.py",
         &[

@@ -462,15 +462,7 @@ impl MirrorTable {
             let (b, r) = round.locate(n);
             keep[b][r] = true;
         }
-        let mut added = writer.rolling("part");
-        for (batch, keep) in rows.iter().zip(&keep) {
-            let kept =
-                arrow::compute::filter_record_batch(batch, &BooleanArray::from(keep.clone()))
-                    .map_err(|e| self.err(e))?;
-            added.push(&kept).await?;
-        }
-        let added = added.finish().await?;
-        // Each kept row's rank among them, for the file it went to.
+        // Each kept row's rank among them, for the file it goes to.
         let mut rank = 0u32;
         let ranks: Vec<Vec<u32>> = keep
             .iter()
@@ -483,7 +475,13 @@ impl MirrorTable {
                     .collect()
             })
             .collect();
-        drop(keep);
+        let mut added = writer.rolling("part");
+        for (batch, keep) in rows.iter().zip(keep) {
+            let kept = arrow::compute::filter_record_batch(batch, &BooleanArray::from(keep))
+                .map_err(|e| self.err(e))?;
+            added.push(&kept).await?;
+        }
+        let added = added.finish().await?;
 
         // The files holding replaced or deleted rows: their other rows move.
         let touched: BTreeSet<Arc<str>> =

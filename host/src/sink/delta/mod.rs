@@ -21,7 +21,6 @@ use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
-use object_store::ObjectStoreExt as _;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use std::collections::HashMap;
@@ -362,27 +361,40 @@ impl DeltaSink {
     /// Applies a batch's changes to the mirror tables, each run of one relation
     /// version's events in chunks.
     async fn write_mirrors(&mut self, batch: &SourceBatch) -> Result<(), SinkError> {
+        let names: Vec<String> = batch
+            .batch
+            .relations
+            .iter()
+            .map(Relation::qualified_name)
+            .collect();
+        // Each relation's table's position, once its mirror is open.
+        let mut skip: Vec<Option<u64>> = vec![None; names.len()];
         let mut runs: Vec<(u32, Vec<&Event>)> = Vec::new();
         for event in &batch.batch.events {
-            let relation = batch.batch.relation(event);
-            let name = relation.qualified_name();
-            if !self.mirrors.contains_key(&name) {
-                let mirror = self.open_mirror(relation).await?;
-                self.mirrors.insert(name.clone(), mirror);
-            }
-            if event.commit_lsn <= self.mirrors[&name].skip_through {
+            let rel = event.rel as usize;
+            let skip_through = match skip[rel] {
+                Some(s) => s,
+                None => {
+                    if !self.mirrors.contains_key(&names[rel]) {
+                        let mirror = self.open_mirror(batch.batch.relation(event)).await?;
+                        self.mirrors.insert(names[rel].clone(), mirror);
+                    }
+                    *skip[rel].insert(self.mirrors[&names[rel]].skip_through)
+                }
+            };
+            if event.commit_lsn <= skip_through {
                 continue;
             }
             match runs.last_mut() {
-                Some((rel, events)) if *rel == event.rel => events.push(event),
+                Some((r, events)) if *r == event.rel => events.push(event),
                 _ => runs.push((event.rel, vec![event])),
             }
         }
-        for (_, events) in runs {
-            let relation = batch.batch.relation(events[0]);
+        for (rel, events) in runs {
+            let relation = &batch.batch.relations[rel as usize];
             let mirror = self
                 .mirrors
-                .get_mut(&relation.qualified_name())
+                .get_mut(&names[rel as usize])
                 .expect("opened above");
             mirror.prepare(relation).await?;
             for chunk in events.chunks(CHUNK_ROWS) {
@@ -956,56 +968,23 @@ pub async fn rows_at(
     version: Option<u64>,
     limit: usize,
 ) -> Result<Vec<arrow::array::RecordBatch>, SinkError> {
-    use futures::TryStreamExt;
-    let uri = table.table_url().to_string();
     if let Some(v) = version {
+        let uri = table.table_url().to_string();
         table
             .load_version(v as _)
             .await
             .map_err(|e| delta_err(&uri, e))?;
     }
-    let files: Vec<String> = table
-        .get_file_uris()
-        .map_err(|e| delta_err(&uri, e))?
-        .collect();
     let mut out = Vec::new();
     let mut left = limit;
-    for file in files {
-        if left == 0 {
-            break;
-        }
-        // A local table's files come back as paths.
-        let file = match file.contains("://") {
-            true => file,
-            false => format!("file://{file}"),
-        };
-        let (store, path) = crate::storage::object_store_for(&file)?;
-        let meta =
-            store
-                .head(&path)
-                .await
-                .map_err(|source| crate::storage::StorageError::Store {
-                    op: "reading",
-                    path: file.clone(),
-                    source,
-                })?;
-        let reader = parquet::arrow::async_reader::ParquetObjectReader::new(store, path)
-            .with_file_size(meta.size);
-        let read_err = |e: parquet::errors::ParquetError| SinkError::Write {
-            path: file.clone(),
-            message: e.to_string(),
-        };
-        let mut stream = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
-            .await
-            .and_then(|b| b.build())
-            .map_err(read_err)?;
-        while let Some(batch) = stream.try_next().await.map_err(read_err)? {
+    for file in live_files(table)? {
+        for batch in read_file(table, &file).await? {
+            if left == 0 {
+                return Ok(out);
+            }
             let take = batch.num_rows().min(left);
             out.push(batch.slice(0, take));
             left -= take;
-            if left == 0 {
-                break;
-            }
         }
     }
     Ok(out)
