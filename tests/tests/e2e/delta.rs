@@ -614,7 +614,7 @@ fn a_delta_mirror_takes_truncates_and_unchanged_toast_values() {
 fn a_delta_mirror_commits_early_once_its_rows_in_memory_reach_the_file_size() {
     let db = TestDb::new("delta_mirror_early");
     db.sql("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)");
-    let config = mirror_config(&db, "1h", "target_file_size = \"256KiB\"");
+    let config = mirror_config(&db, "1h", "target_file_size = \"64KiB\"");
     db.catch_up(&config);
     for n in 0..20 {
         db.sql(&format!(

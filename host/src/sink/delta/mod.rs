@@ -294,12 +294,12 @@ impl DeltaSink {
             DeltaMode::Changelog => self.write_changes(batch).await?,
             DeltaMode::Mirror => self.write_mirrors(batch).await?,
         }
-        // A mirror holds its round's rows in memory: past target_file_size the commit
-        // comes early.
+        // A mirror holds its round's rows in memory: past four times target_file_size
+        // the commit comes early (an early commit rewrites the files of changed keys).
         let full = self
             .mirrors
             .values()
-            .any(|m| m.buffered() >= self.config.target_file_size);
+            .any(|m| m.buffered() >= 4 * self.config.target_file_size);
         let (pending, due) = (
             self.pending(),
             full || self.last_commit.elapsed() >= self.config.commit_interval,
